@@ -463,9 +463,9 @@ def train_loop(
                 losses = step_fn(wrapped, batch)
             total = losses["total"]
             if not torch.isfinite(total.detach()):
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 raise TrainingDiverged(
-                    f"loss became {float(total)} at step {step + 1} "
-                    f"({', '.join(f'{k}={float(v):.4g}' for k, v in losses.items())}); "
+                    f"loss became {float(total.detach())} at step {step + 1} ({parts}); "
                     f"the last good checkpoint is {run.checkpoint_path}. "
                     "Lower --lr or check the data."
                 )
