@@ -1,0 +1,305 @@
+"""Video and audio I/O through the ffmpeg binary that ships in the imageio-ffmpeg wheel.
+
+Every input (browser webcam webm with a variable frame rate, phone mp4 with a rotation
+flag, mov, with or without sound) comes out as constant 30 fps RGB frames and 16 kHz mono
+float audio, both starting at the file's time zero so they stay in sync. Every output is
+H.264 yuv420p + AAC with the index at the front, which browsers play while it loads.
+"""
+
+import functools
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+import soundfile
+
+from mdvae.audio import FPS, SAMPLE_RATE, peak_normalize, samples_for_frames
+from mdvae.errors import MDVAEError
+
+
+class MediaError(MDVAEError):
+    """A media file cannot be used: missing, not a video, no frames, no audio, too short."""
+
+
+@dataclass
+class Clip:
+    """A decoded clip on the project's clock.
+
+    frames: (N, H, W, 3) uint8 RGB at 30 fps, max(H, W) <= the requested max_side.
+    audio: (S,) float32 16 kHz mono, peak-normalised; None when the file has no audio track.
+    source: the file it came from. trimmed: True when max_seconds cut the clip short.
+    """
+
+    frames: np.ndarray
+    audio: np.ndarray | None
+    source: str
+    trimmed: bool
+
+    @property
+    def seconds(self) -> float:
+        return len(self.frames) / FPS
+
+
+@dataclass
+class _Probe:
+    has_video: bool
+    has_audio: bool
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _existing(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path} does not exist (or is not a file): check the path, or "
+                         f"upload the clip again")
+    return path
+
+
+def _last_error_line(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message from ffmpeg"
+
+
+def _probe(path: Path) -> _Probe:
+    """Which streams the file has, from `ffmpeg -i`'s stream listing (ffprobe is not shipped).
+
+    Raises MediaError when ffmpeg cannot open the file as media at all.
+    """
+    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+                            capture_output=True, text=True, errors="replace")
+    err = result.stderr
+    if "Error opening input" in err or "Input #0" not in err:
+        raise MediaError(f"{path.name} is not a video ffmpeg can read "
+                         f"({_last_error_line(err)}); upload an mp4, webm or mov clip")
+    streams = re.findall(r"^\s*Stream #0:\d+.*?: (Video|Audio): (.*)$", err, flags=re.M)
+    # Cover art in audio files shows up as a one-frame video stream: not a video.
+    has_video = any(kind == "Video" and "(attached pic)" not in rest for kind, rest in streams)
+    has_audio = any(kind == "Audio" for kind, _ in streams)
+    return _Probe(has_video=has_video, has_audio=has_audio)
+
+
+def _run_ffmpeg(cmd: list[str], name: str) -> tuple[bytearray, str]:
+    """Run ffmpeg, returning (stdout bytes, stderr text); MediaError when it fails.
+
+    stderr goes to a temporary file rather than a pipe: ffmpeg may write more of it than a
+    pipe buffer holds while we are still draining stdout, which would deadlock.
+    """
+    out = bytearray()
+    with tempfile.TemporaryFile() as err_file:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=err_file)
+        while chunk := proc.stdout.read(1 << 20):
+            out += chunk
+        proc.wait()
+        err_file.seek(0)
+        stderr = err_file.read().decode("utf-8", errors="replace")
+    if proc.returncode != 0:
+        raise MediaError(f"ffmpeg could not decode {name}: {_last_error_line(stderr)}")
+    return out, stderr
+
+
+def _scale_filter(max_side: int) -> str:
+    # Shrink (never enlarge) so the longer side fits, keeping even sizes; commas inside the
+    # quoted expressions are part of them, not filter separators.
+    factor = f"min(1,{int(max_side)}/max(iw,ih))"
+    return (f"scale=w='trunc(iw*{factor}/2)*2':h='trunc(ih*{factor}/2)*2'"
+            f":flags=area")
+
+
+def normalize_clip(path, *, max_seconds: float | None = None, max_side: int = 640) -> Clip:
+    """Decode any video file to 30 fps RGB frames and 16 kHz mono audio (see `Clip`).
+
+    `fps=30:start_time=0` duplicates or drops frames by timestamp (variable frame rate
+    becomes constant) and pads the start when the video begins after the audio;
+    `aresample=async=1:first_pts=0` fills audio gaps and a late start with silence. Both
+    streams therefore begin at the file's time zero. Rotation flags of phone videos are
+    applied by ffmpeg. max_seconds keeps only the first max_seconds and sets `trimmed`.
+    """
+    path = _existing(path)
+    probe = _probe(path)
+    if not probe.has_video:
+        raise MediaError(f"{path.name} is not a video: ffmpeg found no video stream in it "
+                         f"(an audio file or an image?); upload a video of a face")
+    limit = None if max_seconds is None else max(1, round(max_seconds * FPS))
+    # Ask for half a frame more than the limit: an extra frame tells us the clip was longer.
+    duration = [] if limit is None else ["-t", f"{(limit + 0.5) / FPS:.6f}"]
+    with tempfile.TemporaryDirectory(prefix="mdvae-media-") as tmp:
+        audio_file = Path(tmp) / "audio.f32"
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-i", str(path),
+               "-map", "0:v:0", "-vf", f"fps={FPS}:start_time=0,{_scale_filter(max_side)}",
+               "-pix_fmt", "rgb24", *duration, "-f", "rawvideo", "pipe:1"]
+        if probe.has_audio:
+            cmd += ["-map", "0:a:0", "-af", "aresample=async=1:first_pts=0",
+                    "-ac", "1", "-ar", str(SAMPLE_RATE), *duration, "-f", "f32le",
+                    str(audio_file)]
+        raw, stderr = _run_ffmpeg(cmd, path.name)
+        audio = None
+        if probe.has_audio and audio_file.exists() and audio_file.stat().st_size:
+            audio = np.fromfile(audio_file, dtype="<f4")
+    if not raw:
+        raise MediaError(f"{path.name}: no video frames could be decoded (the file is empty "
+                         f"or damaged); record or export the clip again")
+    height, width = _output_size(stderr, path.name)
+    frames = np.frombuffer(raw, dtype=np.uint8)
+    n = frames.size // (height * width * 3)
+    frames = frames[: n * height * width * 3].reshape(n, height, width, 3)  # (N, H, W, 3)
+    trimmed = limit is not None and n > limit
+    if trimmed:
+        frames = frames[:limit]
+        if audio is not None:
+            audio = audio[: samples_for_frames(limit)]
+    if audio is not None:
+        audio = peak_normalize(audio)
+    return Clip(frames=frames, audio=audio, source=str(path), trimmed=trimmed)
+
+
+def _output_size(stderr: str, name: str) -> tuple[int, int]:
+    """(H, W) of the rawvideo ffmpeg wrote, as it reports it (after rotation and scaling)."""
+    section = stderr[stderr.find("Output #0"):]
+    match = re.search(r"Stream #0:0[^:\n]*: Video: rawvideo[^\n]*?, (\d+)x(\d+)", section)
+    if match is None:
+        raise MediaError(f"ffmpeg did not report the frame size while decoding {name}")
+    return int(match.group(2)), int(match.group(1))
+
+
+def read_audio(path) -> np.ndarray:
+    """The first audio track of any media file as (S,) float32 16 kHz mono, peak-normalised.
+
+    For sources that keep the sound beside the video (MEAD's .m4a files).
+    """
+    path = _existing(path)
+    if not _probe(path).has_audio:
+        raise MediaError(f"{path.name} has no audio track; the model needs the speech too")
+    raw, _ = _run_ffmpeg([ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats",
+                          "-i", str(path), "-map", "0:a:0",
+                          "-af", "aresample=async=1:first_pts=0", "-ac", "1",
+                          "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"], path.name)
+    return peak_normalize(np.frombuffer(raw, dtype="<f4"))
+
+
+def write_video(path, frames: np.ndarray, audio: np.ndarray | None = None, *,
+                scale: int = 4, interpolation: str = "cubic", fps: int = FPS) -> Path:
+    """Write (T, H, W, 3) uint8 RGB frames (+ 16 kHz audio (S,)) as a browser-playable mp4.
+
+    Frames are enlarged `scale` times ("cubic" for smooth faces, "nearest" for pixel-exact
+    inspection) and padded by one replicated row/column where needed, because yuv420p needs
+    even sizes. The file appears at `path` only when complete (written beside it, then
+    renamed). Returns the path.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+        raise ValueError(f"expected uint8 frames (T, H, W, 3) with T > 0, got "
+                         f"{frames.dtype} {frames.shape}")
+    flags = {"cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}.get(interpolation)
+    if flags is None:
+        raise ValueError(f"interpolation must be 'cubic' or 'nearest', not {interpolation!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _, height, width, _ = frames.shape
+    out_h, out_w = height * scale, width * scale
+    pad_h, pad_w = out_h % 2, out_w % 2
+    with tempfile.TemporaryDirectory(prefix="mdvae-write-") as tmp:
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{out_w + pad_w}x{out_h + pad_h}",
+               "-r", str(fps), "-i", "pipe:0"]
+        if audio is not None:
+            # Sound running past the last frame would leave players on a frozen picture.
+            audio = np.asarray(audio, dtype=np.float32)[: round(len(frames) * SAMPLE_RATE / fps)]
+            wav = Path(tmp) / "audio.wav"
+            soundfile.write(wav, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="FLOAT")
+            cmd += ["-i", str(wav)]
+        cmd += ["-map", "0:v:0", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
+                "-pix_fmt", "yuv420p"]
+        if audio is not None:
+            cmd += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "128k", "-ar", "48000"]
+        fd, partial = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
+        os.close(fd)
+        partial = Path(partial)
+        cmd += ["-movflags", "+faststart", "-f", "mp4", str(partial)]
+        try:
+            with tempfile.TemporaryFile() as err_file:
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err_file)
+                try:
+                    for frame in frames:
+                        if scale != 1:
+                            frame = cv2.resize(frame, (out_w, out_h), interpolation=flags)
+                        if pad_h or pad_w:
+                            frame = cv2.copyMakeBorder(frame, 0, pad_h, 0, pad_w,
+                                                       cv2.BORDER_REPLICATE)
+                        proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+                except BrokenPipeError:
+                    pass  # ffmpeg stopped early; its exit status and message say why
+                finally:
+                    proc.stdin.close()
+                proc.wait()
+                err_file.seek(0)
+                stderr = err_file.read().decode("utf-8", errors="replace")
+            if proc.returncode != 0:
+                raise MediaError(f"ffmpeg could not write {path.name}: "
+                                 f"{_last_error_line(stderr)}")
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    return path
+
+
+def _label_band(text: str, width: int, panel_height: int) -> np.ndarray:
+    """A dark band (h, width, 3) holding `text` in white, shrunk to fit the width."""
+    band_h = max(12, panel_height // 6)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    font_scale = band_h / 30.0
+    (text_w, text_h), _ = cv2.getTextSize(text, font, font_scale, 1)
+    if text_w > width - 2:
+        font_scale *= (width - 2) / text_w
+        (text_w, text_h), _ = cv2.getTextSize(text, font, font_scale, 1)
+    band = np.full((band_h, width, 3), 24, dtype=np.uint8)
+    origin = ((width - text_w) // 2, (band_h + text_h) // 2)
+    cv2.putText(band, text, origin, font, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return band
+
+
+def side_by_side(videos: list[np.ndarray], labels: list[str] | None = None,
+                 gap: int = 2) -> np.ndarray:
+    """Videos (T_i, H_i, W_i, 3) placed left to right with `gap` white columns between them.
+
+    All are cut to the shortest T and resized to the first one's height; `labels` are
+    written in a band above each video. Returns (T, H', W', 3) uint8.
+    """
+    if not videos:
+        raise ValueError("side_by_side needs at least one video")
+    if labels is not None and len(labels) != len(videos):
+        raise ValueError(f"{len(labels)} labels for {len(videos)} videos")
+    n_frames = min(len(v) for v in videos)
+    height = videos[0].shape[1]
+    columns = []
+    for i, video in enumerate(videos):
+        video = np.asarray(video[:n_frames], dtype=np.uint8)
+        if video.shape[1] != height:
+            width = max(1, round(video.shape[2] * height / video.shape[1]))
+            video = np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA)
+                              for f in video])
+        if labels is not None:
+            band = _label_band(labels[i], video.shape[2], height)
+            bands = np.broadcast_to(band, (n_frames, *band.shape))  # (T, h, W_i, 3)
+            video = np.concatenate([bands, video], axis=1)
+        if i and gap:
+            columns.append(np.full((n_frames, video.shape[1], gap, 3), 255, dtype=np.uint8))
+        columns.append(video)
+    return np.concatenate(columns, axis=2)  # (T, H', sum W + gaps, 3)
+
+
+def frame_strip(frames: np.ndarray, n: int = 8) -> np.ndarray:
+    """`n` evenly spaced frames of (T, H, W, 3), first to last, in one row (H, n W, 3)."""
+    frames = np.asarray(frames)
+    index = np.linspace(0, len(frames) - 1, n).round().astype(int)
+    return np.concatenate(list(frames[index]), axis=1)

@@ -1,0 +1,174 @@
+import re
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile
+
+from mdvae.audio import FPS, SAMPLE_RATE
+from mdvae.clips import load_av_clip
+from mdvae.face import FaceCropper
+from mdvae.media import (
+    MediaError,
+    ffmpeg_exe,
+    frame_strip,
+    normalize_clip,
+    read_audio,
+    side_by_side,
+    write_video,
+)
+from train.benchmark_media import moving_face, voiced_tone
+
+
+def ffmpeg(*args: str) -> str:
+    """Run the bundled ffmpeg; returns its stderr (where `-i` describes the streams)."""
+    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", *args],
+                            capture_output=True, text=True)
+    return result.stderr
+
+
+def decoded_frame_count(path) -> int:
+    """Frames in the file as stored, without any frame rate conversion."""
+    err = ffmpeg("-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "null", "-")
+    return int(re.findall(r"frame=\s*(\d+)", err)[-1])
+
+
+def flash_and_click(tmp_path, *, video_delay: float):
+    """A variable-frame-rate VP8 + Opus webm, as browsers record, with a white flash from
+    video time 1.0 s and a click in the sound at the same moment.
+
+    Frames are rendered at 60 fps and an irregular share of them dropped (intervals of
+    1/60 to 4/60 s, about 27 fps on average); the video stream starts `video_delay` seconds
+    after the audio, as the first webcam frame often does.
+    """
+    height, width, rate, seconds = 96, 128, 60, 2.0
+    n = int(seconds * rate)
+    frames = np.full((n, height, width, 3), 40, dtype=np.uint8)
+    frames[:, :, : width // 2, 2] = 160  # some structure for the encoder
+    frames[rate: rate + 3] = 255  # the flash: 50 ms from 1.0 s of video time
+    raw = tmp_path / "video.rgb"
+    raw.write_bytes(frames.tobytes())
+    audio = np.zeros(int((seconds + video_delay + 0.3) * SAMPLE_RATE), dtype=np.float32)
+    click = int((1.0 + video_delay) * SAMPLE_RATE)
+    audio[click: click + 80] = np.hanning(80) * np.sin(np.arange(80) * 0.9)  # 5 ms tick
+    wav = tmp_path / "audio.wav"
+    soundfile.write(wav, audio, SAMPLE_RATE)
+    path = tmp_path / "webcam.webm"
+    keep = "not(eq(mod(n,7),1)+eq(mod(n,7),3)+eq(mod(n,11),7))"  # keeps n = 60
+    ffmpeg("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(rate),
+           "-i", str(raw), "-i", str(wav),
+           "-vf", f"select='{keep}',setpts=PTS+{video_delay}/TB", "-fps_mode", "vfr",
+           "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "1M",
+           "-c:a", "libopus", "-shortest", str(path))
+    assert path.is_file()
+    return path, n
+
+
+@pytest.mark.parametrize("video_delay", [0.0, 0.2])
+def test_variable_frame_rate_webm_becomes_30_fps_in_sync(tmp_path, video_delay):
+    path, n_rendered = flash_and_click(tmp_path, video_delay=video_delay)
+    stored = decoded_frame_count(path)
+    assert 0.6 * n_rendered < stored < 0.8 * n_rendered  # frames really were dropped
+    clip = normalize_clip(path)
+    assert clip.frames.dtype == np.uint8 and clip.frames.shape[1:] == (96, 128, 3)
+    # 2 s of video (+ the delay, padded with the first frame) at 30 fps.
+    assert abs(len(clip.frames) - round((2.0 + video_delay) * FPS)) <= 2
+    assert clip.audio is not None and clip.audio.dtype == np.float32
+    assert np.max(np.abs(clip.audio)) == pytest.approx(1.0)
+    flash_time = np.argmax(clip.frames.mean(axis=(1, 2, 3)) > 150) / FPS  # first flash frame
+    click_time = np.argmax(np.abs(clip.audio)) / SAMPLE_RATE
+    assert flash_time == pytest.approx(1.0 + video_delay, abs=1.5 / FPS)
+    assert abs(flash_time - click_time) < 0.04
+
+
+def test_write_video_is_h264_yuv420p_with_aac_and_reads_back(tmp_path):
+    frames, _, _ = moving_face(40, 45, 61, scale_range=(0.1, 0.1), shift=5)  # odd sizes
+    audio = voiced_tone(round(40 * SAMPLE_RATE / FPS))
+    out = write_video(tmp_path / "sub" / "out.mp4", frames, audio, scale=2)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out.mp4"]  # no leftovers
+    info = ffmpeg("-i", str(out))
+    assert re.search(r"Video: h264.*yuv420p", info)
+    assert re.search(r"Audio: aac.*mono", info)
+    assert "122x90" in info  # 61x45 doubled
+    clip = normalize_clip(out)
+    assert len(clip.frames) == 40
+    assert clip.audio is not None and abs(len(clip.audio) - len(audio)) < 0.05 * SAMPLE_RATE
+    # Odd sizes are padded to even ones; the read-back is close to the input.
+    out = write_video(tmp_path / "odd.mp4", frames, None, scale=1, interpolation="nearest")
+    assert "62x46" in ffmpeg("-i", str(out))
+    clip = normalize_clip(out)
+    assert clip.audio is None
+    assert np.abs(clip.frames[:, :45, :61].astype(float) - frames).mean() < 6
+
+
+def test_max_side_and_max_seconds(tmp_path):
+    frames, _, _ = moving_face(45, 120, 200, scale_range=(0.3, 0.3), shift=5)
+    path = write_video(tmp_path / "clip.mp4", frames, voiced_tone(24000), scale=1)
+    clip = normalize_clip(path, max_side=100)
+    assert clip.frames.shape == (45, 60, 100, 3) and not clip.trimmed
+    clip = normalize_clip(path, max_seconds=1.0)
+    assert len(clip.frames) == 30 and clip.trimmed
+    assert len(clip.audio) == SAMPLE_RATE
+    assert not normalize_clip(path, max_seconds=5.0).trimmed
+
+
+def test_rotated_phone_video_is_turned_upright(tmp_path):
+    frames, _, _ = moving_face(10, 60, 80, scale_range=(0.2, 0.2), shift=0)
+    plain = write_video(tmp_path / "plain.mp4", frames, None, scale=1)
+    rotated = tmp_path / "rotated.mp4"
+    ffmpeg("-display_rotation", "90", "-i", str(plain), "-c", "copy", str(rotated))
+    assert normalize_clip(rotated).frames.shape == (10, 80, 60, 3)
+
+
+def test_read_audio_from_a_separate_file(tmp_path):
+    wav = tmp_path / "speech.wav"
+    soundfile.write(wav, 0.3 * voiced_tone(48000), SAMPLE_RATE)
+    m4a = tmp_path / "speech.m4a"
+    ffmpeg("-i", str(wav), "-c:a", "aac", str(m4a))
+    audio = read_audio(m4a)
+    assert audio.dtype == np.float32 and abs(len(audio) - 48000) < 1600
+    assert np.max(np.abs(audio)) == pytest.approx(1.0)
+    with pytest.raises(MediaError, match="no video stream"):
+        normalize_clip(m4a)
+
+
+def test_clear_errors_for_bad_files(tmp_path):
+    with pytest.raises(MediaError, match="does not exist"):
+        normalize_clip(tmp_path / "missing.mp4")
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("these are my notes, not a video\n")
+    with pytest.raises(MediaError, match="not a video"):
+        normalize_clip(fake)
+    empty = tmp_path / "empty.webm"
+    empty.write_bytes(b"")
+    with pytest.raises(MediaError, match="not a video"):
+        normalize_clip(empty)
+    silent = write_video(tmp_path / "silent.mp4", np.zeros((40, 32, 32, 3), np.uint8), None,
+                         scale=1)
+    with pytest.raises(MediaError, match="no audio"):
+        read_audio(silent)
+    with pytest.raises(MediaError, match="no audio track"):
+        load_av_clip(silent, FaceCropper("haar"))
+
+
+def test_clip_shorter_than_a_second_is_refused_before_face_detection(tmp_path):
+    short = write_video(tmp_path / "short.mp4", np.zeros((15, 32, 32, 3), np.uint8),
+                        voiced_tone(8000), scale=1)
+    with pytest.raises(MediaError, match=r"too short.*0\.50 s.*at least 1 s"):
+        load_av_clip(short, FaceCropper("haar"))
+
+
+def test_side_by_side_and_frame_strip():
+    a = np.zeros((10, 64, 64, 3), np.uint8)
+    b = np.full((12, 32, 48, 3), 200, np.uint8)
+    both = side_by_side([a, b], gap=2)
+    assert both.shape == (10, 64, 64 + 2 + 96, 3)
+    assert (both[:, :, 64:66] == 255).all() and (both[:, :, 66:] == 200).all()
+    labelled = side_by_side([a, a], labels=["original", "swapped"])
+    assert labelled.shape[0] == 10 and labelled.shape[1] > 64 and labelled.shape[2] == 130
+    band = labelled[0, : labelled.shape[1] - 64]
+    assert band.max() == 255  # white text on the dark band
+    strip = frame_strip(np.arange(20, dtype=np.uint8)[:, None, None, None]
+                        * np.ones((20, 4, 5, 3), np.uint8), n=5)
+    assert strip.shape == (4, 25, 3)
+    assert list(strip[0, ::5, 0]) == [0, 5, 10, 14, 19]
