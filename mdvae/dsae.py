@@ -1,0 +1,232 @@
+"""The disentangled sequential autoencoder (DSAE, Li & Mandt 2018) on one modality.
+
+The unimodal baseline of MDVAE (A-DSAE on audio features, V-DSAE on visual features),
+built from the same parts:
+
+    p(w) = N(0, I),  p(z_t | z_1:t-1) autoregressive,  p(x_t | z_t, w) per frame
+    q(w | x_1:T),    q(z_t | z_1:t-1, x_t:T, w)
+
+ELBO terms are normalised as in MDVAE: nats per frame, the w KL divided by T as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mdvae.blocks import (
+    ELBOBreakdown,
+    GaussianDecoder,
+    LatentGroups,
+    check_sequence,
+    frames_of_w,
+    interpolate_w,
+    mlp,
+)
+from mdvae.bundle import register_component
+from mdvae.config import ConfigBase
+from mdvae.errors import ConfigError, MDVAEError
+from mdvae.gaussian import DiagonalGaussian, kl_divergence
+from mdvae.mdvae import POSTERIOR_KINDS, MDVAEConfig
+from mdvae.temporal import (
+    AutoregressivePrior,
+    PosteriorRecurrence,
+    StaticPosterior,
+    make_summary,
+)
+
+MODALITIES = ("audio", "visual")
+
+
+@dataclass
+class DSAEConfig(ConfigBase):
+    modality: str = "audio"  # the stream it models: "audio" (A-DSAE) or "visual" (V-DSAE)
+    input_dim: int = 512  # x_t: per-frame stage-1 features of that stream
+    w_dim: int = 84  # static latent w
+    z_dim: int = 24  # dynamical latent z_t
+    feature_dim: int = 128  # per-frame features read by the inference networks
+    hidden_dim: int = 256  # hidden width of the feature MLP and the decoder
+    rnn_dim: int = 128  # backward summary of x_t:T (LSTM) and the q(w) hidden layer
+    z_rnn_dim: int = 64  # recurrences over z: prior LSTM, posterior tanh RNN
+    posterior: str = "smoothing"  # "smoothing" q(z_t | ., x_t:T) or "filtering" q(z_t | ., x_t)
+    obs_logvar_init: float = 0.0  # initial log-variance of each observed dimension
+    learn_obs_variance: bool = True  # False keeps the variance at exp(obs_logvar_init)
+    obs_logvar_min: float = -6.0  # floor on the observation log-variance
+    beta_w: float = 1.0  # weight of KL(q(w) || p(w)); 1 is the ELBO
+    beta_z: float = 1.0  # weight of the z KLs; 1 is the ELBO
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("int", int) and value < 1:
+                raise ConfigError(f"config key '{field.name}' must be at least 1, got {value}")
+            if field.name.startswith("beta_") and value < 0:
+                raise ConfigError(f"config key '{field.name}' must be >= 0, got {value}")
+        if self.modality not in MODALITIES:
+            raise ConfigError(
+                f"config key 'modality': {self.modality!r} is not one of {MODALITIES}"
+            )
+        if self.posterior not in POSTERIOR_KINDS:
+            raise ConfigError(
+                f"config key 'posterior': {self.posterior!r} is not one of {POSTERIOR_KINDS}"
+            )
+
+    @classmethod
+    def from_mdvae(cls, config: MDVAEConfig, modality: str, **overrides) -> DSAEConfig:
+        """The unimodal counterpart of an MDVAE configuration: same w, and one z as large as
+        the audiovisual plus the modality-specific latent (16 + 8 for audio, 16 + 4 for
+        visual at the MEAD sizes), with that stream's widths."""
+        if modality not in MODALITIES:
+            raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        audio = modality == "audio"
+        fields = dict(
+            modality=modality,
+            input_dim=config.audio_dim if audio else config.visual_dim,
+            w_dim=config.w_dim,
+            z_dim=config.z_av_dim + (config.z_a_dim if audio else config.z_v_dim),
+            feature_dim=config.feature_dim,
+            hidden_dim=config.audio_hidden if audio else config.visual_hidden,
+            rnn_dim=config.rnn_dim,
+            z_rnn_dim=config.z_rnn_dim,
+            posterior=config.posterior,
+            obs_logvar_init=config.obs_logvar_init,
+            learn_obs_variance=config.learn_obs_variance,
+            obs_logvar_min=config.obs_logvar_min,
+        )
+        return cls(**{**fields, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, modality: str, **overrides) -> DSAEConfig:
+        """The DSAE matching the MDVAE preset `name` ("mead" or "synthetic")."""
+        return cls.from_mdvae(MDVAEConfig.preset(name), modality, **overrides)
+
+
+@dataclass
+class DSAELatents(LatentGroups):
+    w: Tensor  # (B, Lw), or (B, T, Lw) per frame
+    z: Tensor  # (B, T, Lz)
+
+
+@dataclass
+class DSAEDistributions:
+    w: DiagonalGaussian  # (B, Lw)
+    z: DiagonalGaussian  # (B, T, Lz)
+
+
+@dataclass
+class DSAEELBOTerms(ELBOBreakdown):
+    """Negative ELBO parts in nats per frame; `total` applies the betas."""
+
+    total: Tensor
+    rec: Tensor  # -E_q log p(x | z, w)
+    kl_w: Tensor  # KL(q(w | x) || N(0, I)), once per sequence
+    kl_z: Tensor  # sum_t KL(q(z_t | ...) || p(z_t | z_1:t-1))
+
+
+@dataclass
+class DSAEOutput:
+    x_hat: Tensor  # (B, T, D) mean of p(x_t | z_t, w)
+    latents: DSAELatents
+    posterior: DSAEDistributions
+    prior: DSAEDistributions
+    loss: DSAEELBOTerms
+
+
+@register_component
+class DSAE(nn.Module):
+    """DSAE on (B, T, input_dim) feature sequences of one modality."""
+
+    def __init__(self, config: DSAEConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.features_x = mlp([c.input_dim, c.hidden_dim, c.feature_dim], final_activation=True)
+        self.summary_x = make_summary(c.posterior, c.feature_dim, c.rnn_dim)  # f(x_t:T)
+        self.posterior_w = StaticPosterior(c.rnn_dim + c.feature_dim, c.rnn_dim, c.w_dim)
+        self.posterior_z = PosteriorRecurrence(c.rnn_dim + c.w_dim, c.z_dim, c.z_rnn_dim)
+        self.prior_z = AutoregressivePrior(c.z_dim, c.z_rnn_dim)
+        self.decoder_x = GaussianDecoder(
+            c.z_dim + c.w_dim,
+            c.hidden_dim,
+            c.input_dim,
+            logvar_init=c.obs_logvar_init,
+            learn_logvar=c.learn_obs_variance,
+            logvar_min=c.obs_logvar_min,
+        )
+
+    def infer(
+        self,
+        x: Tensor,
+        *,
+        sample: bool = True,
+        noise: DSAELatents | None = None,
+        w: Tensor | None = None,
+        z: Tensor | None = None,
+    ) -> tuple[DSAELatents, DSAEDistributions]:
+        """Posterior latents and distributions for x (B, T, D); as `MDVAE.infer`."""
+        check_sequence(f"x ({self.config.modality} features)", x, self.config.input_dim)
+        f = self.features_x(x)  # (B, T, F)
+        g = self.summary_x(f)  # (B, T, H)
+        q_w = self.posterior_w([g], [f])  # (B, Lw)
+        if w is None:
+            w = q_w.rsample(noise.w if noise is not None else None) if sample else q_w.mean
+        cond = torch.cat([g, frames_of_w(w, x.shape[1])], dim=-1)  # (B, T, H + Lw)
+        z, q_z = self.posterior_z(
+            cond, z=z, noise=noise.z if noise is not None else None, sample=sample
+        )
+        return DSAELatents(w, z), DSAEDistributions(q_w, q_z)
+
+    def encode(self, x: Tensor, sample: bool = False) -> DSAELatents:
+        """Latents of x (B, T, D): posterior means (fed forward through the recurrence)
+        unless `sample`."""
+        return self.infer(x, sample=sample)[0]
+
+    def priors(self, latents: DSAELatents) -> DSAEDistributions:
+        """p(w) = N(0, I) and p(z_t | z_1:t-1) at the given latent sequence."""
+        return DSAEDistributions(
+            DiagonalGaussian.standard(tuple(latents.w.shape), like=latents.w),
+            self.prior_z(latents.z),
+        )
+
+    def decode(self, latents: DSAELatents) -> Tensor:
+        """Mean of p(x_t | z_t, w) for every t: (B, T, D); w may be (B, Lw) or (B, T, Lw)."""
+        w_t = frames_of_w(latents.w, latents.z.shape[1])  # (B, T, Lw)
+        return self.decoder_x(torch.cat([latents.z, w_t], dim=-1))
+
+    def generate(
+        self,
+        batch: int,
+        n_frames: int,
+        w: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> DSAELatents:
+        """w ~ N(0, I) unless given (B, Lw), z by ancestral sampling from its prior."""
+        ref = self.decoder_x.logvar
+        if w is None:
+            w = torch.randn(
+                batch, self.config.w_dim, generator=generator, device=ref.device, dtype=ref.dtype
+            )
+        elif w.shape != (batch, self.config.w_dim):
+            raise MDVAEError(
+                f"w must be ({batch}, {self.config.w_dim}) for batch={batch}, got {tuple(w.shape)}"
+            )
+        z, _ = self.prior_z.sample(batch, n_frames, generator=generator)
+        return DSAELatents(w, z)
+
+    interpolate_w = staticmethod(interpolate_w)
+
+    def forward(self, x: Tensor) -> DSAEOutput:
+        """One posterior sample, the reconstruction and the ELBO terms for a batch."""
+        latents, posterior = self.infer(x, sample=True)
+        prior = self.priors(latents)
+        x_hat = self.decode(latents)
+        n_frames = x.shape[1]
+        rec = self.decoder_x.negative_log_likelihood(x, x_hat).mean() / n_frames
+        kl_w = posterior.w.kl_standard_normal().mean() / n_frames
+        kl_z = kl_divergence(posterior.z, prior.z).mean()  # (B, T) -> per-sequence sum / T
+        total = rec + self.config.beta_w * kl_w + self.config.beta_z * kl_z
+        return DSAEOutput(x_hat, latents, posterior, prior, DSAEELBOTerms(total, rec, kl_w, kl_z))

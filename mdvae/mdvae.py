@@ -1,0 +1,381 @@
+"""The multimodal dynamical VAE (MDVAE) of Sadok, Leglaive et al., on per-frame features.
+
+Generative model (all factors diagonal Gaussians):
+
+    p(w) = N(0, I)
+    p(z_av_t | z_av_1:t-1), p(z_a_t | z_a_1:t-1), p(z_v_t | z_v_1:t-1)   autoregressive LSTMs
+    p(x_a_t | z_av_t, z_a_t, w), p(x_v_t | z_av_t, z_v_t, w)            per-frame decoders
+
+Inference model (the seed's factorisation, from D-separation):
+
+    q(w | x_a, x_v)
+    q(z_av_t | z_av_1:t-1, x_a_t:T, x_v_t:T, w)
+    q(z_a_t  | z_a_1:t-1,  x_a_t:T, z_av_t, w)
+    q(z_v_t  | z_v_1:t-1,  x_v_t:T, z_av_t, w)
+
+Network layout (widths of the "mead" preset). Each stream first goes through a per-frame
+feature MLP (x_a: 512 -> 256 -> 128, x_v: 2048 -> 256 -> 128). One backward LSTM (128
+units) per stream summarises x_t:T into g_a_t, g_v_t. q(w) reads g_a_1 and g_v_1 (which
+have seen the whole sequences) and the time-averaged features. The z_av posterior reads
+[g_a_t, g_v_t, w], the z_a posterior [g_a_t, z_av_t, w] and the z_v posterior
+[g_v_t, z_av_t, w], so the audio-only posterior never sees the visual stream and vice
+versa; each is a 64-unit tanh recurrence over its own sampled past (`temporal.py`). The
+priors are 64-unit LSTMs. The decoders are MLPs (latents -> 256 -> 256 -> x) with one
+learned log-variance per output dimension (`blocks.GaussianDecoder`). The authors' nets
+are wider (1024 units next to the 2048-d visual features); these widths keep stage-2
+training fast on a CPU, and every width is a config field.
+
+ELBO normalisation. Every term of `ELBOTerms` is in nats per frame: the per-sequence sum
+(over frames and dimensions) averaged over the batch, divided by T. The KL of w, which
+occurs once per sequence, is divided by T too, so `rec + kl` terms add up to exactly
+-ELBO / T and all betas = 1 is the faithful bound. (The authors' code divides the w KL by
+the batch size only, i.e. it weights it T times more; `beta_w = T` reproduces that.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mdvae.blocks import (
+    ELBOBreakdown,
+    GaussianDecoder,
+    LatentGroups,
+    check_sequence,
+    frames_of_w,
+    interpolate_w,
+    mlp,
+)
+from mdvae.bundle import register_component
+from mdvae.config import ConfigBase
+from mdvae.errors import ConfigError, MDVAEError
+from mdvae.gaussian import DiagonalGaussian, kl_divergence
+from mdvae.temporal import (
+    AutoregressivePrior,
+    PosteriorRecurrence,
+    StaticPosterior,
+    make_summary,
+    run_posteriors,
+)
+
+POSTERIOR_KINDS = ("smoothing", "filtering")
+
+
+@dataclass
+class MDVAEConfig(ConfigBase):
+    # observed per-frame features: the stage-1 VQ-VAE encoder outputs before quantisation
+    audio_dim: int = 512  # x_a_t: 64 positions x 8 channels of the audio VQ-VAE
+    visual_dim: int = 2048  # x_v_t: 8 x 8 grid x 32 channels of the visual VQ-VAE
+    # latent sizes (the authors' MEAD configuration)
+    w_dim: int = 84  # static audiovisual w (identity, global emotion)
+    z_av_dim: int = 16  # dynamical audiovisual z_av_t (lips, jaw)
+    z_a_dim: int = 8  # dynamical audio-only z_a_t
+    z_v_dim: int = 4  # dynamical visual-only z_v_t (head, eyelids)
+    # network widths
+    feature_dim: int = 128  # per-frame features of each stream read by all inference nets
+    audio_hidden: int = 256  # hidden width of the audio feature MLP and audio decoder
+    visual_hidden: int = 256  # hidden width of the visual feature MLP and visual decoder
+    rnn_dim: int = 128  # backward summaries of x_t:T (LSTMs) and the q(w) hidden layer
+    z_rnn_dim: int = 64  # recurrences over z: prior LSTMs, posterior tanh RNNs
+    # "smoothing": q(z_t | ..., x_t:T) as in the seed; "filtering": q(z_t | ..., x_t) as in
+    # the authors' public code
+    posterior: str = "smoothing"
+    # observation model p(x_t | .) = N(decoder mean, diag(exp(logvar))), logvar per dimension
+    obs_logvar_init: float = 0.0  # initial log-variance of every observed dimension
+    learn_obs_variance: bool = True  # False keeps the variance fixed at exp(obs_logvar_init)
+    obs_logvar_min: float = -6.0  # floor on the log-variance (std >= 0.05 by default)
+    # weights of the KL terms; 1 everywhere is the ELBO itself
+    beta_w: float = 1.0
+    beta_z_av: float = 1.0
+    beta_z_a: float = 1.0
+    beta_z_v: float = 1.0
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("int", int) and value < 1:
+                raise ConfigError(f"config key '{field.name}' must be at least 1, got {value}")
+            if field.name.startswith("beta_") and value < 0:
+                raise ConfigError(f"config key '{field.name}' must be >= 0, got {value}")
+        if self.posterior not in POSTERIOR_KINDS:
+            raise ConfigError(
+                f"config key 'posterior': {self.posterior!r} is not one of {POSTERIOR_KINDS}"
+            )
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> MDVAEConfig:
+        """A named configuration ("mead" or "synthetic"), with fields overridden by keyword."""
+        if name not in MDVAE_PRESETS:
+            raise ConfigError(f"unknown MDVAE preset {name!r}; choose among {list(MDVAE_PRESETS)}")
+        return cls(**{**MDVAE_PRESETS[name], **overrides})
+
+
+MDVAE_PRESETS: dict[str, dict] = {
+    # the authors' latent sizes on MEAD stage-2 features
+    "mead": {},
+    # the procedural benchmark: the same stage-1 feature sizes, fewer generating factors
+    # (a few speakers x 8 emotions x 3 levels; phones; head pose and blinks; f0 and
+    # loudness), so smaller latents and narrower nets train in minutes on two cores
+    "synthetic": dict(
+        w_dim=32,
+        z_av_dim=8,
+        z_a_dim=4,
+        z_v_dim=4,
+        audio_hidden=128,
+        rnn_dim=64,
+        z_rnn_dim=32,
+    ),
+}
+
+
+@dataclass
+class Latents(LatentGroups):
+    """One encoding of a batch of sequences (sampled or posterior means)."""
+
+    w: Tensor  # (B, Lw), or (B, T, Lw) for a per-frame w (interpolation)
+    z_av: Tensor  # (B, T, Lav)
+    z_a: Tensor  # (B, T, La)
+    z_v: Tensor  # (B, T, Lv)
+
+
+@dataclass
+class LatentDistributions:
+    """A Gaussian per latent group: posteriors q(.) or priors p(.) (w: (B, Lw), z: (B, T, L))."""
+
+    w: DiagonalGaussian
+    z_av: DiagonalGaussian
+    z_a: DiagonalGaussian
+    z_v: DiagonalGaussian
+
+
+@dataclass
+class ELBOTerms(ELBOBreakdown):
+    """The negative ELBO and its parts, each in nats per frame (see the module docstring).
+
+    `total` is the training loss: reconstructions plus beta-weighted KLs; the other fields
+    are unweighted, so `negative_elbo` is the bound itself whatever the betas.
+    """
+
+    total: Tensor
+    rec_audio: Tensor  # -E_q log p(x_a | z_av, z_a, w)
+    rec_visual: Tensor  # -E_q log p(x_v | z_av, z_v, w)
+    kl_w: Tensor  # KL(q(w | x_a, x_v) || N(0, I)), once per sequence
+    kl_zav: Tensor  # sum_t KL(q(z_av_t | ...) || p(z_av_t | z_av_1:t-1))
+    kl_za: Tensor
+    kl_zv: Tensor
+
+
+@dataclass
+class MDVAEOutput:
+    x_a_hat: Tensor  # (B, T, Da) mean of p(x_a_t | z_av_t, z_a_t, w)
+    x_v_hat: Tensor  # (B, T, Dv) mean of p(x_v_t | z_av_t, z_v_t, w)
+    latents: Latents  # the posterior sample the reconstructions and KLs used
+    posterior: LatentDistributions
+    prior: LatentDistributions  # p(w) = N(0, I); the z priors given the sampled past
+    loss: ELBOTerms
+
+
+@register_component
+class MDVAE(nn.Module):
+    """MDVAE on (B, T, audio_dim) and (B, T, visual_dim) feature sequences."""
+
+    def __init__(self, config: MDVAEConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        # per-frame features, shared by every inference network
+        self.features_x_a = mlp([c.audio_dim, c.audio_hidden, c.feature_dim], final_activation=True)
+        self.features_x_v = mlp(
+            [c.visual_dim, c.visual_hidden, c.feature_dim], final_activation=True
+        )
+        # g_a_t = f(x_a_t:T), g_v_t = f(x_v_t:T) (or of x_t alone when filtering)
+        self.summary_x_a = make_summary(c.posterior, c.feature_dim, c.rnn_dim)
+        self.summary_x_v = make_summary(c.posterior, c.feature_dim, c.rnn_dim)
+        # q(w | x_a, x_v) from g_a_1, g_v_1 and the time-averaged features
+        self.posterior_w = StaticPosterior(2 * (c.rnn_dim + c.feature_dim), c.rnn_dim, c.w_dim)
+        # q(z_av_t | z_av_1:t-1, x_a_t:T, x_v_t:T, w)
+        self.posterior_z_av = PosteriorRecurrence(2 * c.rnn_dim + c.w_dim, c.z_av_dim, c.z_rnn_dim)
+        # q(z_a_t | z_a_1:t-1, x_a_t:T, z_av_t, w) and q(z_v_t | z_v_1:t-1, x_v_t:T, z_av_t, w)
+        self.posterior_z_a = PosteriorRecurrence(
+            c.rnn_dim + c.z_av_dim + c.w_dim, c.z_a_dim, c.z_rnn_dim
+        )
+        self.posterior_z_v = PosteriorRecurrence(
+            c.rnn_dim + c.z_av_dim + c.w_dim, c.z_v_dim, c.z_rnn_dim
+        )
+        # p(z_t | z_1:t-1) for each dynamical group
+        self.prior_z_av = AutoregressivePrior(c.z_av_dim, c.z_rnn_dim)
+        self.prior_z_a = AutoregressivePrior(c.z_a_dim, c.z_rnn_dim)
+        self.prior_z_v = AutoregressivePrior(c.z_v_dim, c.z_rnn_dim)
+        # p(x_a_t | z_av_t, z_a_t, w) and p(x_v_t | z_av_t, z_v_t, w)
+        obs = dict(
+            logvar_init=c.obs_logvar_init,
+            learn_logvar=c.learn_obs_variance,
+            logvar_min=c.obs_logvar_min,
+        )
+        self.decoder_x_a = GaussianDecoder(
+            c.z_av_dim + c.z_a_dim + c.w_dim, c.audio_hidden, c.audio_dim, **obs
+        )
+        self.decoder_x_v = GaussianDecoder(
+            c.z_av_dim + c.z_v_dim + c.w_dim, c.visual_hidden, c.visual_dim, **obs
+        )
+
+    # ---- inference -------------------------------------------------------------------
+
+    def infer(
+        self,
+        x_a: Tensor,
+        x_v: Tensor,
+        *,
+        sample: bool = True,
+        noise: Latents | None = None,
+        w: Tensor | None = None,
+        z_av: Tensor | None = None,
+        z_a: Tensor | None = None,
+        z_v: Tensor | None = None,
+    ) -> tuple[Latents, LatentDistributions]:
+        """Posterior latents and distributions for x_a (B, T, Da), x_v (B, T, Dv).
+
+        Groups are inferred in the order of the factorisation, w, z_av, then z_a and z_v.
+        Each latent is a reparameterised sample (`sample`, with standard-normal `noise` when
+        given) or the posterior mean, whose value conditions the later steps and groups.
+        A value passed for a group (w (B, Lw), z_* (B, T, L)) is used instead of drawing it,
+        so the posteriors can be evaluated at a fixed history.
+        """
+        self._check_inputs(x_a, x_v)
+        n_frames = x_a.shape[1]
+        f_a = self.features_x_a(x_a)  # (B, T, F)
+        f_v = self.features_x_v(x_v)  # (B, T, F)
+        g_a = self.summary_x_a(f_a)  # (B, T, H)
+        g_v = self.summary_x_v(f_v)  # (B, T, H)
+        q_w = self.posterior_w([g_a, g_v], [f_a, f_v])  # (B, Lw)
+        if w is None:
+            w = q_w.rsample(noise.w if noise is not None else None) if sample else q_w.mean
+        w_t = frames_of_w(w, n_frames)  # (B, T, Lw)
+        z_av, q_z_av = self.posterior_z_av(
+            torch.cat([g_a, g_v, w_t], dim=-1),
+            z=z_av,
+            noise=noise.z_av if noise is not None else None,
+            sample=sample,
+        )
+        # given z_av and w, q(z_a | ...) and q(z_v | ...) are independent: one loop for both
+        (z_a, q_z_a), (z_v, q_z_v) = run_posteriors(
+            [self.posterior_z_a, self.posterior_z_v],
+            [torch.cat([g_a, z_av, w_t], dim=-1), torch.cat([g_v, z_av, w_t], dim=-1)],
+            zs=[z_a, z_v],
+            noises=[noise.z_a, noise.z_v] if noise is not None else None,
+            sample=sample,
+        )
+        return Latents(w, z_av, z_a, z_v), LatentDistributions(q_w, q_z_av, q_z_a, q_z_v)
+
+    def encode(self, x_a: Tensor, x_v: Tensor, sample: bool = False) -> Latents:
+        """Latents of x_a (B, T, Da), x_v (B, T, Dv): posterior means unless `sample`.
+
+        With means, each recurrence is fed its own posterior means (z_t = mean of
+        q(z_t | z_1:t-1 = means, ...)) and z_a, z_v are conditioned on the mean of z_av.
+        """
+        return self.infer(x_a, x_v, sample=sample)[0]
+
+    # ---- generative model --------------------------------------------------------------
+
+    def priors(self, latents: Latents) -> LatentDistributions:
+        """p(w) = N(0, I) and p(z_t | z_1:t-1) at the given (sampled) latent sequences."""
+        w = latents.w
+        return LatentDistributions(
+            w=DiagonalGaussian.standard(tuple(w.shape), like=w),
+            z_av=self.prior_z_av(latents.z_av),
+            z_a=self.prior_z_a(latents.z_a),
+            z_v=self.prior_z_v(latents.z_v),
+        )
+
+    def decode(self, latents: Latents) -> tuple[Tensor, Tensor]:
+        """Means of p(x_a_t | z_av_t, z_a_t, w) and p(x_v_t | z_av_t, z_v_t, w), every t.
+
+        `latents.w` may be (B, Lw) or per frame (B, T, Lw) (see `interpolate_w`).
+        Returns x_a_hat (B, T, Da), x_v_hat (B, T, Dv).
+        """
+        n_frames = latents.z_av.shape[1]
+        w_t = frames_of_w(latents.w, n_frames)  # (B, T, Lw)
+        x_a_hat = self.decoder_x_a(torch.cat([latents.z_av, latents.z_a, w_t], dim=-1))
+        x_v_hat = self.decoder_x_v(torch.cat([latents.z_av, latents.z_v, w_t], dim=-1))
+        return x_a_hat, x_v_hat
+
+    def generate(
+        self,
+        batch: int,
+        n_frames: int,
+        w: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Latents:
+        """Latents drawn from the generative model: w ~ N(0, I) unless given (B, Lw), and
+        each dynamical group by ancestral sampling from its autoregressive prior.
+        Pass the result to `decode` for features."""
+        ref = self.decoder_x_a.logvar
+        if w is None:
+            w = torch.randn(
+                batch, self.config.w_dim, generator=generator, device=ref.device, dtype=ref.dtype
+            )
+        elif w.shape != (batch, self.config.w_dim):
+            raise MDVAEError(
+                f"w must be ({batch}, {self.config.w_dim}) for batch={batch}, got {tuple(w.shape)}"
+            )
+        z_av, _ = self.prior_z_av.sample(batch, n_frames, generator=generator)
+        z_a, _ = self.prior_z_a.sample(batch, n_frames, generator=generator)
+        z_v, _ = self.prior_z_v.sample(batch, n_frames, generator=generator)
+        return Latents(w, z_av, z_a, z_v)
+
+    interpolate_w = staticmethod(interpolate_w)
+
+    # ---- training objective -------------------------------------------------------------
+
+    def forward(self, x_a: Tensor, x_v: Tensor) -> MDVAEOutput:
+        """One posterior sample, the reconstructions and the ELBO terms for a batch."""
+        latents, posterior = self.infer(x_a, x_v, sample=True)
+        prior = self.priors(latents)
+        x_a_hat, x_v_hat = self.decode(latents)
+        loss = self.elbo(x_a, x_v, x_a_hat, x_v_hat, posterior, prior)
+        return MDVAEOutput(x_a_hat, x_v_hat, latents, posterior, prior, loss)
+
+    def elbo(
+        self,
+        x_a: Tensor,
+        x_v: Tensor,
+        x_a_hat: Tensor,
+        x_v_hat: Tensor,
+        posterior: LatentDistributions,
+        prior: LatentDistributions,
+    ) -> ELBOTerms:
+        """Negative ELBO terms in nats per frame (single-sample reconstruction terms,
+        closed-form KLs)."""
+        c = self.config
+        n_frames = x_a.shape[1]
+        # per-sequence sums (B,) averaged over the batch, then divided by T
+        rec_audio = self.decoder_x_a.negative_log_likelihood(x_a, x_a_hat).mean() / n_frames
+        rec_visual = self.decoder_x_v.negative_log_likelihood(x_v, x_v_hat).mean() / n_frames
+        kl_w = posterior.w.kl_standard_normal().mean() / n_frames
+        # (B, T) per-frame KLs: their mean over batch and time is the per-sequence sum / T
+        kl_zav = kl_divergence(posterior.z_av, prior.z_av).mean()
+        kl_za = kl_divergence(posterior.z_a, prior.z_a).mean()
+        kl_zv = kl_divergence(posterior.z_v, prior.z_v).mean()
+        total = (
+            rec_audio
+            + rec_visual
+            + c.beta_w * kl_w
+            + c.beta_z_av * kl_zav
+            + c.beta_z_a * kl_za
+            + c.beta_z_v * kl_zv
+        )
+        return ELBOTerms(total, rec_audio, rec_visual, kl_w, kl_zav, kl_za, kl_zv)
+
+    def _check_inputs(self, x_a: Tensor, x_v: Tensor) -> None:
+        check_sequence("x_a (audio features)", x_a, self.config.audio_dim)
+        check_sequence("x_v (visual features)", x_v, self.config.visual_dim)
+        if x_a.shape[:2] != x_v.shape[:2]:
+            raise MDVAEError(
+                f"audio and visual features must have the same batch and number of frames, "
+                f"got {tuple(x_a.shape[:2])} and {tuple(x_v.shape[:2])}; trim both streams "
+                "to the same length"
+            )

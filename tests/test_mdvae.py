@@ -1,0 +1,435 @@
+"""MDVAE behaviour on tiny configurations: the seed's dependency structure checked
+numerically, ELBO bookkeeping, training on a known latent process, and the operations
+(encode with mean propagation, swap, interpolate, generate)."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from mdvae.errors import ConfigError, MDVAEError
+from mdvae.gaussian import DiagonalGaussian
+from mdvae.mdvae import MDVAE, Latents, MDVAEConfig
+from mdvae.temporal import run_posteriors
+
+GROUPS = ("w", "z_av", "z_a", "z_v")
+TINY = dict(
+    audio_dim=6,
+    visual_dim=10,
+    w_dim=3,
+    z_av_dim=2,
+    z_a_dim=2,
+    z_v_dim=2,
+    feature_dim=8,
+    audio_hidden=12,
+    visual_hidden=12,
+    rnn_dim=8,
+    z_rnn_dim=8,
+)
+B, T = 2, 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from a second thread and lose much when cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(seed=0, dtype=torch.float64, **overrides) -> MDVAE:
+    torch.manual_seed(seed)
+    return MDVAE(MDVAEConfig(**{**TINY, **overrides})).to(dtype)
+
+
+def inputs(seed=0, dtype=torch.float64, batch=B, n_frames=T):
+    gen = torch.Generator().manual_seed(seed)
+    x_a = torch.randn(batch, n_frames, TINY["audio_dim"], generator=gen, dtype=dtype)
+    x_v = torch.randn(batch, n_frames, TINY["visual_dim"], generator=gen, dtype=dtype)
+    return x_a, x_v
+
+
+def posterior_params(model, x_a, x_v, fixed: Latents) -> dict[str, torch.Tensor]:
+    """Posterior parameters of every group with w and all z histories held at `fixed`."""
+    _, q = model.infer(x_a, x_v, w=fixed.w, z_av=fixed.z_av, z_a=fixed.z_a, z_v=fixed.z_v)
+    return {g: torch.cat([getattr(q, g).mean, getattr(q, g).logvar], -1) for g in GROUPS}
+
+
+def perturbed(x, frames):
+    x = x.clone()
+    x[:, frames] += 1.0 + torch.rand_like(x[:, frames])
+    return x
+
+
+def grads(target, leaves):
+    """d target / d leaf for each leaf; zeros where the graph does not reach the leaf."""
+    found = torch.autograd.grad(target, leaves, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, found)]
+
+
+def changed(a, b):
+    return (a - b).abs().max().item() > 1e-6
+
+
+# ---- dependency structure ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", ["audio", "visual"])
+def test_smoothing_posteriors_depend_on_present_and_future_frames_only(stream):
+    model = tiny_model()
+    x_a, x_v = inputs()
+    with torch.no_grad():
+        fixed = model.encode(x_a, x_v, sample=True)
+        base = posterior_params(model, x_a, x_v, fixed)
+        # the audio-only posterior sees the audio stream only, and vice versa
+        own = "z_a" if stream == "audio" else "z_v"
+        other = "z_v" if stream == "audio" else "z_a"
+        for t in range(T):
+            for frames, expect in ((slice(0, t), False), (slice(t, T), True), ([t], True)):
+                if frames == slice(0, 0):
+                    continue
+                if stream == "audio":
+                    after = posterior_params(model, perturbed(x_a, frames), x_v, fixed)
+                else:
+                    after = posterior_params(model, x_a, perturbed(x_v, frames), fixed)
+                for group in ("z_av", own):
+                    assert changed(after[group][:, t], base[group][:, t]) == expect, (
+                        group,
+                        t,
+                        frames,
+                    )
+                # given z_av and w, the other stream's posterior ignores this stream entirely
+                torch.testing.assert_close(after[other], base[other], rtol=0, atol=0)
+
+
+def test_past_frames_reach_posteriors_through_w():
+    """Counter-check of the test above: with w inferred rather than held, x_1 moves q(z_T)."""
+    model = tiny_model()
+    x_a, x_v = inputs()
+    with torch.no_grad():
+        fixed = model.encode(x_a, x_v, sample=True)
+        history = dict(z_av=fixed.z_av, z_a=fixed.z_a, z_v=fixed.z_v)
+        _, q1 = model.infer(x_a, x_v, sample=False, **history)
+        _, q2 = model.infer(perturbed(x_a, [0]), x_v, sample=False, **history)
+    assert changed(q1.z_av.mean[:, -1], q2.z_av.mean[:, -1])
+
+
+def test_filtering_posteriors_depend_on_the_present_frame_only():
+    model = tiny_model(posterior="filtering")
+    x_a, x_v = inputs()
+    with torch.no_grad():
+        fixed = model.encode(x_a, x_v, sample=True)
+        base = posterior_params(model, x_a, x_v, fixed)
+        for t in range(T):
+            for s in range(T):
+                after = posterior_params(model, perturbed(x_a, [s]), perturbed(x_v, [s]), fixed)
+                for group in ("z_av", "z_a", "z_v"):
+                    assert changed(after[group][:, t], base[group][:, t]) == (s == t)
+
+
+def test_posterior_at_t_depends_on_the_past_of_its_own_group_only():
+    model = tiny_model()
+    x_a, x_v = inputs()
+    fixed = model.encode(x_a, x_v, sample=True).detach()
+    z = {g: getattr(fixed, g).clone().requires_grad_(True) for g in ("z_av", "z_a", "z_v")}
+    _, q = model.infer(x_a, x_v, w=fixed.w, **z)
+    for t in range(T):
+        for group in ("z_av", "z_a", "z_v"):
+            out = getattr(q, group)
+            target = (out.mean[:, t] + out.logvar[:, t]).sum()
+            for name, grad in zip(z, grads(target, list(z.values()))):
+                norms = grad.abs().sum((0, 2))  # (T,) influence of each frame of that group
+                if name == group:
+                    # z_1:t-1 of its own group, nothing from z_t onwards
+                    assert torch.all(norms[:t] > 0) and torch.all(norms[t:] == 0), (group, t)
+                elif group in ("z_a", "z_v") and name == "z_av":
+                    # z_av_t enters q(z_a_t) and q(z_v_t), no other frame of it
+                    assert norms[t] > 0 and norms.sum() == norms[t], (group, t)
+                else:
+                    assert torch.all(norms == 0), (group, name, t)
+
+
+def test_priors_depend_on_the_strict_past_only():
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(5)
+    for group, dim in (("z_av", 2), ("z_a", 2), ("z_v", 2)):
+        prior = getattr(model, f"prior_{group}")
+        z = torch.randn(B, T, dim, generator=gen, dtype=torch.float64, requires_grad=True)
+        p = prior(z)
+        for t in range(T):
+            (grad,) = grads((p.mean[:, t] + p.logvar[:, t]).sum(), [z])
+            norms = grad.abs().sum((0, 2))
+            assert torch.all(norms[:t] > 0) and torch.all(norms[t:] == 0), (group, t)
+
+
+def test_decoders_read_the_latents_of_their_own_frame_and_w_only():
+    model = tiny_model()
+    x_a, x_v = inputs()
+    latents = model.encode(x_a, x_v, sample=True).detach()
+    leaves = {g: getattr(latents, g).clone().requires_grad_(True) for g in GROUPS}
+    x_a_hat, x_v_hat = model.decode(Latents(**leaves))
+    for t in range(T):
+        for out, uses, ignores in (
+            (x_a_hat, ("z_av", "z_a"), "z_v"),
+            (x_v_hat, ("z_av", "z_v"), "z_a"),
+        ):
+            found = dict(zip(GROUPS, grads(out[:, t].sum(), list(leaves.values()))))
+            assert found["w"].abs().sum() > 0
+            for group in uses:
+                norms = found[group].abs().sum((0, 2))
+                assert norms[t] > 0 and norms.sum() == norms[t]
+            assert torch.all(found[ignores] == 0)
+
+
+# ---- inference, ELBO ---------------------------------------------------------------------
+
+
+def test_sampled_run_equals_posteriors_evaluated_at_its_own_samples():
+    model = tiny_model()
+    x_a, x_v = inputs()
+    with torch.no_grad():
+        latents, q = model.infer(x_a, x_v, sample=True)
+        _, q_fixed = model.infer(x_a, x_v, **{g: getattr(latents, g) for g in GROUPS})
+    for group in GROUPS:
+        torch.testing.assert_close(getattr(q, group).mean, getattr(q_fixed, group).mean)
+        torch.testing.assert_close(getattr(q, group).logvar, getattr(q_fixed, group).logvar)
+
+
+def test_joint_loop_of_za_and_zv_equals_running_them_one_by_one():
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(2)
+    conds = [torch.randn(B, T, 13, generator=gen, dtype=torch.float64) for _ in range(2)]
+    noises = [torch.randn(B, T, 2, generator=gen, dtype=torch.float64) for _ in range(2)]
+    held = torch.randn(B, T, 2, generator=gen, dtype=torch.float64)
+    recurrences = [model.posterior_z_a, model.posterior_z_v]
+    with torch.no_grad():
+        for zs in ([None, None], [held, None], [held, held]):
+            for sample in (True, False):
+                joint = run_posteriors(recurrences, conds, zs=zs, noises=noises, sample=sample)
+                for r, cond, z, noise, (z_joint, q_joint) in zip(
+                    recurrences, conds, zs, noises, joint
+                ):
+                    z_alone, q_alone = r(cond, z=z, noise=noise, sample=sample)
+                    torch.testing.assert_close(z_joint, z_alone)
+                    torch.testing.assert_close(q_joint.mean, q_alone.mean)
+                    torch.testing.assert_close(q_joint.logvar, q_alone.logvar)
+
+
+def test_encode_propagates_posterior_means():
+    model = tiny_model()
+    x_a, x_v = inputs()
+    with torch.no_grad():
+        means = model.encode(x_a, x_v)
+        _, q = model.infer(x_a, x_v, **{g: getattr(means, g) for g in GROUPS})
+        assert torch.equal(model.encode(x_a, x_v).z_av, means.z_av)  # deterministic
+    for group in GROUPS:
+        torch.testing.assert_close(getattr(means, group), getattr(q, group).mean)
+
+
+def test_noise_holds_the_sample_fixed():
+    model = tiny_model()
+    x_a, x_v = inputs()
+    gen = torch.Generator().manual_seed(9)
+    noise = Latents(
+        w=torch.randn(B, 3, generator=gen, dtype=torch.float64),
+        z_av=torch.randn(B, T, 2, generator=gen, dtype=torch.float64),
+        z_a=torch.randn(B, T, 2, generator=gen, dtype=torch.float64),
+        z_v=torch.randn(B, T, 2, generator=gen, dtype=torch.float64),
+    )
+    with torch.no_grad():
+        first, q = model.infer(x_a, x_v, noise=noise)
+        second, _ = model.infer(x_a, x_v, noise=noise)
+    for group in GROUPS:
+        assert torch.equal(getattr(first, group), getattr(second, group))
+    torch.testing.assert_close(first.w, q.w.mean + q.w.std * noise.w)
+
+
+def test_elbo_terms_are_the_per_frame_negative_elbo():
+    model = tiny_model(beta_w=2.0, beta_z_av=0.5, beta_z_a=3.0, beta_z_v=0.0)
+    x_a, x_v = inputs()
+    with torch.no_grad():
+        out = model(x_a, x_v)
+    loss, q, p = out.loss, out.posterior, out.prior
+    # reconstruction: the Gaussian log-likelihood with the decoder's per-dimension variance
+    for x, x_hat, decoder, term in (
+        (x_a, out.x_a_hat, model.decoder_x_a, loss.rec_audio),
+        (x_v, out.x_v_hat, model.decoder_x_v, loss.rec_visual),
+    ):
+        obs = DiagonalGaussian(x_hat, decoder.logvar.expand_as(x_hat))
+        torch.testing.assert_close(term, -obs.log_prob(x).sum(1).mean() / T)
+    torch.testing.assert_close(loss.kl_w, q.w.kl_standard_normal().mean() / T)
+    for group, term in (("z_av", loss.kl_zav), ("z_a", loss.kl_za), ("z_v", loss.kl_zv)):
+        per_sequence = getattr(q, group).kl(getattr(p, group)).sum(1)  # (B,)
+        torch.testing.assert_close(term, per_sequence.mean() / T)
+    rec = loss.rec_audio + loss.rec_visual
+    kls = loss.kl_w + loss.kl_zav + loss.kl_za + loss.kl_zv
+    torch.testing.assert_close(loss.negative_elbo, rec + kls)
+    weighted = rec + 2.0 * loss.kl_w + 0.5 * loss.kl_zav + 3.0 * loss.kl_za
+    torch.testing.assert_close(loss.total, weighted)
+    assert set(loss.as_dict()) == {
+        "total",
+        "rec_audio",
+        "rec_visual",
+        "kl_w",
+        "kl_zav",
+        "kl_za",
+        "kl_zv",
+        "negative_elbo",
+    }
+
+
+def synthetic_sequences(n, n_frames, seed=0):
+    """Two 'modalities' from a known process: a static code s shared by both streams, a
+    shared oscillation d_t, one private AR(1) factor per stream, through fixed random
+    nonlinear maps plus a little noise."""
+    gen = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, 2, generator=gen)
+    phase = 6.28 * torch.rand(n, 1, generator=gen)
+    freq = 0.5 + torch.rand(n, 1, generator=gen)
+    t = torch.arange(n_frames, dtype=torch.float32)
+    d = torch.stack([torch.sin(freq * t + phase), torch.cos(freq * t + phase)], -1)  # (n, T, 2)
+
+    def ar1():
+        out = [torch.randn(n, generator=gen)]
+        for _ in range(n_frames - 1):
+            out.append(0.8 * out[-1] + 0.6 * torch.randn(n, generator=gen))
+        return torch.stack(out, 1).unsqueeze(-1)  # (n, T, 1)
+
+    def observe(private, dim):
+        factors = torch.cat([s.unsqueeze(1).expand(-1, n_frames, -1), d, private], -1)
+        m1 = torch.randn(5, 16, generator=gen)
+        m2 = torch.randn(16, dim, generator=gen) / 4
+        noise = 0.05 * torch.randn(n, n_frames, dim, generator=gen)
+        return torch.tanh(factors @ m1) @ m2 + noise
+
+    return observe(ar1(), TINY["audio_dim"]), observe(ar1(), TINY["visual_dim"])
+
+
+def marginal_gaussian_nll(x):
+    """Per-frame NLL of the best latent-free model: one Gaussian per dimension, fit to x."""
+    var = x.reshape(-1, x.shape[-1]).var(0)
+    return float(0.5 * (torch.log(2 * math.pi * var) + 1).sum())
+
+
+def test_training_lowers_the_negative_elbo_on_a_structured_process():
+    torch.manual_seed(0)
+    x_a, x_v = synthetic_sequences(256, 8)
+    # a small initial observation variance keeps the reconstruction term from being swamped
+    # by the KLs in the first steps (the data's own variance is about 0.4)
+    model = MDVAE(MDVAEConfig(**TINY, obs_logvar_init=-2.0))
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def negative_elbo():
+        with torch.no_grad():
+            return sum(float(model(x_a, x_v).loss.negative_elbo) for _ in range(4)) / 4
+
+    start = negative_elbo()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(200):
+        batch = torch.randint(0, 256, (32,), generator=gen)
+        loss = model(x_a[batch], x_v[batch]).loss.total
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    end = negative_elbo()
+    baseline = marginal_gaussian_nll(x_a) + marginal_gaussian_nll(x_v)
+    assert end < start - 15, (start, end)
+    # the bound beats the best model that ignores the latent structure by a wide margin
+    assert end < baseline - 3, (end, baseline)
+
+
+# ---- operations ----------------------------------------------------------------------------
+
+
+def test_swapping_all_or_no_groups():
+    model = tiny_model()
+    x_a, x_v = inputs(0)
+    y_a, y_v = inputs(1)
+    with torch.no_grad():
+        a, b = model.encode(x_a, x_v), model.encode(y_a, y_v)
+        decoded_a, decoded_b = model.decode(a), model.decode(b)
+        for got, want in zip(model.decode(a.swap(b, set(GROUPS))), decoded_b):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        for got, want in zip(model.decode(a.swap(b, set())), decoded_a):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        # z_v only moves the visual stream
+        x_a_hat, x_v_hat = model.decode(a.swap(b, {"z_v"}))
+    torch.testing.assert_close(x_a_hat, decoded_a[0], rtol=0, atol=0)
+    assert changed(x_v_hat, decoded_a[1])
+    mixed = a.swap(b, {"w", "z_a"})
+    assert mixed.w is b.w and mixed.z_a is b.z_a and mixed.z_av is a.z_av and mixed.z_v is a.z_v
+
+
+def test_swap_refuses_unknown_groups_and_mismatched_lengths():
+    model = tiny_model()
+    with torch.no_grad():
+        a = model.encode(*inputs(0))
+        short = model.encode(*inputs(1, n_frames=T - 2))
+    with pytest.raises(MDVAEError, match="unknown latent group"):
+        a.swap(a, {"zav"})
+    with pytest.raises(MDVAEError, match="cannot swap 'z_av'"):
+        a.swap(short, {"z_av"})
+    assert torch.equal(a.swap(short, "w").w, short.w)  # w moves between clip lengths
+
+
+def test_interpolate_w_sweep_and_constant_alpha():
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(4)
+    w, w_other = torch.randn(2, B, 3, generator=gen, dtype=torch.float64)
+    sweep = model.interpolate_w(w, w_other, T)
+    assert sweep.shape == (B, T, 3)
+    torch.testing.assert_close(sweep[:, 0], w)  # alpha_1 = 1
+    torch.testing.assert_close(sweep[:, -1], w_other)  # alpha_T = 0
+    alpha_2 = (T - 2) / (T - 1)
+    torch.testing.assert_close(sweep[:, 1], alpha_2 * w + (1 - alpha_2) * w_other)
+    constant = model.interpolate_w(w, w_other, T, alpha=0.25)
+    torch.testing.assert_close(constant, (0.25 * w + 0.75 * w_other)[:, None].expand(B, T, 3))
+    with torch.no_grad():
+        latents = model.encode(*inputs())
+        per_frame = dataclasses.replace(latents, w=model.interpolate_w(latents.w, latents.w, T))
+        for got, want in zip(model.decode(per_frame), model.decode(latents)):
+            torch.testing.assert_close(got, want)
+
+
+def test_generate_from_the_priors():
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        latents = model.generate(3, 5, generator=gen)
+        given = torch.zeros(3, 3, dtype=torch.float64)
+        conditioned = model.generate(3, 5, w=given)
+        x_a_hat, x_v_hat = model.decode(latents)
+    assert latents.w.shape == (3, 3) and latents.z_av.shape == (3, 5, 2)
+    assert latents.z_a.shape == (3, 5, 2) and latents.z_v.shape == (3, 5, 2)
+    assert x_a_hat.shape == (3, 5, 6) and x_v_hat.shape == (3, 5, 10)
+    assert conditioned.w is given
+    with pytest.raises(MDVAEError, match="w must be"):
+        model.generate(2, 5, w=given)
+
+
+def test_bad_inputs_are_refused_with_a_clear_message():
+    model = tiny_model()
+    x_a, x_v = inputs()
+    with pytest.raises(
+        MDVAEError, match=r"x_v \(visual features\) must be a \(batch, frames, 10\)"
+    ):
+        model(x_a, x_v[..., :4])
+    with pytest.raises(MDVAEError, match="same batch and number of frames"):
+        model(x_a, x_v[:, :3])
+
+
+def test_config_presets_round_trip_and_validation():
+    mead = MDVAEConfig.preset("mead")
+    assert (mead.audio_dim, mead.visual_dim, mead.w_dim) == (512, 2048, 84)
+    assert (mead.z_av_dim, mead.z_a_dim, mead.z_v_dim) == (16, 8, 4)
+    assert mead.beta_w == mead.beta_z_av == mead.beta_z_a == mead.beta_z_v == 1.0
+    synthetic = MDVAEConfig.preset("synthetic", posterior="filtering")
+    assert MDVAEConfig.from_dict(synthetic.to_dict()) == synthetic
+    with pytest.raises(ConfigError, match="posterior"):
+        MDVAEConfig(posterior="bidirectional")
+    with pytest.raises(ConfigError, match="z_av_dim"):
+        MDVAEConfig.from_dict({**mead.to_dict(), "z_av_dim": 0})
+    with pytest.raises(ConfigError, match="unknown MDVAE preset"):
+        MDVAEConfig.preset("voxceleb")

@@ -1,0 +1,253 @@
+"""Speed and memory of the models on this machine's CPU: `python -m train.benchmark`.
+
+Each row runs in a fresh Python process, so its peak resident memory (getrusage max RSS)
+belongs to that row alone, and one row's allocator state cannot speed up or slow down the
+next. Times are medians over repeated runs after warm-up; the machine's load average is
+printed with each row because other work on a shared CPU moves every number here.
+
+Sections (add one by appending to SECTIONS):
+- stage2_training: MDVAE training throughput (frames/s) for one optimiser step
+  (forward, ELBO, backward, AdamW), T = 30, at the MEAD reference sizes.
+- clip_latency: encode (posterior means) + decode of one 90-frame clip, batch 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+TRAIN_FRAMES = 30  # T of the authors' stage-2 training sequences
+CLIP_FRAMES = 90  # a 3-second clip at 30 frames/s
+
+
+@dataclass
+class Case:
+    """One row: run by `run` in its own process, it returns the values of the columns."""
+
+    label: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    columns: list[str]
+    cases: Callable[[argparse.Namespace], list[Case]]
+    run: Callable[[Case, argparse.Namespace], dict]
+
+
+def _rss_mb() -> float:
+    """Current resident memory of this process (MB)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _model(args: argparse.Namespace):
+    import torch
+
+    from mdvae.mdvae import MDVAE, MDVAEConfig
+
+    torch.manual_seed(0)
+    return MDVAE(MDVAEConfig.preset(args.preset, **json.loads(args.overrides))), torch
+
+
+# ---- stage-2 training throughput -------------------------------------------------------
+
+
+def _training_cases(args: argparse.Namespace) -> list[Case]:
+    return [Case(f"batch {b}", {"batch": b}) for b in args.batches]
+
+
+def _training_run(case: Case, args: argparse.Namespace) -> dict:
+    import torch
+
+    batch = case.params["batch"]
+    gen = torch.Generator().manual_seed(0)
+    base_rss = _rss_mb()
+    model, _ = _model(args)
+    config = model.config
+    x_a = torch.randn(batch, TRAIN_FRAMES, config.audio_dim, generator=gen)
+    x_v = torch.randn(batch, TRAIN_FRAMES, config.visual_dim, generator=gen)
+    # the fused kernel: one pass over all parameters instead of ~60 small ops per tensor
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    model.train()
+
+    def step() -> None:
+        loss = model(x_a, x_v).loss.total
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    warmup, steps = (1, 4) if args.quick else (3, 15)
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {
+        "frames/s": batch * TRAIN_FRAMES / median,
+        "step ms (median)": 1e3 * median,
+        "step ms (min)": 1e3 * min(times),
+        "peak RSS MB": _peak_rss_mb(),
+        "peak - base MB": _peak_rss_mb() - base_rss,
+    }
+
+
+# ---- encode + decode latency of one clip -------------------------------------------------
+
+
+def _latency_cases(args: argparse.Namespace) -> list[Case]:
+    return [Case(f"{CLIP_FRAMES}-frame clip", {"frames": CLIP_FRAMES})]
+
+
+def _latency_run(case: Case, args: argparse.Namespace) -> dict:
+    import torch
+
+    n_frames = case.params["frames"]
+    gen = torch.Generator().manual_seed(0)
+    base_rss = _rss_mb()
+    model, _ = _model(args)
+    config = model.config
+    x_a = torch.randn(1, n_frames, config.audio_dim, generator=gen)
+    x_v = torch.randn(1, n_frames, config.visual_dim, generator=gen)
+    model.eval()
+
+    def run() -> None:
+        with torch.inference_mode():
+            model.decode(model.encode(x_a, x_v))
+
+    warmup, reps = (2, 10) if args.quick else (5, 40)
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return {
+        "encode+decode ms (median)": 1e3 * statistics.median(times),
+        "ms (min)": 1e3 * min(times),
+        "peak RSS MB": _peak_rss_mb(),
+        "peak - base MB": _peak_rss_mb() - base_rss,
+    }
+
+
+SECTIONS: list[Section] = [
+    Section(
+        "stage2_training",
+        f"Stage-2 MDVAE training, T = {TRAIN_FRAMES} (forward + ELBO + backward + AdamW step)",
+        ["frames/s", "step ms (median)", "step ms (min)", "peak RSS MB", "peak - base MB"],
+        _training_cases,
+        _training_run,
+    ),
+    Section(
+        "clip_latency",
+        "Encode (posterior means) + decode, batch 1",
+        ["encode+decode ms (median)", "ms (min)", "peak RSS MB", "peak - base MB"],
+        _latency_cases,
+        _latency_run,
+    ),
+]
+
+
+# ---- driver ------------------------------------------------------------------------------
+
+
+def _child_argv(args: argparse.Namespace, section: Section, case: Case) -> list[str]:
+    argv = [sys.executable, "-m", "train.benchmark", "--threads", str(args.threads)]
+    argv += ["--preset", args.preset, "--overrides", args.overrides]
+    argv += ["--batches", *map(str, args.batches)]
+    if args.quick:
+        argv.append("--quick")
+    return argv + ["--run-case", json.dumps({"section": section.name, "case": case.__dict__})]
+
+
+def _run_child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    spec = json.loads(args.run_case)
+    section = next(s for s in SECTIONS if s.name == spec["section"])
+    result = section.run(Case(**spec["case"]), args)
+    print(json.dumps(result))
+
+
+def _format_table(section: Section, rows: list[tuple[str, dict, float]]) -> str:
+    header = ["", *section.columns, "load avg"]
+    body = [
+        [label, *(f"{values[c]:,.1f}" for c in section.columns), f"{load:.2f}"]
+        for label, values, load in rows
+    ]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = [f"## {section.title}"]
+    for row in [header, ["-" * w for w in widths], *body]:
+        lines.append("| " + " | ".join(cell.rjust(w) for cell, w in zip(row, widths)) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, for a smoke run")
+    parser.add_argument("--preset", default="mead", help="MDVAE config preset (default mead)")
+    parser.add_argument(
+        "--overrides", default="{}", help="JSON of MDVAEConfig fields, e.g. '{\"rnn_dim\": 64}'"
+    )
+    parser.add_argument(
+        "--batches", type=int, nargs="+", default=[32, 128], help="training batch sizes"
+    )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=[s.name for s in SECTIONS],
+        default=[s.name for s in SECTIONS],
+        help="which sections to run (default all)",
+    )
+    parser.add_argument("--run-case", help=argparse.SUPPRESS)  # internal: one row, in a child
+    args = parser.parse_args(argv)
+    if args.run_case:
+        _run_child(args)
+        return
+
+    import torch
+
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), fp32, preset {args.preset!r} "
+        f"{args.overrides}, "
+        f"{'quick' if args.quick else 'full'} run; load average before: "
+        + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    )
+    for section in (s for s in SECTIONS if s.name in args.sections):
+        rows = []
+        for case in section.cases(args):
+            proc = subprocess.run(
+                _child_argv(args, section, case), capture_output=True, text=True, check=False
+            )
+            if proc.returncode != 0:
+                sys.exit(f"{section.name} / {case.label} failed:\n{proc.stderr}")
+            rows.append(
+                (case.label, json.loads(proc.stdout.strip().splitlines()[-1]), os.getloadavg()[0])
+            )
+        print()
+        print(_format_table(section, rows))
+
+
+if __name__ == "__main__":
+    main()
