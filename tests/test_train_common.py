@@ -33,7 +33,7 @@ class Batches:
         self.rng.bit_generator.state = state
 
 
-def step_fn(model, batch):
+def step_fn(model, batch, step):
     pred = model(batch["x"]).squeeze(-1)
     return {"total": ((pred - batch["y"]) ** 2).mean()}
 
@@ -100,7 +100,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     cfg = common.RunConfig(steps=5, warmup=1)
     run = common.RunFolder(tmp_path)
 
-    def nan_step(model, batch):
+    def nan_step(model, batch, step):
         return {"total": model(batch["x"]).sum() * float("nan")}
 
     with pytest.raises(common.TrainingDiverged, match="loss became nan at step 1"):

@@ -21,6 +21,7 @@ import os
 import random
 import tempfile
 import time
+import types
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -55,6 +56,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "
     for field in dataclasses.fields(cls):
         flag = "--" + (prefix + field.name).replace("_", "-")
         kind = hints[field.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            # an optional field takes its non-None type on the command line
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
         default = None  # unset flags keep the dataclass (or preset) default
         if kind is bool:
             group.add_argument(flag, type=_parse_bool, default=default, metavar="{true,false}")
@@ -354,9 +358,10 @@ def lr_at(step: int, cfg: RunConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-# A step function maps (model, batch) to named scalar losses, with "total" the one to
-# minimise; it runs under autocast and, for validation, under no_grad in eval mode.
-StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
+# A step function maps (model, batch, step) to named scalar losses, with "total" the one
+# to minimise; it runs under autocast and, for validation, under no_grad in eval mode
+# with step None (a schedule such as KL warm-up then reports the objective itself).
+StepFn = Callable[[nn.Module, dict[str, Any], int | None], dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -436,7 +441,7 @@ def train_loop(
         count = 0
         with torch.no_grad(), autocast(d.device, cfg.amp):
             for batch in val_batches():
-                losses = step_fn(model, batch)
+                losses = step_fn(model, batch, None)
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 count += 1
@@ -460,7 +465,7 @@ def train_loop(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             with autocast(d.device, cfg.amp):
-                losses = step_fn(wrapped, batch)
+                losses = step_fn(wrapped, batch, step)
             total = losses["total"]
             if not torch.isfinite(total.detach()):
                 parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())

@@ -1,0 +1,116 @@
+"""Fit the emotion heads: multinomial logistic regression on the posterior mean of w.
+
+One head per static latent: the MDVAE's q(w | x_a, x_v), and, when given, the A-DSAE's
+q(w | x_a) and the V-DSAE's q(w | x_v). Each clip of the training split is encoded whole;
+accuracy is reported on the validation and test speakers. The heads are written as a
+small bundle (safetensors + config) that ``train.export`` folds into the release.
+
+    python -m train.emotion --store data/synthetic --vq-visual runs/vq_visual \\
+        --vq-audio runs/vq_audio --mdvae runs/mdvae --dsae-audio runs/dsae_audio \\
+        --dsae-visual runs/dsae_visual --out runs/emotion
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mdvae.bundle import save_bundle
+from mdvae.emotion import fit_emotion_head
+from mdvae.errors import MDVAEError
+from mdvae.store import Store
+from train import common
+from train.stage2 import cached_features, load_stage1
+
+# bundle component name of each head -> the stage-2 model whose w it reads
+HEADS = {"emotion": "mdvae", "emotion_dsae_audio": "dsae_audio",
+         "emotion_dsae_visual": "dsae_visual"}
+
+
+def load_stage2(run_dir: str) -> torch.nn.Module:
+    """The trained model of a stage-2 run folder, in eval mode."""
+    from mdvae.dsae import DSAE, DSAEConfig
+    from mdvae.mdvae import MDVAE, MDVAEConfig
+
+    run = common.RunFolder(run_dir, writer=False)
+    saved = run.read_config()
+    if saved.get("program") != "stage2":
+        raise common.CheckpointError(f"{run_dir} is not a stage-2 run folder")
+    if saved["model_class"] == "MDVAE":
+        model = MDVAE(MDVAEConfig.from_dict(saved["model"]))
+    else:
+        model = DSAE(DSAEConfig.from_dict(saved["model"]))
+    model.load_state_dict(run.load_checkpoint(required=True)["model"])
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def static_means(model: torch.nn.Module, audio: np.ndarray, visual: np.ndarray,
+                 clips: list, *, show: bool = True) -> np.ndarray:
+    """Posterior mean of w for each whole clip: (N, Lw). Works for the MDVAE and DSAEs."""
+    out = []
+    for clip in tqdm(clips, desc="encoding w", disable=not show, leave=False):
+        rows = slice(clip.start, clip.start + clip.length)
+        x_a = torch.from_numpy(np.asarray(audio[rows], np.float32))[None]  # (1, T, 512)
+        x_v = torch.from_numpy(np.asarray(visual[rows], np.float32))[None]  # (1, T, 2048)
+        if hasattr(model, "config") and hasattr(model.config, "modality"):
+            latents = model.encode(x_a if model.config.modality == "audio" else x_v)
+        else:
+            latents = model.encode(x_a, x_v)
+        out.append(latents.w[0].numpy())
+    return np.stack(out)
+
+
+def labelled(clips: list) -> list:
+    return [c for c in clips if c.emotion]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m train.emotion", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--vq-visual", required=True)
+    parser.add_argument("--vq-audio", required=True)
+    parser.add_argument("--mdvae", required=True, help="stage-2 MDVAE run folder")
+    parser.add_argument("--dsae-audio", help="stage-2 A-DSAE run folder")
+    parser.add_argument("--dsae-visual", help="stage-2 V-DSAE run folder")
+    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength")
+    parser.add_argument("--out", required=True, help="folder for the heads")
+    args = parser.parse_args(argv)
+
+    store = Store(args.store)
+    audio, visual, _ = cached_features(store, load_stage1(args.vq_audio),
+                                       load_stage1(args.vq_visual))
+    runs = {"mdvae": args.mdvae, "dsae_audio": args.dsae_audio, "dsae_visual": args.dsae_visual}
+    train_clips = labelled(store.split_clips("train"))
+    if not train_clips:
+        raise MDVAEError(f"{args.store} has no labelled training clips to fit emotions on")
+    heads, report = {}, {}
+    for head_name, model_name in HEADS.items():
+        if not runs[model_name]:
+            continue
+        model = load_stage2(runs[model_name])
+        w_train = static_means(model, audio, visual, train_clips)
+        head = fit_emotion_head(w_train, [c.emotion for c in train_clips], c=args.c)
+        heads[head_name] = head
+        scores = {}
+        for split in ("train", "val", "test"):
+            clips = labelled(store.split_clips(split))
+            if not clips:
+                continue
+            w = static_means(model, audio, visual, clips, show=False)
+            pred = head(torch.from_numpy(w)).argmax(-1).numpy()
+            truth = np.array([head.config.labels.index(c.emotion) for c in clips])
+            scores[split] = float((pred == truth).mean())
+        report[head_name] = {"reads": model_name, "accuracy": scores, "clips": len(train_clips)}
+        print(f"{head_name:>22}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    save_bundle(args.out, heads, info={"emotion": report},
+                card="Emotion heads (logistic regression on posterior means of w).\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

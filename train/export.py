@@ -1,0 +1,163 @@
+"""Assemble a release bundle from training runs, with a model card; optionally push it.
+
+    python -m train.export --vq-visual runs/vq_visual --vq-audio runs/vq_audio \\
+        --mdvae runs/mdvae --dsae-audio runs/dsae_audio --dsae-visual runs/dsae_visual \\
+        --emotion runs/emotion --results runs/eval/results.json --out checkpoints
+    python -m train.export ... --push-to-hub you/vq-mdvae-synthetic
+
+Training checkpoints (optimiser state, RNG, pickled) never leave the run folders: the
+bundle holds only config.json, model.safetensors and the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from mdvae.bundle import load_bundle, save_bundle
+from mdvae.errors import MDVAEError
+from mdvae.store import Store
+from train import common
+from train.emotion import load_stage2
+from train.stage2 import load_stage1
+
+
+def run_summary(run_dir: str) -> dict[str, Any]:
+    """What a run folder says about itself: program, steps, wall time, last validation."""
+    run = common.RunFolder(run_dir, writer=False)
+    config = run.read_config()
+    rows = run.read_log()
+    train_rows = [r for r in rows if r["split"] == "train"]
+    val_rows = [r for r in rows if r["split"] == "val"]
+    times = [r["time"] for r in rows]
+    summary = {
+        "run": str(run_dir),
+        "steps": train_rows[-1]["step"] if train_rows else 0,
+        "batch_size": config["run"]["batch_size"],
+        "train_speed": round(train_rows[-1].get("speed", 0.0), 1) if train_rows else None,
+        "last_val": {k: round(v, 5) for k, v in val_rows[-1].items()
+                     if k not in ("step", "split", "time")} if val_rows else {},
+        "model": config["model"],
+    }
+    if len(times) > 1:
+        summary["logged_wall_seconds"] = round(times[-1] - times[0], 1)
+    return summary
+
+
+def data_summary(store_path: str) -> dict[str, Any]:
+    store = Store(store_path)
+    splits = {}
+    for split in ("train", "val", "test"):
+        clips = store.split_clips(split)
+        splits[split] = {
+            "speakers": sorted({c.speaker for c in clips}),
+            "clips": len(clips),
+            "frames": int(sum(c.length for c in clips)),
+        }
+    return {"store": str(store_path), "source": store.source_kind, "splits": splits}
+
+
+def model_card(info: dict[str, Any]) -> str:
+    data = info.get("data", {})
+    lines = [
+        "---",
+        "library_name: vq-mdvae",
+        "tags: [audiovisual-speech, variational-autoencoder, vq-vae, disentanglement]",
+        "---",
+        "",
+        "# VQ-MDVAE bundle",
+        "",
+        "A multimodal dynamical VAE (Sadok, Leglaive et al.) trained in two stages inside",
+        "frozen per-modality VQ-VAEs, with the unimodal DSAE baselines and emotion heads.",
+        "Load it with `mdvae.bundle.load_bundle(path_or_repo_id)`.",
+        "",
+        "## Training data",
+        "",
+        f"Source: `{data.get('source', '?')}` (store `{data.get('store', '?')}`).",
+        "",
+        "| split | speakers | clips | frames |",
+        "|---|---|---|---|",
+    ]
+    for split, s in data.get("splits", {}).items():
+        lines.append(f"| {split} | {len(s['speakers'])} | {s['clips']} | {s['frames']} |")
+    lines += ["", "## Training runs", "", "| component | steps | batch | speed (items/s) |",
+              "|---|---|---|---|"]
+    for name, run in info.get("runs", {}).items():
+        lines.append(f"| {name} | {run['steps']} | {run['batch_size']} | {run['train_speed']} |")
+    emotion = info.get("emotion", {})
+    if emotion:
+        lines += ["", "## Emotion heads (accuracy on whole clips)", "",
+                  "| head | reads w of | train | val | test |", "|---|---|---|---|---|"]
+        for name, e in emotion.items():
+            acc = e["accuracy"]
+            lines.append(f"| {name} | {e['reads']} | "
+                         + " | ".join(f"{acc.get(s, float('nan')):.3f}"
+                                      for s in ("train", "val", "test")) + " |")
+    results = info.get("evaluation")
+    if results:
+        lines += ["", "## Evaluation", "", results.get("markdown", "")]
+    lines += ["", f"Exported {info.get('exported', '')}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vq-visual", required=True)
+    parser.add_argument("--vq-audio", required=True)
+    parser.add_argument("--mdvae", required=True)
+    parser.add_argument("--dsae-audio")
+    parser.add_argument("--dsae-visual")
+    parser.add_argument("--emotion", help="folder written by python -m train.emotion")
+    parser.add_argument("--results", help="results.json written by python -m train.evaluate")
+    parser.add_argument("--out", required=True, help="bundle folder (replaced if it is one)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload to the Hub")
+    args = parser.parse_args(argv)
+
+    components = {
+        "vq_visual": load_stage1(args.vq_visual),
+        "vq_audio": load_stage1(args.vq_audio),
+        "mdvae": load_stage2(args.mdvae),
+    }
+    runs = {"vq_visual": args.vq_visual, "vq_audio": args.vq_audio, "mdvae": args.mdvae}
+    for name in ("dsae_audio", "dsae_visual"):
+        if getattr(args, name):
+            components[name] = load_stage2(getattr(args, name))
+            runs[name] = getattr(args, name)
+    info: dict[str, Any] = {
+        "runs": {name: run_summary(path) for name, path in runs.items()},
+        "exported": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    store = common.RunFolder(args.mdvae, writer=False).read_config()["store"]
+    try:
+        info["data"] = data_summary(store)
+    except MDVAEError as err:  # the store may live elsewhere than where it was trained
+        info["data"] = {"store": store, "note": f"store not readable at export: {err}"}
+    if args.emotion:
+        heads = load_bundle(args.emotion)
+        components.update(heads.components)
+        info["emotion"] = heads.info.get("emotion", {})
+    if args.results:
+        results = json.loads(Path(args.results).read_text())
+        info["evaluation"] = {"summary": results.get("summary", {}),
+                              "markdown": results.get("markdown", "")}
+    for module in components.values():
+        module.float()
+    out = save_bundle(args.out, components, info=info, card=model_card(info))
+    size = (out / "model.safetensors").stat().st_size / 2**20
+    print(f"bundle written to {out} ({size:.1f} MB): {', '.join(sorted(components))}")
+    if args.push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(args.push_to_hub, exist_ok=True)
+        api.upload_folder(folder_path=str(out), repo_id=args.push_to_hub)
+        print(f"pushed to https://huggingface.co/{args.push_to_hub}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
