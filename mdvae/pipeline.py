@@ -1,0 +1,605 @@
+"""The demo's operations, headless: clips in, latents, edited clips and numbers out.
+
+`Pipeline` owns a loaded bundle and does everything the app shows, with no UI code:
+
+    pipe = Pipeline()                                 # $MDVAE_BUNDLE, else checkpoints/
+    a = pipe.encode(pipe.load("a.mp4"))               # face crops + spectrogram -> latents
+    b = pipe.encode(pipe.load("b.mp4", aligned=True)) # the whole frame already is the face
+    out = pipe.swap(a, b, {"z_av"})                   # A with B's lips -> Decoded
+    pipe.render(out)                                  # mp4 with Griffin-Lim sound
+    pipe.interpolate(a, b, 0.5), pipe.denoise(a.clip, "mouth", 0.25), pipe.emotion(a)
+
+Bad input (not a video, no sound, no face, too short, too big) raises MDVAEError
+subclasses whose messages say what to do; clips longer than `max_seconds` are trimmed and
+the `Encoded.notes` say so. Every request's options are arguments and every result is a
+new object, so one pipeline serves concurrent requests: the models stay in eval mode under
+no_grad, and the only shared state (the face cropper, Griffin-Lim's random generator) is
+behind locks. Videos and images it writes go to one temporary folder, pruned as files age
+and removed when the pipeline is closed or collected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from mdvae.audio import FPS, griffin_lim
+from mdvae.blocks import interpolate_w
+from mdvae.bundle import Bundle, load_bundle
+from mdvae.clips import AVClip, load_av_clip
+from mdvae.codec import AVCodec
+from mdvae.errors import ConfigError, MDVAEError
+from mdvae.face import FaceCropper, NoFaceError
+from mdvae.mdvae import Latents
+from mdvae.media import MediaError, frame_strip, side_by_side, write_video
+from mdvae.metrics import TEMPLATE_BOXES, corrupt_region, corrupted_mask, psnr, ssim, template_mask
+
+BUNDLE_ENV = "MDVAE_BUNDLE"
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "checkpoints"
+
+MIN_SECONDS = 1.0  # shorter clips give w too little to go on
+MAX_SECONDS = 10.0  # longer clips are trimmed: memory and latency stay bounded
+MAX_FILE_MB = 50.0  # refused before decoding; a 10 s 1080p phone clip is ~20 MB
+OUTPUT_SCALE = 4  # 64x64 results are written as 256x256 videos
+# The w slider's videos are written 128x128 (the browser shows them at the same size):
+# encoding 4x-enlarged frames is about a third of that request's CPU time.
+PREVIEW_SCALE = 2
+GRIFFIN_LIM_ITERS = 32
+
+GROUPS: tuple[str, ...] = Latents.group_names()  # ("w", "z_av", "z_a", "z_v")
+GROUP_MEANING = {
+    "w": "identity and global emotion (static, both streams)",
+    "z_av": "lips and jaw (dynamical, both streams)",
+    "z_a": "intonation and loudness (dynamical, audio only)",
+    "z_v": "head motion and blinks (dynamical, visual only)",
+}
+REGIONS: tuple[str, ...] = tuple(TEMPLATE_BOXES)  # ("mouth", "eyes")
+# The seed's denoising protocol corrupts the 6 central frames of 10.
+DENOISE_FRACTION = 0.6
+# Emotion readers: name -> (model giving w, head reading it)
+EMOTION_MODELS = {
+    "mdvae": ("mdvae", "emotion"),
+    "audio": ("dsae_audio", "emotion_dsae_audio"),
+    "visual": ("dsae_visual", "emotion_dsae_visual"),
+}
+REQUIRED = ("vq_visual", "vq_audio", "mdvae")
+
+# torchaudio's GriffinLim draws its initial phase from torch's global generator, which
+# `griffin_lim` seeds inside fork_rng: two threads at once would interleave those
+# save/seed/restore steps, so results would depend on timing.
+_GRIFFIN_LIM_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A clip and its posterior means, all on the CPU (small enough for session state).
+
+    x_a (1, T, 512), x_v (1, T, 2048): stage-2 features; latents: means of q(. | x_a, x_v);
+    key: identifies the file and options it came from, so a session can reuse it.
+    """
+
+    clip: AVClip
+    x_a: Tensor
+    x_v: Tensor
+    latents: Latents
+    notes: tuple[str, ...] = ()
+    key: tuple | None = None
+
+    @property
+    def n_frames(self) -> int:
+        return self.x_a.shape[1]
+
+    @property
+    def name(self) -> str:
+        return Path(self.clip.source).name
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """MDVAE output turned back into media: frames (T, 64, 64, 3) uint8, power (T, 513)."""
+
+    frames: np.ndarray
+    power: np.ndarray
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DenoiseResult:
+    """Clean and corrupted frames (T, 64, 64, 3), each model's output, and region metrics.
+
+    mask (T, 64, 64): the corrupted pixels (region x chosen frames), where PSNR / SSIM are
+    measured against the clean frames; metrics: name -> (PSNR dB, SSIM), "noisy input"
+    first; outputs: name -> frames, in the order VQ-VAE, V-DSAE (when the bundle has it),
+    MDVAE.
+    """
+
+    clean: np.ndarray
+    noisy: np.ndarray
+    outputs: dict[str, np.ndarray]
+    mask: np.ndarray
+    metrics: dict[str, tuple[float, float]]
+    region: str
+    sigma: float
+    frames: slice
+    audio: np.ndarray  # the clip's own sound, which the MDVAE also heard
+    notes: tuple[str, ...] = ()
+
+    def table(self) -> list[list]:
+        """Rows [method, PSNR, SSIM] rounded for display."""
+        return [[name, round(p, 2), round(s, 3)] for name, (p, s) in self.metrics.items()]
+
+
+class _WholeFrame:
+    """Stands in for the face cropper when a clip already is an aligned face crop (the
+    synthetic examples): the centred square of every frame, resized to 64x64."""
+
+    backend = "aligned input"
+
+    def __init__(self, size: int = 64):
+        self.size = size
+
+    def crop(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) -> (N, size, size, 3) uint8."""
+        _, height, width, _ = frames.shape
+        side = min(height, width)
+        y0, x0 = (height - side) // 2, (width - side) // 2
+        square = frames[:, y0 : y0 + side, x0 : x0 + side]
+        return np.stack(
+            [cv2.resize(f, (self.size, self.size), interpolation=cv2.INTER_AREA) for f in square]
+        )
+
+
+def central_frames(n_frames: int, fraction: float = DENOISE_FRACTION) -> slice:
+    """The centred run of round(fraction * n_frames) frames (at least one)."""
+    if not 0 < fraction <= 1:
+        raise MDVAEError(f"the corrupted fraction of the clip must be in (0, 1], got {fraction}")
+    count = min(n_frames, max(1, round(fraction * n_frames)))
+    start = (n_frames - count) // 2
+    return slice(start, start + count)
+
+
+def _move(latents: Latents, device: torch.device | str) -> Latents:
+    return dataclasses.replace(
+        latents, **{g: getattr(latents, g).to(device) for g in latents.group_names()}
+    )
+
+
+def _crop(latents: Latents, n_frames: int) -> Latents:
+    """The first n_frames of every dynamical group (and of a per-frame w)."""
+    groups = {g: getattr(latents, g) for g in latents.group_names()}
+    return dataclasses.replace(
+        latents, **{g: v[:, :n_frames] if v.dim() == 3 else v for g, v in groups.items()}
+    )
+
+
+def _upscale(frames: np.ndarray, factor: int) -> np.ndarray:
+    """(..., H, W, 3) uint8 enlarged `factor` times (cubic), for readable still images."""
+    if factor == 1:
+        return frames
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    big = [cv2.resize(f, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC) for f in flat]
+    return np.stack(big).reshape(*frames.shape[:-3], *big[0].shape)
+
+
+def _resolve_bundle(bundle: Bundle | str | os.PathLike | None, device) -> tuple[Bundle, str]:
+    if isinstance(bundle, Bundle):
+        return bundle, str(bundle.path)
+    if bundle is None:
+        bundle = os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE
+        if Path(bundle) == DEFAULT_BUNDLE and not (DEFAULT_BUNDLE / "config.json").is_file():
+            raise ConfigError(
+                f"no model bundle in {DEFAULT_BUNDLE}: export one there "
+                f"(python -m train.export ... --out checkpoints), or set {BUNDLE_ENV} to a "
+                f"bundle folder or a Hugging Face Hub repo id"
+            )
+    return load_bundle(bundle, device=device), str(bundle)
+
+
+class Pipeline:
+    """The app's models and operations (see the module docstring).
+
+    bundle: a loaded Bundle, a bundle folder, or a Hub repo id; None reads $MDVAE_BUNDLE,
+        then the repository's checkpoints/ folder.
+    device: where the models run; None picks CUDA when available.
+    max_seconds, max_file_mb: defaults for `load` (longer clips trimmed, bigger files refused).
+    face_backend: FaceCropper backend for clips that are not aligned crops.
+    keep_seconds: written files older than this are deleted as new ones are made.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle | str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        *,
+        max_seconds: float = MAX_SECONDS,
+        max_file_mb: float = MAX_FILE_MB,
+        face_backend: str = "auto",
+        keep_seconds: float = 3600.0,
+    ):
+        self.device = torch.device(
+            device if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
+        )
+        self.bundle, self.bundle_source = _resolve_bundle(bundle, self.device)
+        missing = [name for name in REQUIRED if name not in self.bundle]
+        if missing:
+            raise ConfigError(
+                f"bundle {self.bundle_source} lacks {missing}: the demo needs "
+                f"both VQ-VAEs and the MDVAE"
+            )
+        for module in self.bundle.components.values():
+            module.eval().requires_grad_(False)
+        self.mdvae = self.bundle.mdvae
+        self.codec = AVCodec(self.bundle.vq_audio, self.bundle.vq_visual)
+        self.max_seconds = float(max_seconds)
+        self.max_file_mb = float(max_file_mb)
+        self.cropper = FaceCropper(face_backend)
+        self.aligned_cropper = _WholeFrame()
+        self.keep_seconds = keep_seconds
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix="mdvae-app-"))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.tmp_dir, True)
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Delete every file this pipeline wrote."""
+        self._finalizer()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def new_path(self, stem: str, suffix: str) -> Path:
+        """A fresh file name in the pipeline's folder; files past keep_seconds are removed."""
+        cutoff = time.time() - self.keep_seconds
+        for old in self.tmp_dir.iterdir():
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except FileNotFoundError:  # another request pruned it first
+                pass
+        return self.tmp_dir / f"{stem}-{uuid.uuid4().hex[:8]}{suffix}"
+
+    # -- what is loaded -------------------------------------------------------------------
+
+    @property
+    def description(self) -> str:
+        """Markdown: which bundle is loaded, what it was trained on, how it scores."""
+        info = self.bundle.info
+        data = info.get("data", {})
+        c = self.mdvae.config
+        lines = [
+            f"**Model bundle:** `{self.bundle_source}` · latents w {c.w_dim}, "
+            f"z_av {c.z_av_dim}, z_a {c.z_a_dim}, z_v {c.z_v_dim} · running on "
+            f"{self.device.type.upper()}"
+        ]
+        source = data.get("source")
+        train = data.get("splits", {}).get("train")
+        if source and train:
+            minutes = train["frames"] / FPS / 60
+            lines.append(
+                f"**Trained on:** `{source}` data, {len(train['speakers'])} speakers, "
+                f"{train['clips']} clips ({minutes:.0f} min); speakers in the test "
+                f"split were never seen."
+            )
+        elif source or data.get("note"):
+            lines.append(f"**Trained on:** {source or ''} {data.get('note', '')}".strip())
+        else:
+            lines.append("**Trained on:** the bundle does not say (no training-data record).")
+        heads = info.get("emotion", {})
+        scores = [f"{title} {100 * acc:.0f}%" for name, title in (
+            ("emotion", "MDVAE"), ("emotion_dsae_audio", "A-DSAE (voice)"),
+            ("emotion_dsae_visual", "V-DSAE (face)"))
+            if (acc := heads.get(name, {}).get("accuracy", {}).get("test")) is not None]
+        if scores:
+            lines.append(f"**Emotion accuracy** on test speakers: {', '.join(scores)}.")
+        if info.get("exported"):
+            lines.append(f"Exported {info['exported']}.")
+        if source == "synthetic":
+            lines.append(
+                "This bundle has only seen the procedural cartoon faces of the "
+                "synthetic benchmark: real faces are outside its training data, so "
+                "expect them to come back cartoon-like. The examples below are "
+                "held-out synthetic speakers."
+            )
+        return "  \n".join(lines)
+
+    @property
+    def emotion_models(self) -> tuple[str, ...]:
+        """The emotion readers this bundle has, among "mdvae", "audio", "visual"."""
+        return tuple(
+            name
+            for name, (model, head) in EMOTION_MODELS.items()
+            if model in self.bundle and head in self.bundle
+        )
+
+    # -- clips in -------------------------------------------------------------------------
+
+    def load(self, path, *, aligned: bool = False, max_seconds: float | None = None) -> AVClip:
+        """Decode, check and crop one clip (see `mdvae.clips.AVClip`).
+
+        aligned: the whole frame already is the face crop (skip detection); otherwise the
+        face is detected, tracked and cropped. max_seconds: trim longer clips (default:
+        the pipeline's limit).
+        """
+        if path is None or str(path) == "":
+            raise MediaError("no clip given: upload a video or record one with the webcam")
+        path = Path(path)
+        if path.is_file():
+            size_mb = path.stat().st_size / 2**20
+            if size_mb > self.max_file_mb:
+                raise MediaError(
+                    f"{path.name} is {size_mb:.1f} MB, over the {self.max_file_mb:g} "
+                    f"MB limit: upload a shorter or smaller clip"
+                )
+        limit = self.max_seconds if max_seconds is None else float(max_seconds)
+        cropper = self.aligned_cropper if aligned else self.cropper
+        try:
+            return load_av_clip(path, cropper, min_seconds=MIN_SECONDS, max_seconds=limit)
+        except NoFaceError as err:
+            raise NoFaceError(
+                f"{path.name}: {err}. If the video already is a face crop "
+                f"(face filling the frame), mark it as aligned."
+            ) from err
+
+    @torch.no_grad()
+    def encode(self, clip: AVClip, *, key: tuple | None = None) -> Encoded:
+        """Stage-2 features and posterior means (w, z_av, z_a, z_v) of a clip."""
+        x_a, x_v = self.codec.encode(clip.frames[None], clip.power[None])  # (1,T,512),(1,T,2048)
+        latents = self.mdvae.encode(x_a, x_v)
+        notes = []
+        if clip.trimmed:
+            notes.append(
+                f"{Path(clip.source).name} is longer than {clip.seconds:g} s: only "
+                f"its first {clip.seconds:g} s are used."
+            )
+        return Encoded(clip, x_a.cpu(), x_v.cpu(), _move(latents, "cpu"), tuple(notes), key)
+
+    def source_key(self, path, *, aligned: bool, max_seconds: float | None = None) -> tuple:
+        """What makes two loads of a file equal: path, size, modification time, options."""
+        stat = Path(path).stat()
+        limit = self.max_seconds if max_seconds is None else float(max_seconds)
+        return (str(path), stat.st_size, stat.st_mtime_ns, bool(aligned), limit)
+
+    def encode_file(
+        self,
+        path,
+        *,
+        aligned: bool = False,
+        max_seconds: float | None = None,
+        reuse: Encoded | None = None,
+    ) -> Encoded:
+        """load + encode; `reuse` is returned as is when it came from the same file and
+        options (a session's earlier encoding: a slider then only decodes)."""
+        if path is not None and Path(path).is_file():
+            key = self.source_key(path, aligned=aligned, max_seconds=max_seconds)
+            if reuse is not None and reuse.key == key:
+                return reuse
+        else:
+            key = None
+        clip = self.load(path, aligned=aligned, max_seconds=max_seconds)
+        return self.encode(clip, key=key)
+
+    # -- latent operations ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, latents: Latents, notes: Iterable[str] = ()) -> Decoded:
+        """MDVAE decoder means, through the frozen VQ-VAE decoders, for a batch of one."""
+        x_a_hat, x_v_hat = self.mdvae.decode(_move(latents, self.device))  # (1, T, D)
+        return Decoded(
+            self.codec.decode_visual(x_v_hat[0]), self.codec.decode_audio(x_a_hat[0]), tuple(notes)
+        )
+
+    def reconstruct(self, enc: Encoded) -> Decoded:
+        return self.decode(enc.latents)
+
+    def swap(self, enc_a: Encoded, enc_b: Encoded, groups: Iterable[str] | str) -> Decoded:
+        """Clip A rebuilt with the latent `groups` of clip B.
+
+        Dynamical groups pair frame t with frame t, so when one is swapped both clips are
+        cut to the shorter one (the notes say so); w alone keeps A's length.
+        """
+        names = {groups} if isinstance(groups, str) else set(groups)
+        if not names:
+            raise MDVAEError(
+                f"choose at least one latent group to take from clip B, among {list(GROUPS)}"
+            )
+        unknown = sorted(names - set(GROUPS))
+        if unknown:
+            raise MDVAEError(f"unknown latent group(s) {unknown}; choose among {list(GROUPS)}")
+        notes = []
+        n_a, n_b = enc_a.n_frames, enc_b.n_frames
+        n = n_a if names == {"w"} else min(n_a, n_b)
+        if n < max(n_a, n_b) and names != {"w"}:
+            notes.append(
+                f"The clips last {n_a / FPS:.2f} s and {n_b / FPS:.2f} s: both are "
+                f"cut to the first {n / FPS:.2f} s for the swap."
+            )
+        latents = _crop(enc_a.latents, n).swap(_crop(enc_b.latents, n), names)
+        return self.decode(latents, notes)
+
+    def interpolate(self, enc_a: Encoded, enc_b: Encoded, alpha: float | None = None) -> Decoded:
+        """Clip A with w~_t = alpha_t w_A + (1 - alpha_t) w_B and A's dynamical latents.
+
+        alpha None: the seed's sweep alpha_t = (T - t) / (T - 1), from A's w to B's over
+        the clip; a number in [0, 1]: constant (1 is A's reconstruction, 0 A's motion with
+        B's w).
+        """
+        alpha = self._check_alpha(alpha)
+        la = enc_a.latents
+        w = interpolate_w(la.w, enc_b.latents.w, enc_a.n_frames, alpha)  # (1, T, Lw)
+        return self.decode(dataclasses.replace(la, w=w))
+
+    @torch.no_grad()
+    def interpolation_strip(
+        self, enc_a: Encoded, enc_b: Encoded, n: int = 6, frame: int | None = None, scale: int = 2
+    ) -> np.ndarray:
+        """One frame of A decoded with w moving from A's (alpha 1) to B's (alpha 0) in n
+        steps, side by side and labelled: an image (H, W, 3) uint8."""
+        t = enc_a.n_frames // 2 if frame is None else int(frame)
+        alphas = torch.linspace(1.0, 0.0, n)
+        la = enc_a.latents
+        w = interpolate_w(la.w[0], enc_b.latents.w[0], n, None)  # (n, Lw)
+        one_frame = Latents(
+            w, *(getattr(la, g)[:, t : t + 1].expand(n, -1, -1) for g in ("z_av", "z_a", "z_v"))
+        )  # (n, 1, L) each
+        _, x_v_hat = self.mdvae.decode(_move(one_frame, self.device))  # (n, 1, Dv)
+        frames = _upscale(self.codec.decode_visual(x_v_hat[:, 0]), scale)  # (n, H, W, 3)
+        panels = [f[None] for f in frames]
+        row = side_by_side(panels, [f"alpha {a:.2f}" for a in alphas.tolist()])  # (1, H', W', 3)
+        return side_by_side([row], [f"frame {t + 1} of A, w from A's to B's"])[0]
+
+    @staticmethod
+    def _check_alpha(alpha: float | None) -> float | None:
+        if alpha is None:
+            return None
+        alpha = float(alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise MDVAEError(f"alpha must be between 0 (B's w) and 1 (A's w), got {alpha}")
+        return alpha
+
+    # -- denoising ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        clip: AVClip,
+        region: str = "mouth",
+        sigma: float = 0.25,
+        frames: slice | None = None,
+        *,
+        seed: int = 0,
+    ) -> DenoiseResult:
+        """Gaussian noise (std `sigma`, in [0, 1] pixel units) on a face region of some
+        frames (default: the central 60 %, as the seed's 6 of 10), the sound left intact;
+        then each model's reconstruction and PSNR / SSIM on the corrupted pixels.
+
+        The region is the fixed template of an aligned crop (`mdvae.metrics.TEMPLATE_BOXES`).
+        Compared: the VQ-VAE alone, the V-DSAE (visual stream only) and the MDVAE, which
+        also hears the audio.
+        """
+        if region not in REGIONS:
+            raise MDVAEError(f"unknown region {region!r}; choose one of {list(REGIONS)}")
+        sigma = float(sigma)
+        if not 0.0 < sigma <= 2.0:
+            raise MDVAEError(f"the noise level sigma must be in (0, 2], got {sigma}")
+        n_frames = len(clip.frames)
+        index = central_frames(n_frames) if frames is None else frames
+        mask = template_mask(region, n_frames)  # (T, 64, 64)
+        noisy = corrupt_region(clip.frames, mask, index, sigma, np.random.default_rng(seed))
+        x_a, x_v = self.codec.encode(noisy[None], clip.power[None])  # (1, T, D)
+        outputs = {"VQ-VAE": self.codec.decode_visual(x_v[0])}
+        if "dsae_visual" in self.bundle:
+            dsae = self.bundle.dsae_visual
+            outputs["V-DSAE"] = self.codec.decode_visual(dsae.decode(dsae.encode(x_v))[0])
+        _, x_v_hat = self.mdvae.decode(self.mdvae.encode(x_a, x_v))
+        outputs["MDVAE"] = self.codec.decode_visual(x_v_hat[0])
+
+        region_mask = corrupted_mask(mask, index)
+        hit = region_mask.any(axis=(1, 2))  # only corrupted frames enter the metrics
+        metrics = {}
+        for name, estimate in {"noisy input": noisy, **outputs}.items():
+            metrics[name] = (
+                psnr(clip.frames[hit], estimate[hit], region_mask[hit]),
+                ssim(clip.frames[hit], estimate[hit], region_mask[hit]),
+            )
+        notes = []
+        if "V-DSAE" not in outputs:
+            notes.append("This bundle has no V-DSAE, so that baseline is left out.")
+        return DenoiseResult(
+            clip.frames,
+            noisy,
+            outputs,
+            region_mask,
+            metrics,
+            region,
+            sigma,
+            index,
+            clip.audio,
+            tuple(notes),
+        )
+
+    # -- emotion --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def emotion(self, enc: Encoded, model: str = "mdvae") -> dict[str, float]:
+        """Class probabilities of the 8 emotions from the posterior mean of w.
+
+        model: "mdvae" (w of q(w | x_a, x_v)), "audio" or "visual" (w of the A-DSAE or the
+        V-DSAE, with their own heads), when the bundle has them.
+        """
+        if model not in EMOTION_MODELS:
+            raise MDVAEError(
+                f"unknown emotion model {model!r}; choose among {list(EMOTION_MODELS)}"
+            )
+        if model not in self.emotion_models:
+            raise ConfigError(
+                f"bundle {self.bundle_source} has no emotion head for "
+                f"{model!r} (it holds {sorted(self.bundle.components)})"
+            )
+        reader, head = EMOTION_MODELS[model]
+        if model == "mdvae":
+            w = enc.latents.w
+        else:
+            x = enc.x_a if model == "audio" else enc.x_v
+            w = self.bundle[reader].encode(x.to(self.device)).w  # (1, Lw)
+        return self.bundle[head].probabilities(w[0].to(self.device))
+
+    # -- media out ------------------------------------------------------------------------
+
+    def waveform(self, power: np.ndarray) -> np.ndarray:
+        """Griffin-Lim waveform (16 kHz) of a decoded power spectrogram (T, 513)."""
+        with _GRIFFIN_LIM_LOCK:
+            return griffin_lim(power, n_iter=GRIFFIN_LIM_ITERS)
+
+    def render(self, decoded: Decoded, name: str = "result", *, scale: int = OUTPUT_SCALE) -> Path:
+        """mp4 (H.264 + AAC) of decoded frames, with the Griffin-Lim sound of its power."""
+        return write_video(
+            self.new_path(name, ".mp4"), decoded.frames, self.waveform(decoded.power), scale=scale
+        )
+
+    def render_side_by_side(
+        self,
+        videos: Sequence[np.ndarray],
+        labels: Sequence[str],
+        audio: np.ndarray | None,
+        name: str = "comparison",
+        *,
+        scale: int = OUTPUT_SCALE,
+    ) -> Path:
+        """Labelled videos (T, 64, 64, 3) next to each other, as one mp4 with `audio`."""
+        frames = side_by_side([_upscale(v, scale) for v in videos], list(labels))
+        return write_video(self.new_path(name, ".mp4"), frames, audio, scale=1)
+
+    def render_denoise(self, result: DenoiseResult, *, scale: int = 3) -> Path:
+        """Clean | noisy | each model, side by side, with the clip's own sound."""
+        videos = [result.clean, result.noisy, *result.outputs.values()]
+        labels = ["clean", f"noisy ({result.region})", *result.outputs]
+        return self.render_side_by_side(videos, labels, result.audio, "denoise", scale=scale)
+
+    @staticmethod
+    def strip(rows: Sequence[tuple[str, np.ndarray]], n: int = 8, scale: int = 2) -> np.ndarray:
+        """Still image: for each (label, frames (T, 64, 64, 3)), n evenly spaced frames in a
+        labelled row; rows stacked top to bottom. Returns (H, W, 3) uint8."""
+        images = []
+        for i, (label, frames) in enumerate(rows):
+            row = _upscale(frame_strip(frames, n), scale)  # (h, n w, 3)
+            if i:
+                images.append(np.full((4, row.shape[1], 3), 255, np.uint8))
+            images.append(side_by_side([row[None]], [label])[0])
+        return np.concatenate(images, axis=0)

@@ -1,0 +1,198 @@
+"""The Gradio app, launched in-process on the tiny bundle and driven through gradio_client
+(and, where Debian's chromium is installed, through a headless browser)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+
+import app
+from mdvae.labels import EMOTIONS
+from mdvae.media import normalize_clip
+from mdvae.pipeline import GROUPS, Pipeline
+from tests.test_pipeline import (
+    CLIP_A,
+    CLIP_B,
+    EXAMPLES,
+    assert_playable_with_sound,
+    bad_inputs_fixture,  # noqa: F401  (shared fixture)
+)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+# gradio's Dataframe postprocessing uses pandas options that pandas 3 deprecates
+pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+MAX_SECONDS = 4.0  # small limits, so the long and over-size cases stay cheap
+MAX_FILE_MB = 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bundle):
+    """(url, pipeline) of the app running in this process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the app runs by default (MDVAE_TORCH_THREADS)
+    pipe = Pipeline(tiny_bundle, device="cpu", max_seconds=MAX_SECONDS, max_file_mb=MAX_FILE_MB)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_ANALYTICS_ENABLED", "False")  # no network here
+        demo = app.build_demo(pipe)
+    port = _free_port()
+    app.launch(demo, server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", pipe
+    finally:
+        demo.close()
+        pipe.close()
+        torch.set_num_threads(threads)
+
+
+def _client(url: str) -> Client:
+    # Generous timeouts: the machine running the suite may be busy with other work.
+    return Client(url, verbose=False, analytics_enabled=False,
+                  httpx_kwargs={"timeout": 300})
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return _client(served[0])
+
+
+def test_examples_are_small_held_out_clips_with_sound():
+    index = json.loads((EXAMPLES / "index.json").read_text())
+    files = [EXAMPLES / c["name"] for c in index["clips"]]
+    assert sum(f.stat().st_size for f in files) < 400 * 1024
+    for f in files:
+        assert_playable_with_sound(f)
+    offered = set(re.findall(r'_example\("([^"]+)"\)', Path(app.__file__).read_text()))
+    assert offered and offered <= {f.name for f in files}
+
+
+def test_api_lists_the_four_endpoints(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/swap", "/interpolate", "/denoise", "/emotion"} <= set(endpoints)
+    swap = [p["parameter_name"] for p in endpoints["/swap"]["parameters"]]
+    assert swap == ["video_a", "video_b", "groups", "aligned"]  # session state is not API
+
+
+def test_swap_endpoint_matches_a_direct_render(client, served):
+    _, pipe = served
+    video, strip, notes = client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)),
+                                         list(GROUPS), True, api_name="/swap")
+    assert_playable_with_sound(video)
+    assert Path(strip).is_file() and "cut to the first 2.50 s" in notes
+    # Every group from B: B's reconstruction, as the pipeline renders it directly.
+    enc_b = pipe.encode(pipe.load(CLIP_B, aligned=True))
+    direct = pipe.render(pipe.reconstruct(enc_b), "direct")
+    got, want = normalize_clip(video), normalize_clip(direct)
+    assert got.frames.shape == want.frames.shape == (75, 256, 256, 3)
+    assert np.abs(got.frames.astype(int) - want.frames).mean() < 1.0
+    np.testing.assert_allclose(got.audio, want.audio, atol=1e-3)
+
+
+def test_interpolate_endpoint_and_slider_reuses_the_session(client):
+    video, strip, _ = client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)), 0.25,
+                                     False, True, api_name="/interpolate")
+    assert_playable_with_sound(video)
+    assert Path(strip).is_file()
+    # The slider's function: with both encodings given, nothing is loaded again.
+    _, _, _, enc_a, enc_b = app.interpolate(str(CLIP_A), str(CLIP_B), 0.5, False, True)
+    start = time.perf_counter()
+    video2, _, enc_a2, enc_b2 = app.interpolate_alpha(str(CLIP_A), str(CLIP_B), 0.9, False,
+                                                      True, app.PROGRESS, enc_a, enc_b)
+    assert enc_a2 is enc_a and enc_b2 is enc_b
+    assert_playable_with_sound(video2)
+    assert normalize_clip(video2).frames.shape[1:3] == (128, 128)  # the slider's preview size
+    print(f"slider decode + render: {time.perf_counter() - start:.2f} s")
+
+
+def test_denoise_endpoint(client):
+    video, table, strip, _ = client.predict(handle_file(str(CLIP_A)), "eyes", 0.5, 60, True,
+                                            api_name="/denoise")
+    assert_playable_with_sound(video)
+    assert [row[0] for row in table["data"]] == ["noisy input", "VQ-VAE", "V-DSAE", "MDVAE"]
+    assert Path(strip).is_file()
+
+
+def test_emotion_endpoint_and_five_clients_at_once(served):
+    def ask(_):
+        label, text, strip = _client(served[0]).predict(
+            handle_file(str(CLIP_A)), True, api_name="/emotion")
+        return label, text
+
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(ask, range(5)))
+    for label, text in answers:
+        probs = {c["label"]: c["confidence"] for c in label["confidences"]}
+        assert set(probs) == set(EMOTIONS) and sum(probs.values()) == pytest.approx(1, abs=1e-4)
+        assert "A-DSAE" in text and "V-DSAE" in text
+    assert all(a == answers[0] for a in answers)
+
+
+@pytest.mark.parametrize("case, aligned, message", [
+    ("not_a_video", False, "is not a video"),
+    ("no_audio", True, "has no audio track"),
+    ("no_face", False, "no face found"),
+    ("too_short", True, "too short"),
+])
+def test_bad_inputs_refused_with_the_pipeline_message(client, bad_inputs, case, aligned,
+                                                      message):
+    with pytest.raises(Exception, match=message):
+        client.predict(handle_file(str(bad_inputs[case])), aligned, api_name="/emotion")
+
+
+def test_long_clip_trimmed_and_huge_clip_handled(client, bad_inputs):
+    _, text, _ = client.predict(handle_file(str(bad_inputs["long"])), True,
+                                api_name="/emotion")
+    assert f"only its first {MAX_SECONDS:g} s are used" in text
+    label, _, _ = client.predict(handle_file(str(bad_inputs["huge"])), False,
+                                 api_name="/emotion")
+    assert len(label["confidences"]) == len(EMOTIONS)
+
+
+def test_upload_over_the_size_cap_refused(client, tmp_path):
+    big = tmp_path / "big.mp4"
+    big.write_bytes(CLIP_A.read_bytes() + bytes(int(1.5 * 2**20)))
+    with pytest.raises(Exception, match="exceeds the maximum file size"):
+        client.predict(handle_file(str(big)), True, api_name="/emotion")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"{CHROMIUM} is not installed")
+def test_page_in_headless_chromium_runs_an_example(served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    shot = tmp_path / "swap_example.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(served[0], wait_until="load")
+            page.wait_for_selector("#bundle-info", timeout=60_000)
+            page.get_by_text("lips of B (z_av)").first.click()
+            page.wait_for_selector("#swap-result video[src]", timeout=90_000)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
+    assert pixels.shape[0] > 800 and pixels.std() > 20  # not a blank page
+    print(f"screenshot: {shot}")

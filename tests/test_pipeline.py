@@ -1,0 +1,277 @@
+"""The demo pipeline, headless, on the tiny random bundle: plumbing and refusals, not quality."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mdvae.errors import ConfigError, MDVAEError
+from mdvae.face import NoFaceError
+from mdvae.labels import EMOTIONS
+from mdvae.media import MediaError, ffmpeg_exe, normalize_clip, write_video
+from mdvae.pipeline import GROUPS, Pipeline, central_frames
+from mdvae.synthetic import generate_clip
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+CLIP_A = EXAMPLES / "spk02_happy.mp4"  # 3.0 s
+CLIP_B = EXAMPLES / "spk37_neutral.mp4"  # 2.5 s
+
+
+# -- helpers shared with test_app.py ---------------------------------------------------
+
+
+def streams(path) -> str:
+    """ffmpeg's description of a media file (its stream lines)."""
+    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+                            capture_output=True, text=True)
+    return result.stderr
+
+
+def assert_playable_with_sound(path) -> None:
+    info = streams(path)
+    assert re.search(r"Video: h264.*yuv420p", info), info
+    assert re.search(r"Audio: aac", info), info
+
+
+def make_bad_inputs(folder: Path) -> dict[str, Path]:
+    """One file per way an upload can go wrong (plus a long and a huge but usable one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    face = generate_clip(5, "happy", 2, 7, n_frames=45)  # 1.5 s
+    cases = {}
+    cases["not_a_video"] = folder / "notes.mp4"
+    cases["not_a_video"].write_text("this is text, not a video\n")
+    cases["no_audio"] = write_video(folder / "silent.mp4", face.frames, None, scale=2)
+    cases["too_short"] = write_video(folder / "short.mp4", face.frames[:15],
+                                     face.audio[:8000], scale=2)
+    # Flat colour with a soft moving gradient: nothing face-like for the detector.
+    ramp = np.linspace(60, 200, 128, dtype=np.float32)
+    blank = np.stack([np.broadcast_to((ramp[None, :, None] + 3 * t) % 256, (96, 128, 3))
+                      for t in range(45)]).astype(np.uint8)
+    cases["no_face"] = write_video(folder / "wall.mp4", blank, face.audio, scale=1)
+    long = generate_clip(7, "sad", 1, 8, n_frames=150)  # 5 s
+    cases["long"] = write_video(folder / "long.mp4", long.frames, long.audio, scale=1)
+    # 1920x1080: the face upscaled in the middle of a grey frame, 1.1 s.
+    big = np.full((33, 1080, 1920, 3), 128, np.uint8)
+    big[:, :, 420:1500] = [cv2.resize(f, (1080, 1080), interpolation=cv2.INTER_CUBIC)
+                           for f in face.frames[:33]]
+    cases["huge"] = write_video(folder / "huge.mp4", big, face.audio[:17600], scale=1)
+    return cases
+
+
+# -- fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_bundle):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the app runs: faster than 2 on a busy 2-core machine
+    with Pipeline(tiny_bundle, device="cpu", max_seconds=4.0, max_file_mb=1.0) as p:
+        yield p
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def encoded(pipe):
+    return (pipe.encode(pipe.load(CLIP_A, aligned=True)),
+            pipe.encode(pipe.load(CLIP_B, aligned=True)))
+
+
+@pytest.fixture(scope="session", name="bad_inputs")
+def bad_inputs_fixture(tmp_path_factory):
+    """Shared with test_app.py, which imports this fixture."""
+    return make_bad_inputs(tmp_path_factory.mktemp("bad"))
+
+
+# -- loading and refusals --------------------------------------------------------------
+
+
+def test_load_aligned_example_and_detected_face(pipe):
+    clip = pipe.load(CLIP_A, aligned=True)
+    assert clip.frames.shape == (90, 64, 64, 3) and clip.power.shape == (90, 513)
+    assert not clip.trimmed
+    # The same file through face detection: a face is found, crops of the same size.
+    detected = pipe.load(CLIP_A)
+    assert detected.frames.shape[1:] == (64, 64, 3) and len(detected.frames) == 90
+
+
+@pytest.mark.parametrize("case, error, message", [
+    ("not_a_video", MediaError, "is not a video"),
+    ("no_audio", MediaError, "has no audio track"),
+    ("too_short", MediaError, "too short"),
+    ("no_face", NoFaceError, "no face found.*mark it as aligned"),
+])
+def test_bad_input_refused_with_its_message(pipe, bad_inputs, case, error, message):
+    with pytest.raises(error, match=message):
+        pipe.load(bad_inputs[case])
+
+
+def test_no_file_and_over_the_size_cap(pipe, tmp_path):
+    with pytest.raises(MediaError, match="no clip given"):
+        pipe.load(None)
+    big = tmp_path / "big.mp4"
+    big.write_bytes(CLIP_A.read_bytes() + bytes(2 * 2**20))
+    with pytest.raises(MediaError, match=r"big.mp4 is 2\.\d MB, over the 1 MB limit"):
+        pipe.load(big, aligned=True)
+
+
+def test_long_clip_trimmed_and_said(pipe, bad_inputs):
+    enc = pipe.encode(pipe.load(bad_inputs["long"], aligned=True))
+    assert enc.clip.trimmed and enc.n_frames == 120  # the 4-s limit of this pipeline
+    assert any("only its first 4 s are used" in note for note in enc.notes)
+
+
+def test_huge_resolution_is_downscaled_and_cropped(pipe, bad_inputs):
+    clip = pipe.load(bad_inputs["huge"])
+    assert clip.frames.shape[1:] == (64, 64, 3) and len(clip.frames) == 33
+
+
+def test_encode_file_reuses_a_session_encoding(pipe, encoded):
+    first = pipe.encode_file(CLIP_A, aligned=True)
+    assert pipe.encode_file(CLIP_A, aligned=True, reuse=first) is first
+    assert pipe.encode_file(CLIP_A, aligned=False, reuse=first) is not first
+    torch.testing.assert_close(first.latents.w, encoded[0].latents.w)
+
+
+# -- latent operations -----------------------------------------------------------------
+
+
+def test_swapping_every_group_gives_b_reconstruction(pipe, encoded):
+    enc_a, enc_b = encoded
+    out = pipe.swap(enc_a, enc_b, set(GROUPS))
+    ref = pipe.reconstruct(enc_b)
+    n = enc_b.n_frames  # the shorter clip: A is cut to it
+    assert out.frames.shape == (n, 64, 64, 3)
+    np.testing.assert_array_equal(out.frames, ref.frames[:n])
+    np.testing.assert_allclose(out.power, ref.power[:n], rtol=1e-5, atol=1e-8)
+    assert any("cut to the first 2.50 s" in note for note in out.notes)
+
+
+def test_swap_groups_checked_and_w_keeps_a_length(pipe, encoded):
+    enc_a, enc_b = encoded
+    assert len(pipe.swap(enc_a, enc_b, "w").frames) == enc_a.n_frames
+    assert not pipe.swap(enc_a, enc_b, ["w"]).notes
+    with pytest.raises(MDVAEError, match="at least one latent group"):
+        pipe.swap(enc_a, enc_b, [])
+    with pytest.raises(MDVAEError, match="unknown latent group"):
+        pipe.swap(enc_a, enc_b, ["z_q"])
+
+
+def test_interpolation_ends_and_sweep(pipe, encoded):
+    enc_a, enc_b = encoded
+    np.testing.assert_array_equal(pipe.interpolate(enc_a, enc_b, 1.0).frames,
+                                  pipe.reconstruct(enc_a).frames)
+    to_b = pipe.interpolate(enc_a, enc_b, 0.0).frames
+    sweep = pipe.interpolate(enc_a, enc_b, None).frames
+    # The sweep starts at A's w and ends at B's (each frame is decoded on its own).
+    np.testing.assert_array_equal(sweep[0], pipe.reconstruct(enc_a).frames[0])
+    np.testing.assert_array_equal(sweep[-1], to_b[-1])
+    with pytest.raises(MDVAEError, match="alpha must be between 0"):
+        pipe.interpolate(enc_a, enc_b, 1.5)
+    strip = pipe.interpolation_strip(enc_a, enc_b, n=5)
+    assert strip.dtype == np.uint8 and strip.shape[1] > 5 * 128
+
+
+def test_denoise_corrupts_the_region_and_scores_each_model(pipe, encoded):
+    clip = encoded[0].clip
+    result = pipe.denoise(clip, "mouth", 0.4)
+    assert result.frames == central_frames(90) == slice(18, 72)
+    changed = (result.noisy != result.clean).any(axis=-1)  # (T, 64, 64)
+    assert changed[result.frames].any() and not changed[~result.mask].any()
+    assert list(result.metrics) == ["noisy input", "VQ-VAE", "V-DSAE", "MDVAE"]
+    assert all(np.isfinite(v).all() for v in result.metrics.values())
+    assert [row[0] for row in result.table()] == list(result.metrics)
+    assert_playable_with_sound(pipe.render_denoise(result))
+    with pytest.raises(MDVAEError, match="unknown region"):
+        pipe.denoise(clip, "nose", 0.4)
+
+
+def test_emotion_probabilities(pipe, encoded):
+    assert pipe.emotion_models == ("mdvae", "audio", "visual")
+    for model in pipe.emotion_models:
+        probs = pipe.emotion(encoded[0], model)
+        assert list(probs) == list(EMOTIONS)
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_render_is_playable_with_sound(pipe, encoded):
+    path = pipe.render(pipe.reconstruct(encoded[0]), "recon")
+    assert path.parent == pipe.tmp_dir
+    assert_playable_with_sound(path)
+    assert normalize_clip(path).frames.shape == (90, 256, 256, 3)
+    image = pipe.strip([("A", encoded[0].clip.frames), ("B", encoded[1].clip.frames)], n=4)
+    assert image.shape[1] == 4 * 128 and image.dtype == np.uint8
+
+
+def test_concurrent_requests_give_the_same_answers(pipe, encoded):
+    enc_a, enc_b = encoded
+
+    def job(_):
+        out = pipe.swap(enc_a, enc_b, {"z_av"})
+        return out.frames, pipe.waveform(out.power)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(job, range(4)))
+    for frames, wave in results[1:]:
+        np.testing.assert_array_equal(frames, results[0][0])
+        np.testing.assert_array_equal(wave, results[0][1])
+
+
+# -- bundle resolution, description, temporary files -----------------------------------
+
+
+def test_bundle_from_env_and_clear_error_without_one(tiny_bundle, monkeypatch, tmp_path):
+    import mdvae.pipeline as pipeline_module
+
+    monkeypatch.setenv("MDVAE_BUNDLE", str(tiny_bundle))
+    with Pipeline(device="cpu") as from_env:
+        assert from_env.bundle_source == str(tiny_bundle)
+        assert "untrained test bundle" in from_env.description
+    monkeypatch.delenv("MDVAE_BUNDLE")
+    monkeypatch.setattr(pipeline_module, "DEFAULT_BUNDLE", tmp_path / "checkpoints")
+    with pytest.raises(ConfigError, match="no model bundle in .*MDVAE_BUNDLE"):
+        Pipeline(device="cpu")
+
+
+def test_description_names_the_training_data(pipe):
+    info = {"data": {"source": "synthetic", "splits": {"train": {
+        "speakers": ["a", "b"], "clips": 10, "frames": 5400}}},
+        "emotion": {"emotion": {"accuracy": {"test": 0.875}},
+                    "emotion_dsae_audio": {"accuracy": {"test": 0.5}}}}
+    pipe.bundle.info, saved = info, pipe.bundle.info
+    try:
+        text = pipe.description
+    finally:
+        pipe.bundle.info = saved
+    assert "`synthetic` data, 2 speakers, 10 clips (3 min)" in text
+    assert "MDVAE 88%, A-DSAE (voice) 50%" in text and "cartoon" in text
+
+
+def test_temporary_files_pruned_and_removed(tiny_bundle):
+    p = Pipeline(tiny_bundle, device="cpu", keep_seconds=0.0)
+    first = p.new_path("x", ".mp4")
+    first.write_bytes(b"x")
+    p.new_path("y", ".mp4")  # older files than keep_seconds go
+    assert not first.exists()
+    folder = p.tmp_dir
+    p.close()
+    assert not folder.exists()
+
+
+def test_pipeline_is_usable_from_threads_without_shared_state(pipe):
+    # Per-request options are arguments: nothing on the pipeline changes while serving.
+    before = dict(vars(pipe))
+    threads = [threading.Thread(target=pipe.load, args=(CLIP_B,), kwargs={"aligned": True})
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert dict(vars(pipe)) == before
