@@ -1,0 +1,133 @@
+"""The training programs end to end on the tiny store: loss down, resume after kill -9,
+emotion heads, export to a loadable bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mdvae.bundle import load_bundle
+from train import common, emotion, export, stage1, stage2
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VQ_FLAGS = ["--model-channels", "8", "16", "16", "--model-res-blocks", "1",
+                 "--model-res-channels", "8"]
+TINY_MDVAE_FLAGS = ["--mdvae-w-dim", "8", "--mdvae-z-av-dim", "4", "--mdvae-z-a-dim", "2",
+                    "--mdvae-z-v-dim", "2", "--mdvae-feature-dim", "32",
+                    "--mdvae-audio-hidden", "32", "--mdvae-visual-hidden", "32",
+                    "--mdvae-rnn-dim", "16", "--mdvae-z-rnn-dim", "16"]
+TINY_DSAE_FLAGS = ["--dsae-w-dim", "8", "--dsae-z-dim", "4", "--dsae-feature-dim", "32",
+                   "--dsae-hidden-dim", "32", "--dsae-rnn-dim", "16", "--dsae-z-rnn-dim", "16"]
+FAST = ["--lr", "3e-3", "--warmup", "2", "--log-every", "5", "--val-batches", "1",
+        "--threads", "1"]
+
+
+def train_losses(run_dir: Path, key: str = "total") -> list[float]:
+    return [r[key] for r in common.RunFolder(run_dir).read_log() if r["split"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_store, tmp_path_factory):
+    """Stage-1 and stage-2 runs on the tiny store, shared by the tests below."""
+    out = tmp_path_factory.mktemp("runs")
+    for modality, batch in (("visual", "16"), ("audio", "32")):
+        stage1.main(["--store", str(tiny_store), "--modality", modality,
+                     "--out", str(out / f"vq_{modality}"), "--steps", "40",
+                     "--batch-size", batch, "--val-every", "20", *FAST, *TINY_VQ_FLAGS])
+    common_flags = ["--store", str(tiny_store), "--vq-visual", str(out / "vq_visual"),
+                    "--vq-audio", str(out / "vq_audio"), "--seq-len", "12",
+                    "--batch-size", "8", "--val-every", "20", "--kl-warmup", "10", *FAST]
+    stage2.main([*common_flags, "--model", "mdvae", "--out", str(out / "mdvae"),
+                 "--steps", "40", *TINY_MDVAE_FLAGS])
+    for kind in ("dsae-audio", "dsae-visual"):
+        stage2.main([*common_flags, "--model", kind, "--out", str(out / kind.replace("-", "_")),
+                     "--steps", "10", *TINY_DSAE_FLAGS])
+    return out
+
+
+def test_stage1_programs_lower_their_loss(runs):
+    for modality, ratio in (("visual", 0.7), ("audio", 0.8)):
+        losses = train_losses(runs / f"vq_{modality}", "reconstruction")
+        assert losses[-1] < ratio * losses[0], (modality, losses)
+        saved = json.loads((runs / f"vq_{modality}" / "config.json").read_text())
+        assert saved["modality"] == modality and saved["model"]["channels"] == [8, 16, 16]
+        assert (runs / f"vq_{modality}" / "curves.png").exists()
+
+
+def test_stage2_lowers_the_negative_elbo_and_caches_features(runs, tiny_store):
+    losses = train_losses(runs / "mdvae")
+    assert losses[-1] < losses[0] - 0.1 * abs(losses[0]), losses
+    config = json.loads((runs / "mdvae" / "config.json").read_text())
+    assert (Path(tiny_store) / "features" / config["feature_key"]).is_dir()
+    val = [r for r in common.RunFolder(runs / "mdvae").read_log() if r["split"] == "val"]
+    assert val and "negative_elbo" in val[-1] and "kl_zv" in val[-1]
+
+
+def test_kl_warmup_scales_only_the_kl_terms():
+    assert stage2.kl_scale(0, 10) == pytest.approx(0.1)
+    assert stage2.kl_scale(9, 10) == 1.0 and stage2.kl_scale(500, 10) == 1.0
+    assert stage2.kl_scale(None, 10) == 1.0 and stage2.kl_scale(0, 0) == 1.0
+
+
+def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_path):
+    flags = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio"),
+             "--mdvae", str(runs / "mdvae"), "--dsae-audio", str(runs / "dsae_audio"),
+             "--dsae-visual", str(runs / "dsae_visual")]
+    report = emotion.main(["--store", str(tiny_store), *flags, "--out", str(tmp_path / "heads")])
+    assert set(report) == {"emotion", "emotion_dsae_audio", "emotion_dsae_visual"}
+    assert 0.0 <= report["emotion"]["accuracy"]["test"] <= 1.0
+    out = export.main([*flags, "--emotion", str(tmp_path / "heads"), "--out",
+                       str(tmp_path / "bundle")])
+    bundle = load_bundle(out)
+    assert {"vq_visual", "vq_audio", "mdvae", "dsae_audio", "dsae_visual", "emotion"} <= set(
+        bundle.components)
+    assert bundle.info["data"]["source"] == "synthetic"
+    assert "Training data" in bundle.card and "emotion" in bundle.card
+    assert not list(Path(out).glob("*.pt")), "training checkpoints must not enter a bundle"
+    # the exported MDVAE is the trained one
+    trained = emotion.load_stage2(str(runs / "mdvae"))
+    for (name, p), q in zip(trained.state_dict().items(), bundle.mdvae.state_dict().values()):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+def test_stage2_killed_mid_run_resumes_to_the_same_step_count(runs, tiny_store, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "train.stage2", "--store", str(tiny_store),
+           "--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio"),
+           "--seq-len", "12", "--batch-size", "8", "--model", "mdvae", "--out", str(out),
+           "--steps", "120", "--val-every", "10", *FAST, *TINY_MDVAE_FLAGS]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    checkpoint = out / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists():
+            if common.RunFolder(out).load_checkpoint(required=True)["step"] >= 20:
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = common.RunFolder(out).load_checkpoint(required=True)["step"]
+    assert 20 <= killed_at < 120
+    result = stage2.main(cmd[3:] + ["--resume"])
+    assert result.step == 120
+    losses = train_losses(out)
+    steps = [r["step"] for r in common.RunFolder(out).read_log() if r["split"] == "train"]
+    assert steps == sorted(set(steps))
+    assert losses[-1] < losses[0]
+
+
+def test_resume_without_a_checkpoint_is_reported(runs, tiny_store, tmp_path):
+    with pytest.raises(common.CheckpointError):
+        stage1.main(["--store", str(tiny_store), "--modality", "audio",
+                     "--out", str(tmp_path / "nothing"), "--resume"])
