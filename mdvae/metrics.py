@@ -130,3 +130,38 @@ def corrupted_mask(mask: np.ndarray, frame_index: slice | np.ndarray) -> np.ndar
     chosen = np.zeros(len(mask), bool)
     chosen[frame_index] = True
     return np.asarray(mask, bool) & chosen[:, None, None]
+
+
+def ssim_frames(
+    reference: np.ndarray, estimate: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """`ssim` of each frame (N,), all frames filtered at once: the same numbers as calling
+    ``ssim`` frame by frame, many times faster on short 64x64 sequences.
+
+    reference, estimate: (..., H, W, 3); mask: (..., H, W). A frame whose mask is empty
+    gets NaN.
+    """
+    from scipy.ndimage import uniform_filter
+
+    ref, est = to_unit(reference), to_unit(estimate)
+    if ref.shape != est.shape:
+        raise MDVAEError(f"ssim: shapes differ, {ref.shape} vs {est.shape}")
+    x = ref.reshape(-1, *ref.shape[-3:])  # (N, H, W, C)
+    y = est.reshape(-1, *est.shape[-3:])
+    # skimage's defaults: 7x7 uniform window, reflected edges, sample covariance
+    size, n_window = (1, 7, 7, 1), 49
+    cov_norm = n_window / (n_window - 1)
+    ux, uy = uniform_filter(x, size), uniform_filter(y, size)
+    vx = cov_norm * (uniform_filter(x * x, size) - ux * ux)
+    vy = cov_norm * (uniform_filter(y * y, size) - uy * uy)
+    vxy = cov_norm * (uniform_filter(x * y, size) - ux * uy)
+    c1, c2 = 0.01**2, 0.03**2
+    smap = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    smap = smap.mean(axis=-1)  # (N, H, W)
+    if mask is None:
+        return smap.mean(axis=(1, 2))
+    m = np.broadcast_to(np.asarray(mask, bool), ref.shape[:-1]).reshape(smap.shape)
+    count = m.sum(axis=(1, 2))
+    total = np.where(m, smap, 0.0).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)

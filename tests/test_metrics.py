@@ -81,3 +81,66 @@ def test_template_mask_sits_in_the_lower_face_for_the_mouth():
     ys_mouth, ys_eyes = np.nonzero(mouth)[0], np.nonzero(eyes)[0]
     assert ys_mouth.min() > ys_eyes.max()
     assert not (mouth & eyes).any()
+
+
+def _render_mouth_shapes(phones, head, emotion="neutral"):
+    """Frames of one synthetic speaker whose only difference is the mouth shape."""
+    from mdvae import synthetic
+
+    spk = synthetic.speaker_params(4)
+    style = synthetic.emotion_style(emotion, 1)
+    n = len(phones)
+    head = np.repeat(np.asarray(head, np.float32)[None], n, axis=0)
+    # _render is private, but this test is about the geometry it reports
+    mouth = synthetic._mouth_track(np.asarray(phones), style)
+    return synthetic._render(spk, style, head, np.zeros(n, np.float32), mouth)
+
+
+@pytest.mark.parametrize("head", [(0.0, 0.0, 0.0), (3.0, -2.0, 7.0)])
+def test_ground_truth_mouth_box_holds_the_pixels_that_move_with_the_mouth(head):
+    from mdvae.synthetic import PHONES
+
+    closed, open_ = PHONES.index("m"), PHONES.index("a")
+    frames, mouth_box, eyes_box = _render_mouth_shapes([closed] * 3 + [open_] * 3, head)
+    changed = (frames[1] != frames[4]).any(axis=-1)  # (64, 64) lips closed vs open
+    assert changed.sum() > 20
+    mouth = metrics.box_mask(mouth_box[[1, 4]]).any(axis=0)
+    eyes = metrics.box_mask(eyes_box[[1, 4]]).any(axis=0)
+    assert not (changed & ~mouth).any()
+    assert not (changed & eyes).any()
+    # the template box of aligned real crops sits where the synthetic mouth does at rest
+    if head == (0.0, 0.0, 0.0):
+        template = metrics.template_mask("mouth", 1)[0]
+        assert (changed & template).sum() > 0.8 * changed.sum()
+
+
+def test_denoising_corrupts_the_mouth_box_of_a_generated_clip_only():
+    from mdvae.synthetic import generate_clip
+
+    clip = generate_clip(2, "happy", 2, seed=5, n_frames=metrics.DENOISE_LENGTH)
+    mask = metrics.box_mask(clip.factors["mouth_box"])
+    noisy = metrics.corrupt_region(
+        clip.frames, mask, metrics.DENOISE_FRAMES, 0.2, np.random.default_rng(0)
+    )
+    hit = metrics.corrupted_mask(mask, metrics.DENOISE_FRAMES)
+    assert hit.sum(axis=(1, 2))[[0, 1, 8, 9]].tolist() == [0, 0, 0, 0]
+    assert (hit.sum(axis=(1, 2))[2:8] > 50).all()
+    # noise of std 0.2 in [0, 1] units: PSNR near 10 log10(1 / 0.04) = 14 dB (less clipping)
+    assert 13.0 < metrics.psnr(clip.frames, noisy, hit) < 17.0
+    assert metrics.psnr(clip.frames, noisy, ~hit) == float("inf")
+
+
+def test_batched_ssim_matches_the_frame_by_frame_one():
+    rng = np.random.default_rng(3)
+    ref = rng.integers(0, 256, (4, 16, 20, 3), dtype=np.uint8)
+    est = np.clip(ref + rng.normal(0, 30, ref.shape), 0, 255).astype(np.uint8)
+    mask = np.zeros((4, 16, 20), bool)
+    mask[0, 2:9, 3:15] = True
+    mask[2, :, :4] = True  # frames 1 and 3: empty
+    per_frame = metrics.ssim_frames(ref, est, mask)
+    assert per_frame[0] == pytest.approx(metrics.ssim(ref[:1], est[:1], mask[:1]))
+    assert per_frame[2] == pytest.approx(metrics.ssim(ref[2:3], est[2:3], mask[2:3]))
+    assert np.isnan(per_frame[[1, 3]]).all()
+    assert np.nanmean(per_frame) == pytest.approx(metrics.ssim(ref, est, mask))
+    whole = metrics.ssim_frames(ref, est)
+    assert whole == pytest.approx([metrics.ssim(ref[i], est[i]) for i in range(4)])

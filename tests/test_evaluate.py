@@ -1,0 +1,125 @@
+import json
+
+import numpy as np
+import pytest
+
+from mdvae import evaluation as ev
+from train import evaluate
+
+
+def test_categorical_follow_stay_counts_only_where_a_and_b_differ():
+    a = np.array([0, 1, 2, 3, 4, 4])
+    b = np.array([0, 2, 2, 1, 3, 0])  # differs on items 1, 3, 4, 5
+    pred = np.array([9, 2, 9, 3, 7, 0])  # 1 -> B, 3 -> A, 4 -> neither, 5 -> B
+    fs = ev.follow_stay_categorical(pred, a, b)
+    assert (fs.follow, fs.stay, fs.n) == (2, 1, 4)
+    assert fs.follow_share == 0.5 and fs.stay_share == 0.25
+    # unknown labels (negative) are not counted
+    assert ev.follow_stay_categorical([1], [-1], [1]).n == 0
+    assert np.isnan(ev.FollowStay().follow_share)
+    total = fs + ev.FollowStay(1, 0, 1)
+    assert (total.follow, total.stay, total.n) == (3, 1, 5)
+
+
+def test_continuous_follow_stay_uses_the_margin_per_value():
+    a = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    b = np.array([[2.0, 0.5], [0.5, 4.0], [3.0, 3.0]])
+    pred = np.array([[1.8, 0.5], [0.0, 1.0], [1.5, 9.0]])
+    fs = ev.follow_stay_continuous(pred, a, b, margin=[1.0, 1.0])
+    # counted: (0,0) follows, (1,1) stays, (2,0) is a tie (neither), (2,1) follows
+    assert (fs.follow, fs.stay, fs.n) == (2, 1, 4)
+
+
+def test_f0_contour_and_level_are_scored_on_frames_voiced_in_both():
+    nan = np.nan
+    shape = np.array([0.0, 3.0, 0.0, -3.0, 0.0, 3.0, nan])
+    label_a = {"f0": 10.0 + shape}  # speaker A at 10 st, contour `shape`
+    label_b = {"f0": 20.0 - shape}  # speaker B 10 st higher, contour mirrored
+    # decoded: A's pitch level with B's contour
+    reading = {"audio": {"f0": (10.0 - shape)[:, None]}}
+    contour = next(f for f in ev.FACTORS if f.name == "f0_contour")
+    level = next(f for f in ev.FACTORS if f.name == "f0_level")
+    fs = ev.score_factor(contour, reading, label_a, label_b)
+    assert (fs.n, fs.follow) == (3, 3)  # the frames where the contours differ (by 6 st)
+    fs = ev.score_factor(level, reading, label_a, label_b)
+    assert (fs.n, fs.stay) == (1, 1)
+
+
+def test_expected_direction_follows_the_swapped_groups():
+    mouth = next(f for f in ev.FACTORS if f.name == "mouth")
+    assert ev.expected(mouth, ("z_av", "z_v")) == "follow"
+    assert ev.expected(mouth, ("w",)) == "stay"
+
+
+def test_subsets_have_two_classes_and_the_full_set_is_drawn_once():
+    labels = ["a"] * 95 + ["b"] * 5
+    rng = np.random.default_rng(0)
+    subsets = ev.draw_subsets(labels, 0.02, 5, rng)
+    assert len(subsets) == 5
+    for idx in subsets:
+        assert len(idx) == 2 and {labels[i] for i in idx} == {"a", "b"}
+    assert len(ev.draw_subsets(labels, 1.0, 5, rng)) == 1
+
+
+def test_emotion_curve_with_separable_features():
+    rng = np.random.default_rng(0)
+    names = ["happy", "sad"]
+    y = [names[i % 2] for i in range(40)]
+    w = np.array([[1.0 if lab == "happy" else -1.0, 0.0] for lab in y]) + rng.normal(
+        0, 0.1, (40, 2)
+    )
+    out = ev.emotion_curve(w, y, w, y, [0.1, 1.0], draws=3, seed=0)
+    assert [p["n_clips"] for p in out["curve"]] == [4, 40]
+    assert out["curve"][-1]["mean"] == 1.0 and out["curve"][-1]["draws"] == 1
+
+
+def test_end_to_end_quick_run_on_the_tiny_store(tiny_bundle, tiny_store, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = [
+        "--bundle", str(tiny_bundle), "--data", str(tiny_store), "--out", str(out),
+        "--quick", "--judge-steps", "3", "--denoise-sequences", "4", "--swap-pairs", "3",
+        "--generation-clips", "2", "--sigmas", "0", "0.2", "--threads", "1",
+    ]  # fmt: skip
+    results = evaluate.main(argv)
+    printed = capsys.readouterr().out
+    assert "**Denoising**" in printed and "**Targets**" in printed
+    for name in (
+        "results.json",
+        "results.md",
+        "emotion_accuracy.png",
+        "denoising_sigma.png",
+        "swap_follow.png",
+        "judge_visual.safetensors",
+        "judge_audio.safetensors",
+    ):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    for key in (
+        "config",
+        "reconstruction",
+        "denoising",
+        "emotion",
+        "disentanglement",
+        "targets",
+        "summary",
+        "markdown",
+        "timing",
+    ):
+        assert key in saved, key
+    assert set(saved["reconstruction"]["models"]) == {"vqvae", "mdvae", "dsae_visual", "dsae_audio"}
+    mouth = saved["denoising"]["metric"]["mouth"]["0.2"]
+    assert set(mouth) == {"noisy", "vqvae", "dsae_visual", "mdvae"}
+    assert "noisy" not in saved["denoising"]["metric"]["mouth"]["0"]
+    shares = saved["disentanglement"]["swaps"]["shares"]
+    assert set(shares) == set(ev.SWAPS) and set(shares["w"]) == {f.name for f in ev.FACTORS}
+    assert shares["z_av"]["mouth"]["expected"] == "follow"
+    assert saved["summary"]["targets_passed"].count("/") == 1
+    assert results["markdown"] == (out / "results.md").read_text()
+
+
+def test_bad_settings_are_refused():
+    args = evaluate.build_parser().parse_args(
+        ["--bundle", "b", "--data", "d", "--out", "o", "--judge-augment", "maybe"]
+    )
+    with pytest.raises(ValueError, match="judge-augment"):
+        evaluate.settings_from(args)

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+
+from mdvae import judges as J
+from mdvae.synthetic import generate_clip
+
+
+def test_clip_labels_threshold_blinks_and_mark_unvoiced_f0():
+    factors = {
+        "viseme": np.array([0, 3, 3]),
+        "blink": np.array([0.1, 0.6, 0.5]),
+        "head_pose": np.zeros((3, 3)),
+        "voicing": np.array([0, 1, 1]),
+        "f0": np.array([0.0, 100.0, 200.0]),
+    }
+    lab = J.clip_labels(factors, speaker=2, emotion="happy")
+    assert lab["blink"].tolist() == [0, 1, 0]  # closed strictly above 0.5
+    # visemes rest and spread fall in the classes "lips together" and "teeth"
+    assert [list(J.MOUTH_CLASSES)[i] for i in lab["mouth"]] == ["lips together", "teeth", "teeth"]
+    assert np.isnan(lab["f0"][0])
+    assert lab["f0"][1:] == pytest.approx([0.0, 12.0])  # semitones re 100 Hz
+    assert lab["speaker"] == 2 and lab["emotion"] == 4
+    assert J.clip_labels(factors, 0, None)["emotion"] == -1
+
+
+def test_balanced_accuracy_weighs_classes_equally():
+    truth = np.array([0] * 9 + [1])
+    always_open = np.zeros(10, int)
+    assert (always_open == truth).mean() == 0.9
+    assert J.balanced_accuracy(always_open, truth) == pytest.approx(0.5)
+
+
+def test_held_out_clips_cover_every_speaker_with_two_or_more_clips():
+    speakers = [0, 0, 0, 0, 1, 1, 2]
+    held = J.split_held_out(speakers, 0.25, np.random.default_rng(0))
+    assert held[:4].sum() == 1 and held[4:6].sum() == 1 and not held[6]
+
+
+def _data(speakers, seeds, n_frames):
+    clips = [generate_clip(spk, "neutral", 1, seed, n_frames) for spk in speakers for seed in seeds]
+    return J.JudgeData(
+        np.stack([c.frames for c in clips]),
+        np.zeros((len(clips), n_frames, 513), np.float32),
+        [J.clip_labels(c.factors, speakers.index(c.speaker), c.emotion) for c in clips],
+    )
+
+
+def test_a_visual_judge_reads_held_out_clean_clips_well_above_chance(tmp_path):
+    torch.manual_seed(0)
+    speakers = [3, 11]
+    train, held_out = _data(speakers, [1, 2, 3], 60), _data(speakers, [7], 60)
+    config = J.JudgeConfig(modality="visual", speakers=("s3", "s11"), width=8)
+    settings = J.TrainSettings(steps=200, batch=32, lr=3e-3)
+    judge = J.train_judge(config, train, settings, show=False)
+    scores = J.score_judge(judge, held_out)
+    # speakers differ in face, hair and background: trivial
+    assert scores["speaker"].accuracy == 1.0
+    # six mouth shapes, the most frequent on about a third of the frames: from six short
+    # clips the judge is far from its full accuracy, but well above chance
+    assert scores["mouth"].accuracy > scores["mouth"].chance + 0.15
+    assert scores["mouth"].balanced_accuracy > 2 / len(J.MOUTH_CLASSES)
+    pose = held_out.stacked("head_pose").reshape(-1, 3)
+    assert np.mean(np.array(scores["head_pose"].rmse) / pose.std(0)) < 0.7
+
+    # cached: the same key loads the same judge, another key asks for a new one
+    path = tmp_path / "judge.safetensors"
+    J.save_judge(path, judge, J.JudgeReport("visual", scores), key="k1")
+    loaded = J.load_judge(path, "k1")
+    assert loaded is not None
+    judge2, report = loaded
+    x = held_out.frames[:1]
+    assert np.array_equal(judge.read(x)["mouth"], judge2.read(x)["mouth"])
+    assert report.clean["speaker"].accuracy == 1.0
+    assert J.load_judge(path, "other") is None
+
+
+def test_an_audio_judge_reads_voicing_of_held_out_clips():
+    clips = [generate_clip(5, "neutral", 1, seed, 48) for seed in range(4)]
+    from mdvae.audio import power_spectrogram
+
+    power = np.stack([power_spectrogram(c.audio)[:48] for c in clips])
+    data = J.JudgeData(
+        np.zeros((4, 48, 64, 64, 3), np.uint8),
+        power,
+        [J.clip_labels(c.factors, 0, c.emotion) for c in clips],
+    )
+    train = J.JudgeData(data.frames[:3], data.power[:3], data.labels[:3])
+    held = J.JudgeData(data.frames[3:], data.power[3:], data.labels[3:])
+    config = J.JudgeConfig(modality="audio", speakers=("s5",), width=4)
+    judge = J.train_judge(config, train, J.TrainSettings(steps=80, batch=16), show=False)
+    scores = J.score_judge(judge, held)
+    assert scores["voicing"].balanced_accuracy > 0.8
+    # a single speaker cannot validate a speaker head
+    assert not scores["speaker"].trusted
+    read = judge.read(held.power)
+    assert read["f0"].shape == (1, 48, 1) and read["speaker_logp"].shape == (1, 1)
