@@ -299,6 +299,7 @@ def judge_key(
         "seed": s.seed,
         "steps": s.judge_steps,
         "hold_out": s.judge_hold_out,
+        "protocol": protocol()["judges"],  # the trust decisions are cached with the judge
         "augment": s.judge_augment,
         "codec": feature_key(codec.vq_audio, codec.vq_visual)
         if s.judge_augment == "codec"
@@ -643,6 +644,18 @@ def markdown(results: dict) -> str:
                 cells.append(f"{_f(p['mean'])} ± {_f(p['std'])}")
             n_clips = emo["models"][names[0]]["curve"][i]["n_clips"]
             lines.append(f"| {frac:g} | {n_clips} | " + " | ".join(cells) + " |")
+        shipped = {
+            m: r["bundle_head_accuracy"]
+            for m, r in emo["models"].items()
+            if "bundle_head_accuracy" in r
+        }
+        if shipped:
+            lines += [
+                "",
+                "The bundle's own emotion heads on the same clips: "
+                + ", ".join(f"{ev.MODEL_TITLES[m]} {v:.3f}" for m, v in shipped.items())
+                + ".",
+            ]
     dis = results.get("disentanglement")
     if dis:
         lines += _judge_table(dis) + _swap_table(dis) + _generation_table(dis)
