@@ -83,8 +83,7 @@ class GaussianNLL(torch.autograd.Function):
         n_frames, dim = x.shape[1], x.shape[2]
         diff = mean - x  # (B, T, D)
         precision = torch.exp(-logvar)  # (D,)
-        # a fused reduction over time; diff.square().sum(1) would write a (B, T, D) temporary
-        sq = torch.linalg.vector_norm(diff, dim=1).square()  # (B, D)
+        sq = diff.square().sum(1)  # (B, D)
         ctx.save_for_backward(diff, precision, sq)
         ctx.n_frames = n_frames
         return 0.5 * (sq @ precision + n_frames * (logvar.sum() + dim * LOG_2PI))
@@ -173,6 +172,23 @@ def frames_of_w(w: Tensor, n_frames: int) -> Tensor:
     raise MDVAEError(
         f"w must be (B, Lw) or (B, T, Lw) with T = {n_frames}, got shape {tuple(w.shape)}"
     )
+
+
+def prior_w(
+    batch: int,
+    w_dim: int,
+    w: Tensor | None,
+    *,
+    like: Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """w for generation: drawn from p(w) = N(0, I) (device and dtype of `like`) unless
+    given, in which case it must be (batch, w_dim)."""
+    if w is None:
+        return torch.randn(batch, w_dim, generator=generator, device=like.device, dtype=like.dtype)
+    if w.shape != (batch, w_dim):
+        raise MDVAEError(f"w must be ({batch}, {w_dim}) for batch={batch}, got {tuple(w.shape)}")
+    return w
 
 
 def check_sequence(name: str, x: Tensor, dim: int) -> None:

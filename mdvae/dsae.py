@@ -25,10 +25,11 @@ from mdvae.blocks import (
     frames_of_w,
     interpolate_w,
     mlp,
+    prior_w,
 )
 from mdvae.bundle import register_component
 from mdvae.config import ConfigBase
-from mdvae.errors import ConfigError, MDVAEError
+from mdvae.errors import ConfigError
 from mdvae.gaussian import DiagonalGaussian, kl_divergence
 from mdvae.mdvae import POSTERIOR_KINDS, MDVAEConfig
 from mdvae.temporal import (
@@ -48,8 +49,8 @@ class DSAEConfig(ConfigBase):
     w_dim: int = 84  # static latent w
     z_dim: int = 24  # dynamical latent z_t
     feature_dim: int = 128  # per-frame features read by the inference networks
-    hidden_dim: int = 256  # hidden width of the feature MLP and the decoder
-    rnn_dim: int = 128  # backward summary of x_t:T (LSTM) and the q(w) hidden layer
+    hidden_dim: int = 128  # hidden width of the feature MLP and the decoder
+    rnn_dim: int = 64  # backward summary of x_t:T (LSTM) and the q(w) hidden layer
     z_rnn_dim: int = 64  # recurrences over z: prior LSTM, posterior tanh RNN
     posterior: str = "smoothing"  # "smoothing" q(z_t | ., x_t:T) or "filtering" q(z_t | ., x_t)
     obs_logvar_init: float = 0.0  # initial log-variance of each observed dimension
@@ -205,15 +206,7 @@ class DSAE(nn.Module):
         generator: torch.Generator | None = None,
     ) -> DSAELatents:
         """w ~ N(0, I) unless given (B, Lw), z by ancestral sampling from its prior."""
-        ref = self.decoder_x.logvar
-        if w is None:
-            w = torch.randn(
-                batch, self.config.w_dim, generator=generator, device=ref.device, dtype=ref.dtype
-            )
-        elif w.shape != (batch, self.config.w_dim):
-            raise MDVAEError(
-                f"w must be ({batch}, {self.config.w_dim}) for batch={batch}, got {tuple(w.shape)}"
-            )
+        w = prior_w(batch, self.config.w_dim, w, like=self.decoder_x.logvar, generator=generator)
         z, _ = self.prior_z.sample(batch, n_frames, generator=generator)
         return DSAELatents(w, z)
 

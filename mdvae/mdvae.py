@@ -14,14 +14,15 @@ Inference model (the seed's factorisation, from D-separation):
     q(z_v_t  | z_v_1:t-1,  x_v_t:T, z_av_t, w)
 
 Network layout (widths of the "mead" preset). Each stream first goes through a per-frame
-feature MLP (x_a: 512 -> 256 -> 128, x_v: 2048 -> 256 -> 128). One backward LSTM (128
+feature MLP (x_a: 512 -> 128 -> 128, x_v: 2048 -> 256 -> 128). One backward LSTM (64
 units) per stream summarises x_t:T into g_a_t, g_v_t. q(w) reads g_a_1 and g_v_1 (which
 have seen the whole sequences) and the time-averaged features. The z_av posterior reads
 [g_a_t, g_v_t, w], the z_a posterior [g_a_t, z_av_t, w] and the z_v posterior
 [g_v_t, z_av_t, w], so the audio-only posterior never sees the visual stream and vice
 versa; each is a 64-unit tanh recurrence over its own sampled past (`temporal.py`). The
-priors are 64-unit LSTMs. The decoders are MLPs (latents -> 256 -> 256 -> x) with one
-learned log-variance per output dimension (`blocks.GaussianDecoder`). The authors' nets
+priors are 64-unit LSTMs. The decoders are MLPs (latents -> 128 -> 128 -> x_a,
+latents -> 256 -> 256 -> x_v) with one learned log-variance per output dimension
+(`blocks.GaussianDecoder`). The authors' nets
 are wider (1024 units next to the 2048-d visual features); these widths keep stage-2
 training fast on a CPU, and every width is a config field.
 
@@ -48,6 +49,7 @@ from mdvae.blocks import (
     frames_of_w,
     interpolate_w,
     mlp,
+    prior_w,
 )
 from mdvae.bundle import register_component
 from mdvae.config import ConfigBase
@@ -76,9 +78,9 @@ class MDVAEConfig(ConfigBase):
     z_v_dim: int = 4  # dynamical visual-only z_v_t (head, eyelids)
     # network widths
     feature_dim: int = 128  # per-frame features of each stream read by all inference nets
-    audio_hidden: int = 256  # hidden width of the audio feature MLP and audio decoder
+    audio_hidden: int = 128  # hidden width of the audio feature MLP and audio decoder
     visual_hidden: int = 256  # hidden width of the visual feature MLP and visual decoder
-    rnn_dim: int = 128  # backward summaries of x_t:T (LSTMs) and the q(w) hidden layer
+    rnn_dim: int = 64  # backward summaries of x_t:T (LSTMs) and the q(w) hidden layer
     z_rnn_dim: int = 64  # recurrences over z: prior LSTMs, posterior tanh RNNs
     # "smoothing": q(z_t | ..., x_t:T) as in the seed; "filtering": q(z_t | ..., x_t) as in
     # the authors' public code
@@ -118,16 +120,8 @@ MDVAE_PRESETS: dict[str, dict] = {
     "mead": {},
     # the procedural benchmark: the same stage-1 feature sizes, fewer generating factors
     # (a few speakers x 8 emotions x 3 levels; phones; head pose and blinks; f0 and
-    # loudness), so smaller latents and narrower nets train in minutes on two cores
-    "synthetic": dict(
-        w_dim=32,
-        z_av_dim=8,
-        z_a_dim=4,
-        z_v_dim=4,
-        audio_hidden=128,
-        rnn_dim=64,
-        z_rnn_dim=32,
-    ),
+    # loudness), so smaller latents
+    "synthetic": dict(w_dim=32, z_av_dim=8, z_a_dim=4, z_v_dim=4, z_rnn_dim=32),
 }
 
 
@@ -313,15 +307,7 @@ class MDVAE(nn.Module):
         """Latents drawn from the generative model: w ~ N(0, I) unless given (B, Lw), and
         each dynamical group by ancestral sampling from its autoregressive prior.
         Pass the result to `decode` for features."""
-        ref = self.decoder_x_a.logvar
-        if w is None:
-            w = torch.randn(
-                batch, self.config.w_dim, generator=generator, device=ref.device, dtype=ref.dtype
-            )
-        elif w.shape != (batch, self.config.w_dim):
-            raise MDVAEError(
-                f"w must be ({batch}, {self.config.w_dim}) for batch={batch}, got {tuple(w.shape)}"
-            )
+        w = prior_w(batch, self.config.w_dim, w, like=self.decoder_x_a.logvar, generator=generator)
         z_av, _ = self.prior_z_av.sample(batch, n_frames, generator=generator)
         z_a, _ = self.prior_z_a.sample(batch, n_frames, generator=generator)
         z_v, _ = self.prior_z_v.sample(batch, n_frames, generator=generator)

@@ -62,7 +62,6 @@ class BackwardSummary(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int):
         super().__init__()
         self.rnn = nn.LSTM(in_dim, hidden_dim, batch_first=True)
-        self.out_dim = hidden_dim
 
     def forward(self, features: Tensor) -> Tensor:
         """features (B, T, F) -> g (B, T, H) with g[:, t] a function of features[:, t:] only."""
@@ -76,7 +75,6 @@ class FrameSummary(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int):
         super().__init__()
         self.proj = nn.Linear(in_dim, hidden_dim)
-        self.out_dim = hidden_dim
 
     def forward(self, features: Tensor) -> Tensor:
         """features (B, T, F) -> g (B, T, H), frame by frame."""
@@ -197,9 +195,9 @@ def run_posteriors(
     # everything that does not depend on sampled history, for all frames at once
     c = torch.cat([r.cond_to_a(cond) for r, cond in zip(recurrences, conds)], dim=-1)
     hidden = c.shape[-1]
-    # unbind, not c[t]: its backward is one stack, where T selects would each scatter
+    # unbind, not c[:, t]: its backward is one stack, where T selects would each scatter
     # into a zero tensor of the full size
-    c_steps = c.transpose(0, 1).contiguous().unbind(0)  # T x (B, sum H)
+    c_steps = c.unbind(1)  # T x (B, sum H)
     w_h = torch.cat(
         [
             torch.block_diag(*[r.h_to_h.weight.t() for r in recurrences]),

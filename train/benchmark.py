@@ -3,7 +3,8 @@
 Each row runs in a fresh Python process, so its peak resident memory (getrusage max RSS)
 belongs to that row alone, and one row's allocator state cannot speed up or slow down the
 next. Times are medians over repeated runs after warm-up; the machine's load average is
-printed with each row because other work on a shared CPU moves every number here.
+printed with each row because other work on a shared CPU moves every number here ("CPU
+ms/step", the process's CPU time summed over its threads, is less sensitive to it).
 
 Sections (add one by appending to SECTIONS):
 - stage2_training: MDVAE training throughput (frames/s) for one optimiser step
@@ -95,16 +96,18 @@ def _training_run(case: Case, args: argparse.Namespace) -> dict:
     warmup, steps = (1, 4) if args.quick else (3, 15)
     for _ in range(warmup):
         step()
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     median = statistics.median(times)
     return {
         "frames/s": batch * TRAIN_FRAMES / median,
         "step ms (median)": 1e3 * median,
         "step ms (min)": 1e3 * min(times),
+        "CPU ms/step": 1e3 * statistics.median(cpu_times),
         "peak RSS MB": _peak_rss_mb(),
         "peak - base MB": _peak_rss_mb() - base_rss,
     }
@@ -153,7 +156,14 @@ SECTIONS: list[Section] = [
     Section(
         "stage2_training",
         f"Stage-2 MDVAE training, T = {TRAIN_FRAMES} (forward + ELBO + backward + AdamW step)",
-        ["frames/s", "step ms (median)", "step ms (min)", "peak RSS MB", "peak - base MB"],
+        [
+            "frames/s",
+            "step ms (median)",
+            "step ms (min)",
+            "CPU ms/step",
+            "peak RSS MB",
+            "peak - base MB",
+        ],
         _training_cases,
         _training_run,
     ),
@@ -206,6 +216,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, for a smoke run")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="fresh processes per row; the table shows the median of each column (default 3, "
+        "1 with --quick)",
+    )
     parser.add_argument("--preset", default="mead", help="MDVAE config preset (default mead)")
     parser.add_argument(
         "--overrides", default="{}", help="JSON of MDVAEConfig fields, e.g. '{\"rnn_dim\": 64}'"
@@ -228,23 +245,27 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    repeats = args.repeats or (1 if args.quick else 3)
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), fp32, preset {args.preset!r} "
-        f"{args.overrides}, "
-        f"{'quick' if args.quick else 'full'} run; load average before: "
+        f"{args.overrides}, {'quick' if args.quick else 'full'} run, median of {repeats} "
+        "fresh process(es) per row; 1-min load average before: "
         + ", ".join(f"{x:.2f}" for x in os.getloadavg())
     )
     for section in (s for s in SECTIONS if s.name in args.sections):
         rows = []
         for case in section.cases(args):
-            proc = subprocess.run(
-                _child_argv(args, section, case), capture_output=True, text=True, check=False
-            )
-            if proc.returncode != 0:
-                sys.exit(f"{section.name} / {case.label} failed:\n{proc.stderr}")
-            rows.append(
-                (case.label, json.loads(proc.stdout.strip().splitlines()[-1]), os.getloadavg()[0])
-            )
+            runs, loads = [], []
+            for _ in range(repeats):
+                proc = subprocess.run(
+                    _child_argv(args, section, case), capture_output=True, text=True, check=False
+                )
+                if proc.returncode != 0:
+                    sys.exit(f"{section.name} / {case.label} failed:\n{proc.stderr}")
+                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                loads.append(os.getloadavg()[0])
+            values = {c: statistics.median(r[c] for r in runs) for c in section.columns}
+            rows.append((case.label, values, statistics.median(loads)))
         print()
         print(_format_table(section, rows))
 
