@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mdvae.codec import AVCodec
 from mdvae.dsae import DSAE, DSAEConfig
 from mdvae.mdvae import MDVAE, MDVAEConfig
 from mdvae.store import Store
@@ -80,17 +81,15 @@ def encode_store(
     store: Store, vq_audio: VQVAE, vq_visual: VQVAE, *, batch: int = 512, show: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Encode every frame of the store: audio (N, 512) and visual (N, 2048) float16."""
-    device = next(vq_visual.parameters()).device
+    codec = AVCodec(vq_audio, vq_visual, chunk=batch)
     n = len(store.frames)
     audio = np.empty((n, vq_audio.config.feature_dim), np.float16)
     visual = np.empty((n, vq_visual.config.feature_dim), np.float16)
     for lo in tqdm(range(0, n, batch), desc="encoding features", disable=not show):
         hi = min(n, lo + batch)
-        frames = torch.from_numpy(np.ascontiguousarray(store.frames[lo:hi])).to(device)
-        x_v = frames.permute(0, 3, 1, 2).float() / 255.0  # (b, 3, 64, 64)
-        x_a = torch.from_numpy(np.ascontiguousarray(store.power[lo:hi])).float().to(device)
-        visual[lo:hi] = vq_visual.encode(x_v).cpu().numpy()
-        audio[lo:hi] = vq_audio.encode(x_a).cpu().numpy()
+        x_a, x_v = codec.encode(np.ascontiguousarray(store.frames[lo:hi]), store.power[lo:hi])
+        audio[lo:hi] = x_a.cpu().numpy()
+        visual[lo:hi] = x_v.cpu().numpy()
     return audio, visual
 
 
