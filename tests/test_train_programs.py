@@ -91,6 +91,10 @@ def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_p
         bundle.components)
     assert bundle.info["data"]["source"] == "synthetic"
     assert "Training data" in bundle.card and "emotion" in bundle.card
+    # the card's steps are those of the exported checkpoint, and each run names its data
+    assert bundle.info["runs"]["mdvae"]["steps"] == 40
+    assert bundle.info["runs"]["mdvae"]["store"] == str(tiny_store)
+    assert f"`{tiny_store}` (train split) | 40 |" in bundle.card
     assert not list(Path(out).glob("*.pt")), "training checkpoints must not enter a bundle"
     # the exported MDVAE is the trained one
     trained = emotion.load_stage2(str(runs / "mdvae"))

@@ -26,16 +26,23 @@ from train.stage2 import load_stage1
 
 
 def run_summary(run_dir: str) -> dict[str, Any]:
-    """What a run folder says about itself: program, steps, wall time, last validation."""
+    """What a run folder says about itself: program, data, steps, wall time, last validation.
+
+    ``steps`` is the step of the checkpoint whose weights are exported (a run stopped
+    between checkpoints has logged a few steps more); ``logged_steps`` the last logged one.
+    """
     run = common.RunFolder(run_dir, writer=False)
     config = run.read_config()
     rows = run.read_log()
+    checkpoint = run.load_checkpoint(required=True)
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
     times = [r["time"] for r in rows]
     summary = {
         "run": str(run_dir),
-        "steps": train_rows[-1]["step"] if train_rows else 0,
+        "store": config.get("store"),
+        "steps": int(checkpoint["step"]),
+        "logged_steps": train_rows[-1]["step"] if train_rows else 0,
         "batch_size": config["run"]["batch_size"],
         "train_speed": round(train_rows[-1].get("speed", 0.0), 1) if train_rows else None,
         "last_val": {k: round(v, 5) for k, v in val_rows[-1].items()
@@ -83,10 +90,11 @@ def model_card(info: dict[str, Any]) -> str:
     ]
     for split, s in data.get("splits", {}).items():
         lines.append(f"| {split} | {len(s['speakers'])} | {s['clips']} | {s['frames']} |")
-    lines += ["", "## Training runs", "", "| component | steps | batch | speed (items/s) |",
-              "|---|---|---|---|"]
+    lines += ["", "## Training runs", "",
+              "| component | trained on | steps | batch | speed (items/s) |", "|---|---|---|---|---|"]
     for name, run in info.get("runs", {}).items():
-        lines.append(f"| {name} | {run['steps']} | {run['batch_size']} | {run['train_speed']} |")
+        lines.append(f"| {name} | `{run.get('store', '?')}` (train split) | {run['steps']} | "
+                     f"{run['batch_size']} | {run['train_speed']} |")
     emotion = info.get("emotion", {})
     if emotion:
         lines += ["", "## Emotion heads (accuracy on whole clips)", "",
