@@ -40,10 +40,10 @@ def pipeline():
 def test_examples_reconstruct_above_the_mean_face(pipeline):
     """Baseline: the mean face of all example clips (held-out speakers) for every frame.
 
-    The VQ-VAEs alone must beat it by a wide margin and the MDVAE on average. The MDVAE of
-    this CPU-trained bundle is only about 1.5 dB above it (see the model card): these
-    thresholds record that level so that a regression shows; a better bundle should raise
-    them.
+    The VQ-VAEs alone must beat it by a wide margin, and so must the MDVAE: the shipped
+    bundle's MDVAE is 3.7 to 8.9 dB above it on every example (5.6 dB on average, against
+    1.5 dB for the first, 48-speaker bundle); the thresholds sit a little below that so
+    that a regression shows.
     """
     codec = AVCodec(pipeline.bundle.vq_audio, pipeline.bundle.vq_visual)
     clips = [pipeline.load(path, aligned=True) for path in EXAMPLES]
@@ -62,4 +62,5 @@ def test_examples_reconstruct_above_the_mean_face(pipeline):
         margins_mdvae.append(psnr(frames, mdvae_frames) - base)
     assert min(margins_vq) > 4.0, margins_vq
     assert np.mean(margins_vq) > 6.0, margins_vq
-    assert np.mean(margins_mdvae) > 1.0, margins_mdvae
+    assert min(margins_mdvae) > 3.0, margins_mdvae
+    assert np.mean(margins_mdvae) > 4.5, margins_mdvae
