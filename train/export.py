@@ -91,7 +91,8 @@ def model_card(info: dict[str, Any]) -> str:
     for split, s in data.get("splits", {}).items():
         lines.append(f"| {split} | {len(s['speakers'])} | {s['clips']} | {s['frames']} |")
     lines += ["", "## Training runs", "",
-              "| component | trained on | steps | batch | speed (items/s) |", "|---|---|---|---|---|"]
+              "| component | trained on | steps | batch | speed (items/s) |",
+              "|---|---|---|---|---|"]
     for name, run in info.get("runs", {}).items():
         lines.append(f"| {name} | `{run.get('store', '?')}` (train split) | {run['steps']} | "
                      f"{run['batch_size']} | {run['train_speed']} |")
