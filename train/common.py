@@ -401,7 +401,7 @@ def train_loop(
         [p for p in model.parameters() if p.requires_grad],
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
-        fused=True,  # one kernel for all tensors: ~3 ms instead of ~20 ms per CPU step
+        fused=True,  # one kernel for all tensors: ~4 ms instead of ~14 ms per CPU step here
     )
     step = 0
     checkpoint = run.load_checkpoint(required=resume) if resume else None
