@@ -11,7 +11,6 @@ ELBO terms are normalised as in MDVAE: nats per frame, the w KL divided by T as 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +30,7 @@ from mdvae.bundle import register_component
 from mdvae.config import ConfigBase
 from mdvae.errors import ConfigError
 from mdvae.gaussian import DiagonalGaussian, kl_divergence
-from mdvae.mdvae import POSTERIOR_KINDS, MDVAEConfig
+from mdvae.mdvae import MDVAEConfig, check_stage2_config
 from mdvae.temporal import (
     AutoregressivePrior,
     PosteriorRecurrence,
@@ -60,19 +59,10 @@ class DSAEConfig(ConfigBase):
     beta_z: float = 1.0  # weight of the z KLs; 1 is the ELBO
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type in ("int", int) and value < 1:
-                raise ConfigError(f"config key '{field.name}' must be at least 1, got {value}")
-            if field.name.startswith("beta_") and value < 0:
-                raise ConfigError(f"config key '{field.name}' must be >= 0, got {value}")
+        check_stage2_config(self)
         if self.modality not in MODALITIES:
             raise ConfigError(
                 f"config key 'modality': {self.modality!r} is not one of {MODALITIES}"
-            )
-        if self.posterior not in POSTERIOR_KINDS:
-            raise ConfigError(
-                f"config key 'posterior': {self.posterior!r} is not one of {POSTERIOR_KINDS}"
             )
 
     @classmethod

@@ -66,6 +66,20 @@ from mdvae.temporal import (
 POSTERIOR_KINDS = ("smoothing", "filtering")
 
 
+def check_stage2_config(config: ConfigBase) -> None:
+    """The checks every stage-2 config (MDVAE, DSAE) shares: sizes >= 1, betas >= 0, and a
+    known posterior kind."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.type in ("int", int) and value < 1:
+            raise ConfigError(f"config key '{field.name}' must be at least 1, got {value}")
+        if field.name.startswith("beta_") and value < 0:
+            raise ConfigError(f"config key '{field.name}' must be >= 0, got {value}")
+    posterior = config.posterior
+    if posterior not in POSTERIOR_KINDS:
+        raise ConfigError(f"config key 'posterior': {posterior!r} is not one of {POSTERIOR_KINDS}")
+
+
 @dataclass
 class MDVAEConfig(ConfigBase):
     # observed per-frame features: the stage-1 VQ-VAE encoder outputs before quantisation
@@ -96,16 +110,7 @@ class MDVAEConfig(ConfigBase):
     beta_z_v: float = 1.0
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type in ("int", int) and value < 1:
-                raise ConfigError(f"config key '{field.name}' must be at least 1, got {value}")
-            if field.name.startswith("beta_") and value < 0:
-                raise ConfigError(f"config key '{field.name}' must be >= 0, got {value}")
-        if self.posterior not in POSTERIOR_KINDS:
-            raise ConfigError(
-                f"config key 'posterior': {self.posterior!r} is not one of {POSTERIOR_KINDS}"
-            )
+        check_stage2_config(self)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> MDVAEConfig:
