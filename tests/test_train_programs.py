@@ -135,3 +135,28 @@ def test_resume_without_a_checkpoint_is_reported(runs, tiny_store, tmp_path):
     with pytest.raises(common.CheckpointError):
         stage1.main(["--store", str(tiny_store), "--modality", "audio",
                      "--out", str(tmp_path / "nothing"), "--resume"])
+
+
+def test_figures_renders_every_example_with_its_psnrs(tiny_bundle, tmp_path, capsys):
+    from PIL import Image
+
+    from train import figures
+
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    root = Path(__file__).resolve().parents[1] / "examples"
+    for name in ("spk02_happy.mp4", "spk37_neutral.mp4"):
+        (examples / name).write_bytes((root / name).read_bytes())
+    out = figures.main(["--bundle", str(tiny_bundle), "--examples", str(examples),
+                        "--out", str(tmp_path / "recon.png")])
+    printed = capsys.readouterr().out
+    assert "| spk02_happy |" in printed and "| spk37_neutral |" in printed
+    width, height = Image.open(out).size
+    assert width > 600 and height > 300  # two examples side by side, three lines each
+
+
+def test_figures_without_clips_is_an_error(tiny_bundle, tmp_path):
+    from train import figures
+
+    with pytest.raises(SystemExit):
+        figures.main(["--bundle", str(tiny_bundle), "--examples", str(tmp_path)])

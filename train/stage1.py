@@ -103,7 +103,6 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         common.teardown_distributed()
     if d.is_main:
         unit = "images" if args.modality == "visual" else "frames"
-        unit = "images" if args.modality == "visual" else "frames"
         print(
             f"stage1 {args.modality}: {result.step} steps, "
             f"{result.items_per_second:.0f} {unit}/s, val {result.last_val}",
