@@ -160,3 +160,21 @@ def test_figures_without_clips_is_an_error(tiny_bundle, tmp_path):
 
     with pytest.raises(SystemExit):
         figures.main(["--bundle", str(tiny_bundle), "--examples", str(tmp_path)])
+
+
+def test_a_run_resumed_on_another_store_keeps_its_earlier_store(runs, tiny_store, tmp_path):
+    import shutil
+
+    more = tmp_path / "more_speakers"
+    shutil.copytree(tiny_store, more)
+    run = tmp_path / "vq_audio"
+    shutil.copytree(runs / "vq_audio", run)
+    stage1.main(["--store", str(more), "--modality", "audio", "--out", str(run),
+                 "--resume", "--steps", "50"])
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["store"] == str(more)
+    assert saved["earlier_stores"] == [{"store": str(tiny_store), "until_step": 40}]
+    summary = export.run_summary(str(run))
+    assert summary["steps"] == 50
+    assert export.trained_on(summary) == (
+        f"`{tiny_store}` to step 40, then `{more}` (train split)")

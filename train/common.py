@@ -241,6 +241,18 @@ class RunFolder:
             raise CheckpointError(f"{self.path} has no config.json: is it a run folder?")
         return json.loads(path.read_text())
 
+    def store_history(self, saved: dict[str, Any], store: str | Path) -> list[dict[str, Any]]:
+        """The stores a resumed run trained on before ``store``: [{store, until_step}, ...].
+
+        A run may be resumed on another store (a VQ-VAE continued on more speakers, say);
+        its config then keeps where the earlier steps came from, for the model card.
+        """
+        history = list(saved.get("earlier_stores", []))
+        if saved.get("store") not in (None, str(store)):
+            checkpoint = self.load_checkpoint(required=True)
+            history.append({"store": saved["store"], "until_step": int(checkpoint["step"])})
+        return history
+
     def log(self, step: int, split: str, scalars: dict[str, float]) -> None:
         if not self.writer:
             return

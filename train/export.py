@@ -41,6 +41,7 @@ def run_summary(run_dir: str) -> dict[str, Any]:
     summary = {
         "run": str(run_dir),
         "store": config.get("store"),
+        "earlier_stores": config.get("earlier_stores", []),
         "steps": int(checkpoint["step"]),
         "logged_steps": train_rows[-1]["step"] if train_rows else 0,
         "batch_size": config["run"]["batch_size"],
@@ -65,6 +66,13 @@ def data_summary(store_path: str) -> dict[str, Any]:
             "frames": int(sum(c.length for c in clips)),
         }
     return {"store": str(store_path), "source": store.source_kind, "splits": splits}
+
+
+def trained_on(run: dict[str, Any]) -> str:
+    """"`a` (train split)", or for a run resumed on other stores "`a` to step N, then `b`"."""
+    parts = [f"`{e['store']}` to step {e['until_step']}" for e in run.get("earlier_stores", [])]
+    parts.append(f"`{run.get('store', '?')}`")
+    return ", then ".join(parts) + " (train split)"
 
 
 def model_card(info: dict[str, Any]) -> str:
@@ -94,7 +102,7 @@ def model_card(info: dict[str, Any]) -> str:
               "| component | trained on | steps | batch | speed (items/s) |",
               "|---|---|---|---|---|"]
     for name, run in info.get("runs", {}).items():
-        lines.append(f"| {name} | `{run.get('store', '?')}` (train split) | {run['steps']} | "
+        lines.append(f"| {name} | {trained_on(run)} | {run['steps']} | "
                      f"{run['batch_size']} | {run['train_speed']} |")
     emotion = info.get("emotion", {})
     if emotion:

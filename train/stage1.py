@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         cfg = common.RunConfig.from_dict(saved["run"])
         cfg = common.config_from_flags(args, cfg)  # e.g. more --steps on resume
         model_cfg = VQVAEConfig.from_dict(saved["model"])
+        earlier = run.store_history(saved, args.store)
     else:
+        earlier = []
         cfg = common.config_from_flags(args, DEFAULT_RUN[args.modality])
         model_cfg = common.config_from_flags(
             args, vqvae_preset(args.preset, args.modality), prefix="model_"
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     run.write_config({
         "program": "stage1",
         "store": str(args.store),
+        "earlier_stores": earlier,
         "modality": args.modality,
         "preset": args.preset,
         "model_class": "VQVAE",

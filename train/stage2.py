@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         saved_model = saved["model"]
         args.seq_len = saved["seq_len"]
         args.kl_warmup = saved["kl_warmup"]
+        earlier = run.store_history(saved, args.store)
     else:
+        earlier = []
         cfg = common.config_from_flags(args, common.RunConfig(steps=4000, batch_size=32,
                                                               lr=1e-3, val_every=500))
     if cfg.threads:
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     run.write_config({
         "program": "stage2",
         "store": str(args.store),
+        "earlier_stores": earlier,
         "model_kind": args.model,
         "model_class": type(model).__name__,
         "vq_visual": str(args.vq_visual),
