@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> Path:
     paths = sorted(Path(args.examples).glob("*.mp4"))
     if not paths:
         parser.error(f"no .mp4 clips in {args.examples}")
+    if args.frames < 1:
+        parser.error("--frames must be at least 1")
     torch.set_num_threads(1)
     with Pipeline(args.bundle) as pipeline:
         rows = {path.stem: reconstructions(pipeline, path) for path in paths}
