@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,9 +82,14 @@ def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_p
     flags = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio"),
              "--mdvae", str(runs / "mdvae"), "--dsae-audio", str(runs / "dsae_audio"),
              "--dsae-visual", str(runs / "dsae_visual")]
-    report = emotion.main(["--store", str(tiny_store), *flags, "--out", str(tmp_path / "heads")])
+    report = emotion.main(["--store", str(tiny_store), *flags, "--out", str(tmp_path / "heads"),
+                           "--probe-groups"])
     assert set(report) == {"emotion", "emotion_dsae_audio", "emotion_dsae_visual"}
     assert 0.0 <= report["emotion"]["accuracy"]["test"] <= 1.0
+    by_group = report["emotion"]["test_accuracy_by_group"]
+    assert set(by_group) == {"w", "z_av", "z_a", "z_v", "all"}
+    assert set(report["emotion_dsae_audio"]["test_accuracy_by_group"]) == {"w", "z", "all"}
+    assert all(0.0 <= v <= 1.0 for v in by_group.values())
     out = export.main([*flags, "--emotion", str(tmp_path / "heads"), "--out",
                        str(tmp_path / "bundle")])
     bundle = load_bundle(out)
@@ -178,3 +184,24 @@ def test_a_run_resumed_on_another_store_keeps_its_earlier_store(runs, tiny_store
     assert summary["steps"] == 50
     assert export.trained_on(summary) == (
         f"`{tiny_store}` to step 40, then `{more}` (train split)")
+
+
+def test_emotion_group_probes_find_the_group_that_holds_the_emotion():
+    from types import SimpleNamespace
+
+    from mdvae.labels import EMOTIONS
+
+    rng = np.random.default_rng(0)
+
+    def clips_and_groups(n):
+        labels = rng.integers(0, len(EMOTIONS), n)
+        clips = [SimpleNamespace(emotion=EMOTIONS[k]) for k in labels]
+        holds = np.eye(len(EMOTIONS))[labels] * 3 + rng.normal(0, 1, (n, len(EMOTIONS)))
+        return clips, {"w": rng.normal(0, 1, (n, 4)).astype(np.float32),
+                       "z": holds.astype(np.float32)}
+
+    train_clips, train = clips_and_groups(400)
+    test_clips, test = clips_and_groups(200)
+    acc = emotion.probe_groups(train, train_clips, test, test_clips, c=1.0)
+    assert acc["z"] > 0.8 and acc["all"] > 0.8, acc
+    assert acc["w"] < 0.3, acc  # chance is 1/8

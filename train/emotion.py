@@ -4,6 +4,8 @@ One head per static latent: the MDVAE's q(w | x_a, x_v), and, when given, the A-
 q(w | x_a) and the V-DSAE's q(w | x_v). Each clip of the training split is encoded whole;
 accuracy is reported on the validation and test speakers. The heads are written as a
 small bundle (safetensors + config) that ``train.export`` folds into the release.
+``--probe-groups`` also fits a probe on each latent group's clip means (w, and the time
+averages of z_av, z_a, z_v, or of a DSAE's z) to show where the emotion ended up.
 
     python -m train.emotion --store data/synthetic --vq-visual runs/vq_visual \\
         --vq-audio runs/vq_audio --mdvae runs/mdvae --dsae-audio runs/dsae_audio \\
@@ -48,11 +50,12 @@ def load_stage2(run_dir: str) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def static_means(model: torch.nn.Module, audio: np.ndarray, visual: np.ndarray,
-                 clips: list, *, show: bool = True) -> np.ndarray:
-    """Posterior mean of w for each whole clip: (N, Lw). Works for the MDVAE and DSAEs."""
-    out = []
-    for clip in tqdm(clips, desc="encoding w", disable=not show, leave=False):
+def clip_means(model: torch.nn.Module, audio: np.ndarray, visual: np.ndarray,
+               clips: list, *, show: bool = True) -> dict[str, np.ndarray]:
+    """Per whole clip, each latent group's posterior mean: w as it is, the dynamical groups
+    (z_av, z_a, z_v; a DSAE's z) averaged over time. {group: (N, L)}; MDVAE or DSAE."""
+    out: dict[str, list[np.ndarray]] = {}
+    for clip in tqdm(clips, desc="encoding", disable=not show, leave=False):
         rows = slice(clip.start, clip.start + clip.length)
         x_a = torch.from_numpy(np.asarray(audio[rows], np.float32))[None]  # (1, T, 512)
         x_v = torch.from_numpy(np.asarray(visual[rows], np.float32))[None]  # (1, T, 2048)
@@ -60,8 +63,34 @@ def static_means(model: torch.nn.Module, audio: np.ndarray, visual: np.ndarray,
             latents = model.encode(x_a if model.config.modality == "audio" else x_v)
         else:
             latents = model.encode(x_a, x_v)
-        out.append(latents.w[0].numpy())
-    return np.stack(out)
+        for name in latents.group_names():
+            value = getattr(latents, name)[0]
+            out.setdefault(name, []).append((value if name == "w" else value.mean(0)).numpy())
+    return {name: np.stack(values) for name, values in out.items()}
+
+
+def static_means(model: torch.nn.Module, audio: np.ndarray, visual: np.ndarray,
+                 clips: list, *, show: bool = True) -> np.ndarray:
+    """Posterior mean of w for each whole clip: (N, Lw). Works for the MDVAE and DSAEs."""
+    return clip_means(model, audio, visual, clips, show=show)["w"]
+
+
+def accuracy(head, features: np.ndarray, clips: list) -> float:
+    """Share of `clips` whose emotion the head reads right from `features` (N, L)."""
+    pred = head(torch.from_numpy(features)).argmax(-1).numpy()
+    truth = np.array([head.config.labels.index(c.emotion) for c in clips])
+    return float((pred == truth).mean())
+
+
+def probe_groups(train: dict[str, np.ndarray], train_clips: list,
+                 test: dict[str, np.ndarray], test_clips: list, *, c: float) -> dict:
+    """Where emotion lives: a logistic-regression probe per latent group (clip means, as in
+    `clip_means`) and one on all groups together; test accuracy of each."""
+    train = {**train, "all": np.concatenate(list(train.values()), axis=1)}
+    test = {**test, "all": np.concatenate(list(test.values()), axis=1)}
+    labels = [clip.emotion for clip in train_clips]
+    return {name: accuracy(fit_emotion_head(train[name], labels, c=c), test[name], test_clips)
+            for name in train}
 
 
 def labelled(clips: list) -> list:
@@ -79,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dsae-visual", help="stage-2 V-DSAE run folder")
     parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength")
     parser.add_argument("--out", required=True, help="folder for the heads")
+    parser.add_argument("--probe-groups", action="store_true",
+                        help="also report emotion probes on every latent group's clip means "
+                             "(test split): does the emotion sit in w or in the z's?")
     args = parser.parse_args(argv)
 
     store = Store(args.store)
@@ -93,22 +125,26 @@ def main(argv: list[str] | None = None) -> dict:
         if not runs[model_name]:
             continue
         model = load_stage2(runs[model_name])
-        w_train = static_means(model, audio, visual, train_clips)
-        head = fit_emotion_head(w_train, [c.emotion for c in train_clips], c=args.c)
+        means = {"train": clip_means(model, audio, visual, train_clips)}
+        head = fit_emotion_head(means["train"]["w"], [c.emotion for c in train_clips],
+                                c=args.c)
         heads[head_name] = head
         scores = {}
         for split in ("train", "val", "test"):
             clips = labelled(store.split_clips(split))
             if not clips:
                 continue
-            # the training clips were encoded for the fit already
-            w = w_train if split == "train" else static_means(model, audio, visual, clips,
-                                                                 show=False)
-            pred = head(torch.from_numpy(w)).argmax(-1).numpy()
-            truth = np.array([head.config.labels.index(c.emotion) for c in clips])
-            scores[split] = float((pred == truth).mean())
+            if split not in means:  # the training clips were encoded for the fit already
+                means[split] = clip_means(model, audio, visual, clips, show=False)
+            scores[split] = accuracy(head, means[split]["w"], clips)
         report[head_name] = {"reads": model_name, "accuracy": scores, "clips": len(train_clips)}
         print(f"{head_name:>22}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        if args.probe_groups and "test" in means:
+            groups = probe_groups(means["train"], train_clips, means["test"],
+                                  labelled(store.split_clips("test")), c=args.c)
+            report[head_name]["test_accuracy_by_group"] = groups
+            print(f"{'':>22}  test accuracy by latent group: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in groups.items()))
     save_bundle(args.out, heads, info={"emotion": report},
                 card="Emotion heads (logistic regression on posterior means of w).\n")
     return report
