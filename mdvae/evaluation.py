@@ -476,11 +476,17 @@ def emotion_curve(
 
 
 @torch.no_grad()
+def encode_either(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor):
+    """Posterior means of an MDVAE (both streams) or a DSAE (its own stream) for clips
+    x_a (B, T, 512), x_v (B, T, 2048)."""
+    if isinstance(model, DSAE):
+        return model.encode(x_a if model.config.modality == "audio" else x_v)
+    return model.encode(x_a, x_v)
+
+
 def static_means(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor) -> np.ndarray:
     """Posterior means of w for clips x_a (B, T, 512), x_v (B, T, 2048): (B, Lw)."""
-    if isinstance(model, DSAE):
-        return model.encode(x_a if model.config.modality == "audio" else x_v).w.cpu().numpy()
-    return model.encode(x_a, x_v).w.cpu().numpy()
+    return encode_either(model, x_a, x_v).w.cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------

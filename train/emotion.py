@@ -23,6 +23,7 @@ from tqdm import tqdm
 from mdvae.bundle import save_bundle
 from mdvae.emotion import fit_emotion_head
 from mdvae.errors import MDVAEError
+from mdvae.evaluation import encode_either
 from mdvae.store import Store
 from train import common
 from train.stage2 import cached_features, load_stage1
@@ -59,20 +60,11 @@ def clip_means(model: torch.nn.Module, audio: np.ndarray, visual: np.ndarray,
         rows = slice(clip.start, clip.start + clip.length)
         x_a = torch.from_numpy(np.asarray(audio[rows], np.float32))[None]  # (1, T, 512)
         x_v = torch.from_numpy(np.asarray(visual[rows], np.float32))[None]  # (1, T, 2048)
-        if hasattr(model, "config") and hasattr(model.config, "modality"):
-            latents = model.encode(x_a if model.config.modality == "audio" else x_v)
-        else:
-            latents = model.encode(x_a, x_v)
+        latents = encode_either(model, x_a, x_v)
         for name in latents.group_names():
             value = getattr(latents, name)[0]
             out.setdefault(name, []).append((value if name == "w" else value.mean(0)).numpy())
     return {name: np.stack(values) for name, values in out.items()}
-
-
-def static_means(model: torch.nn.Module, audio: np.ndarray, visual: np.ndarray,
-                 clips: list, *, show: bool = True) -> np.ndarray:
-    """Posterior mean of w for each whole clip: (N, Lw). Works for the MDVAE and DSAEs."""
-    return clip_means(model, audio, visual, clips, show=show)["w"]
 
 
 def accuracy(head, features: np.ndarray, clips: list) -> float:

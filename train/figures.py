@@ -16,22 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mdvae.codec import AVCodec
 from mdvae.metrics import psnr
 from mdvae.pipeline import Pipeline
 
 
 def reconstructions(pipeline: Pipeline, path: Path) -> dict[str, np.ndarray]:
     """Original, VQ-VAE and MDVAE frames (T, 64, 64, 3) uint8 of one aligned clip."""
-    bundle = pipeline.bundle
-    codec = AVCodec(bundle.vq_audio, bundle.vq_visual)
-    clip = pipeline.load(path, aligned=True)
-    vq_frames, _ = codec.reconstruct(clip.frames, clip.power)
-    x_a, x_v = codec.encode(clip.frames[None], clip.power[None])
-    with torch.no_grad():
-        latents = bundle.mdvae.encode(x_a, x_v)
-        mdvae_frames = codec.decode_visual(bundle.mdvae.decode(latents)[1])[0]
-    return {"original": clip.frames, "VQ-VAE": vq_frames, "MDVAE": mdvae_frames}
+    enc = pipeline.encode(pipeline.load(path, aligned=True))
+    return {"original": enc.clip.frames,
+            "VQ-VAE": pipeline.codec.decode_visual(enc.x_v[0]),  # stage-1 features as they are
+            "MDVAE": pipeline.reconstruct(enc).frames}
 
 
 def figure(rows: dict[str, dict[str, np.ndarray]], out: Path, n_frames: int = 4) -> Path:
@@ -46,7 +40,7 @@ def figure(rows: dict[str, dict[str, np.ndarray]], out: Path, n_frames: int = 4)
     n_cols = 2
     n_rows = (len(names) + n_cols - 1) // n_cols
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.2 * n_cols, 4.3 * n_rows), squeeze=False)
-    for ax in axes.ravel():
+    for ax in axes.ravel()[len(names):]:
         ax.axis("off")
     for ax, name in zip(axes.ravel(), names):
         versions = rows[name]
@@ -62,7 +56,6 @@ def figure(rows: dict[str, dict[str, np.ndarray]], out: Path, n_frames: int = 4)
         ax.set_yticks([32 + 66 * i for i in range(len(lines))], list(versions))
         ax.tick_params(length=0, labelsize=8)
         ax.set_xticks([])
-        ax.axis("on")
         for spine in ax.spines.values():
             spine.set_visible(False)
     fig.tight_layout()
