@@ -205,3 +205,25 @@ def test_emotion_group_probes_find_the_group_that_holds_the_emotion():
     acc = emotion.probe_groups(train, train_clips, test, test_clips, c=1.0)
     assert acc["z"] > 0.8 and acc["all"] > 0.8, acc
     assert acc["w"] < 0.3, acc  # chance is 1/8
+
+
+def test_decoder_variances_start_at_the_features_variances():
+    from mdvae.dsae import DSAE, DSAEConfig
+    from mdvae.mdvae import MDVAE, MDVAEConfig
+
+    rng = np.random.default_rng(0)
+    audio = (rng.standard_normal((4000, 512)) * np.linspace(0.5, 2.0, 512)).astype(np.float16)
+    visual = (rng.standard_normal((4000, 2048)) * np.linspace(0.01, 0.3, 2048)).astype(np.float16)
+    rows = np.arange(100, 3900)
+    mdvae = MDVAE(MDVAEConfig.preset("synthetic"))
+    medians = stage2.init_obs_variance(mdvae, audio, visual, rows, sample=3000)
+    expect_a = 2 * np.log(np.linspace(0.5, 2.0, 512))
+    assert np.abs(mdvae.decoder_x_a.logvar.detach().numpy() - expect_a).max() < 0.2
+    assert medians["audio"] == pytest.approx(float(np.median(expect_a)), abs=0.1)
+    # the floor still holds: std 0.01 is below exp(-6 / 2) ~ 0.05
+    floor = mdvae.decoder_x_v.logvar_min
+    assert mdvae.decoder_x_v.logvar.min().item() == pytest.approx(floor)
+    assert mdvae.decoder_x_v.logvar[-1].item() == pytest.approx(2 * np.log(0.3), abs=0.2)
+    dsae = DSAE(DSAEConfig.preset("synthetic", "visual"))
+    assert set(stage2.init_obs_variance(dsae, audio, visual, rows, sample=3000)) == {"visual"}
+    assert dsae.decoder_x.logvar[-1].item() == pytest.approx(2 * np.log(0.3), abs=0.2)
