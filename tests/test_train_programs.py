@@ -90,6 +90,10 @@ def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_p
     assert set(by_group) == {"w", "z_av", "z_a", "z_v", "all"}
     assert set(report["emotion_dsae_audio"]["test_accuracy_by_group"]) == {"w", "z", "all"}
     assert all(0.0 <= v <= 1.0 for v in by_group.values())
+    # the ceiling: probes on the clip means of the stage-1 features, kept with the heads
+    features = load_bundle(tmp_path / "heads").info["stage1_feature_probes"]
+    assert set(features) == {"audio", "visual", "all"}
+    assert all(0.0 <= v <= 1.0 for v in features.values())
     out = export.main([*flags, "--emotion", str(tmp_path / "heads"), "--out",
                        str(tmp_path / "bundle")])
     bundle = load_bundle(out)
@@ -205,6 +209,18 @@ def test_emotion_group_probes_find_the_group_that_holds_the_emotion():
     acc = emotion.probe_groups(train, train_clips, test, test_clips, c=1.0)
     assert acc["z"] > 0.8 and acc["all"] > 0.8, acc
     assert acc["w"] < 0.3, acc  # chance is 1/8
+
+
+def test_feature_means_average_each_clip_over_its_own_frames():
+    from types import SimpleNamespace
+
+    audio = np.arange(20, dtype=np.float16)[:, None].repeat(3, 1)
+    visual = -np.arange(20, dtype=np.float16)[:, None].repeat(5, 1)
+    clips = [SimpleNamespace(start=0, length=4), SimpleNamespace(start=10, length=10)]
+    means = emotion.feature_means(audio, visual, clips)
+    assert means["audio"].shape == (2, 3) and means["visual"].shape == (2, 5)
+    np.testing.assert_allclose(means["audio"][:, 0], [1.5, 14.5])
+    np.testing.assert_allclose(means["visual"][:, 0], [-1.5, -14.5])
 
 
 def test_decoder_variances_start_at_the_features_variances():

@@ -5,7 +5,9 @@ q(w | x_a) and the V-DSAE's q(w | x_v). Each clip of the training split is encod
 accuracy is reported on the validation and test speakers. The heads are written as a
 small bundle (safetensors + config) that ``train.export`` folds into the release.
 ``--probe-groups`` also fits a probe on each latent group's clip means (w, and the time
-averages of z_av, z_a, z_v, or of a DSAE's z) to show where the emotion ended up.
+averages of z_av, z_a, z_v, or of a DSAE's z) to show where the emotion ended up, and one
+on the clip means of the stage-1 features themselves: how much emotion a linear read-out
+finds in what stage 2 is given.
 
     python -m train.emotion --store data/synthetic --vq-visual runs/vq_visual \\
         --vq-audio runs/vq_audio --mdvae runs/mdvae --dsae-audio runs/dsae_audio \\
@@ -85,6 +87,15 @@ def probe_groups(train: dict[str, np.ndarray], train_clips: list,
             for name in train}
 
 
+def feature_means(audio: np.ndarray, visual: np.ndarray, clips: list) -> dict[str, np.ndarray]:
+    """Per clip, the time average of the stage-1 features stage 2 is given:
+    {"audio": (N, 512), "visual": (N, 2048)} float32."""
+    def means(stream):
+        return np.stack([np.asarray(stream[c.start:c.start + c.length], np.float32).mean(0)
+                         for c in clips])
+    return {"audio": means(audio), "visual": means(visual)}
+
+
 def labelled(clips: list) -> list:
     return [c for c in clips if c.emotion]
 
@@ -102,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", required=True, help="folder for the heads")
     parser.add_argument("--probe-groups", action="store_true",
                         help="also report emotion probes on every latent group's clip means "
-                             "(test split): does the emotion sit in w or in the z's?")
+                             "and on the stage-1 features' (test split): does the emotion "
+                             "sit in w or in the z's, and how much of it did stage 2 keep?")
     args = parser.parse_args(argv)
 
     store = Store(args.store)
@@ -112,7 +124,14 @@ def main(argv: list[str] | None = None) -> dict:
     train_clips = labelled(store.split_clips("train"))
     if not train_clips:
         raise MDVAEError(f"{args.store} has no labelled training clips to fit emotions on")
-    heads, report = {}, {}
+    heads, report, info = {}, {}, {}
+    test_clips = labelled(store.split_clips("test"))
+    if args.probe_groups and test_clips:
+        groups = probe_groups(feature_means(audio, visual, train_clips), train_clips,
+                              feature_means(audio, visual, test_clips), test_clips, c=args.c)
+        info["stage1_feature_probes"] = groups
+        print(f"{'stage-1 features':>22}: test accuracy "
+              + ", ".join(f"{k} {v:.3f}" for k, v in groups.items()))
     for head_name, model_name in HEADS.items():
         if not runs[model_name]:
             continue
@@ -137,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
             report[head_name]["test_accuracy_by_group"] = groups
             print(f"{'':>22}  test accuracy by latent group: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in groups.items()))
-    save_bundle(args.out, heads, info={"emotion": report},
+    save_bundle(args.out, heads, info={"emotion": report, **info},
                 card="Emotion heads (logistic regression on posterior means of w).\n")
     return report
 
