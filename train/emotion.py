@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
         report[head_name] = {"reads": model_name, "accuracy": scores, "clips": len(train_clips)}
         print(f"{head_name:>22}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         if args.probe_groups and "test" in means:
-            groups = probe_groups(means["train"], train_clips, means["test"],
-                                  labelled(store.split_clips("test")), c=args.c)
+            groups = probe_groups(means["train"], train_clips, means["test"], test_clips,
+                                  c=args.c)
             report[head_name]["test_accuracy_by_group"] = groups
             print(f"{'':>22}  test accuracy by latent group: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in groups.items()))
