@@ -41,9 +41,9 @@ def test_examples_reconstruct_above_the_mean_face(pipeline):
     """Baseline: the mean face of all example clips (held-out speakers) for every frame.
 
     The VQ-VAEs alone must beat it by a wide margin, and so must the MDVAE: in the shipped
-    bundle the VQ-VAE is 8.3 to 12.8 dB above it (10.4 on average) and the MDVAE 4.1 to
-    9.6 dB (6.9 on average, against 5.6 for the previous bundle and 1.5 for the first,
-    48-speaker one); the thresholds sit a little below that so that a regression shows.
+    bundle the VQ-VAE is 8.3 to 12.8 dB above it (10.4 on average) and the MDVAE 4.5 to
+    9.7 dB (7.7 on average, against 6.9, 5.6 and 1.5 for the three bundles before it); the
+    thresholds sit a little below that so that a regression shows.
     """
     rows = [reconstructions(pipeline, path) for path in EXAMPLES]
     assert len(rows) >= 4
@@ -56,5 +56,5 @@ def test_examples_reconstruct_above_the_mean_face(pipeline):
         margins_mdvae.append(psnr(frames, r["MDVAE"]) - base)
     assert min(margins_vq) > 7.0, margins_vq
     assert np.mean(margins_vq) > 9.0, margins_vq
-    assert min(margins_mdvae) > 3.5, margins_mdvae
-    assert np.mean(margins_mdvae) > 6.0, margins_mdvae
+    assert min(margins_mdvae) > 4.0, margins_mdvae
+    assert np.mean(margins_mdvae) > 7.0, margins_mdvae
