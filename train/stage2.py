@@ -227,9 +227,8 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     model, model_cfg = build_model(args.model, args, saved_model)
     obs_init = saved.get("obs_init", "config") if args.resume else args.obs_init
     if not args.resume and obs_init == "data" and model_cfg.learn_obs_variance:
-        rows = np.concatenate([np.arange(c.start, c.start + c.length)
-                               for c in store.split_clips("train")])
-        medians = init_obs_variance(model, audio, visual, rows, seed=cfg.seed)
+        frames = window_starts(store, "train", 1)  # every training frame
+        medians = init_obs_variance(model, audio, visual, frames, seed=cfg.seed)
         if d.is_main:
             print("decoder log-variances start at the features' (median "
                   + ", ".join(f"{k} {v:.2f}" for k, v in medians.items()) + ")",
