@@ -1,0 +1,138 @@
+"""Look inside a trained stage-2 model: what each latent group carries and what it costs.
+
+Prints, per latent group, the KL at t = 1 and per later frame, the between-clip share of
+each dimension's variance, how far each decoder's output moves (nats per frame) when the
+group alone is swapped with another speaker's clip, and linear probes of emotion (fitted
+on training speakers, scored on held-out ones) and speaker (within held-out speakers) on
+the group's clip means; per stream, the reconstruction term and the learned
+log-variances against the residuals'. See `mdvae/diagnostics.py` for the definitions.
+
+    python -m train.diagnose --bundle checkpoints --store data/synth200
+    python -m train.diagnose --run runs/mdvae --vq-visual runs/vq_visual \\
+        --vq-audio runs/vq_audio --store data/synth200 --held-store data/synth_seed7
+
+Held-out clips come from `--held-split` of `--held-store` (default: the validation
+speakers of `--store`); choose models on these, never on the test speakers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mdvae import diagnostics as diag
+from mdvae.bundle import load_bundle
+from mdvae.errors import MDVAEError
+from mdvae.store import Store
+from train.emotion import feature_means, labelled, load_stage2
+from train.stage2 import cached_features, load_stage1
+
+CHUNK = 64  # training clips encoded at once
+
+
+def _stack(stream: np.ndarray, clips: list, n_frames: int) -> torch.Tensor:
+    return torch.from_numpy(np.stack(
+        [np.asarray(stream[c.start:c.start + n_frames], np.float32) for c in clips]))
+
+
+def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
+        *, show: bool = True) -> diag.Diagnostics:
+    """Diagnostics of `model` on `held_clips` (cropped to the shortest; a few hundred fit in
+    memory at once), with emotion probes fitted on `train_clips`."""
+    n_frames = min(c.length for c in held_clips)
+    speakers = [c.speaker for c in held_clips]
+    # all held-out clips at once: the swaps pair each clip with another speaker's
+    groups, streams, held = diag.measure(
+        model, _stack(held_audio, held_clips, n_frames), _stack(held_visual, held_clips, n_frames),
+        partner=diag.partners(speakers))
+    train_means: dict[str, list] = {}
+    for lo in tqdm(range(0, len(train_clips), CHUNK), desc="training clips", disable=not show):
+        chunk = train_clips[lo:lo + CHUNK]
+        t = min(c.length for c in chunk)
+        for k, v in diag.group_means(model, _stack(audio, chunk, t),
+                                     _stack(visual, chunk, t)).items():
+            train_means.setdefault(k, []).append(v)
+    train = {k: np.concatenate(v) for k, v in train_means.items()}
+    probes = diag.probe_groups(train, [c.emotion for c in train_clips], held,
+                               [c.emotion for c in held_clips], speakers)
+    for g in groups:
+        g.probes = probes[g.name]
+    return diag.Diagnostics(type(model).__name__, groups, streams, len(held_clips),
+                            combined=probes["all"])
+
+
+def main(argv: list[str] | None = None) -> diag.Diagnostics:
+    parser = argparse.ArgumentParser(prog="python -m train.diagnose", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", help="bundle folder (its VQ-VAEs are used too)")
+    source.add_argument("--run", help="stage-2 run folder (needs --vq-visual, --vq-audio)")
+    parser.add_argument("--component", default="mdvae",
+                        help="with --bundle: mdvae, dsae_audio or dsae_visual")
+    parser.add_argument("--vq-visual")
+    parser.add_argument("--vq-audio")
+    parser.add_argument("--store", required=True, help="store whose training split fits "
+                        "the emotion probes")
+    parser.add_argument("--held-store", help="store of the held-out clips (default --store)")
+    parser.add_argument("--held-split", default="val")
+    parser.add_argument("--train-clips", type=int, default=1500,
+                        help="labelled training clips for the emotion probes (random subset)")
+    parser.add_argument("--feature-probes", action="store_true",
+                        help="also probe the stage-1 features' clip means (the ceiling)")
+    parser.add_argument("--json", help="write the diagnostics here too")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.bundle:
+        bundle = load_bundle(args.bundle)
+        vq_audio, vq_visual = bundle["vq_audio"], bundle["vq_visual"]
+        model = bundle[args.component]
+    else:
+        if not (args.vq_visual and args.vq_audio):
+            parser.error("--run needs --vq-visual and --vq-audio")
+        vq_audio, vq_visual = load_stage1(args.vq_audio), load_stage1(args.vq_visual)
+        model = load_stage2(args.run)
+    model.eval().requires_grad_(False)
+
+    store = Store(args.store)
+    held_store = Store(args.held_store) if args.held_store else store
+    audio, visual, _ = cached_features(store, vq_audio, vq_visual)
+    held_audio, held_visual, _ = (cached_features(held_store, vq_audio, vq_visual)
+                                  if args.held_store else (audio, visual, None))
+    train_clips = labelled(store.split_clips("train"))
+    held_clips = labelled(held_store.split_clips(args.held_split))
+    if not train_clips or not held_clips:
+        raise MDVAEError("diagnose needs labelled clips in the training split of --store and "
+                         f"in the {args.held_split!r} split of the held-out store")
+    rng = np.random.default_rng(args.seed)
+    if len(train_clips) > args.train_clips:
+        pick = np.sort(rng.choice(len(train_clips), args.train_clips, replace=False))
+        train_clips = [train_clips[i] for i in pick]
+    result = run(model, audio, visual, train_clips, held_audio, held_visual, held_clips)
+    if args.feature_probes:
+        tr = feature_means(audio, visual, train_clips)
+        he = feature_means(held_audio, held_visual, held_clips)
+        tr["both"] = np.concatenate([tr["audio"], tr["visual"]], 1)
+        he["both"] = np.concatenate([he["audio"], he["visual"]], 1)
+        result.feature_probes = {
+            k: diag.linear_probe(tr[k], [c.emotion for c in train_clips], he[k],
+                                 [c.emotion for c in held_clips]) for k in tr}
+    print(diag.format_report(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()
