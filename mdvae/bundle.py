@@ -1,7 +1,7 @@
 """Released model bundles (DESIGN.md section 9): a folder, or a Hugging Face Hub repo, with
 
     config.json        {"format": "vq-mdvae-bundle", "format_version": 1,
-                        "components": {name: {"class": "VQVAE", "module": "mdvae.vqvae",
+                        "components": {name: {"class": "VQVAE", "module": "mdvae.stage1.vqvae",
                                               "config": {...}}},
                         "info": {free-form: training data, steps, metrics}}
     model.safetensors  every component's state dict, keys prefixed "<name>."; its metadata

@@ -37,16 +37,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mdvae.audio import FPS, griffin_lim
-from mdvae.blocks import interpolate_w
 from mdvae.bundle import Bundle, load_bundle
-from mdvae.clips import AVClip, load_av_clip
-from mdvae.codec import AVCodec
 from mdvae.errors import ConfigError, MDVAEError
-from mdvae.face import FaceCropper, NoFaceError
-from mdvae.mdvae import Latents
-from mdvae.media import MediaError, frame_strip, side_by_side, write_video
-from mdvae.metrics import TEMPLATE_BOXES, corrupt_region, corrupted_mask, psnr, ssim, template_mask
+from mdvae.eval.metrics import (
+    TEMPLATE_BOXES,
+    corrupt_region,
+    corrupted_mask,
+    psnr,
+    ssim,
+    template_mask,
+)
+from mdvae.media.audio import FPS, griffin_lim
+from mdvae.media.clips import AVClip, load_av_clip
+from mdvae.media.face import FaceCropper, NoFaceError
+from mdvae.media.video import MediaError, frame_strip, side_by_side, write_video
+from mdvae.model.mdvae import Latents
+from mdvae.model.observation import interpolate_w
+from mdvae.stage1.codec import AVCodec
 
 BUNDLE_ENV = "MDVAE_BUNDLE"
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -331,7 +338,7 @@ class Pipeline:
     # -- clips in -------------------------------------------------------------------------
 
     def load(self, path, *, aligned: bool = False, max_seconds: float | None = None) -> AVClip:
-        """Decode, check and crop one clip (see `mdvae.clips.AVClip`).
+        """Decode, check and crop one clip (see `mdvae.media.clips.AVClip`).
 
         aligned: the whole frame already is the face crop (skip detection); otherwise the
         face is detected, tracked and cropped. max_seconds: trim longer clips (default:
@@ -489,7 +496,7 @@ class Pipeline:
         frames (default: the central 60 %, as the seed's 6 of 10), the sound left intact;
         then each model's reconstruction and PSNR / SSIM on the corrupted pixels.
 
-        The region is the fixed template of an aligned crop (`mdvae.metrics.TEMPLATE_BOXES`).
+        The region is the fixed template of an aligned crop (`mdvae.eval.metrics.TEMPLATE_BOXES`).
         Compared: the VQ-VAE alone, the V-DSAE (visual stream only) and the MDVAE, which
         also hears the audio.
         """

@@ -18,7 +18,7 @@ from gradio_client import Client, handle_file
 
 import app
 from mdvae.labels import EMOTIONS
-from mdvae.media import normalize_clip
+from mdvae.media.video import normalize_clip
 from mdvae.pipeline import GROUPS, Pipeline
 from tests.test_pipeline import (
     CLIP_A,

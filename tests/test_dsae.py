@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from mdvae.dsae import DSAE, DSAEConfig, DSAELatents
 from mdvae.errors import ConfigError, MDVAEError
-from mdvae.mdvae import MDVAEConfig
+from mdvae.model.dsae import DSAE, DSAEConfig, DSAELatents
+from mdvae.model.mdvae import MDVAEConfig
 
 TINY = dict(
     input_dim=7,

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from mdvae import evaluation as ev
+from mdvae.eval import experiments as ev
 from train import evaluate
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mdvae.errors import ConfigError, MDVAEError
-from mdvae.gaussian import DiagonalGaussian
-from mdvae.mdvae import MDVAE, Latents, MDVAEConfig
-from mdvae.temporal import run_posteriors
+from mdvae.model.gaussian import DiagonalGaussian
+from mdvae.model.mdvae import MDVAE, Latents, MDVAEConfig
+from mdvae.model.posteriors import run_posteriors
 
 GROUPS = ("w", "z_av", "z_a", "z_v")
 TINY = dict(

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from mdvae.data.synthetic import generate_clip
 from mdvae.errors import ConfigError, MDVAEError
-from mdvae.face import NoFaceError
 from mdvae.labels import EMOTIONS
-from mdvae.media import MediaError, ffmpeg_exe, normalize_clip, write_video
+from mdvae.media.face import NoFaceError
+from mdvae.media.video import MediaError, ffmpeg_exe, normalize_clip, write_video
 from mdvae.pipeline import GROUPS, Pipeline, central_frames
-from mdvae.synthetic import generate_clip
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CLIP_A = EXAMPLES / "spk02_happy.mp4"  # 3.0 s

@@ -19,10 +19,10 @@ import pytest
 import soundfile
 
 import train.prepare as prepare
-from mdvae.audio import align_streams, power_spectrogram
-from mdvae.media import write_video
-from mdvae.store import Store, assign_splits
-from mdvae.synthetic import generate_clip
+from mdvae.data.store import Store, assign_splits
+from mdvae.data.synthetic import generate_clip
+from mdvae.media.audio import align_streams, power_spectrogram
+from mdvae.media.video import write_video
 
 N_FRAMES = 36  # 1.2 s: over load_av_clip's 1 s minimum
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mdvae.bundle import load_bundle
-from mdvae.metrics import psnr
+from mdvae.eval.metrics import psnr
 from mdvae.pipeline import Pipeline
 from train.figures import reconstructions
 

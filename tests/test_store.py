@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from mdvae.data.store import Store, StoreWriter, assign_splits
 from mdvae.errors import MDVAEError
-from mdvae.store import Store, StoreWriter, assign_splits
 
 SPEC = {"phone": ("int16", ()), "head_pose": ("float32", (3,))}
 SPLIT_OF = {"s0": "train", "s1": "train", "s2": "val", "s3": "test"}

@@ -3,10 +3,8 @@
 import numpy as np
 import pytest
 
-from mdvae import synthetic as syn
-from mdvae.errors import MDVAEError
-from mdvae.labels import EMOTIONS
-from mdvae.synthetic import (
+from mdvae.data import synthetic as syn
+from mdvae.data.synthetic import (
     FACTOR_SPEC,
     N_PHONES,
     N_VISEMES,
@@ -14,6 +12,8 @@ from mdvae.synthetic import (
     generate_clip,
     speaker_params,
 )
+from mdvae.errors import MDVAEError
+from mdvae.labels import EMOTIONS
 
 HOP = 16000 / 30  # audio samples per video frame
 
@@ -104,7 +104,7 @@ def test_f0_factor_is_the_pitch_heard(clips):
 
 
 def test_fricatives_are_noise_high_up_and_silences_are_quiet(clips):
-    from mdvae.audio import power_spectrogram
+    from mdvae.media.audio import power_spectrogram
 
     fric = {syn.PHONES.index(p) for p in ("s", "sh")}
     high, low, sil = [], [], []

@@ -224,8 +224,8 @@ def test_feature_means_average_each_clip_over_its_own_frames():
 
 
 def test_decoder_variances_start_at_the_features_variances():
-    from mdvae.dsae import DSAE, DSAEConfig
-    from mdvae.mdvae import MDVAE, MDVAEConfig
+    from mdvae.model.dsae import DSAE, DSAEConfig
+    from mdvae.model.mdvae import MDVAE, MDVAEConfig
 
     rng = np.random.default_rng(0)
     audio = (rng.standard_normal((4000, 512)) * np.linspace(0.5, 2.0, 512)).astype(np.float16)

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
-from mdvae.store import Store
 
 
 def window_starts(store: Store, split: str, length: int) -> np.ndarray:

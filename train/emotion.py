@@ -23,10 +23,10 @@ import torch
 from tqdm import tqdm
 
 from mdvae.bundle import save_bundle
-from mdvae.emotion import fit_emotion_head
+from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
-from mdvae.evaluation import encode_either
-from mdvae.store import Store
+from mdvae.eval.experiments import encode_either
+from mdvae.model.emotion import fit_emotion_head
 from train import common
 from train.stage2 import cached_features, load_stage1
 
@@ -37,8 +37,8 @@ HEADS = {"emotion": "mdvae", "emotion_dsae_audio": "dsae_audio",
 
 def load_stage2(run_dir: str) -> torch.nn.Module:
     """The trained model of a stage-2 run folder, in eval mode."""
-    from mdvae.dsae import DSAE, DSAEConfig
-    from mdvae.mdvae import MDVAE, MDVAEConfig
+    from mdvae.model.dsae import DSAE, DSAEConfig
+    from mdvae.model.mdvae import MDVAE, MDVAEConfig
 
     run = common.RunFolder(run_dir, writer=False)
     saved = run.read_config()

@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mdvae import evaluation as ev
-from mdvae import judges as J
-from mdvae import metrics
 from mdvae.bundle import load_bundle
+from mdvae.data.store import ClipInfo, Store
 from mdvae.errors import MDVAEError
-from mdvae.store import ClipInfo, Store
+from mdvae.eval import experiments as ev
+from mdvae.eval import judges as J
+from mdvae.eval import metrics
 from train import common
 from train.stage2 import cached_features, feature_key
 
@@ -439,7 +439,7 @@ def protocol() -> dict[str, Any]:
             "regions": "mouth_box / eyes_box factors, else metrics.TEMPLATE_BOXES",
             "metrics": "PSNR and SSIM over the corrupted pixels, per sequence, then averaged",
         },
-        "emotion": "multinomial logistic regression (mdvae.emotion.fit_emotion_head, C=1) on "
+        "emotion": "multinomial logistic regression (mdvae.model.emotion.fit_emotion_head, C=1) on "
         "posterior means of w of whole clips; subsets with fewer than 2 classes redrawn",
         "judges": {
             "mouth_classes": {k: list(v) for k, v in J.MOUTH_CLASSES.items()},

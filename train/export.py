@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mdvae.bundle import load_bundle, save_bundle
+from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
-from mdvae.store import Store
 from train import common
 from train.emotion import load_stage2
 from train.stage2 import load_stage1

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mdvae.codec import AVCodec
-from mdvae.dsae import DSAE, DSAEConfig
-from mdvae.mdvae import MDVAE, MDVAEConfig
-from mdvae.store import Store
-from mdvae.vqvae import VQVAE
+from mdvae.data.store import Store
+from mdvae.model.dsae import DSAE, DSAEConfig
+from mdvae.model.mdvae import MDVAE, MDVAEConfig
+from mdvae.stage1.codec import AVCodec
+from mdvae.stage1.vqvae import VQVAE
 from train import common
 from train.data import FeatureWindowStream, fixed_batches, window_starts
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_stage1(run_dir: str, device: str | torch.device = "cpu") -> VQVAE:
     """The VQ-VAE of a stage-1 run folder, frozen, in eval mode."""
-    from mdvae.vqvae import VQVAEConfig
+    from mdvae.stage1.vqvae import VQVAEConfig
 
     run = common.RunFolder(run_dir, writer=False)
     saved = run.read_config()

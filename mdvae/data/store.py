@@ -52,7 +52,7 @@ except ImportError:  # pragma: no cover - Windows
 FORMAT = "vq-mdvae-store"
 VERSION = 1
 FRAME_SHAPE: tuple[int, int, int] = (64, 64, 3)
-# Same as mdvae.audio.N_BINS (n_fft 1024); repeated here so reading a store does not
+# Same as mdvae.media.audio.N_BINS (n_fft 1024); repeated here so reading a store does not
 # import torchaudio.
 POWER_BINS = 513
 SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -7,7 +7,7 @@ can run one on its own.
   sequences, audio intact; encode, decode, PSNR / SSIM on the corrupted pixels.
 - `emotion_curve`: logistic regression on the posterior mean of w against the share of
   labelled training clips.
-- `swap_study`, `generation_study`: judges (mdvae.judges) read the factors of decoded clips
+- `swap_study`, `generation_study`: judges (mdvae.eval.judges) read the factors of decoded clips
   whose latents were swapped between two clips, or drawn from the priors.
 
 Follow / stay. For a swap that takes groups S from a source clip B into a target clip A,
@@ -30,14 +30,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from mdvae import metrics
-from mdvae.audio import log_spectral_distance
-from mdvae.codec import AVCodec
-from mdvae.dsae import DSAE
 from mdvae.errors import MDVAEError
-from mdvae.judges import MARGINS, Judge
+from mdvae.eval import metrics
+from mdvae.eval.judges import MARGINS, Judge
 from mdvae.labels import EMOTIONS
-from mdvae.mdvae import MDVAE
+from mdvae.media.audio import log_spectral_distance
+from mdvae.model.dsae import DSAE
+from mdvae.model.mdvae import MDVAE
+from mdvae.stage1.codec import AVCodec
 
 # ---------------------------------------------------------------------------------------
 # Follow / stay scoring
@@ -447,7 +447,7 @@ def emotion_curve(
     """Test accuracy of logistic regression on w against the share of labelled training
     clips: per fraction the mean and std over draws, the clips used and each draw's
     accuracy. `fit(features, labels)` returns a head (default `fit_emotion_head`)."""
-    from mdvae.emotion import fit_emotion_head
+    from mdvae.model.emotion import fit_emotion_head
 
     fit = fit or fit_emotion_head
     rng = np.random.default_rng(seed)

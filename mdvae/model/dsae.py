@@ -16,7 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mdvae.blocks import (
+from mdvae.bundle import register_component
+from mdvae.config import ConfigBase
+from mdvae.errors import ConfigError
+from mdvae.model.gaussian import DiagonalGaussian, kl_divergence
+from mdvae.model.mdvae import MDVAEConfig, check_stage2_config
+from mdvae.model.observation import (
     ELBOBreakdown,
     GaussianDecoder,
     LatentGroups,
@@ -26,12 +31,7 @@ from mdvae.blocks import (
     mlp,
     prior_w,
 )
-from mdvae.bundle import register_component
-from mdvae.config import ConfigBase
-from mdvae.errors import ConfigError
-from mdvae.gaussian import DiagonalGaussian, kl_divergence
-from mdvae.mdvae import MDVAEConfig, check_stage2_config
-from mdvae.temporal import (
+from mdvae.model.posteriors import (
     AutoregressivePrior,
     PosteriorRecurrence,
     StaticPosterior,

@@ -41,7 +41,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mdvae.blocks import (
+from mdvae.bundle import register_component
+from mdvae.config import ConfigBase
+from mdvae.errors import ConfigError, MDVAEError
+from mdvae.model.gaussian import DiagonalGaussian, kl_divergence
+from mdvae.model.observation import (
     ELBOBreakdown,
     GaussianDecoder,
     LatentGroups,
@@ -51,11 +55,7 @@ from mdvae.blocks import (
     mlp,
     prior_w,
 )
-from mdvae.bundle import register_component
-from mdvae.config import ConfigBase
-from mdvae.errors import ConfigError, MDVAEError
-from mdvae.gaussian import DiagonalGaussian, kl_divergence
-from mdvae.temporal import (
+from mdvae.model.posteriors import (
     AutoregressivePrior,
     PosteriorRecurrence,
     StaticPosterior,

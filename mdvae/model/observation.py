@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from mdvae.errors import MDVAEError
-from mdvae.gaussian import LOG_2PI, at_least_float32
+from mdvae.model.gaussian import LOG_2PI, at_least_float32
 
 
 def mlp(dims: Sequence[int], *, final_activation: bool = False) -> nn.Sequential:

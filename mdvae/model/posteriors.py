@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mdvae.gaussian import DiagonalGaussian, at_least_float32
+from mdvae.model.gaussian import DiagonalGaussian, at_least_float32
 
 
 def gaussian_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from mdvae.bundle import register_component
 from mdvae.config import ConfigBase
 from mdvae.errors import ConfigError
-from mdvae.quantizer import EMAVectorQuantizer, QuantizerOutput
+from mdvae.stage1.quantizer import EMAVectorQuantizer, QuantizerOutput
 
 MODALITIES = ("visual", "audio")
 IMAGE_SIZE = 64  # visual input is IMAGE_SIZE x IMAGE_SIZE RGB
