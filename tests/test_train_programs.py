@@ -17,6 +17,7 @@ import torch
 
 from mdvae.bundle import load_bundle
 from train import common, emotion, export, stage1, stage2
+from train.runs import load_stage2
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VQ_FLAGS = ["--model-channels", "8", "16", "16", "--model-res-blocks", "1",
@@ -107,7 +108,7 @@ def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_p
     assert f"`{tiny_store}` (train split) | 40 |" in bundle.card
     assert not list(Path(out).glob("*.pt")), "training checkpoints must not enter a bundle"
     # the exported MDVAE is the trained one
-    trained = emotion.load_stage2(str(runs / "mdvae"))
+    trained = load_stage2(str(runs / "mdvae"))
     for (name, p), q in zip(trained.state_dict().items(), bundle.mdvae.state_dict().values()):
         torch.testing.assert_close(p, q, msg=name)
 

@@ -35,13 +35,14 @@ import torch
 from tqdm import tqdm
 
 from mdvae.bundle import load_bundle
+from mdvae.components import EMOTION_READERS
 from mdvae.data.store import ClipInfo, Store
 from mdvae.errors import MDVAEError
 from mdvae.eval import experiments as ev
 from mdvae.eval import judges as J
 from mdvae.eval import metrics
 from train import common
-from train.stage2 import cached_features, feature_key
+from train.runs import cached_features, feature_key
 
 JUDGE_VERSION = 1  # bump when the judges' architecture or training changes: rebuilds caches
 
@@ -257,19 +258,15 @@ def run_emotion(store, models, reader, s, rng) -> dict:
     }
     counts = np.unique(y_test, return_counts=True)[1]
     out["chance"] = float(counts.max() / counts.sum())
-    heads = {
-        "mdvae": "emotion",
-        "dsae_audio": "emotion_dsae_audio",
-        "dsae_visual": "emotion_dsae_visual",
-    }
-    for name in ("mdvae", "dsae_audio", "dsae_visual"):
-        model = getattr(models, name)
+    for reader in EMOTION_READERS.values():
+        name = reader.model
+        model = models.components.get(name)
         if model is None:
             continue
         w_train = static_latents(model, reader, train, desc=f"w ({name}, train)")
         w_test = static_latents(model, reader, test, desc=f"w ({name}, {s.split})")
         row = ev.emotion_curve(w_train, y_train, w_test, y_test, s.fractions, s.draws, seed=s.seed)
-        head = models.heads.get(heads[name])
+        head = models.heads.get(reader.head)
         if head is not None and head.config.in_dim == w_test.shape[1]:
             with torch.no_grad():
                 w = torch.as_tensor(w_test, device=models.device)

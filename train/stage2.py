@@ -13,20 +13,17 @@ every stage-2 run on the same VQ-VAEs reuses them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mdvae.data.store import Store
 from mdvae.model.dsae import DSAE, DSAEConfig
 from mdvae.model.mdvae import MDVAE, MDVAEConfig
-from mdvae.stage1.codec import AVCodec
-from mdvae.stage1.vqvae import VQVAE
 from train import common
 from train.data import FeatureWindowStream, fixed_batches, window_starts
+from train.runs import cached_features, load_stage1
 
 MODELS = ("mdvae", "dsae-audio", "dsae-visual")
 
@@ -54,65 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_config_flags(parser, MDVAEConfig, prefix="mdvae_")
     common.add_config_flags(parser, DSAEConfig, prefix="dsae_")
     return parser
-
-
-def load_stage1(run_dir: str, device: str | torch.device = "cpu") -> VQVAE:
-    """The VQ-VAE of a stage-1 run folder, frozen, in eval mode."""
-    from mdvae.stage1.vqvae import VQVAEConfig
-
-    run = common.RunFolder(run_dir, writer=False)
-    saved = run.read_config()
-    if saved.get("program") != "stage1":
-        raise common.CheckpointError(f"{run_dir} is not a stage-1 run folder")
-    model = VQVAE(VQVAEConfig.from_dict(saved["model"]))
-    checkpoint = run.load_checkpoint(required=True)
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval().requires_grad_(False)
-    return model
-
-
-def feature_key(vq_audio: VQVAE, vq_visual: VQVAE) -> str:
-    """A hash of both stage-1 models' weights: cached features are valid for these only."""
-    digest = hashlib.sha256()
-    for model in (vq_audio, vq_visual):
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-@torch.no_grad()
-def encode_store(
-    store: Store, vq_audio: VQVAE, vq_visual: VQVAE, *, batch: int = 512, show: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Encode every frame of the store: audio (N, 512) and visual (N, 2048) float16."""
-    codec = AVCodec(vq_audio, vq_visual, chunk=batch)
-    n = len(store.frames)
-    audio = np.empty((n, vq_audio.config.feature_dim), np.float16)
-    visual = np.empty((n, vq_visual.config.feature_dim), np.float16)
-    for lo in tqdm(range(0, n, batch), desc="encoding features", disable=not show):
-        hi = min(n, lo + batch)
-        x_a, x_v = codec.encode(np.ascontiguousarray(store.frames[lo:hi]), store.power[lo:hi])
-        audio[lo:hi] = x_a.cpu().numpy()
-        visual[lo:hi] = x_v.cpu().numpy()
-    return audio, visual
-
-
-def cached_features(
-    store: Store, vq_audio: VQVAE, vq_visual: VQVAE, *, write: bool = True
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """The store's features for these VQ-VAEs, computing and caching them when absent."""
-    key = feature_key(vq_audio, vq_visual)
-    found = store.features(key)
-    if found is None:
-        audio, visual = encode_store(store, vq_audio, vq_visual, show=write)
-        if write:
-            store.write_features(key, audio, visual)
-            found = store.features(key)
-        else:
-            found = (audio, visual)
-    audio, visual = found
-    return audio, visual, key
 
 
 def build_model(kind: str, args: argparse.Namespace, saved: dict | None):

@@ -30,6 +30,18 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from mdvae.components import (
+    COMPARED,
+    DENOISERS,
+    DSAE_AUDIO,
+    DSAE_VISUAL,
+    EMOTION_READERS,
+    MDVAE_MODEL,
+    VQ_AUDIO,
+    VQ_VISUAL,
+    available,
+    reconstruct,
+)
 from mdvae.errors import MDVAEError
 from mdvae.eval import metrics
 from mdvae.eval.judges import MARGINS, Judge
@@ -217,12 +229,14 @@ class Models:
         def part(name):
             return bundle[name].eval() if name in bundle else None
 
-        heads = {n: m.eval() for n, m in bundle.components.items() if n.startswith("emotion")}
+        heads = {
+            r.head: bundle[r.head].eval() for r in EMOTION_READERS.values() if r.head in bundle
+        }
         return cls(
-            AVCodec(bundle.vq_audio, bundle.vq_visual),
-            bundle.mdvae.eval(),
-            part("dsae_audio"),
-            part("dsae_visual"),
+            AVCodec(bundle[VQ_AUDIO], bundle[VQ_VISUAL]),
+            bundle[MDVAE_MODEL].eval(),
+            part(DSAE_AUDIO),
+            part(DSAE_VISUAL),
             heads,
         )
 
@@ -230,20 +244,19 @@ class Models:
     def device(self) -> torch.device:
         return self.codec.device
 
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:
+        """The stage-2 models present, by bundle component name."""
+        models = {MDVAE_MODEL: self.mdvae, DSAE_AUDIO: self.dsae_audio}
+        models[DSAE_VISUAL] = self.dsae_visual
+        return {name: model for name, model in models.items() if model is not None}
+
     def names(self) -> list[str]:
         """The models to compare: the VQ-VAEs alone, the MDVAE and the DSAEs present."""
-        return ["vqvae", "mdvae"] + [
-            n for n in ("dsae_visual", "dsae_audio") if getattr(self, n) is not None
-        ]
+        return available(COMPARED, self.components)
 
 
-MODEL_TITLES = {
-    "noisy": "noisy input",
-    "vqvae": "VQ-VAE",
-    "mdvae": "MDVAE",
-    "dsae_visual": "V-DSAE",
-    "dsae_audio": "A-DSAE",
-}
+MODEL_TITLES = {"noisy": "noisy input", **{name: c.title for name, c in COMPARED.items()}}
 
 
 def _chunks(n: int, size: int) -> Iterable[slice]:
@@ -271,24 +284,17 @@ def model_outputs(
     names: Sequence[str],
     frames: slice | np.ndarray = slice(None),
 ) -> dict[str, tuple[np.ndarray | None, np.ndarray | None]]:
-    """Decoded (frames, power) of each model for the same encoded clips x_a (B, T, 512),
-    x_v (B, T, 2048), with posterior means: "vqvae" (the features straight back through
-    the codebooks), "mdvae", "dsae_visual" (frames only), "dsae_audio" (power only)."""
+    """Decoded (frames, power) of each model of `mdvae.components.COMPARED` for the same
+    encoded clips x_a (B, T, 512), x_v (B, T, 2048), with posterior means: "vqvae" (the
+    features straight back through the codebooks), "mdvae", "dsae_visual" (frames only),
+    "dsae_audio" (power only)."""
     out = {}
     for name in names:
-        if name == "vqvae":
-            out[name] = decode_features(models, x_a, x_v, frames)
-        elif name == "mdvae":
-            x_a_hat, x_v_hat = models.mdvae.decode(models.mdvae.encode(x_a, x_v))
-            out[name] = decode_features(models, x_a_hat, x_v_hat, frames)
-        elif name == "dsae_visual":
-            dsae = models.dsae_visual
-            out[name] = decode_features(models, None, dsae.decode(dsae.encode(x_v)), frames)
-        elif name == "dsae_audio":
-            dsae = models.dsae_audio
-            out[name] = decode_features(models, dsae.decode(dsae.encode(x_a)), None, frames)
-        else:
+        if name not in COMPARED:
             raise MDVAEError(f"unknown model {name!r}")
+        out[name] = decode_features(
+            models, *reconstruct(name, models.components, x_a, x_v), frames
+        )
     return out
 
 
@@ -364,7 +370,7 @@ def denoising(
     pixels (those frames x the region) per sequence, then averaged. The noisy input itself
     is scored as the floor; sigma = 0 scores the models on clean input, their ceiling.
     """
-    names = ["vqvae"] + (["dsae_visual"] if models.dsae_visual is not None else []) + ["mdvae"]
+    names = available(DENOISERS, models.components)
     hit_frames = metrics.DENOISE_FRAMES
     result = DenoisingResult([float(s) for s in sigmas], len(frames))
     clean = frames[:, hit_frames]  # (N, 6, 64, 64, 3): only these frames are scored

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mdvae.bundle import register_component
 from mdvae.config import ConfigBase
 from mdvae.errors import ConfigError
 from mdvae.model.gaussian import DiagonalGaussian, kl_divergence
@@ -126,7 +125,6 @@ class DSAEOutput:
     loss: DSAEELBOTerms
 
 
-@register_component
 class DSAE(nn.Module):
     """DSAE on (B, T, input_dim) feature sequences of one modality."""
 

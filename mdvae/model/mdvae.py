@@ -41,7 +41,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mdvae.bundle import register_component
 from mdvae.config import ConfigBase
 from mdvae.errors import ConfigError, MDVAEError
 from mdvae.model.gaussian import DiagonalGaussian, kl_divergence
@@ -177,7 +176,6 @@ class MDVAEOutput:
     loss: ELBOTerms
 
 
-@register_component
 class MDVAE(nn.Module):
     """MDVAE on (B, T, audio_dim) and (B, T, visual_dim) feature sequences."""
 
