@@ -22,7 +22,7 @@ from mdvae.data.store import Store
 from mdvae.model.dsae import DSAE, DSAEConfig
 from mdvae.model.mdvae import MDVAE, MDVAEConfig
 from train import common
-from train.data import FeatureWindowStream, fixed_batches, window_starts
+from train.data import FeatureWindowStream, fixed_batches
 from train.runs import cached_features, load_stage1
 
 MODELS = ("mdvae", "dsae-audio", "dsae-visual")
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     model, model_cfg = build_model(args.model, args, saved_model)
     obs_init = saved.get("obs_init", "config") if args.resume else args.obs_init
     if not args.resume and obs_init == "data" and model_cfg.learn_obs_variance:
-        frames = window_starts(store, "train", 1)  # every training frame
+        frames = store.window_starts("train", 1)  # every training frame
         medians = init_obs_variance(model, audio, visual, frames, seed=cfg.seed)
         if d.is_main:
             print("decoder log-variances start at the features' (median "
@@ -187,10 +187,10 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         "run": cfg.to_dict(),
         "model": model_cfg.to_dict(),
     })
-    train = FeatureWindowStream(audio, visual, window_starts(store, "train", args.seq_len),
+    train = FeatureWindowStream(audio, visual, store.window_starts("train", args.seq_len),
                                 args.seq_len, cfg.batch_size, cfg.seed)
     val = fixed_batches(
-        FeatureWindowStream(audio, visual, window_starts(store, "val", args.seq_len),
+        FeatureWindowStream(audio, visual, store.window_starts("val", args.seq_len),
                             args.seq_len, cfg.batch_size, cfg.seed + 1),
         cfg.val_batches,
     )
