@@ -62,8 +62,8 @@ from mdvae.media.audio import FPS, griffin_lim
 from mdvae.media.clips import AVClip, load_av_clip
 from mdvae.media.face import FaceCropper, NoFaceError
 from mdvae.media.video import MediaError, frame_strip, side_by_side, write_video
+from mdvae.model.latents import interpolate_w
 from mdvae.model.mdvae import Latents
-from mdvae.model.observation import interpolate_w
 from mdvae.stage1.codec import AVCodec
 
 BUNDLE_ENV = "MDVAE_BUNDLE"

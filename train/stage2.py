@@ -114,15 +114,13 @@ def kl_scale(step: int | None, warmup: int) -> float:
 def make_step_fn(kind: str, device: torch.device, warmup: int):
     def step_fn(model: torch.nn.Module, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
         x_a, x_v = batch["x_a"].to(device), batch["x_v"].to(device)
-        if kind == "mdvae":
-            out = model(x_a, x_v)
-        else:
-            out = model(x_a if kind == "dsae-audio" else x_v)
-        terms = out.loss
-        # total = reconstructions + sum of beta-weighted KLs; scale only the KL part
-        rec = sum(v for k, v in vars(terms).items() if k.startswith("rec"))
         scale = kl_scale(step, warmup)
-        losses = {"total": rec + scale * (terms.total - rec)}
+        if kind == "mdvae":
+            out = model(x_a, x_v, kl_weight=scale)
+        else:
+            out = model(x_a if kind == "dsae-audio" else x_v, kl_weight=scale)
+        terms = out.loss
+        losses = {"total": terms.total}
         for name, value in vars(terms).items():
             if name != "total" and torch.is_tensor(value) and value.dim() == 0:
                 losses[name] = value.detach()

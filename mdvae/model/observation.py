@@ -1,14 +1,13 @@
-"""Per-frame building blocks shared by MDVAE and DSAE.
+"""The observation model p(x_t | latents_t) of MDVAE and DSAE, and the per-frame nets.
 
 Everything here acts on each frame independently, so it always runs batched over all
-(B * T) frames: feature MLPs, the Gaussian observation model p(x_t | latents_t), the latent
-containers with their swap operation and the w interpolation of the seed.
+(B * T) frames: feature MLPs, the Gaussian decoder and its negative log-likelihood, and
+the check that an observed sequence has the shape the model reads.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -102,95 +101,6 @@ class GaussianNLL(torch.autograd.Function):
         return grad_x, grad_mean, grad_logvar
 
 
-class LatentGroups:
-    """Mixin for the latent dataclasses (`Latents`, `DSAELatents`): each field is a group."""
-
-    @classmethod
-    def group_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-
-    def swap(self, other: LatentGroups, groups: Iterable[str] | str):
-        """A copy of these latents with `groups` taken from `other` (e.g. {"z_av", "w"}).
-
-        Dynamical groups can only move between encodings with the same batch and number of
-        frames; crop both clips to the same length first.
-        """
-        if type(other) is not type(self):
-            raise MDVAEError(
-                f"cannot swap between {type(self).__name__} and {type(other).__name__}"
-            )
-        names = {groups} if isinstance(groups, str) else set(groups)
-        unknown = sorted(names - set(self.group_names()))
-        if unknown:
-            raise MDVAEError(
-                f"unknown latent group(s) {unknown}; choose among {list(self.group_names())}"
-            )
-        for name in names:
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if mine.shape != theirs.shape:
-                raise MDVAEError(
-                    f"cannot swap '{name}': shapes {tuple(theirs.shape)} and "
-                    f"{tuple(mine.shape)} differ; encode clips of the same batch size and "
-                    "number of frames"
-                )
-        return dataclasses.replace(self, **{name: getattr(other, name) for name in names})  # type: ignore[type-var]
-
-    def detach(self):
-        return dataclasses.replace(  # type: ignore[type-var]
-            self, **{name: getattr(self, name).detach() for name in self.group_names()}
-        )
-
-
-def interpolate_w(w: Tensor, w_other: Tensor, n_frames: int, alpha: float | None = None) -> Tensor:
-    """Per-frame static latent w~_t = alpha_t * w + (1 - alpha_t) * w_other: (B, T, Lw).
-
-    With `alpha` None this is the seed's sweep alpha_t = (T - t) / (T - 1), t = 1..T, which
-    starts at w (alpha_1 = 1) and ends at w_other (alpha_T = 0); a number gives a constant
-    alpha for every frame (outside [0, 1] it extrapolates). `w`, `w_other`: (B, Lw) or (Lw,).
-    """
-    if w.shape != w_other.shape:
-        raise MDVAEError(f"w shapes differ: {tuple(w.shape)} and {tuple(w_other.shape)}")
-    if n_frames < 1:
-        raise MDVAEError(f"n_frames must be at least 1, got {n_frames}")
-    if alpha is None:
-        # linspace(1, 0, T) is exactly (T - t) / (T - 1) for t = 1..T; T = 1 keeps w.
-        alphas = torch.linspace(1.0, 0.0, n_frames, device=w.device, dtype=w.dtype)
-        if n_frames == 1:
-            alphas = torch.ones(1, device=w.device, dtype=w.dtype)
-    else:
-        alphas = torch.full((n_frames,), float(alpha), device=w.device, dtype=w.dtype)
-    alphas = alphas[:, None]  # (T, 1), broadcasts against (..., 1, Lw)
-    return alphas * w.unsqueeze(-2) + (1.0 - alphas) * w_other.unsqueeze(-2)
-
-
-def frames_of_w(w: Tensor, n_frames: int) -> Tensor:
-    """w as one row per frame: (B, Lw) is repeated over time (a view), (B, T, Lw) passes."""
-    if w.dim() == 2:
-        return w.unsqueeze(1).expand(-1, n_frames, -1)  # (B, T, Lw)
-    if w.dim() == 3 and w.shape[1] == n_frames:
-        return w
-    raise MDVAEError(
-        f"w must be (B, Lw) or (B, T, Lw) with T = {n_frames}, got shape {tuple(w.shape)}"
-    )
-
-
-def prior_w(
-    batch: int,
-    w_dim: int,
-    w: Tensor | None,
-    *,
-    like: Tensor,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """w for generation: drawn from p(w) = N(0, I) (device and dtype of `like`) unless
-    given, in which case it must be (batch, w_dim)."""
-    if w is None:
-        return torch.randn(batch, w_dim, generator=generator, device=like.device, dtype=like.dtype)
-    if w.shape != (batch, w_dim):
-        raise MDVAEError(f"w must be ({batch}, {w_dim}) for batch={batch}, got {tuple(w.shape)}")
-    return w
-
-
 def check_sequence(name: str, x: Tensor, dim: int) -> None:
     """Refuse anything but a float (B, T, dim) sequence with T >= 1, naming the input."""
     if x.dim() != 3 or x.shape[-1] != dim or x.shape[1] < 1:
@@ -200,19 +110,3 @@ def check_sequence(name: str, x: Tensor, dim: int) -> None:
         )
     if not x.is_floating_point():
         raise MDVAEError(f"{name} must be a floating-point tensor, got {x.dtype}")
-
-
-class ELBOBreakdown:
-    """Mixin for the loss dataclasses: a weighted `total` plus unweighted terms (nats per
-    frame) whose sum is the negative ELBO."""
-
-    @property
-    def negative_elbo(self) -> Tensor:
-        terms = [getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "total"]  # type: ignore[arg-type]
-        return torch.stack(terms).sum()
-
-    def as_dict(self) -> dict[str, float]:
-        """Plain floats for logging, `negative_elbo` included."""
-        out = {f.name: float(getattr(self, f.name).detach()) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-        out["negative_elbo"] = float(self.negative_elbo.detach())
-        return out
