@@ -85,20 +85,20 @@ def test_template_mask_sits_in_the_lower_face_for_the_mouth():
 
 def _render_mouth_shapes(phones, head, emotion="neutral"):
     """Frames of one synthetic speaker whose only difference is the mouth shape."""
-    from mdvae.data import synthetic
+    from mdvae.data import synthetic_script as script
+    from mdvae.data.synthetic_face import render_face
 
-    spk = synthetic.speaker_params(4)
-    style = synthetic.emotion_style(emotion, 1)
+    spk = script.speaker_params(4)
+    style = script.emotion_style(emotion, 1)
     n = len(phones)
     head = np.repeat(np.asarray(head, np.float32)[None], n, axis=0)
-    # _render is private, but this test is about the geometry it reports
-    mouth = synthetic._mouth_track(np.asarray(phones), style)
-    return synthetic._render(spk, style, head, np.zeros(n, np.float32), mouth)
+    mouth = script.mouth_track(np.asarray(phones), style)
+    return render_face(spk, style, head, np.zeros(n, np.float32), mouth)
 
 
 @pytest.mark.parametrize("head", [(0.0, 0.0, 0.0), (3.0, -2.0, 7.0)])
 def test_ground_truth_mouth_box_holds_the_pixels_that_move_with_the_mouth(head):
-    from mdvae.data.synthetic import PHONES
+    from mdvae.data.synthetic_script import PHONES
 
     closed, open_ = PHONES.index("m"), PHONES.index("a")
     frames, mouth_box, eyes_box = _render_mouth_shapes([closed] * 3 + [open_] * 3, head)

@@ -18,13 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mdvae.data.synthetic import (
-    PHONES,
-    SAMPLE_RATE,
-    VISEMES,
-    SyntheticClip,
-    generate_clip,
-)
+from mdvae.data.synthetic import SyntheticClip, generate_clip
+from mdvae.data.synthetic_script import PHONES, VISEMES
+from mdvae.data.synthetic_voice import SAMPLE_RATE
 from mdvae.labels import EMOTIONS
 
 SCALE = 3  # nearest-neighbour upscaling of the 64x64 frames on the sheets

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from mdvae.config import ConfigBase
-from mdvae.data.synthetic import VISEMES
+from mdvae.data.synthetic_script import VISEMES
 from mdvae.errors import ConfigError, MDVAEError
 from mdvae.labels import EMOTION_INDEX, EMOTIONS
 
