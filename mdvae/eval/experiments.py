@@ -1,22 +1,14 @@
-"""The seed's experiments as functions, plus the disentanglement scores of the synthetic
-benchmark. `python -m train.evaluate` runs them all; each works on arrays, so a notebook
-can run one on its own.
+"""The seed's experiments as functions. `python -m train.evaluate` runs them all; each works
+on arrays, so a notebook can run one on its own.
 
 - `reconstruction`: held-out clips through the VQ-VAEs alone, the MDVAE and the DSAEs.
 - `denoising`: Gaussian noise on a face region of the 6 central frames of 10-frame
   sequences, audio intact; encode, decode, PSNR / SSIM on the corrupted pixels.
 - `emotion_curve`: logistic regression on the posterior mean of w against the share of
   labelled training clips.
-- `swap_study`, `generation_study`: judges (mdvae.eval.judges) read the factors of decoded clips
-  whose latents were swapped between two clips, or drawn from the priors.
 
-Follow / stay. For a swap that takes groups S from a source clip B into a target clip A,
-each factor of the decoded clip is compared with A's and B's ground truth, only where A and
-B differ: a categorical reading (a frame's mouth shape, a clip's speaker) *follows* B when it
-equals B's label and *stays* when it equals A's (it may be neither); a continuous reading
-(head pose, f0) follows B when it is closer to B's value than to A's, counted only where
-A and B differ by at least the factor's margin. Shares are pooled over all scored items
-(frames or clips) of all pairs.
+The models compared are those of `mdvae.components.COMPARED`; the disentanglement scores
+of the synthetic benchmark are in `mdvae.eval.disentanglement`.
 """
 
 from __future__ import annotations
@@ -44,171 +36,11 @@ from mdvae.components import (
 )
 from mdvae.errors import MDVAEError
 from mdvae.eval import metrics
-from mdvae.eval.judges import MARGINS, Judge
 from mdvae.labels import EMOTIONS
 from mdvae.media.audio import log_spectral_distance
 from mdvae.model.dsae import DSAE
 from mdvae.model.mdvae import MDVAE
 from mdvae.stage1.codec import AVCodec
-
-# ---------------------------------------------------------------------------------------
-# Follow / stay scoring
-
-
-@dataclass
-class FollowStay:
-    """Counts of items (frames or clips) where the target A and the source B differ."""
-
-    follow: int = 0  # read as B's value (or closer to it)
-    stay: int = 0  # read as A's value (or closer to it)
-    n: int = 0
-
-    def __add__(self, other: FollowStay) -> FollowStay:
-        return FollowStay(self.follow + other.follow, self.stay + other.stay, self.n + other.n)
-
-    @property
-    def follow_share(self) -> float:
-        return self.follow / self.n if self.n else float("nan")
-
-    @property
-    def stay_share(self) -> float:
-        return self.stay / self.n if self.n else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"follow": self.follow_share, "stay": self.stay_share, "n": self.n}
-
-
-def follow_stay_categorical(pred, label_a, label_b) -> FollowStay:
-    """Readings `pred` against labels of A and B (same shapes; negative = unknown)."""
-    pred, a, b = (np.asarray(v) for v in (pred, label_a, label_b))
-    if not (pred.shape == a.shape == b.shape):
-        raise MDVAEError(f"shapes differ: {pred.shape}, {a.shape}, {b.shape}")
-    differ = (a >= 0) & (b >= 0) & (a != b)
-    return FollowStay(
-        int((pred[differ] == b[differ]).sum()),
-        int((pred[differ] == a[differ]).sum()),
-        int(differ.sum()),
-    )
-
-
-def follow_stay_continuous(pred, value_a, value_b, margin) -> FollowStay:
-    """Readings (..., D) against values of A and B; only elements where |A - B| >= margin
-    (a scalar or one per value D) count. Ties count as neither."""
-    pred, a, b = (np.asarray(v, np.float64) for v in (pred, value_a, value_b))
-    if not (pred.shape == a.shape == b.shape):
-        raise MDVAEError(f"shapes differ: {pred.shape}, {a.shape}, {b.shape}")
-    with np.errstate(invalid="ignore"):
-        differ = (
-            np.isfinite(a)
-            & np.isfinite(b)
-            & np.isfinite(pred)
-            & (np.abs(a - b) >= np.asarray(margin, np.float64))
-        )
-    to_a, to_b = np.abs(pred - a)[differ], np.abs(pred - b)[differ]
-    return FollowStay(int((to_b < to_a).sum()), int((to_a < to_b).sum()), int(differ.sum()))
-
-
-# ---------------------------------------------------------------------------------------
-# Factors: what each judge reading should follow
-
-
-@dataclass(frozen=True)
-class Factor:
-    name: str
-    title: str  # for tables
-    judge: str  # "visual" or "audio"
-    head: str  # the judge head that reads it
-    latent: str  # the latent group it should follow: "w", "z_av", "z_a" or "z_v"
-    kind: str  # "frame", "clip", "pose", "contour" (f0 minus its median), "level" (median f0)
-    follow_target: float | None = None  # required follow share when its latent is swapped
-    label: str = ""  # the ground truth (`clip_labels` key) it is scored on; default `head`
-
-    @property
-    def truth(self) -> str:
-        return self.label or self.head
-
-
-FACTORS: tuple[Factor, ...] = (
-    Factor("mouth", "mouth shape (video)", "visual", "mouth", "z_av", "frame", 0.90),
-    Factor("mouth_heard", "mouth shape heard (audio)", "audio", "mouth", "z_av", "frame"),
-    Factor("blink", "blink (video)", "visual", "blink", "z_v", "frame", 0.90),
-    Factor("head_pose", "head pose (video)", "visual", "head_pose", "z_v", "pose", 0.90),
-    Factor("f0_contour", "f0 contour (audio)", "audio", "f0", "z_a", "contour"),
-    Factor("f0_level", "f0 level (audio)", "audio", "f0", "w", "level"),
-    Factor("speaker_video", "speaker (video)", "visual", "speaker", "w", "clip", 0.95),
-    Factor("speaker_audio", "speaker (audio)", "audio", "speaker", "w", "clip", 0.95),
-    Factor(
-        "emotion_video",
-        "emotion, level 2+ (video)",
-        "visual",
-        "emotion",
-        "w",
-        "clip",
-        0.95,
-        "emotion_clear",
-    ),
-    Factor(
-        "emotion_audio",
-        "emotion, level 2+ (audio)",
-        "audio",
-        "emotion",
-        "w",
-        "clip",
-        0.95,
-        "emotion_clear",
-    ),
-)
-STAY_TARGET = 0.90  # required stay share of every factor whose latent is not swapped
-# The seed's swaps (groups taken from the source B), and "none": A's own reconstruction.
-SWAPS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "w": ("w",),
-    "z_av": ("z_av",),
-    "z_v": ("z_v",),
-    "z_a": ("z_a",),
-    "z_av+z_v": ("z_av", "z_v"),
-}
-MIN_VOICED_FRAMES = 5  # f0 contour / level need this many frames voiced in both clips
-
-
-def score_factor(
-    factor: Factor, reading: dict[str, dict], label_a: dict, label_b: dict
-) -> FollowStay:
-    """Follow / stay of one decoded clip for one factor.
-
-    reading: {"visual": {...}, "audio": {...}} one clip's judge readings (`read_media`; a
-    judge that read only some frames says which in "t"); label_a, label_b: `clip_labels`
-    of the target and the source."""
-    pred = reading[factor.judge][factor.head]
-    t = reading[factor.judge].get("t", slice(None))  # the frames the judge read
-    if factor.kind == "frame":
-        return follow_stay_categorical(pred, label_a[factor.truth][t], label_b[factor.truth][t])
-    if factor.kind == "clip":
-        return follow_stay_categorical(
-            np.array([pred]), np.array([label_a[factor.truth]]), np.array([label_b[factor.truth]])
-        )
-    if factor.kind == "pose":
-        return follow_stay_continuous(
-            pred, label_a["head_pose"][t], label_b["head_pose"][t], MARGINS["head_pose"]
-        )
-    # f0: frames voiced in both clips; the contour is f0 minus its median over them (the
-    # intonation, z_a), the level that median (the speaker's and emotion's pitch, w)
-    fa, fb, fp = label_a["f0"], label_b["f0"], np.asarray(pred, np.float64).reshape(-1)
-    both = np.isfinite(fa) & np.isfinite(fb)
-    if both.sum() < MIN_VOICED_FRAMES:
-        return FollowStay()
-    fa, fb, fp = fa[both], fb[both], fp[both]
-    if factor.kind == "contour":
-        return follow_stay_continuous(
-            fp - np.median(fp), fa - np.median(fa), fb - np.median(fb), MARGINS["f0"]
-        )
-    return follow_stay_continuous([np.median(fp)], [np.median(fa)], [np.median(fb)], MARGINS["f0"])
-
-
-def expected(factor: Factor, groups: Iterable[str]) -> str:
-    """ "follow" when the factor's latent is among the swapped groups, else "stay"."""
-    return "follow" if factor.latent in set(groups) else "stay"
-
 
 # ---------------------------------------------------------------------------------------
 # Models
@@ -259,7 +91,7 @@ class Models:
 MODEL_TITLES = {"noisy": "noisy input", **{name: c.title for name, c in COMPARED.items()}}
 
 
-def _chunks(n: int, size: int) -> Iterable[slice]:
+def chunks(n: int, size: int) -> Iterable[slice]:
     for lo in range(0, n, size):
         yield slice(lo, min(n, lo + size))
 
@@ -316,7 +148,7 @@ def reconstruction(
     distance (dB); each computed per clip, then averaged over clips."""
     names = models.names()
     per_clip: dict[str, dict[str, list[float]]] = {n: {} for n in names}
-    for part in tqdm(list(_chunks(len(frames), batch)), desc="reconstruction", disable=not show):
+    for part in tqdm(list(chunks(len(frames), batch)), desc="reconstruction", disable=not show):
         x_a, x_v = models.codec.encode(frames[part], power[part])
         for name, (v, a) in model_outputs(models, x_a, x_v, names).items():
             row = per_clip[name]
@@ -386,7 +218,7 @@ def denoising(
         )
         hit = np.asarray(mask, bool)[:, hit_frames]  # (N, 6, 64, 64)
         outputs: dict[str, list[np.ndarray]] = {"noisy": [noisy[:, hit_frames]]}
-        for part in _chunks(len(frames), batch):
+        for part in chunks(len(frames), batch):
             x_a, x_v = models.codec.encode(noisy[part], power[part])
             for name, (v, _) in model_outputs(models, x_a, x_v, names, hit_frames).items():
                 outputs.setdefault(name, []).append(v)
@@ -493,165 +325,3 @@ def encode_either(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor):
 def static_means(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor) -> np.ndarray:
     """Posterior means of w for clips x_a (B, T, 512), x_v (B, T, 2048): (B, Lw)."""
     return encode_either(model, x_a, x_v).w.cpu().numpy()
-
-
-# ---------------------------------------------------------------------------------------
-# Swaps and generation, read by judges
-
-
-@torch.no_grad()
-def read_media(
-    judges: dict[str, Judge],
-    frames: np.ndarray,
-    power: np.ndarray,
-    t: np.ndarray | None = None,
-) -> list[dict[str, dict]]:
-    """Judge readings of clips: frames (B, T', ...) at frame indices `t` (all if None),
-    power (B, T, 513). One {"visual": {...}, "audio": {...}} per clip."""
-    visual = judges["visual"].read(frames)
-    audio = judges["audio"].read(power)
-    out = []
-    for i in range(len(frames)):
-        v = {k: x[i] for k, x in visual.items()}
-        if t is not None:
-            v["t"] = t
-        out.append({"visual": v, "audio": {k: x[i] for k, x in audio.items()}})
-    return out
-
-
-@dataclass
-class SwapData:
-    """Pairs of encoded clips of equal length, targets A and sources B, with the judges'
-    ground truth (`clip_labels`) of each."""
-
-    x_a_a: Tensor  # (P, T, 512) audio features of A
-    x_v_a: Tensor  # (P, T, 2048) visual features of A
-    labels_a: list[dict]
-    x_a_b: Tensor
-    x_v_b: Tensor
-    labels_b: list[dict]
-
-
-def swap_study(
-    models: Models,
-    judges: dict[str, Judge],
-    data: SwapData,
-    swaps: dict[str, tuple[str, ...]] | None = None,
-    *,
-    visual_stride: int = 1,
-    batch: int = 16,
-    show: bool = True,
-) -> dict[str, Any]:
-    """Rebuild each A with the groups of each swap taken from its B (posterior means);
-    judges read every factor of the decoded clip. The visual judge reads every
-    `visual_stride`-th frame (decoding frames is the costly part), the audio judge all.
-    Returns shares[swap][factor] = {"follow", "stay", "n", "expected"} and the decoded
-    frames of the first pair per swap ("example")."""
-    swaps = SWAPS if swaps is None else swaps
-    totals = {s: {f.name: FollowStay() for f in FACTORS} for s in swaps}
-    example: dict[str, np.ndarray] = {}
-    n_pairs, n_frames = data.x_a_a.shape[:2]
-    t = np.arange(0, n_frames, visual_stride)
-    for part in tqdm(list(_chunks(n_pairs, batch)), desc="swaps", disable=not show):
-        lat_a = models.mdvae.encode(data.x_a_a[part], data.x_v_a[part])
-        lat_b = models.mdvae.encode(data.x_a_b[part], data.x_v_b[part])
-        for swap, groups in swaps.items():
-            lat = lat_a.swap(lat_b, groups) if groups else lat_a
-            frames, power = decode_features(models, *models.mdvae.decode(lat), t)
-            if part.start == 0:
-                example[swap] = frames[0]
-            for j, reading in enumerate(read_media(judges, frames, power, t)):
-                la, lb = data.labels_a[part.start + j], data.labels_b[part.start + j]
-                for f in FACTORS:
-                    totals[swap][f.name] = totals[swap][f.name] + score_factor(f, reading, la, lb)
-    shares = {
-        swap: {
-            name: {**fs.to_dict(), "expected": expected(_factor(name), swaps[swap])}
-            for name, fs in row.items()
-        }
-        for swap, row in totals.items()
-    }
-    return {"pairs": n_pairs, "visual_stride": visual_stride, "shares": shares, "example": example}
-
-
-def _factor(name: str) -> Factor:
-    return next(f for f in FACTORS if f.name == name)
-
-
-def mouth_sync(readings: list[dict[str, dict]]) -> float:
-    """Share of frames whose mouth shape read from the video is the one read from the audio."""
-    agree = []
-    for r in readings:
-        t = r["visual"].get("t", slice(None))
-        agree.append(np.asarray(r["visual"]["mouth"]) == np.asarray(r["audio"]["mouth"])[t])
-    return float(np.concatenate(agree).mean()) if agree else float("nan")
-
-
-def chance_sync(readings: list[dict[str, dict]]) -> float:
-    """The same agreement between the video of clip i and the audio of clip i + 1: what
-    unrelated streams with these mouth shapes' frequencies reach."""
-    if len(readings) < 2:
-        return float("nan")
-    n = len(readings)
-    return mouth_sync(
-        [
-            {"visual": readings[i]["visual"], "audio": readings[(i + 1) % n]["audio"]}
-            for i in range(n)
-        ]
-    )
-
-
-@torch.no_grad()
-def generation_study(
-    models: Models,
-    judges: dict[str, Judge],
-    x_a: Tensor,
-    x_v: Tensor,
-    frames: np.ndarray,
-    power: np.ndarray,
-    labels: list[dict],
-    *,
-    seed: int = 0,
-    visual_stride: int = 1,
-    batch: int = 16,
-    show: bool = True,
-) -> dict[str, Any]:
-    """Random generation from the priors, read by the judges.
-
-    Given each clip's w (posterior mean of its features x_a, x_v), the dynamical latents
-    are drawn from their autoregressive priors: do speaker and emotion stay with w (share
-    of clips the judges read as the clip's own), and are the mouth shapes seen in sync with
-    those heard? The same is measured on the clean clips (frames, power: the judges'
-    ceiling), their MDVAE reconstructions, clips generated entirely from the priors (w
-    too; sync only), and unrelated streams (chance)."""
-    gen = torch.Generator(device=models.device).manual_seed(seed)
-    n_frames = x_a.shape[1]
-    t = np.arange(0, n_frames, visual_stride)
-    read: dict[str, list] = {"clean": [], "reconstruction": [], "given_w": [], "prior": []}
-    for part in tqdm(list(_chunks(len(x_a), batch)), desc="generation", disable=not show):
-        lat = models.mdvae.encode(x_a[part], x_v[part])
-        n = lat.z_av.shape[0]
-        read["clean"] += read_media(judges, frames[part][:, t], power[part], t)
-        given = models.mdvae.generate(n, n_frames, w=lat.w, generator=gen)
-        prior = models.mdvae.generate(n, n_frames, generator=gen)
-        for key, latents in (("reconstruction", lat), ("given_w", given), ("prior", prior)):
-            v, a = decode_features(models, *models.mdvae.decode(latents), t)
-            read[key] += read_media(judges, v, a, t)
-    out: dict[str, Any] = {
-        "clips": len(x_a),
-        "sync": {k: mouth_sync(v) for k, v in read.items()},
-    }
-    out["sync"]["chance"] = chance_sync(read["clean"])
-    stays: dict[str, dict[str, float]] = {}
-    for source in ("clean", "reconstruction", "given_w"):
-        row = {}
-        for judge in ("visual", "audio"):
-            for head in ("speaker", "emotion"):
-                truth = np.array([lab[head] for lab in labels])
-                pred = np.array([r[judge][head] for r in read[source]])
-                ok = truth >= 0
-                key = f"{head}_{'video' if judge == 'visual' else 'audio'}"
-                row[key] = float((pred[ok] == truth[ok]).mean()) if ok.any() else float("nan")
-        stays[source] = row
-    out["stays_with_w"] = stays
-    return out
