@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.test_train_common import Batches, step_fn
+from tests.helpers import Batches, step_fn
 from train import common
 
 
