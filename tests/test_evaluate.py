@@ -75,6 +75,7 @@ def test_emotion_curve_with_separable_features():
     assert out["curve"][-1]["mean"] == 1.0 and out["curve"][-1]["draws"] == 1
 
 
+@pytest.mark.slow
 def test_end_to_end_quick_run_on_the_tiny_store(tiny_bundle, tiny_store, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = [

@@ -177,6 +177,7 @@ def test_auto_backend_never_downloads_without_permission(monkeypatch, tmp_path):
         FaceCropper("dlib")
 
 
+@pytest.mark.slow
 def test_load_av_clip_end_to_end(tmp_path, haar):
     frames, _, _ = moving_face(50, HEIGHT, WIDTH, scale_range=(ZOOM, ZOOM), shift=20)
     path = write_video(tmp_path / "talk.mp4", frames, voiced_tone(26667), scale=1)

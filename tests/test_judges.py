@@ -46,6 +46,7 @@ def _data(speakers, seeds, n_frames):
     )
 
 
+@pytest.mark.slow
 def test_a_visual_judge_reads_held_out_clean_clips_well_above_chance(tmp_path):
     torch.manual_seed(0)
     speakers = [3, 11]
@@ -75,6 +76,7 @@ def test_a_visual_judge_reads_held_out_clean_clips_well_above_chance(tmp_path):
     assert J.load_judge(path, "other") is None
 
 
+@pytest.mark.slow
 def test_an_audio_judge_reads_voicing_of_held_out_clips():
     clips = [generate_clip(5, "neutral", 1, seed, 48) for seed in range(4)]
     from mdvae.media.audio import power_spectrogram

@@ -317,6 +317,7 @@ def marginal_gaussian_nll(x):
     return float(0.5 * (torch.log(2 * math.pi * var) + 1).sum())
 
 
+@pytest.mark.slow
 def test_training_lowers_the_negative_elbo_on_a_structured_process():
     torch.manual_seed(0)
     x_a, x_v = synthetic_sequences(256, 8)

@@ -114,6 +114,7 @@ def mead_store(mead_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_prepare_mead(mead_store, capsys):
     store = Store(mead_store)
     rows = {c.id: c for c in store.clips}
@@ -147,6 +148,7 @@ def test_prepare_mead(mead_store, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_prepare_interrupted_and_resumed(mead_root, mead_store, tmp_path, monkeypatch):
     out = tmp_path / "mead"
     work, calls = prepare._work, []
@@ -171,6 +173,7 @@ def test_prepare_interrupted_and_resumed(mead_root, mead_store, tmp_path, monkey
         assert (out / name).read_bytes() == (mead_store / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_prepare_ravdess(tmp_path):
     root = tmp_path / "RAVDESS"
     for actor, emotion, intensity, seed in (
@@ -298,6 +301,7 @@ def test_prepare_synthetic(tmp_path, capsys):
     assert "--frames 12" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_prepare_killed_then_resumed(tmp_path):
     """SIGTERM (what `kill` sends) stops a run cleanly; the rerun finishes the store."""
     out = tmp_path / "synthetic"

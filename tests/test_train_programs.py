@@ -55,6 +55,7 @@ def runs(tiny_store, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_stage1_programs_lower_their_loss(runs):
     for modality, ratio in (("visual", 0.7), ("audio", 0.8)):
         losses = train_losses(runs / f"vq_{modality}", "reconstruction")
@@ -64,6 +65,7 @@ def test_stage1_programs_lower_their_loss(runs):
         assert (runs / f"vq_{modality}" / "curves.png").exists()
 
 
+@pytest.mark.slow
 def test_stage2_lowers_the_negative_elbo_and_caches_features(runs, tiny_store):
     losses = train_losses(runs / "mdvae")
     assert losses[-1] < losses[0] - 0.1 * abs(losses[0]), losses
@@ -79,6 +81,7 @@ def test_kl_warmup_scales_only_the_kl_terms():
     assert stage2.kl_scale(None, 10) == 1.0 and stage2.kl_scale(0, 0) == 1.0
 
 
+@pytest.mark.slow
 def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_path):
     flags = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio"),
              "--mdvae", str(runs / "mdvae"), "--dsae-audio", str(runs / "dsae_audio"),
@@ -113,6 +116,7 @@ def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_p
         torch.testing.assert_close(p, q, msg=name)
 
 
+@pytest.mark.slow
 def test_stage2_killed_mid_run_resumes_to_the_same_step_count(runs, tiny_store, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "train.stage2", "--store", str(tiny_store),
@@ -142,6 +146,7 @@ def test_stage2_killed_mid_run_resumes_to_the_same_step_count(runs, tiny_store, 
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_is_reported(runs, tiny_store, tmp_path):
     with pytest.raises(common.CheckpointError):
         stage1.main(["--store", str(tiny_store), "--modality", "audio",
@@ -173,6 +178,7 @@ def test_figures_without_clips_is_an_error(tiny_bundle, tmp_path):
         figures.main(["--bundle", str(tiny_bundle), "--examples", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_a_run_resumed_on_another_store_keeps_its_earlier_store(runs, tiny_store, tmp_path):
     import shutil
 
