@@ -1,7 +1,7 @@
 """Released model bundles (DESIGN.md section 9): a folder, or a Hugging Face Hub repo, with
 
     config.json        {"format": "vq-mdvae-bundle", "format_version": 1,
-                        "components": {name: {"class": "VQVAE", "module": "mdvae.vqvae",
+                        "components": {name: {"class": "VQVAE", "module": "mdvae.stage1.vqvae",
                                               "config": {...}}},
                         "info": {free-form: training data, steps, metrics}}
     model.safetensors  every component's state dict, keys prefixed "<name>."; its metadata
@@ -89,7 +89,19 @@ def register_component(cls: type[nn.Module]) -> type[nn.Module]:
 
 
 def registered_components() -> dict[str, type[nn.Module]]:
-    return dict(_REGISTRY)
+    return dict(_registry())
+
+
+def _registry() -> dict[str, type[nn.Module]]:
+    """The registered classes, the package's own (registered by mdvae.components) included."""
+    import mdvae.components  # noqa: F401
+
+    return _REGISTRY
+
+
+def build_component(class_name: str, config: dict[str, Any]) -> nn.Module:
+    """A registered class built from its config as a plain dict (e.g. a training run's)."""
+    return _build(class_name, {"class": class_name, "config": config}, {})
 
 
 @dataclass
@@ -178,7 +190,7 @@ def _describe(name: str, module: nn.Module) -> dict[str, Any]:
     if not _COMPONENT_NAME.match(name):
         raise ConfigError(f"save_bundle: component name {name!r} must be a Python identifier")
     cls = type(module)
-    if _REGISTRY.get(cls.__name__) is not cls:
+    if _registry().get(cls.__name__) is not cls:
         raise ConfigError(
             f"save_bundle: component {name!r} is a {cls.__name__}, which is not registered; "
             f"decorate the class with @mdvae.bundle.register_component"
@@ -319,7 +331,7 @@ def _component_class(name: str, entry: dict[str, Any]) -> type[nn.Module]:
     class_name = entry.get("class")
     module_name = entry.get("module")
     if (
-        class_name not in _REGISTRY
+        class_name not in _registry()
         and isinstance(module_name, str)
         and _MODULE_NAME.match(module_name)
     ):

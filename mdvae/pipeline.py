@@ -37,16 +37,34 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mdvae.audio import FPS, griffin_lim
-from mdvae.blocks import interpolate_w
 from mdvae.bundle import Bundle, load_bundle
-from mdvae.clips import AVClip, load_av_clip
-from mdvae.codec import AVCodec
+from mdvae.components import (
+    COMPARED,
+    DENOISERS,
+    DSAE_VISUAL,
+    EMOTION_READERS,
+    MDVAE_MODEL,
+    VQ_AUDIO,
+    VQ_VISUAL,
+    available,
+    reconstruct,
+)
 from mdvae.errors import ConfigError, MDVAEError
-from mdvae.face import FaceCropper, NoFaceError
-from mdvae.mdvae import Latents
-from mdvae.media import MediaError, frame_strip, side_by_side, write_video
-from mdvae.metrics import TEMPLATE_BOXES, corrupt_region, corrupted_mask, psnr, ssim, template_mask
+from mdvae.eval.metrics import (
+    TEMPLATE_BOXES,
+    corrupt_region,
+    corrupted_mask,
+    psnr,
+    ssim,
+    template_mask,
+)
+from mdvae.media.audio import FPS, griffin_lim
+from mdvae.media.clips import AVClip, load_av_clip
+from mdvae.media.face import FaceCropper, NoFaceError
+from mdvae.media.video import MediaError, frame_strip, side_by_side, write_video
+from mdvae.model.latents import interpolate_w
+from mdvae.model.mdvae import Latents
+from mdvae.stage1.codec import AVCodec
 
 BUNDLE_ENV = "MDVAE_BUNDLE"
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -71,12 +89,8 @@ REGIONS: tuple[str, ...] = tuple(TEMPLATE_BOXES)  # ("mouth", "eyes")
 # The seed's denoising protocol corrupts the 6 central frames of 10.
 DENOISE_FRACTION = 0.6
 # Emotion readers: name -> (model giving w, head reading it)
-EMOTION_MODELS = {
-    "mdvae": ("mdvae", "emotion"),
-    "audio": ("dsae_audio", "emotion_dsae_audio"),
-    "visual": ("dsae_visual", "emotion_dsae_visual"),
-}
-REQUIRED = ("vq_visual", "vq_audio", "mdvae")
+EMOTION_MODELS = {r.name: (r.model, r.head) for r in EMOTION_READERS.values()}
+REQUIRED = (VQ_VISUAL, VQ_AUDIO, MDVAE_MODEL)
 
 # torchaudio's GriffinLim draws its initial phase from torch's global generator, which
 # `griffin_lim` seeds inside fork_rng: two threads at once would interleave those
@@ -302,10 +316,8 @@ class Pipeline:
         else:
             lines.append("**Trained on:** the bundle does not say (no training-data record).")
         heads = info.get("emotion", {})
-        scores = [f"{title} {100 * acc:.0f}%" for name, title in (
-            ("emotion", "MDVAE"), ("emotion_dsae_audio", "A-DSAE (voice)"),
-            ("emotion_dsae_visual", "V-DSAE (face)"))
-            if (acc := heads.get(name, {}).get("accuracy", {}).get("test")) is not None]
+        scores = [f"{r.title} {100 * acc:.0f}%" for r in EMOTION_READERS.values()
+                  if (acc := heads.get(r.head, {}).get("accuracy", {}).get("test")) is not None]
         if scores:
             lines.append(f"**Emotion accuracy** on test speakers: {', '.join(scores)}.")
         if info.get("exported"):
@@ -331,7 +343,7 @@ class Pipeline:
     # -- clips in -------------------------------------------------------------------------
 
     def load(self, path, *, aligned: bool = False, max_seconds: float | None = None) -> AVClip:
-        """Decode, check and crop one clip (see `mdvae.clips.AVClip`).
+        """Decode, check and crop one clip (see `mdvae.media.clips.AVClip`).
 
         aligned: the whole frame already is the face crop (skip detection); otherwise the
         face is detected, tracked and cropped. max_seconds: trim longer clips (default:
@@ -489,7 +501,7 @@ class Pipeline:
         frames (default: the central 60 %, as the seed's 6 of 10), the sound left intact;
         then each model's reconstruction and PSNR / SSIM on the corrupted pixels.
 
-        The region is the fixed template of an aligned crop (`mdvae.metrics.TEMPLATE_BOXES`).
+        The region is the fixed template of an aligned crop (`mdvae.eval.metrics.TEMPLATE_BOXES`).
         Compared: the VQ-VAE alone, the V-DSAE (visual stream only) and the MDVAE, which
         also hears the audio.
         """
@@ -503,12 +515,10 @@ class Pipeline:
         mask = template_mask(region, n_frames)  # (T, 64, 64)
         noisy = corrupt_region(clip.frames, mask, index, sigma, np.random.default_rng(seed))
         x_a, x_v = self.codec.encode(noisy[None], clip.power[None])  # (1, T, D)
-        outputs = {"VQ-VAE": self.codec.decode_visual(x_v[0])}
-        if "dsae_visual" in self.bundle:
-            dsae = self.bundle.dsae_visual
-            outputs["V-DSAE"] = self.codec.decode_visual(dsae.decode(dsae.encode(x_v))[0])
-        _, x_v_hat = self.mdvae.decode(self.mdvae.encode(x_a, x_v))
-        outputs["MDVAE"] = self.codec.decode_visual(x_v_hat[0])
+        outputs = {}
+        for name in available(DENOISERS, self.bundle):
+            _, x_v_hat = reconstruct(name, self.bundle, x_a, x_v)
+            outputs[COMPARED[name].title] = self.codec.decode_visual(x_v_hat[0])
 
         region_mask = corrupted_mask(mask, index)
         hit = region_mask.any(axis=(1, 2))  # only corrupted frames enter the metrics
@@ -519,7 +529,7 @@ class Pipeline:
                 ssim(clip.frames[hit], estimate[hit], region_mask[hit]),
             )
         notes = []
-        if "V-DSAE" not in outputs:
+        if COMPARED[DSAE_VISUAL].title not in outputs:
             notes.append("This bundle has no V-DSAE, so that baseline is left out.")
         return DenoiseResult(
             clip.frames,

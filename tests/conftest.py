@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from mdvae.bundle import save_bundle
-from mdvae.dsae import DSAE, DSAEConfig
-from mdvae.emotion import EmotionHead, EmotionHeadConfig
-from mdvae.mdvae import MDVAE, MDVAEConfig
-from mdvae.vqvae import VQVAE, VQVAEConfig
+from mdvae.model.dsae import DSAE, DSAEConfig
+from mdvae.model.emotion import EmotionHead, EmotionHeadConfig
+from mdvae.model.mdvae import MDVAE, MDVAEConfig
+from mdvae.stage1.vqvae import VQVAE, VQVAEConfig
+from tests.helpers import make_bad_inputs
 
 TINY_MDVAE = dict(w_dim=8, z_av_dim=4, z_a_dim=2, z_v_dim=2, feature_dim=32, audio_hidden=32,
                   visual_hidden=32, rnn_dim=16, z_rnn_dim=16)
@@ -61,3 +62,9 @@ def tiny_store(tmp_path_factory) -> Path:
     ])
     assert code == 0
     return folder
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(tmp_path_factory) -> dict[str, Path]:
+    """One file per way an upload can go wrong (test_pipeline.py, test_app.py)."""
+    return make_bad_inputs(tmp_path_factory.mktemp("bad"))

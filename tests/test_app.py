@@ -18,15 +18,9 @@ from gradio_client import Client, handle_file
 
 import app
 from mdvae.labels import EMOTIONS
-from mdvae.media import normalize_clip
+from mdvae.media.video import normalize_clip
 from mdvae.pipeline import GROUPS, Pipeline
-from tests.test_pipeline import (
-    CLIP_A,
-    CLIP_B,
-    EXAMPLES,
-    assert_playable_with_sound,
-    bad_inputs_fixture,  # noqa: F401  (shared fixture)
-)
+from tests.helpers import CLIP_A, CLIP_B, EXAMPLES, assert_playable_with_sound
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mdvae.audio import (
+from mdvae.media.audio import (
     FPS,
     HOP,
     N_BINS,

@@ -25,7 +25,7 @@ from mdvae.bundle import (
 )
 from mdvae.config import ConfigBase
 from mdvae.errors import ConfigError
-from mdvae.vqvae import VQVAE, VQVAEConfig
+from mdvae.stage1.vqvae import VQVAE, VQVAEConfig
 
 TINY = dict(channels=(8, 8, 8), res_blocks=1, res_channels=8)
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.test_train_common import Batches, step_fn
+from tests.helpers import Batches, step_fn
 from train import common
 
 
@@ -46,6 +47,7 @@ def worker(rank: int, world: int, port: int, run_dir: str, steps: int, out: str)
         common.teardown_distributed()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     steps = 15
     out = str(tmp_path / "ddp.pt")

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from mdvae.dsae import DSAE, DSAEConfig, DSAELatents
 from mdvae.errors import ConfigError, MDVAEError
-from mdvae.mdvae import MDVAEConfig
+from mdvae.model.dsae import DSAE, DSAEConfig, DSAELatents
+from mdvae.model.mdvae import MDVAEConfig
 
 TINY = dict(
     input_dim=7,
@@ -107,6 +107,11 @@ def test_elbo_terms_and_training_lowers_the_negative_elbo():
     out = model(x)
     loss = out.loss
     torch.testing.assert_close(loss.total, loss.rec + loss.kl_w + loss.kl_z)
+    torch.manual_seed(1)
+    warm = model(x, kl_weight=0.25).loss
+    torch.manual_seed(1)
+    full = model(x).loss
+    torch.testing.assert_close(warm.total, full.rec + 0.25 * (full.kl_w + full.kl_z))
     torch.testing.assert_close(loss.kl_w, out.posterior.w.kl_standard_normal().mean() / n_frames)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from mdvae.emotion import fit_emotion_head
 from mdvae.errors import MDVAEError
 from mdvae.labels import EMOTIONS
+from mdvae.model.emotion import fit_emotion_head
 
 
 def clustered(n_per, classes, dim=6, seed=0):

@@ -3,7 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from mdvae import evaluation as ev
+from mdvae.eval import disentanglement as D
+from mdvae.eval import experiments as ev
+from mdvae.eval import report
 from train import evaluate
 
 
@@ -11,13 +13,13 @@ def test_categorical_follow_stay_counts_only_where_a_and_b_differ():
     a = np.array([0, 1, 2, 3, 4, 4])
     b = np.array([0, 2, 2, 1, 3, 0])  # differs on items 1, 3, 4, 5
     pred = np.array([9, 2, 9, 3, 7, 0])  # 1 -> B, 3 -> A, 4 -> neither, 5 -> B
-    fs = ev.follow_stay_categorical(pred, a, b)
+    fs = D.follow_stay_categorical(pred, a, b)
     assert (fs.follow, fs.stay, fs.n) == (2, 1, 4)
     assert fs.follow_share == 0.5 and fs.stay_share == 0.25
     # unknown labels (negative) are not counted
-    assert ev.follow_stay_categorical([1], [-1], [1]).n == 0
-    assert np.isnan(ev.FollowStay().follow_share)
-    total = fs + ev.FollowStay(1, 0, 1)
+    assert D.follow_stay_categorical([1], [-1], [1]).n == 0
+    assert np.isnan(D.FollowStay().follow_share)
+    total = fs + D.FollowStay(1, 0, 1)
     assert (total.follow, total.stay, total.n) == (3, 1, 5)
 
 
@@ -25,7 +27,7 @@ def test_continuous_follow_stay_uses_the_margin_per_value():
     a = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
     b = np.array([[2.0, 0.5], [0.5, 4.0], [3.0, 3.0]])
     pred = np.array([[1.8, 0.5], [0.0, 1.0], [1.5, 9.0]])
-    fs = ev.follow_stay_continuous(pred, a, b, margin=[1.0, 1.0])
+    fs = D.follow_stay_continuous(pred, a, b, margin=[1.0, 1.0])
     # counted: (0,0) follows, (1,1) stays, (2,0) is a tie (neither), (2,1) follows
     assert (fs.follow, fs.stay, fs.n) == (2, 1, 4)
 
@@ -37,18 +39,18 @@ def test_f0_contour_and_level_are_scored_on_frames_voiced_in_both():
     label_b = {"f0": 20.0 - shape}  # speaker B 10 st higher, contour mirrored
     # decoded: A's pitch level with B's contour
     reading = {"audio": {"f0": (10.0 - shape)[:, None]}}
-    contour = next(f for f in ev.FACTORS if f.name == "f0_contour")
-    level = next(f for f in ev.FACTORS if f.name == "f0_level")
-    fs = ev.score_factor(contour, reading, label_a, label_b)
+    contour = next(f for f in D.FACTORS if f.name == "f0_contour")
+    level = next(f for f in D.FACTORS if f.name == "f0_level")
+    fs = D.score_factor(contour, reading, label_a, label_b)
     assert (fs.n, fs.follow) == (3, 3)  # the frames where the contours differ (by 6 st)
-    fs = ev.score_factor(level, reading, label_a, label_b)
+    fs = D.score_factor(level, reading, label_a, label_b)
     assert (fs.n, fs.stay) == (1, 1)
 
 
 def test_expected_direction_follows_the_swapped_groups():
-    mouth = next(f for f in ev.FACTORS if f.name == "mouth")
-    assert ev.expected(mouth, ("z_av", "z_v")) == "follow"
-    assert ev.expected(mouth, ("w",)) == "stay"
+    mouth = next(f for f in D.FACTORS if f.name == "mouth")
+    assert D.expected(mouth, ("z_av", "z_v")) == "follow"
+    assert D.expected(mouth, ("w",)) == "stay"
 
 
 def test_subsets_have_two_classes_and_the_full_set_is_drawn_once():
@@ -73,6 +75,7 @@ def test_emotion_curve_with_separable_features():
     assert out["curve"][-1]["mean"] == 1.0 and out["curve"][-1]["draws"] == 1
 
 
+@pytest.mark.slow
 def test_end_to_end_quick_run_on_the_tiny_store(tiny_bundle, tiny_store, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = [
@@ -111,9 +114,14 @@ def test_end_to_end_quick_run_on_the_tiny_store(tiny_bundle, tiny_store, tmp_pat
     assert set(mouth) == {"noisy", "vqvae", "dsae_visual", "mdvae"}
     assert "noisy" not in saved["denoising"]["metric"]["mouth"]["0"]
     shares = saved["disentanglement"]["swaps"]["shares"]
-    assert set(shares) == set(ev.SWAPS) and set(shares["w"]) == {f.name for f in ev.FACTORS}
+    assert set(shares) == set(D.SWAPS) and set(shares["w"]) == {f.name for f in D.FACTORS}
     assert shares["z_av"]["mouth"]["expected"] == "follow"
-    assert saved["summary"]["targets_passed"].count("/") == 1
+    rows = saved["targets"]
+    assert rows and {r["status"] for r in rows} <= {"pass", "FAIL", "untrusted judge", "n/a"}
+    passed = sum(r["status"] == "pass" for r in rows)
+    assert saved["summary"]["targets_passed"] == f"{passed}/{len(rows)}"
+    for r in rows:
+        assert f"| {r['name']} | {r['target']} | {r['measured']} | {r['status']} |" in printed
     assert results["markdown"] == (out / "results.md").read_text()
 
 
@@ -123,3 +131,90 @@ def test_bad_settings_are_refused():
     )
     with pytest.raises(ValueError, match="judge-augment"):
         evaluate.settings_from(args)
+
+
+# ---- the report: targets, summary and tables from a results dictionary ----------------
+
+
+def report_results(emotion=0.95, psnr=(30.0, 28.0, 25.0, 20.0), follow=0.97, stay=0.95):
+    """Results as `train.evaluate` writes them, with only what the targets read."""
+
+    def curve(mean):
+        return {"curve": [{"fraction": 0.1, "mean": mean / 2}, {"fraction": 1.0, "mean": mean}]}
+
+    shares = {
+        sw: {
+            f.name: {
+                "follow": follow if f.latent in groups else 0.02,
+                "stay": 0.02 if f.latent in groups else stay,
+                "n": 10,
+                "expected": D.expected(f, groups),
+            }
+            for f in D.FACTORS
+        }
+        for sw, groups in D.SWAPS.items()
+    }
+    mouth = dict(zip(("mdvae", "dsae_visual", "vqvae", "noisy"), ({"psnr": p} for p in psnr)))
+    return {
+        "emotion": {"models": {"mdvae": curve(emotion), "dsae_audio": curve(0.5),
+                               "dsae_visual": curve(0.6)}},
+        "denoising": {"sigma": 0.2, "metric": {"mouth": {"0.2": mouth}}},
+        "disentanglement": {"swaps": {"shares": shares},
+                            "trusted": {f.name: True for f in D.FACTORS}},
+    }  # fmt: skip
+
+
+def statuses(rows):
+    return {r["name"]: r["status"] for r in rows}
+
+
+def test_targets_pass_when_every_measure_meets_its_target():
+    rows = report.targets(report_results())
+    followed = [f for f in D.FACTORS if f.follow_target is not None]
+    assert len(rows) == 2 + 1 + len(followed) + 1
+    assert set(statuses(rows).values()) == {"pass"}
+    names = statuses(rows)
+    assert "emotion: MDVAE above A-DSAE and V-DSAE" in names
+    assert "mouth denoising PSNR: MDVAE > V-DSAE > VQ-VAE > noisy" in names
+    assert all(f"{f.title} follows {f.latent}" in names for f in followed)
+    assert report.summary({"targets": rows})["targets_passed"] == f"{len(rows)}/{len(rows)}"
+
+
+def test_targets_fail_on_each_shortfall_and_report_the_worst_cell():
+    rows = statuses(report.targets(report_results(emotion=0.85)))
+    assert rows["emotion accuracy from w (all labels)"] == "FAIL"
+    assert rows["emotion: MDVAE above A-DSAE and V-DSAE"] == "pass"
+    rows = statuses(report.targets(report_results(psnr=(30.0, 25.0, 28.0, 20.0))))
+    assert rows["mouth denoising PSNR: MDVAE > V-DSAE > VQ-VAE > noisy"] == "FAIL"
+
+    results = report_results()
+    results["disentanglement"]["swaps"]["shares"]["z_av+z_v"]["mouth"]["follow"] = 0.5
+    rows = {r["name"]: r for r in report.targets(results)}
+    mouth = next(f for f in D.FACTORS if f.name == "mouth")
+    row = rows[f"{mouth.title} follows z_av"]
+    assert row["status"] == "FAIL" and row["measured"] == "0.500 (swap z_av+z_v)"
+    summary = report.summary({"targets": list(rows.values())})
+    assert summary["targets_passed"] == f"{len(rows) - 1}/{len(rows)}"
+
+
+def test_untrusted_judges_are_flagged_not_scored():
+    results = report_results()
+    blink = next(f for f in D.FACTORS if f.name == "blink")
+    results["disentanglement"]["trusted"]["blink"] = False
+    for swap in results["disentanglement"]["swaps"]["shares"].values():
+        swap["blink"].update(follow=0.0, stay=0.0)  # what an unreadable judge gives
+    rows = statuses(report.targets(results))
+    assert rows[f"{blink.title} follows {blink.latent}"] == "untrusted judge"
+    assert rows["every factor stays with A when its latent is not swapped"] == "pass"
+    results["disentanglement"]["trusted"] = {f.name: False for f in D.FACTORS}
+    rows = statuses(report.targets(results))
+    assert rows["every factor stays with A when its latent is not swapped"] == "untrusted judge"
+
+
+def test_markdown_lists_every_target():
+    rows = report.targets(report_results(emotion=0.85))
+    config = {"bundle": "b", "data": "d", "split": "test", "seed": 0, "quick": True}
+    text = report.markdown({"config": config, "targets": rows})
+    assert "**quick run**" in text and "| target | required | measured | status |" in text
+    for r in rows:
+        assert f"| {r['name']} | {r['target']} | {r['measured']} | {r['status']} |" in text

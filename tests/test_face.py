@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import soundfile
 
-import mdvae.face
-from mdvae.audio import FPS, SAMPLE_RATE
-from mdvae.clips import load_av_clip
-from mdvae.face import FaceBackendError, FaceCropper, NoFaceError, fan_weights_path
-from mdvae.media import write_video
+import mdvae.media.face
+from mdvae.media.audio import FPS, SAMPLE_RATE
+from mdvae.media.clips import load_av_clip
+from mdvae.media.face import FaceBackendError, FaceCropper, NoFaceError, fan_weights_path
+from mdvae.media.video import write_video
 from train.benchmark_media import ASTRONAUT_FACE, moving_face, voiced_tone
 
 HEIGHT, WIDTH, ZOOM = 240, 320, 0.7  # the photo's 95 px face at 67 px: a webcam-like size
@@ -129,7 +129,7 @@ def test_landmark_backend_levels_the_eyes(monkeypatch):
     angle, n = 10.0, 45
     frames, matrices, expected, zoom = photo_with_landmarks(n, angle)
     fake = FakeLandmarks(frames, matrices)
-    monkeypatch.setattr(mdvae.face, "_load_fan", lambda allow_download: (fake, ""))
+    monkeypatch.setattr(mdvae.media.face, "_load_fan", lambda allow_download: (fake, ""))
     cropper = FaceCropper("fan")
     assert cropper.backend == "fan"
     track = cropper.track(frames)
@@ -145,7 +145,7 @@ def test_landmark_backend_levels_the_eyes(monkeypatch):
     # Levelled: the crops of the rolled photo match those of the upright photo.
     crops = cropper.crop(frames, track)
     upright, _, upright_centre, _ = photo_with_landmarks(n, 0.0)
-    level = cropper.crop(upright, mdvae.face.FaceTrack(
+    level = cropper.crop(upright, mdvae.media.face.FaceTrack(
         center=upright_centre, side=track.side, angle=np.full(n, natural_roll),
         detected=track.detected))
     assert np.abs(crops.astype(float) - level).mean() < 8
@@ -177,6 +177,7 @@ def test_auto_backend_never_downloads_without_permission(monkeypatch, tmp_path):
         FaceCropper("dlib")
 
 
+@pytest.mark.slow
 def test_load_av_clip_end_to_end(tmp_path, haar):
     frames, _, _ = moving_face(50, HEIGHT, WIDTH, scale_range=(ZOOM, ZOOM), shift=20)
     path = write_video(tmp_path / "talk.mp4", frames, voiced_tone(26667), scale=1)

@@ -1,7 +1,7 @@
 import torch
 
-from mdvae.blocks import GaussianNLL
-from mdvae.gaussian import DiagonalGaussian, kl_divergence
+from mdvae.model.gaussian import DiagonalGaussian, kl_divergence
+from mdvae.model.observation import GaussianNLL
 
 
 def _random_gaussian(shape, generator, scale=1.0):

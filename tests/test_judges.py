@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from mdvae import judges as J
-from mdvae.synthetic import generate_clip
+from mdvae.data.synthetic import generate_clip
+from mdvae.eval import judges as J
 
 
 def test_clip_labels_threshold_blinks_and_mark_unvoiced_f0():
@@ -46,6 +46,7 @@ def _data(speakers, seeds, n_frames):
     )
 
 
+@pytest.mark.slow
 def test_a_visual_judge_reads_held_out_clean_clips_well_above_chance(tmp_path):
     torch.manual_seed(0)
     speakers = [3, 11]
@@ -75,9 +76,10 @@ def test_a_visual_judge_reads_held_out_clean_clips_well_above_chance(tmp_path):
     assert J.load_judge(path, "other") is None
 
 
+@pytest.mark.slow
 def test_an_audio_judge_reads_voicing_of_held_out_clips():
     clips = [generate_clip(5, "neutral", 1, seed, 48) for seed in range(4)]
-    from mdvae.audio import power_spectrogram
+    from mdvae.media.audio import power_spectrogram
 
     power = np.stack([power_spectrogram(c.audio)[:48] for c in clips])
     data = J.JudgeData(

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mdvae.errors import ConfigError, MDVAEError
-from mdvae.gaussian import DiagonalGaussian
-from mdvae.mdvae import MDVAE, Latents, MDVAEConfig
-from mdvae.temporal import run_posteriors
+from mdvae.model.gaussian import DiagonalGaussian
+from mdvae.model.mdvae import MDVAE, Latents, MDVAEConfig
+from mdvae.model.posteriors import run_posteriors
 
 GROUPS = ("w", "z_av", "z_a", "z_v")
 TINY = dict(
@@ -268,6 +268,10 @@ def test_elbo_terms_are_the_per_frame_negative_elbo():
     torch.testing.assert_close(loss.negative_elbo, rec + kls)
     weighted = rec + 2.0 * loss.kl_w + 0.5 * loss.kl_zav + 3.0 * loss.kl_za
     torch.testing.assert_close(loss.total, weighted)
+    # a KL warm-up weight scales the beta-weighted KLs and leaves the reconstructions alone
+    half = model.elbo(x_a, x_v, out.x_a_hat, out.x_v_hat, q, p, kl_weight=0.25)
+    torch.testing.assert_close(half.total, rec + 0.25 * (weighted - rec))
+    torch.testing.assert_close(half.negative_elbo, loss.negative_elbo)
     assert set(loss.as_dict()) == {
         "total",
         "rec_audio",
@@ -313,6 +317,7 @@ def marginal_gaussian_nll(x):
     return float(0.5 * (torch.log(2 * math.pi * var) + 1).sum())
 
 
+@pytest.mark.slow
 def test_training_lowers_the_negative_elbo_on_a_structured_process():
     torch.manual_seed(0)
     x_a, x_v = synthetic_sequences(256, 8)
@@ -398,15 +403,42 @@ def test_generate_from_the_priors():
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         latents = model.generate(3, 5, generator=gen)
+        again = model.generate(3, 5, generator=torch.Generator().manual_seed(0))
         given = torch.zeros(3, 3, dtype=torch.float64)
         conditioned = model.generate(3, 5, w=given)
         x_a_hat, x_v_hat = model.decode(latents)
+    for group in GROUPS:  # the generator fixes the draw
+        torch.testing.assert_close(getattr(again, group), getattr(latents, group))
     assert latents.w.shape == (3, 3) and latents.z_av.shape == (3, 5, 2)
     assert latents.z_a.shape == (3, 5, 2) and latents.z_v.shape == (3, 5, 2)
     assert x_a_hat.shape == (3, 5, 6) and x_v_hat.shape == (3, 5, 10)
     assert conditioned.w is given
     with pytest.raises(MDVAEError, match="w must be"):
         model.generate(2, 5, w=given)
+
+
+def test_ancestral_samples_follow_the_priors_they_were_drawn_from():
+    """Each z_t is drawn from p(z_t | z_1:t-1) at its own sampled past: the priors evaluated
+    on the generated sequences (one teacher-forced LSTM call) are the ones sampling used,
+    and the draws standardised by them are N(0, 1), as is w."""
+    model = tiny_model(seed=1)
+    gen = torch.Generator().manual_seed(0)
+    n, n_frames = 4000, 5
+    with torch.no_grad():
+        z, used = model.prior_z_av.sample(7, n_frames, generator=gen)
+        refit = model.prior_z_av(z)
+        torch.testing.assert_close(refit.mean, used.mean)
+        torch.testing.assert_close(refit.logvar, used.logvar)
+        latents = model.generate(n, n_frames, generator=gen)
+        priors = model.priors(latents)
+    for group in GROUPS:
+        p = getattr(priors, group)
+        standard = (getattr(latents, group) - p.mean) * torch.exp(-0.5 * p.logvar)
+        flat = standard.reshape(-1, standard.shape[-1])
+        assert flat.mean(0).abs().max() < 0.05, (group, flat.mean(0))
+        assert (flat.std(0) - 1).abs().max() < 0.05, (group, flat.std(0))
+    # the priors depend on the past: z_2 is not distributed as z_1
+    assert changed(priors.z_av.mean[:, 1], priors.z_av.mean[:, 0])
 
 
 def test_bad_inputs_are_refused_with_a_clear_message():

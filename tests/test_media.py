@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from mdvae.audio import FPS, SAMPLE_RATE
-from mdvae.clips import load_av_clip
-from mdvae.face import FaceCropper
-from mdvae.media import (
+from mdvae.media.audio import FPS, SAMPLE_RATE
+from mdvae.media.clips import load_av_clip
+from mdvae.media.face import FaceCropper
+from mdvae.media.video import (
     MediaError,
     ffmpeg_exe,
     frame_strip,

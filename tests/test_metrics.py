@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mdvae import metrics
 from mdvae.errors import MDVAEError
+from mdvae.eval import metrics
 
 
 def test_psnr_of_a_known_error():
@@ -85,20 +85,20 @@ def test_template_mask_sits_in_the_lower_face_for_the_mouth():
 
 def _render_mouth_shapes(phones, head, emotion="neutral"):
     """Frames of one synthetic speaker whose only difference is the mouth shape."""
-    from mdvae import synthetic
+    from mdvae.data import synthetic_script as script
+    from mdvae.data.synthetic_face import render_face
 
-    spk = synthetic.speaker_params(4)
-    style = synthetic.emotion_style(emotion, 1)
+    spk = script.speaker_params(4)
+    style = script.emotion_style(emotion, 1)
     n = len(phones)
     head = np.repeat(np.asarray(head, np.float32)[None], n, axis=0)
-    # _render is private, but this test is about the geometry it reports
-    mouth = synthetic._mouth_track(np.asarray(phones), style)
-    return synthetic._render(spk, style, head, np.zeros(n, np.float32), mouth)
+    mouth = script.mouth_track(np.asarray(phones), style)
+    return render_face(spk, style, head, np.zeros(n, np.float32), mouth)
 
 
 @pytest.mark.parametrize("head", [(0.0, 0.0, 0.0), (3.0, -2.0, 7.0)])
 def test_ground_truth_mouth_box_holds_the_pixels_that_move_with_the_mouth(head):
-    from mdvae.synthetic import PHONES
+    from mdvae.data.synthetic_script import PHONES
 
     closed, open_ = PHONES.index("m"), PHONES.index("a")
     frames, mouth_box, eyes_box = _render_mouth_shapes([closed] * 3 + [open_] * 3, head)
@@ -115,7 +115,7 @@ def test_ground_truth_mouth_box_holds_the_pixels_that_move_with_the_mouth(head):
 
 
 def test_denoising_corrupts_the_mouth_box_of_a_generated_clip_only():
-    from mdvae.synthetic import generate_clip
+    from mdvae.data.synthetic import generate_clip
 
     clip = generate_clip(2, "happy", 2, seed=5, n_frames=metrics.DENOISE_LENGTH)
     mask = metrics.box_mask(clip.factors["mouth_box"])

@@ -2,69 +2,18 @@
 
 from __future__ import annotations
 
-import re
-import subprocess
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
 from mdvae.errors import ConfigError, MDVAEError
-from mdvae.face import NoFaceError
 from mdvae.labels import EMOTIONS
-from mdvae.media import MediaError, ffmpeg_exe, normalize_clip, write_video
+from mdvae.media.face import NoFaceError
+from mdvae.media.video import MediaError, normalize_clip
 from mdvae.pipeline import GROUPS, Pipeline, central_frames
-from mdvae.synthetic import generate_clip
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-CLIP_A = EXAMPLES / "spk02_happy.mp4"  # 3.0 s
-CLIP_B = EXAMPLES / "spk37_neutral.mp4"  # 2.5 s
-
-
-# -- helpers shared with test_app.py ---------------------------------------------------
-
-
-def streams(path) -> str:
-    """ffmpeg's description of a media file (its stream lines)."""
-    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
-                            capture_output=True, text=True)
-    return result.stderr
-
-
-def assert_playable_with_sound(path) -> None:
-    info = streams(path)
-    assert re.search(r"Video: h264.*yuv420p", info), info
-    assert re.search(r"Audio: aac", info), info
-
-
-def make_bad_inputs(folder: Path) -> dict[str, Path]:
-    """One file per way an upload can go wrong (plus a long and a huge but usable one)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    face = generate_clip(5, "happy", 2, 7, n_frames=45)  # 1.5 s
-    cases = {}
-    cases["not_a_video"] = folder / "notes.mp4"
-    cases["not_a_video"].write_text("this is text, not a video\n")
-    cases["no_audio"] = write_video(folder / "silent.mp4", face.frames, None, scale=2)
-    cases["too_short"] = write_video(folder / "short.mp4", face.frames[:15],
-                                     face.audio[:8000], scale=2)
-    # Flat colour with a soft moving gradient: nothing face-like for the detector.
-    ramp = np.linspace(60, 200, 128, dtype=np.float32)
-    blank = np.stack([np.broadcast_to((ramp[None, :, None] + 3 * t) % 256, (96, 128, 3))
-                      for t in range(45)]).astype(np.uint8)
-    cases["no_face"] = write_video(folder / "wall.mp4", blank, face.audio, scale=1)
-    long = generate_clip(7, "sad", 1, 8, n_frames=150)  # 5 s
-    cases["long"] = write_video(folder / "long.mp4", long.frames, long.audio, scale=1)
-    # 1920x1080: the face upscaled in the middle of a grey frame, 1.1 s.
-    big = np.full((33, 1080, 1920, 3), 128, np.uint8)
-    big[:, :, 420:1500] = [cv2.resize(f, (1080, 1080), interpolation=cv2.INTER_CUBIC)
-                           for f in face.frames[:33]]
-    cases["huge"] = write_video(folder / "huge.mp4", big, face.audio[:17600], scale=1)
-    return cases
-
+from tests.helpers import CLIP_A, CLIP_B, assert_playable_with_sound
 
 # -- fixtures --------------------------------------------------------------------------
 
@@ -82,12 +31,6 @@ def pipe(tiny_bundle):
 def encoded(pipe):
     return (pipe.encode(pipe.load(CLIP_A, aligned=True)),
             pipe.encode(pipe.load(CLIP_B, aligned=True)))
-
-
-@pytest.fixture(scope="session", name="bad_inputs")
-def bad_inputs_fixture(tmp_path_factory):
-    """Shared with test_app.py, which imports this fixture."""
-    return make_bad_inputs(tmp_path_factory.mktemp("bad"))
 
 
 # -- loading and refusals --------------------------------------------------------------
@@ -265,13 +208,56 @@ def test_temporary_files_pruned_and_removed(tiny_bundle):
     assert not folder.exists()
 
 
-def test_pipeline_is_usable_from_threads_without_shared_state(pipe):
+def snapshot(value, depth=3):
+    """A copy of everything reachable from `value` that a request could change: plain
+    values, arrays, every module's weights and mode, and the attributes of objects (to
+    `depth` levels). Locks and other opaque objects are kept by identity."""
+    if isinstance(value, torch.nn.Module):
+        return ("module", value.training, {k: v.clone() for k, v in value.state_dict().items()})
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, dict):
+        return {k: snapshot(v, depth) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(v, depth) for v in value)
+    if depth and hasattr(value, "__dict__") and not isinstance(value, type):
+        return (type(value).__name__, snapshot(dict(vars(value)), depth - 1))
+    return value
+
+
+def assert_same(before, after, where="pipeline"):
+    if isinstance(before, torch.Tensor):
+        assert torch.equal(before, after), where
+    elif isinstance(before, np.ndarray):
+        np.testing.assert_array_equal(before, after, err_msg=where)
+    elif isinstance(before, dict):
+        assert before.keys() == after.keys(), where
+        for key in before:
+            assert_same(before[key], after[key], f"{where}.{key}")
+    elif isinstance(before, (list, tuple)):
+        assert len(before) == len(after), where
+        for i, (b, a) in enumerate(zip(before, after)):
+            assert_same(b, a, f"{where}[{i}]")
+    else:
+        assert before is after or before == after, where
+
+
+def test_pipeline_is_usable_from_threads_without_shared_state(pipe, encoded):
     # Per-request options are arguments: nothing on the pipeline changes while serving.
-    before = dict(vars(pipe))
-    threads = [threading.Thread(target=pipe.load, args=(CLIP_B,), kwargs={"aligned": True})
-               for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert dict(vars(pipe)) == before
+    enc_a, enc_b = encoded
+    before = snapshot(pipe)
+    requests = [
+        lambda: pipe.load(CLIP_B, aligned=True, max_seconds=2.0),
+        lambda: pipe.load(CLIP_A, aligned=True),
+        lambda: pipe.swap(enc_a, enc_b, {"w", "z_v"}),
+        lambda: pipe.interpolate(enc_a, enc_b, 0.3),
+        lambda: pipe.denoise(enc_b.clip, "eyes", 0.5, seed=3),
+        lambda: pipe.emotion(enc_a, "visual"),
+    ]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        futures = [pool.submit(request) for request in requests]
+        results = [f.result() for f in futures]  # a request that raised fails the test here
+    assert len(results[0].frames) == 60 and results[0].trimmed
+    assert_same(before, snapshot(pipe))

@@ -19,10 +19,10 @@ import pytest
 import soundfile
 
 import train.prepare as prepare
-from mdvae.audio import align_streams, power_spectrogram
-from mdvae.media import write_video
-from mdvae.store import Store, assign_splits
-from mdvae.synthetic import generate_clip
+from mdvae.data.store import Store, assign_splits
+from mdvae.data.synthetic import generate_clip
+from mdvae.media.audio import align_streams, power_spectrogram
+from mdvae.media.video import write_video
 
 N_FRAMES = 36  # 1.2 s: over load_av_clip's 1 s minimum
 
@@ -114,6 +114,7 @@ def mead_store(mead_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_prepare_mead(mead_store, capsys):
     store = Store(mead_store)
     rows = {c.id: c for c in store.clips}
@@ -147,6 +148,7 @@ def test_prepare_mead(mead_store, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_prepare_interrupted_and_resumed(mead_root, mead_store, tmp_path, monkeypatch):
     out = tmp_path / "mead"
     work, calls = prepare._work, []
@@ -171,6 +173,7 @@ def test_prepare_interrupted_and_resumed(mead_root, mead_store, tmp_path, monkey
         assert (out / name).read_bytes() == (mead_store / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_prepare_ravdess(tmp_path):
     root = tmp_path / "RAVDESS"
     for actor, emotion, intensity, seed in (
@@ -298,6 +301,7 @@ def test_prepare_synthetic(tmp_path, capsys):
     assert "--frames 12" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_prepare_killed_then_resumed(tmp_path):
     """SIGTERM (what `kill` sends) stops a run cleanly; the rerun finishes the store."""
     out = tmp_path / "synthetic"

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from mdvae.quantizer import EMAVectorQuantizer
+from mdvae.stage1.quantizer import EMAVectorQuantizer
 
 
 @pytest.fixture(autouse=True, scope="module")

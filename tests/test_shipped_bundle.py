@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mdvae.bundle import load_bundle
-from mdvae.metrics import psnr
+from mdvae.eval.metrics import psnr
 from mdvae.pipeline import Pipeline
 from train.figures import reconstructions
 
@@ -37,6 +37,7 @@ def pipeline():
     return Pipeline(BUNDLE)
 
 
+@pytest.mark.slow
 def test_examples_reconstruct_above_the_mean_face(pipeline):
     """Baseline: the mean face of all example clips (held-out speakers) for every frame.
 

@@ -10,8 +10,8 @@ import zipfile
 
 import pytest
 
+from mdvae.data.sources import list_mead, list_ravdess, list_source, list_videos, walk_media
 from mdvae.errors import MDVAEError
-from mdvae.sources import list_mead, list_ravdess, list_source, list_videos, walk_media
 
 
 def put(root, rel, data=None):

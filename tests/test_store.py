@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from mdvae.data.store import Store, StoreWriter, assign_splits
 from mdvae.errors import MDVAEError
-from mdvae.store import Store, StoreWriter, assign_splits
 
 SPEC = {"phone": ("int16", ()), "head_pose": ("float32", (3,))}
 SPLIT_OF = {"s0": "train", "s1": "train", "s2": "val", "s3": "test"}
@@ -187,13 +187,18 @@ def test_sample_windows(tmp_path):
     with pytest.raises(MDVAEError, match="split"):
         store.sample_windows("dev", 5, 2, rng)
 
-    with store.window_iterator("val", T, 4, seed=3) as batches:
-        first = [next(batches) for _ in range(3)]
-    val = {c.index for c in store.split_clips("val")}
-    assert all(set(b["clip"].tolist()) <= val for b in first)
-    with store.window_iterator("val", T, 4, seed=3) as batches:
-        again = next(batches)
-    np.testing.assert_array_equal(again["frames"], first[0]["frames"])  # seeded
+    # the same index as rows of the arrays: every window of the split, each once
+    for split in ("train", "val", "test"):
+        starts = store.window_starts(split, T)
+        assert len(starts) == len(set(starts.tolist())) == store.n_windows(split, T)
+        for start in starts:
+            info = next(c for c in store.clips if c.start <= start < c.stop)
+            assert info.split == split and start + T <= info.stop
+    drawn = store.sample_windows("val", T, 50, rng)
+    firsts = {store.clips[c].start + s for c, s in zip(drawn["clip"], drawn["start"])}
+    assert firsts <= set(store.window_starts("val", T).tolist())
+    with pytest.raises(MDVAEError, match="no clip of at least 45 frames"):
+        store.window_starts("train", 45)
 
 
 def test_splits_by_speaker():

@@ -3,17 +3,18 @@
 import numpy as np
 import pytest
 
-from mdvae import synthetic as syn
-from mdvae.errors import MDVAEError
-from mdvae.labels import EMOTIONS
-from mdvae.synthetic import (
+from mdvae.data import synthetic_face as face
+from mdvae.data import synthetic_script as script
+from mdvae.data.synthetic import generate_clip
+from mdvae.data.synthetic_script import (
     FACTOR_SPEC,
     N_PHONES,
     N_VISEMES,
     SYNTH_SPEAKERS,
-    generate_clip,
     speaker_params,
 )
+from mdvae.errors import MDVAEError
+from mdvae.labels import EMOTIONS
 
 HOP = 16000 / 30  # audio samples per video frame
 
@@ -39,7 +40,7 @@ def test_clip_follows_the_contract(clips):
     f = clips[0].factors
     assert 0 <= f["phone"].min() and f["phone"].max() < N_PHONES
     assert 0 <= f["viseme"].min() and f["viseme"].max() < N_VISEMES
-    assert np.array_equal(f["viseme"], np.asarray(syn.PHONE_VISEME)[f["phone"]])
+    assert np.array_equal(f["viseme"], np.asarray(script.PHONE_VISEME)[f["phone"]])
     assert np.all((f["f0"] > 0) == (f["voicing"] == 1))
     assert 0.0 <= f["blink"].min() and f["blink"].max() <= 1.0
 
@@ -104,9 +105,9 @@ def test_f0_factor_is_the_pitch_heard(clips):
 
 
 def test_fricatives_are_noise_high_up_and_silences_are_quiet(clips):
-    from mdvae.audio import power_spectrogram
+    from mdvae.media.audio import power_spectrogram
 
-    fric = {syn.PHONES.index(p) for p in ("s", "sh")}
+    fric = {script.PHONES.index(p) for p in ("s", "sh")}
     high, low, sil = [], [], []
     for clip in clips:
         power = power_spectrogram(clip.audio)[: len(clip.frames)]
@@ -123,17 +124,17 @@ def test_fricatives_are_noise_high_up_and_silences_are_quiet(clips):
 
 def _posed(speaker: int, emotion: str, level: int) -> np.ndarray:
     """One frame of `speaker` with `emotion`, head upright and still, eyes open, mouth at rest."""
-    style = syn.emotion_style(emotion, level)
-    mouth = syn._mouth_track(np.zeros(1, np.int16), style)
-    frames, _, _ = syn._render(speaker_params(speaker), style, np.zeros((1, 3)), np.zeros(1),
+    style = script.emotion_style(emotion, level)
+    mouth = script.mouth_track(np.zeros(1, np.int16), style)
+    frames, _, _ = face.render_face(speaker_params(speaker), style, np.zeros((1, 3)), np.zeros(1),
                                mouth)
     return frames[0].astype(float)
 
 
 def test_emotions_show_in_brows_and_mouth_corners():
     spk = speaker_params(3)
-    ex = syn._eyes_rect(spk, syn.emotion_style("neutral", 1))
-    cx, cy = syn._CENTRE
+    ex = face._eyes_rect(spk, script.emotion_style("neutral", 1))
+    cx, cy = face._CENTRE
     brow_rows = slice(int(cy + ex[1] - 7), int(cy + ex[1]))
     mouth_rows = slice(int(cy + spk.mouth_y - 5), int(cy + spk.mouth_y + 5))
     corners = np.r_[int(cx - spk.mouth_w - 3):int(cx - spk.mouth_w + 3),
@@ -215,14 +216,14 @@ def test_boxes_hold_the_eyes_and_the_mouth(clips):
 def test_boxes_follow_the_head():
     """Whatever the pose, opening the mouth changes pixels only in the mouth box, and
     closing the eyes only in the eye box."""
-    spk, style = speaker_params(2), syn.emotion_style("happy", 3)
+    spk, style = speaker_params(2), script.emotion_style("happy", 3)
     head = generate_clip(2, "happy", 3, 0, n_frames=40).factors["head_pose"]
     n = len(head)
-    open_mouth = syn._mouth_track(np.full(n, syn.PHONES.index("a"), np.int16), style)
-    rest = syn._mouth_track(np.zeros(n, np.int16), style)
-    base, mouth_box, eyes_box = syn._render(spk, style, head, np.zeros(n), open_mouth)
-    moved_mouth, _, _ = syn._render(spk, style, head, np.zeros(n), rest)
-    closed_eyes, _, _ = syn._render(spk, style, head, np.ones(n), open_mouth)
+    open_mouth = script.mouth_track(np.full(n, script.PHONES.index("a"), np.int16), style)
+    rest = script.mouth_track(np.zeros(n, np.int16), style)
+    base, mouth_box, eyes_box = face.render_face(spk, style, head, np.zeros(n), open_mouth)
+    moved_mouth, _, _ = face.render_face(spk, style, head, np.zeros(n), rest)
+    closed_eyes, _, _ = face.render_face(spk, style, head, np.ones(n), open_mouth)
     for changed, box in ((moved_mouth, mouth_box), (closed_eyes, eyes_box)):
         diff = np.abs(changed.astype(int) - base).max(-1) > 8  # (T, 64, 64)
         for t in range(n):

@@ -1,41 +1,14 @@
 import argparse
 from dataclasses import dataclass
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from mdvae.config import ConfigBase
 from mdvae.errors import ConfigError
+from tests.helpers import Batches, step_fn
 from train import common
-
-
-class Batches:
-    """A deterministic regression stream with a saveable sampler state."""
-
-    def __init__(self, seed=0, batch=16):
-        self.rng = np.random.default_rng(seed)
-        self.batch = batch
-        self.w = np.arange(1, 5, dtype=np.float32)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        x = self.rng.normal(size=(self.batch, 4)).astype(np.float32)
-        return {"x": torch.from_numpy(x), "y": torch.from_numpy(x @ self.w)}
-
-    def get_state(self):
-        return self.rng.bit_generator.state
-
-    def set_state(self, state):
-        self.rng.bit_generator.state = state
-
-
-def step_fn(model, batch, step):
-    pred = model(batch["x"]).squeeze(-1)
-    return {"total": ((pred - batch["y"]) ** 2).mean()}
 
 
 def run_training(tmp_path, steps, resume=False, stop_at=None, seed=0):

@@ -17,6 +17,7 @@ import torch
 
 from mdvae.bundle import load_bundle
 from train import common, emotion, export, stage1, stage2
+from train.runs import load_stage2
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VQ_FLAGS = ["--model-channels", "8", "16", "16", "--model-res-blocks", "1",
@@ -54,6 +55,7 @@ def runs(tiny_store, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_stage1_programs_lower_their_loss(runs):
     for modality, ratio in (("visual", 0.7), ("audio", 0.8)):
         losses = train_losses(runs / f"vq_{modality}", "reconstruction")
@@ -63,6 +65,7 @@ def test_stage1_programs_lower_their_loss(runs):
         assert (runs / f"vq_{modality}" / "curves.png").exists()
 
 
+@pytest.mark.slow
 def test_stage2_lowers_the_negative_elbo_and_caches_features(runs, tiny_store):
     losses = train_losses(runs / "mdvae")
     assert losses[-1] < losses[0] - 0.1 * abs(losses[0]), losses
@@ -78,6 +81,7 @@ def test_kl_warmup_scales_only_the_kl_terms():
     assert stage2.kl_scale(None, 10) == 1.0 and stage2.kl_scale(0, 0) == 1.0
 
 
+@pytest.mark.slow
 def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_path):
     flags = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio"),
              "--mdvae", str(runs / "mdvae"), "--dsae-audio", str(runs / "dsae_audio"),
@@ -107,11 +111,12 @@ def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_p
     assert f"`{tiny_store}` (train split) | 40 |" in bundle.card
     assert not list(Path(out).glob("*.pt")), "training checkpoints must not enter a bundle"
     # the exported MDVAE is the trained one
-    trained = emotion.load_stage2(str(runs / "mdvae"))
+    trained = load_stage2(str(runs / "mdvae"))
     for (name, p), q in zip(trained.state_dict().items(), bundle.mdvae.state_dict().values()):
         torch.testing.assert_close(p, q, msg=name)
 
 
+@pytest.mark.slow
 def test_stage2_killed_mid_run_resumes_to_the_same_step_count(runs, tiny_store, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "train.stage2", "--store", str(tiny_store),
@@ -141,6 +146,7 @@ def test_stage2_killed_mid_run_resumes_to_the_same_step_count(runs, tiny_store, 
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_is_reported(runs, tiny_store, tmp_path):
     with pytest.raises(common.CheckpointError):
         stage1.main(["--store", str(tiny_store), "--modality", "audio",
@@ -172,6 +178,7 @@ def test_figures_without_clips_is_an_error(tiny_bundle, tmp_path):
         figures.main(["--bundle", str(tiny_bundle), "--examples", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_a_run_resumed_on_another_store_keeps_its_earlier_store(runs, tiny_store, tmp_path):
     import shutil
 
@@ -224,8 +231,8 @@ def test_feature_means_average_each_clip_over_its_own_frames():
 
 
 def test_decoder_variances_start_at_the_features_variances():
-    from mdvae.dsae import DSAE, DSAEConfig
-    from mdvae.mdvae import MDVAE, MDVAEConfig
+    from mdvae.model.dsae import DSAE, DSAEConfig
+    from mdvae.model.mdvae import MDVAE, MDVAEConfig
 
     rng = np.random.default_rng(0)
     audio = (rng.standard_normal((4000, 512)) * np.linspace(0.5, 2.0, 512)).astype(np.float16)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from mdvae.errors import ConfigError
-from mdvae.vqvae import (
+from mdvae.stage1.vqvae import (
     LOG_POWER_CENTER,
     LOG_POWER_SCALE,
     VQVAE,

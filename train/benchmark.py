@@ -60,7 +60,7 @@ def _peak_rss_mb() -> float:
 def _model(args: argparse.Namespace):
     import torch
 
-    from mdvae.mdvae import MDVAE, MDVAEConfig
+    from mdvae.model.mdvae import MDVAE, MDVAEConfig
 
     torch.manual_seed(0)
     return MDVAE(MDVAEConfig.preset(args.preset, **json.loads(args.overrides))), torch

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
-from mdvae.audio import power_spectrogram, samples_for_frames
 from mdvae.bundle import save_bundle
-from mdvae.dsae import DSAE, DSAEConfig
-from mdvae.emotion import EmotionHead, EmotionHeadConfig
-from mdvae.mdvae import MDVAE, MDVAEConfig
-from mdvae.media import normalize_clip, write_video
+from mdvae.media.audio import power_spectrogram, samples_for_frames
+from mdvae.media.video import normalize_clip, write_video
+from mdvae.model.dsae import DSAE, DSAEConfig
+from mdvae.model.emotion import EmotionHead, EmotionHeadConfig
+from mdvae.model.mdvae import MDVAE, MDVAEConfig
 from mdvae.pipeline import BUNDLE_ENV, DEFAULT_BUNDLE, PREVIEW_SCALE, Pipeline
-from mdvae.vqvae import VQVAE, VQVAEConfig
+from mdvae.stage1.vqvae import VQVAE, VQVAEConfig
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CLIP_A = EXAMPLES / "spk02_happy.mp4"

@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import skimage.data
 
-from mdvae.audio import FPS, SAMPLE_RATE, griffin_lim, peak_normalize, power_spectrogram
-from mdvae.clips import load_av_clip
-from mdvae.face import FaceCropper
-from mdvae.media import normalize_clip, write_video
+from mdvae.media.audio import FPS, SAMPLE_RATE, griffin_lim, peak_normalize, power_spectrogram
+from mdvae.media.clips import load_av_clip
+from mdvae.media.face import FaceCropper
+from mdvae.media.video import normalize_clip, write_video
 
 # Centre of the astronaut's face in the 512x512 photograph (middle of OpenCV's Haar box).
 ASTRONAUT_FACE = (224.5, 113.5)

@@ -13,22 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mdvae.errors import MDVAEError
-from mdvae.store import Store
-
-
-def window_starts(store: Store, split: str, length: int) -> np.ndarray:
-    """Global frame index of every possible ``length``-frame window inside the split's clips."""
-    starts = [
-        np.arange(c.start, c.start + c.length - length + 1)
-        for c in store.split_clips(split)
-        if c.length >= length
-    ]
-    if not starts:
-        raise MDVAEError(
-            f"the store at {store.path} has no '{split}' clip of at least {length} frames"
-        )
-    return np.concatenate(starts)
+from mdvae.data.store import Store
 
 
 class FrameStream:
@@ -39,7 +24,7 @@ class FrameStream:
 
     def __init__(self, store: Store, split: str, modality: str, batch_size: int, seed: int):
         self.store, self.modality, self.batch_size = store, modality, batch_size
-        self.index = window_starts(store, split, 1)
+        self.index = store.window_starts(split, 1)
         self.rng = np.random.default_rng(seed)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -23,33 +23,15 @@ import torch
 from tqdm import tqdm
 
 from mdvae.bundle import save_bundle
-from mdvae.emotion import fit_emotion_head
+from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, EMOTION_READERS, MDVAE_MODEL
+from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
-from mdvae.evaluation import encode_either
-from mdvae.store import Store
-from train import common
-from train.stage2 import cached_features, load_stage1
+from mdvae.eval.experiments import encode_either
+from mdvae.model.emotion import fit_emotion_head
+from train.runs import cached_features, load_stage1, load_stage2
 
 # bundle component name of each head -> the stage-2 model whose w it reads
-HEADS = {"emotion": "mdvae", "emotion_dsae_audio": "dsae_audio",
-         "emotion_dsae_visual": "dsae_visual"}
-
-
-def load_stage2(run_dir: str) -> torch.nn.Module:
-    """The trained model of a stage-2 run folder, in eval mode."""
-    from mdvae.dsae import DSAE, DSAEConfig
-    from mdvae.mdvae import MDVAE, MDVAEConfig
-
-    run = common.RunFolder(run_dir, writer=False)
-    saved = run.read_config()
-    if saved.get("program") != "stage2":
-        raise common.CheckpointError(f"{run_dir} is not a stage-2 run folder")
-    if saved["model_class"] == "MDVAE":
-        model = MDVAE(MDVAEConfig.from_dict(saved["model"]))
-    else:
-        model = DSAE(DSAEConfig.from_dict(saved["model"]))
-    model.load_state_dict(run.load_checkpoint(required=True)["model"])
-    return model.eval().requires_grad_(False)
+HEADS = {r.head: r.model for r in EMOTION_READERS.values()}
 
 
 @torch.no_grad()
@@ -120,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     store = Store(args.store)
     audio, visual, _ = cached_features(store, load_stage1(args.vq_audio),
                                        load_stage1(args.vq_visual))
-    runs = {"mdvae": args.mdvae, "dsae_audio": args.dsae_audio, "dsae_visual": args.dsae_visual}
+    runs = {MDVAE_MODEL: args.mdvae, DSAE_AUDIO: args.dsae_audio, DSAE_VISUAL: args.dsae_visual}
     train_clips = labelled(store.split_clips("train"))
     if not train_clips:
         raise MDVAEError(f"{args.store} has no labelled training clips to fit emotions on")

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from mdvae.bundle import load_bundle, save_bundle
+from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, MDVAE_MODEL, VQ_AUDIO, VQ_VISUAL
+from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
-from mdvae.store import Store
 from train import common
-from train.emotion import load_stage2
-from train.stage2 import load_stage1
+from train.runs import load_stage1, load_stage2
 
 
 def run_summary(run_dir: str) -> dict[str, Any]:
@@ -135,12 +135,12 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
 
     components = {
-        "vq_visual": load_stage1(args.vq_visual),
-        "vq_audio": load_stage1(args.vq_audio),
-        "mdvae": load_stage2(args.mdvae),
+        VQ_VISUAL: load_stage1(args.vq_visual),
+        VQ_AUDIO: load_stage1(args.vq_audio),
+        MDVAE_MODEL: load_stage2(args.mdvae),
     }
-    runs = {"vq_visual": args.vq_visual, "vq_audio": args.vq_audio, "mdvae": args.mdvae}
-    for name in ("dsae_audio", "dsae_visual"):
+    runs = {VQ_VISUAL: args.vq_visual, VQ_AUDIO: args.vq_audio, MDVAE_MODEL: args.mdvae}
+    for name in (DSAE_AUDIO, DSAE_VISUAL):
         if getattr(args, name):
             components[name] = load_stage2(getattr(args, name))
             runs[name] = getattr(args, name)

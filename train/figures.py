@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mdvae.metrics import psnr
+from mdvae.eval.metrics import psnr
 from mdvae.pipeline import Pipeline
 
 

@@ -18,8 +18,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mdvae.media import ffmpeg_exe, write_video
-from mdvae.synthetic import generate_clip
+from mdvae.data.synthetic import generate_clip
+from mdvae.media.video import ffmpeg_exe, write_video
 
 SCALE = 4  # 64x64 crops written as 256x256 videos
 # write_video keeps outputs near-lossless (crf 18, 128 kb/s AAC); the examples live in the

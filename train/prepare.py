@@ -1,4 +1,4 @@
-"""Build a data store (mdvae.store) from the synthetic benchmark or a talking-face dataset.
+"""Build a data store (mdvae.data.store) from the synthetic benchmark or a talking-face dataset.
 
     python -m train.prepare synthetic --out data/synthetic --speakers 16 --clips-per-speaker 44
     python -m train.prepare mead --root /data/MEAD --out data/mead --val-speakers M003,W009 \\
@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from mdvae.data.sources import SourceItem, SourceListing, list_source
+from mdvae.data.store import Store, StoreWriter, assign_splits, factor_spec_from
 from mdvae.errors import MDVAEError
 from mdvae.labels import EMOTIONS, LEVELS
-from mdvae.sources import SourceItem, SourceListing, list_source
-from mdvae.store import Store, StoreWriter, assign_splits, factor_spec_from
 
 # Flags that change what a clip contains: a resumed run must use the same values.
 IDENTITY_FLAGS = {
@@ -128,7 +128,7 @@ def _init_worker(face_backend: str | None, in_process: bool) -> None:
 
         torch.set_num_threads(1)  # one process per core is the parallelism
     if face_backend is not None and face_backend not in _CROPPERS:
-        from mdvae.face import FaceCropper
+        from mdvae.media.face import FaceCropper
 
         _CROPPERS[face_backend] = FaceCropper(backend=face_backend)
 
@@ -147,8 +147,8 @@ def _work(job: Job) -> tuple[str, Any]:
 
 
 def _make_synthetic(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray, dict, dict]:
-    from mdvae.audio import align_streams, power_spectrogram
-    from mdvae.synthetic import generate_clip
+    from mdvae.data.synthetic import generate_clip
+    from mdvae.media.audio import align_streams, power_spectrogram
 
     clip = generate_clip(spec.speaker, spec.emotion, spec.level, spec.seed, n_frames=spec.n_frames)
     frames, power = align_streams(clip.frames, power_spectrogram(clip.audio))
@@ -157,7 +157,7 @@ def _make_synthetic(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray, dict, 
 
 
 def _load_item(spec: LoadSpec) -> tuple[np.ndarray, np.ndarray, dict, dict]:
-    from mdvae.clips import load_av_clip
+    from mdvae.media.clips import load_av_clip
 
     item = spec.item
     with contextlib.ExitStack() as stack:
@@ -206,7 +206,7 @@ def synthetic_jobs(n_speakers: int, clips_per_speaker: int, n_frames: int, seed:
 def synthetic_factor_spec() -> dict:
     """The generator's factors, as a store factor spec (from a 2-frame clip; no torch
     work here, so that worker processes can be forked safely)."""
-    from mdvae.synthetic import generate_clip
+    from mdvae.data.synthetic import generate_clip
 
     return factor_spec_from(generate_clip(0, "neutral", 1, 0, n_frames=2).factors)
 
@@ -298,8 +298,10 @@ def run(
         try:
             if workers > 0 and len(pending) > 1:
                 # Import the heavy modules once here, so forked workers start with them.
-                importlib.import_module("mdvae.synthetic" if kind == "synthetic" else "mdvae.clips")
-                importlib.import_module("mdvae.audio")
+                importlib.import_module(
+                    "mdvae.data.synthetic" if kind == "synthetic" else "mdvae.media.clips"
+                )
+                importlib.import_module("mdvae.media.audio")
                 methods = multiprocessing.get_all_start_methods()
                 context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
                 pool = context.Pool(workers, initializer=initializer, initargs=(*initargs, False))

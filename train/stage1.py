@@ -14,8 +14,8 @@ import sys
 
 import torch
 
-from mdvae.store import Store
-from mdvae.vqvae import VQVAE, VQVAEConfig
+from mdvae.data.store import Store
+from mdvae.stage1.vqvae import VQVAE, VQVAEConfig
 from train import common
 from train.data import FrameStream, fixed_batches
 

@@ -13,20 +13,17 @@ every stage-2 run on the same VQ-VAEs reuses them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from mdvae.codec import AVCodec
-from mdvae.dsae import DSAE, DSAEConfig
-from mdvae.mdvae import MDVAE, MDVAEConfig
-from mdvae.store import Store
-from mdvae.vqvae import VQVAE
+from mdvae.data.store import Store
+from mdvae.model.dsae import DSAE, DSAEConfig
+from mdvae.model.mdvae import MDVAE, MDVAEConfig
 from train import common
-from train.data import FeatureWindowStream, fixed_batches, window_starts
+from train.data import FeatureWindowStream, fixed_batches
+from train.runs import cached_features, load_stage1
 
 MODELS = ("mdvae", "dsae-audio", "dsae-visual")
 
@@ -54,65 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_config_flags(parser, MDVAEConfig, prefix="mdvae_")
     common.add_config_flags(parser, DSAEConfig, prefix="dsae_")
     return parser
-
-
-def load_stage1(run_dir: str, device: str | torch.device = "cpu") -> VQVAE:
-    """The VQ-VAE of a stage-1 run folder, frozen, in eval mode."""
-    from mdvae.vqvae import VQVAEConfig
-
-    run = common.RunFolder(run_dir, writer=False)
-    saved = run.read_config()
-    if saved.get("program") != "stage1":
-        raise common.CheckpointError(f"{run_dir} is not a stage-1 run folder")
-    model = VQVAE(VQVAEConfig.from_dict(saved["model"]))
-    checkpoint = run.load_checkpoint(required=True)
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval().requires_grad_(False)
-    return model
-
-
-def feature_key(vq_audio: VQVAE, vq_visual: VQVAE) -> str:
-    """A hash of both stage-1 models' weights: cached features are valid for these only."""
-    digest = hashlib.sha256()
-    for model in (vq_audio, vq_visual):
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-@torch.no_grad()
-def encode_store(
-    store: Store, vq_audio: VQVAE, vq_visual: VQVAE, *, batch: int = 512, show: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Encode every frame of the store: audio (N, 512) and visual (N, 2048) float16."""
-    codec = AVCodec(vq_audio, vq_visual, chunk=batch)
-    n = len(store.frames)
-    audio = np.empty((n, vq_audio.config.feature_dim), np.float16)
-    visual = np.empty((n, vq_visual.config.feature_dim), np.float16)
-    for lo in tqdm(range(0, n, batch), desc="encoding features", disable=not show):
-        hi = min(n, lo + batch)
-        x_a, x_v = codec.encode(np.ascontiguousarray(store.frames[lo:hi]), store.power[lo:hi])
-        audio[lo:hi] = x_a.cpu().numpy()
-        visual[lo:hi] = x_v.cpu().numpy()
-    return audio, visual
-
-
-def cached_features(
-    store: Store, vq_audio: VQVAE, vq_visual: VQVAE, *, write: bool = True
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """The store's features for these VQ-VAEs, computing and caching them when absent."""
-    key = feature_key(vq_audio, vq_visual)
-    found = store.features(key)
-    if found is None:
-        audio, visual = encode_store(store, vq_audio, vq_visual, show=write)
-        if write:
-            store.write_features(key, audio, visual)
-            found = store.features(key)
-        else:
-            found = (audio, visual)
-    audio, visual = found
-    return audio, visual, key
 
 
 def build_model(kind: str, args: argparse.Namespace, saved: dict | None):
@@ -176,15 +114,13 @@ def kl_scale(step: int | None, warmup: int) -> float:
 def make_step_fn(kind: str, device: torch.device, warmup: int):
     def step_fn(model: torch.nn.Module, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
         x_a, x_v = batch["x_a"].to(device), batch["x_v"].to(device)
-        if kind == "mdvae":
-            out = model(x_a, x_v)
-        else:
-            out = model(x_a if kind == "dsae-audio" else x_v)
-        terms = out.loss
-        # total = reconstructions + sum of beta-weighted KLs; scale only the KL part
-        rec = sum(v for k, v in vars(terms).items() if k.startswith("rec"))
         scale = kl_scale(step, warmup)
-        losses = {"total": rec + scale * (terms.total - rec)}
+        if kind == "mdvae":
+            out = model(x_a, x_v, kl_weight=scale)
+        else:
+            out = model(x_a if kind == "dsae-audio" else x_v, kl_weight=scale)
+        terms = out.loss
+        losses = {"total": terms.total}
         for name, value in vars(terms).items():
             if name != "total" and torch.is_tensor(value) and value.dim() == 0:
                 losses[name] = value.detach()
@@ -227,7 +163,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     model, model_cfg = build_model(args.model, args, saved_model)
     obs_init = saved.get("obs_init", "config") if args.resume else args.obs_init
     if not args.resume and obs_init == "data" and model_cfg.learn_obs_variance:
-        frames = window_starts(store, "train", 1)  # every training frame
+        frames = store.window_starts("train", 1)  # every training frame
         medians = init_obs_variance(model, audio, visual, frames, seed=cfg.seed)
         if d.is_main:
             print("decoder log-variances start at the features' (median "
@@ -249,10 +185,10 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         "run": cfg.to_dict(),
         "model": model_cfg.to_dict(),
     })
-    train = FeatureWindowStream(audio, visual, window_starts(store, "train", args.seq_len),
+    train = FeatureWindowStream(audio, visual, store.window_starts("train", args.seq_len),
                                 args.seq_len, cfg.batch_size, cfg.seed)
     val = fixed_batches(
-        FeatureWindowStream(audio, visual, window_starts(store, "val", args.seq_len),
+        FeatureWindowStream(audio, visual, store.window_starts("val", args.seq_len),
                             args.seq_len, cfg.batch_size, cfg.seed + 1),
         cfg.val_batches,
     )

@@ -18,14 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mdvae.data.synthetic import SyntheticClip, generate_clip
+from mdvae.data.synthetic_script import PHONES, VISEMES
+from mdvae.data.synthetic_voice import SAMPLE_RATE
 from mdvae.labels import EMOTIONS
-from mdvae.synthetic import (
-    PHONES,
-    SAMPLE_RATE,
-    VISEMES,
-    SyntheticClip,
-    generate_clip,
-)
 
 SCALE = 3  # nearest-neighbour upscaling of the 64x64 frames on the sheets
 LABEL_H = 12
@@ -124,7 +120,7 @@ def spectrogram_plot(clip: SyntheticClip, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mdvae.audio import HOP, power_spectrogram
+    from mdvae.media.audio import HOP, power_spectrogram
 
     power = power_spectrogram(clip.audio)[: len(clip.frames)]  # (T, 513)
     f = clip.factors
@@ -168,7 +164,7 @@ def voices_plot(speaker: int, seed: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mdvae.audio import power_spectrogram
+    from mdvae.media.audio import power_spectrogram
 
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharey=True)
     for ax, emotion in zip(axes.flat, EMOTIONS):

@@ -43,9 +43,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from mdvae.config import ConfigBase
+from mdvae.data.synthetic_script import VISEMES
 from mdvae.errors import ConfigError, MDVAEError
 from mdvae.labels import EMOTION_INDEX, EMOTIONS
-from mdvae.synthetic import VISEMES
 
 MODALITIES = ("visual", "audio")
 # Store factors a judge needs: without them there is no ground truth to train on.
@@ -78,7 +78,7 @@ CEPSTRUM = slice(32, 320)
 AUDIO_DILATIONS = (1, 2, 4, 8)  # width-3 temporal convolutions: +-15 frames of context
 
 # Smallest difference between two clips' values that counts as a difference when a swap
-# is scored (mdvae.evaluation): head pose dx, dy in pixels and roll in degrees (a clip's
+# is scored (mdvae.eval.experiments): head pose dx, dy in pixels and roll in degrees (a clip's
 # pose spreads 1.7 px, 1.1 px, 3.2 deg; roll is the hardest to read in 64 x 64 pixels:
 # a judge's RMSE is about 1.2 deg), f0 in semitones.
 MARGINS = {"head_pose": (1.0, 1.0, 4.0), "f0": (1.5,)}

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from mdvae.bundle import register_component
 from mdvae.config import ConfigBase
 from mdvae.errors import MDVAEError
 from mdvae.labels import EMOTIONS
@@ -25,7 +24,6 @@ class EmotionHeadConfig(ConfigBase):
     labels: tuple[str, ...] = EMOTIONS  # class names, in logit order
 
 
-@register_component
 class EmotionHead(nn.Module):
     """p(emotion | w) = softmax(W (w - mean) / std + b)."""
 

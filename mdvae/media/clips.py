@@ -5,15 +5,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mdvae.audio import (
+from mdvae.media.audio import (
     FPS,
     align_streams,
     peak_normalize,
     power_spectrogram,
     samples_for_frames,
 )
-from mdvae.face import FaceCropper
-from mdvae.media import MediaError, normalize_clip, read_audio
+from mdvae.media.face import FaceCropper
+from mdvae.media.video import MediaError, normalize_clip, read_audio
 
 
 @dataclass

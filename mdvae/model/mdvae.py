@@ -19,18 +19,19 @@ units) per stream summarises x_t:T into g_a_t, g_v_t. q(w) reads g_a_1 and g_v_1
 have seen the whole sequences) and the time-averaged features. The z_av posterior reads
 [g_a_t, g_v_t, w], the z_a posterior [g_a_t, z_av_t, w] and the z_v posterior
 [g_v_t, z_av_t, w], so the audio-only posterior never sees the visual stream and vice
-versa; each is a 64-unit tanh recurrence over its own sampled past (`temporal.py`). The
-priors are 64-unit LSTMs. The decoders are MLPs (latents -> 128 -> 128 -> x_a,
+versa; each is a 64-unit tanh recurrence over its own sampled past (`posteriors.py`). The
+priors are 64-unit LSTMs (`priors.py`). The decoders are MLPs (latents -> 128 -> 128 -> x_a,
 latents -> 256 -> 256 -> x_v) with one learned log-variance per output dimension
-(`blocks.GaussianDecoder`). The authors' nets
+(`observation.GaussianDecoder`). The authors' nets
 are wider (1024 units next to the 2048-d visual features); these widths keep stage-2
 training fast on a CPU, and every width is a config field.
 
-ELBO normalisation. Every term of `ELBOTerms` is in nats per frame: the per-sequence sum
-(over frames and dimensions) averaged over the batch, divided by T. The KL of w, which
-occurs once per sequence, is divided by T too, so `rec + kl` terms add up to exactly
--ELBO / T and all betas = 1 is the faithful bound. (The authors' code divides the w KL by
-the batch size only, i.e. it weights it T times more; `beta_w = T` reproduces that.)
+ELBO normalisation (`elbo.py`, shared with DSAE). Every term of `ELBOTerms` is in nats per
+frame: the per-sequence sum (over frames and dimensions) averaged over the batch, divided by
+T. The KL of w, which occurs once per sequence, is divided by T too, so the `rec` and `kl`
+terms add up to exactly -ELBO / T and all betas = 1 is the faithful bound. (The authors'
+code divides the w KL by the batch size only, i.e. it weights it T times more;
+`beta_w = T` reproduces that.)
 """
 
 from __future__ import annotations
@@ -41,27 +42,25 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mdvae.blocks import (
-    ELBOBreakdown,
-    GaussianDecoder,
-    LatentGroups,
-    check_sequence,
-    frames_of_w,
-    interpolate_w,
-    mlp,
-    prior_w,
-)
-from mdvae.bundle import register_component
 from mdvae.config import ConfigBase
 from mdvae.errors import ConfigError, MDVAEError
-from mdvae.gaussian import DiagonalGaussian, kl_divergence
-from mdvae.temporal import (
-    AutoregressivePrior,
+from mdvae.model.elbo import (
+    ELBOBreakdown,
+    kl_w_term,
+    kl_z_term,
+    reconstruction_term,
+    training_loss,
+)
+from mdvae.model.gaussian import DiagonalGaussian
+from mdvae.model.latents import LatentGroups, frames_of_w, interpolate_w
+from mdvae.model.observation import GaussianDecoder, check_sequence, mlp
+from mdvae.model.posteriors import (
     PosteriorRecurrence,
     StaticPosterior,
     make_summary,
     run_posteriors,
 )
+from mdvae.model.priors import AutoregressivePrior, prior_w
 
 POSTERIOR_KINDS = ("smoothing", "filtering")
 
@@ -177,7 +176,6 @@ class MDVAEOutput:
     loss: ELBOTerms
 
 
-@register_component
 class MDVAE(nn.Module):
     """MDVAE on (B, T, audio_dim) and (B, T, visual_dim) feature sequences."""
 
@@ -322,12 +320,13 @@ class MDVAE(nn.Module):
 
     # ---- training objective -------------------------------------------------------------
 
-    def forward(self, x_a: Tensor, x_v: Tensor) -> MDVAEOutput:
-        """One posterior sample, the reconstructions and the ELBO terms for a batch."""
+    def forward(self, x_a: Tensor, x_v: Tensor, *, kl_weight: float = 1.0) -> MDVAEOutput:
+        """One posterior sample, the reconstructions and the ELBO terms for a batch;
+        `kl_weight` scales every KL term of the loss's `total` (a KL warm-up)."""
         latents, posterior = self.infer(x_a, x_v, sample=True)
         prior = self.priors(latents)
         x_a_hat, x_v_hat = self.decode(latents)
-        loss = self.elbo(x_a, x_v, x_a_hat, x_v_hat, posterior, prior)
+        loss = self.elbo(x_a, x_v, x_a_hat, x_v_hat, posterior, prior, kl_weight=kl_weight)
         return MDVAEOutput(x_a_hat, x_v_hat, latents, posterior, prior, loss)
 
     def elbo(
@@ -338,26 +337,22 @@ class MDVAE(nn.Module):
         x_v_hat: Tensor,
         posterior: LatentDistributions,
         prior: LatentDistributions,
+        *,
+        kl_weight: float = 1.0,
     ) -> ELBOTerms:
         """Negative ELBO terms in nats per frame (single-sample reconstruction terms,
-        closed-form KLs)."""
+        closed-form KLs); `total` weighs each KL by its beta times `kl_weight`."""
         c = self.config
-        n_frames = x_a.shape[1]
-        # per-sequence sums (B,) averaged over the batch, then divided by T
-        rec_audio = self.decoder_x_a.negative_log_likelihood(x_a, x_a_hat).mean() / n_frames
-        rec_visual = self.decoder_x_v.negative_log_likelihood(x_v, x_v_hat).mean() / n_frames
-        kl_w = posterior.w.kl_standard_normal().mean() / n_frames
-        # (B, T) per-frame KLs: their mean over batch and time is the per-sequence sum / T
-        kl_zav = kl_divergence(posterior.z_av, prior.z_av).mean()
-        kl_za = kl_divergence(posterior.z_a, prior.z_a).mean()
-        kl_zv = kl_divergence(posterior.z_v, prior.z_v).mean()
-        total = (
-            rec_audio
-            + rec_visual
-            + c.beta_w * kl_w
-            + c.beta_z_av * kl_zav
-            + c.beta_z_a * kl_za
-            + c.beta_z_v * kl_zv
+        rec_audio = reconstruction_term(self.decoder_x_a, x_a, x_a_hat)
+        rec_visual = reconstruction_term(self.decoder_x_v, x_v, x_v_hat)
+        kl_w = kl_w_term(posterior.w, x_a.shape[1])
+        kl_zav = kl_z_term(posterior.z_av, prior.z_av)
+        kl_za = kl_z_term(posterior.z_a, prior.z_a)
+        kl_zv = kl_z_term(posterior.z_v, prior.z_v)
+        total = training_loss(
+            [rec_audio, rec_visual],
+            [(c.beta_w, kl_w), (c.beta_z_av, kl_zav), (c.beta_z_a, kl_za), (c.beta_z_v, kl_zv)],
+            kl_weight,
         )
         return ELBOTerms(total, rec_audio, rec_visual, kl_w, kl_zav, kl_za, kl_zv)
 

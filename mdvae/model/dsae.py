@@ -6,7 +6,8 @@ built from the same parts:
     p(w) = N(0, I),  p(z_t | z_1:t-1) autoregressive,  p(x_t | z_t, w) per frame
     q(w | x_1:T),    q(z_t | z_1:t-1, x_t:T, w)
 
-ELBO terms are normalised as in MDVAE: nats per frame, the w KL divided by T as well.
+ELBO terms are normalised as in MDVAE (`elbo.py`): nats per frame, the w KL divided by T as
+well.
 """
 
 from __future__ import annotations
@@ -16,27 +17,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mdvae.blocks import (
-    ELBOBreakdown,
-    GaussianDecoder,
-    LatentGroups,
-    check_sequence,
-    frames_of_w,
-    interpolate_w,
-    mlp,
-    prior_w,
-)
-from mdvae.bundle import register_component
 from mdvae.config import ConfigBase
 from mdvae.errors import ConfigError
-from mdvae.gaussian import DiagonalGaussian, kl_divergence
-from mdvae.mdvae import MDVAEConfig, check_stage2_config
-from mdvae.temporal import (
-    AutoregressivePrior,
-    PosteriorRecurrence,
-    StaticPosterior,
-    make_summary,
+from mdvae.model.elbo import (
+    ELBOBreakdown,
+    kl_w_term,
+    kl_z_term,
+    reconstruction_term,
+    training_loss,
 )
+from mdvae.model.gaussian import DiagonalGaussian
+from mdvae.model.latents import LatentGroups, frames_of_w, interpolate_w
+from mdvae.model.mdvae import MDVAEConfig, check_stage2_config
+from mdvae.model.observation import GaussianDecoder, check_sequence, mlp
+from mdvae.model.posteriors import PosteriorRecurrence, StaticPosterior, make_summary
+from mdvae.model.priors import AutoregressivePrior, prior_w
 
 MODALITIES = ("audio", "visual")
 
@@ -126,7 +121,6 @@ class DSAEOutput:
     loss: DSAEELBOTerms
 
 
-@register_component
 class DSAE(nn.Module):
     """DSAE on (B, T, input_dim) feature sequences of one modality."""
 
@@ -202,14 +196,15 @@ class DSAE(nn.Module):
 
     interpolate_w = staticmethod(interpolate_w)
 
-    def forward(self, x: Tensor) -> DSAEOutput:
-        """One posterior sample, the reconstruction and the ELBO terms for a batch."""
+    def forward(self, x: Tensor, *, kl_weight: float = 1.0) -> DSAEOutput:
+        """One posterior sample, the reconstruction and the ELBO terms for a batch;
+        `kl_weight` scales every KL term of the loss's `total` (a KL warm-up)."""
         latents, posterior = self.infer(x, sample=True)
         prior = self.priors(latents)
         x_hat = self.decode(latents)
-        n_frames = x.shape[1]
-        rec = self.decoder_x.negative_log_likelihood(x, x_hat).mean() / n_frames
-        kl_w = posterior.w.kl_standard_normal().mean() / n_frames
-        kl_z = kl_divergence(posterior.z, prior.z).mean()  # (B, T) -> per-sequence sum / T
-        total = rec + self.config.beta_w * kl_w + self.config.beta_z * kl_z
+        c = self.config
+        rec = reconstruction_term(self.decoder_x, x, x_hat)
+        kl_w = kl_w_term(posterior.w, x.shape[1])
+        kl_z = kl_z_term(posterior.z, prior.z)
+        total = training_loss([rec], [(c.beta_w, kl_w), (c.beta_z, kl_z)], kl_weight)
         return DSAEOutput(x_hat, latents, posterior, prior, DSAEELBOTerms(total, rec, kl_w, kl_z))

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -97,3 +97,10 @@ def kl_divergence(q: DiagonalGaussian, p: DiagonalGaussian) -> Tensor:
     ratio = torch.exp(q.logvar - p.logvar)
     mahalanobis = (q.mean - p.mean).square() * torch.exp(-p.logvar)
     return 0.5 * (ratio + mahalanobis - 1.0 - (q.logvar - p.logvar)).sum(-1)
+
+
+def gaussian_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Small MLP whose output (..., 2 * out_dim) splits into a mean and a log-variance."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, 2 * out_dim)
+    )

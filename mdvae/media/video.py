@@ -19,8 +19,8 @@ import imageio_ffmpeg
 import numpy as np
 import soundfile
 
-from mdvae.audio import FPS, SAMPLE_RATE, peak_normalize, samples_for_frames
 from mdvae.errors import MDVAEError
+from mdvae.media.audio import FPS, SAMPLE_RATE, peak_normalize, samples_for_frames
 
 
 class MediaError(MDVAEError):

@@ -1,14 +1,6 @@
-"""The seed's experiments as functions, plus the disentanglement scores of the synthetic
-benchmark. `python -m train.evaluate` runs them all; each works on arrays, so a notebook
-can run one on its own.
-
-- `reconstruction`: held-out clips through the VQ-VAEs alone, the MDVAE and the DSAEs.
-- `denoising`: Gaussian noise on a face region of the 6 central frames of 10-frame
-  sequences, audio intact; encode, decode, PSNR / SSIM on the corrupted pixels.
-- `emotion_curve`: logistic regression on the posterior mean of w against the share of
-  labelled training clips.
-- `swap_study`, `generation_study`: judges (mdvae.judges) read the factors of decoded clips
-  whose latents were swapped between two clips, or drawn from the priors.
+"""The disentanglement scores of the synthetic benchmark: judges (`mdvae.eval.judges`) read
+the factors of decoded clips whose latents were swapped between two clips
+(`swap_study`), or drawn from the priors (`generation_study`).
 
 Follow / stay. For a swap that takes groups S from a source clip B into a target clip A,
 each factor of the decoded clip is compared with A's and B's ground truth, only where A and
@@ -21,8 +13,8 @@ A and B differ by at least the factor's margin. Shares are pooled over all score
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,14 +22,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from mdvae import metrics
-from mdvae.audio import log_spectral_distance
-from mdvae.codec import AVCodec
-from mdvae.dsae import DSAE
 from mdvae.errors import MDVAEError
-from mdvae.judges import MARGINS, Judge
-from mdvae.labels import EMOTIONS
-from mdvae.mdvae import MDVAE
+from mdvae.eval.experiments import Models, chunks, decode_features
+from mdvae.eval.judges import MARGINS, Judge
 
 # ---------------------------------------------------------------------------------------
 # Follow / stay scoring
@@ -199,297 +186,6 @@ def expected(factor: Factor, groups: Iterable[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Models
-
-
-@dataclass
-class Models:
-    """The parts of a bundle the protocols run; DSAEs are optional."""
-
-    codec: AVCodec
-    mdvae: MDVAE
-    dsae_audio: DSAE | None = None
-    dsae_visual: DSAE | None = None
-    heads: dict[str, torch.nn.Module] = field(default_factory=dict)  # bundle's emotion heads
-
-    @classmethod
-    def from_bundle(cls, bundle) -> Models:
-        def part(name):
-            return bundle[name].eval() if name in bundle else None
-
-        heads = {n: m.eval() for n, m in bundle.components.items() if n.startswith("emotion")}
-        return cls(
-            AVCodec(bundle.vq_audio, bundle.vq_visual),
-            bundle.mdvae.eval(),
-            part("dsae_audio"),
-            part("dsae_visual"),
-            heads,
-        )
-
-    @property
-    def device(self) -> torch.device:
-        return self.codec.device
-
-    def names(self) -> list[str]:
-        """The models to compare: the VQ-VAEs alone, the MDVAE and the DSAEs present."""
-        return ["vqvae", "mdvae"] + [
-            n for n in ("dsae_visual", "dsae_audio") if getattr(self, n) is not None
-        ]
-
-
-MODEL_TITLES = {
-    "noisy": "noisy input",
-    "vqvae": "VQ-VAE",
-    "mdvae": "MDVAE",
-    "dsae_visual": "V-DSAE",
-    "dsae_audio": "A-DSAE",
-}
-
-
-def _chunks(n: int, size: int) -> Iterable[slice]:
-    for lo in range(0, n, size):
-        yield slice(lo, min(n, lo + size))
-
-
-@torch.no_grad()
-def decode_features(
-    models: Models, x_a: Tensor | None, x_v: Tensor | None, frames: slice | np.ndarray = slice(None)
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Stage-2 features (B, T, D) -> frames (B, T', 64, 64, 3) at the `frames` indices only
-    (the VQ-VAE decoder is the costly part, and it works frame by frame) and power
-    (B, T, 513) at every frame."""
-    v = None if x_v is None else models.codec.decode_visual(x_v[:, frames])
-    a = None if x_a is None else models.codec.decode_audio(x_a)
-    return v, a
-
-
-@torch.no_grad()
-def model_outputs(
-    models: Models,
-    x_a: Tensor,
-    x_v: Tensor,
-    names: Sequence[str],
-    frames: slice | np.ndarray = slice(None),
-) -> dict[str, tuple[np.ndarray | None, np.ndarray | None]]:
-    """Decoded (frames, power) of each model for the same encoded clips x_a (B, T, 512),
-    x_v (B, T, 2048), with posterior means: "vqvae" (the features straight back through
-    the codebooks), "mdvae", "dsae_visual" (frames only), "dsae_audio" (power only)."""
-    out = {}
-    for name in names:
-        if name == "vqvae":
-            out[name] = decode_features(models, x_a, x_v, frames)
-        elif name == "mdvae":
-            x_a_hat, x_v_hat = models.mdvae.decode(models.mdvae.encode(x_a, x_v))
-            out[name] = decode_features(models, x_a_hat, x_v_hat, frames)
-        elif name == "dsae_visual":
-            dsae = models.dsae_visual
-            out[name] = decode_features(models, None, dsae.decode(dsae.encode(x_v)), frames)
-        elif name == "dsae_audio":
-            dsae = models.dsae_audio
-            out[name] = decode_features(models, dsae.decode(dsae.encode(x_a)), None, frames)
-        else:
-            raise MDVAEError(f"unknown model {name!r}")
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# Reconstruction
-
-
-def reconstruction(
-    models: Models,
-    frames: np.ndarray,
-    power: np.ndarray,
-    masks: dict[str, np.ndarray] | None = None,
-    *,
-    batch: int = 8,
-    show: bool = True,
-) -> dict[str, dict[str, float]]:
-    """Held-out clips (N, T, ...) through each model. Per model: visual PSNR (dB) and SSIM
-    over whole frames, PSNR over each region of `masks` (N, T, 64, 64), audio log-spectral
-    distance (dB); each computed per clip, then averaged over clips."""
-    names = models.names()
-    per_clip: dict[str, dict[str, list[float]]] = {n: {} for n in names}
-    for part in tqdm(list(_chunks(len(frames), batch)), desc="reconstruction", disable=not show):
-        x_a, x_v = models.codec.encode(frames[part], power[part])
-        for name, (v, a) in model_outputs(models, x_a, x_v, names).items():
-            row = per_clip[name]
-            for j, i in enumerate(range(part.start, part.stop)):
-                if v is not None:
-                    row.setdefault("psnr", []).append(metrics.psnr(frames[i], v[j]))
-                    row.setdefault("ssim", []).append(metrics.ssim_frames(frames[i], v[j]).mean())
-                    for region, mask in (masks or {}).items():
-                        row.setdefault(f"psnr_{region}", []).append(
-                            metrics.psnr(frames[i], v[j], mask[i])
-                        )
-                if a is not None:
-                    row.setdefault("lsd", []).append(log_spectral_distance(power[i], a[j]))
-    return {n: {k: float(np.mean(v)) for k, v in row.items()} for n, row in per_clip.items()}
-
-
-# ---------------------------------------------------------------------------------------
-# Denoising
-
-
-@dataclass
-class DenoisingResult:
-    """metric[region][sigma][model] = {"psnr": mean, "psnr_std", "ssim", "ssim_std"}."""
-
-    sigmas: list[float]
-    n_sequences: int
-    metric: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
-    examples: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"sigmas": self.sigmas, "n_sequences": self.n_sequences, "metric": self.metric}
-
-
-def denoising(
-    models: Models,
-    frames: np.ndarray,
-    power: np.ndarray,
-    masks: dict[str, np.ndarray],
-    sigmas: Sequence[float],
-    *,
-    seed: int = 0,
-    batch: int = 16,
-    show: bool = True,
-) -> DenoisingResult:
-    """The seed's protocol on sequences frames (N, 10, 64, 64, 3), power (N, 10, 513).
-
-    For each region mask (N, 10, 64, 64) and noise level sigma (in [0, 1] pixel units),
-    Gaussian noise is added inside the region on frames DENOISE_FRAMES (the 6 central
-    ones); audio stays intact. Every model encodes and decodes the corrupted sequence with
-    posterior means; PSNR and SSIM against the clean frames are computed over the corrupted
-    pixels (those frames x the region) per sequence, then averaged. The noisy input itself
-    is scored as the floor; sigma = 0 scores the models on clean input, their ceiling.
-    """
-    names = ["vqvae"] + (["dsae_visual"] if models.dsae_visual is not None else []) + ["mdvae"]
-    hit_frames = metrics.DENOISE_FRAMES
-    result = DenoisingResult([float(s) for s in sigmas], len(frames))
-    clean = frames[:, hit_frames]  # (N, 6, 64, 64, 3): only these frames are scored
-    steps = [(r, i, s) for r in masks for i, s in enumerate(sigmas)]
-    for region, si, sigma in tqdm(steps, desc="denoising", disable=not show):
-        mask = masks[region]
-        rng = np.random.default_rng([seed, sorted(masks).index(region), si])
-        noisy = np.stack(
-            [
-                metrics.corrupt_region(frames[i], mask[i], hit_frames, sigma, rng)
-                for i in range(len(frames))
-            ]
-        )
-        hit = np.asarray(mask, bool)[:, hit_frames]  # (N, 6, 64, 64)
-        outputs: dict[str, list[np.ndarray]] = {"noisy": [noisy[:, hit_frames]]}
-        for part in _chunks(len(frames), batch):
-            x_a, x_v = models.codec.encode(noisy[part], power[part])
-            for name, (v, _) in model_outputs(models, x_a, x_v, names, hit_frames).items():
-                outputs.setdefault(name, []).append(v)
-        row = {}
-        for name, parts in outputs.items():
-            if name == "noisy" and sigma == 0:
-                continue
-            est = np.concatenate(parts)
-            p = [metrics.psnr(clean[i], est[i], hit[i]) for i in range(len(est))]
-            s = [np.nanmean(metrics.ssim_frames(clean[i], est[i], hit[i])) for i in range(len(est))]
-            row[name] = {
-                "psnr": float(np.mean(p)),
-                "psnr_std": float(np.std(p)),
-                "ssim": float(np.mean(s)),
-                "ssim_std": float(np.std(s)),
-            }
-            result.examples.setdefault(region, {}).setdefault(f"{sigma:g}", {})[name] = est[0]
-        result.examples[region][f"{sigma:g}"]["clean"] = clean[0]
-        result.metric.setdefault(region, {})[f"{sigma:g}"] = row
-    return result
-
-
-# ---------------------------------------------------------------------------------------
-# Emotion recognition from w
-
-
-def draw_subsets(
-    labels: Sequence[str],
-    fraction: float,
-    draws: int,
-    rng: np.random.Generator,
-    *,
-    max_tries: int = 100,
-) -> list[np.ndarray]:
-    """`draws` random subsets of round(fraction * N) items (at least 2); a draw holding
-    fewer than two classes is redrawn. The full set is returned once, as every draw of it
-    would be the same."""
-    labels = np.asarray(labels)
-    n = len(labels)
-    size = max(2, int(round(fraction * n)))
-    if size >= n:
-        return [np.arange(n)] if len(set(labels.tolist())) >= 2 else []
-    subsets = []
-    for _ in range(draws):
-        for _ in range(max_tries):
-            idx = np.sort(rng.choice(n, size=size, replace=False))
-            if len(set(labels[idx].tolist())) >= 2:
-                subsets.append(idx)
-                break
-    return subsets
-
-
-def emotion_curve(
-    w_train: np.ndarray,
-    y_train: Sequence[str],
-    w_test: np.ndarray,
-    y_test: Sequence[str],
-    fractions: Sequence[float],
-    draws: int,
-    *,
-    seed: int = 0,
-    fit: Callable | None = None,
-) -> dict[str, Any]:
-    """Test accuracy of logistic regression on w against the share of labelled training
-    clips: per fraction the mean and std over draws, the clips used and each draw's
-    accuracy. `fit(features, labels)` returns a head (default `fit_emotion_head`)."""
-    from mdvae.emotion import fit_emotion_head
-
-    fit = fit or fit_emotion_head
-    rng = np.random.default_rng(seed)
-    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
-    truth = np.array([EMOTIONS.index(y) for y in y_test])
-    rows = []
-    for fraction in fractions:
-        accs = []
-        subsets = draw_subsets(y_train, fraction, draws, rng)
-        for idx in subsets:
-            head = fit(w_train[idx], list(y_train[idx]))
-            with torch.no_grad():
-                pred = head(torch.as_tensor(w_test)).argmax(-1).numpy()
-            accs.append(float((pred == truth).mean()))
-        rows.append(
-            {
-                "fraction": float(fraction),
-                "n_clips": int(len(subsets[0])) if subsets else 0,
-                "draws": len(accs),
-                "mean": float(np.mean(accs)) if accs else float("nan"),
-                "std": float(np.std(accs)) if accs else float("nan"),
-                "accuracies": accs,
-            }
-        )
-    return {"curve": rows}
-
-
-@torch.no_grad()
-def encode_either(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor):
-    """Posterior means of an MDVAE (both streams) or a DSAE (its own stream) for clips
-    x_a (B, T, 512), x_v (B, T, 2048)."""
-    if isinstance(model, DSAE):
-        return model.encode(x_a if model.config.modality == "audio" else x_v)
-    return model.encode(x_a, x_v)
-
-
-def static_means(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor) -> np.ndarray:
-    """Posterior means of w for clips x_a (B, T, 512), x_v (B, T, 2048): (B, Lw)."""
-    return encode_either(model, x_a, x_v).w.cpu().numpy()
-
-
-# ---------------------------------------------------------------------------------------
 # Swaps and generation, read by judges
 
 
@@ -546,7 +242,7 @@ def swap_study(
     example: dict[str, np.ndarray] = {}
     n_pairs, n_frames = data.x_a_a.shape[:2]
     t = np.arange(0, n_frames, visual_stride)
-    for part in tqdm(list(_chunks(n_pairs, batch)), desc="swaps", disable=not show):
+    for part in tqdm(list(chunks(n_pairs, batch)), desc="swaps", disable=not show):
         lat_a = models.mdvae.encode(data.x_a_a[part], data.x_v_a[part])
         lat_b = models.mdvae.encode(data.x_a_b[part], data.x_v_b[part])
         for swap, groups in swaps.items():
@@ -622,7 +318,7 @@ def generation_study(
     n_frames = x_a.shape[1]
     t = np.arange(0, n_frames, visual_stride)
     read: dict[str, list] = {"clean": [], "reconstruction": [], "given_w": [], "prior": []}
-    for part in tqdm(list(_chunks(len(x_a), batch)), desc="generation", disable=not show):
+    for part in tqdm(list(chunks(len(x_a), batch)), desc="generation", disable=not show):
         lat = models.mdvae.encode(x_a[part], x_v[part])
         n = lat.z_av.shape[0]
         read["clean"] += read_media(judges, frames[part][:, t], power[part], t)

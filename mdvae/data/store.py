@@ -29,10 +29,8 @@ import json
 import logging
 import os
 import platform
-import queue
 import re
 import shutil
-import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -52,7 +50,7 @@ except ImportError:  # pragma: no cover - Windows
 FORMAT = "vq-mdvae-store"
 VERSION = 1
 FRAME_SHAPE: tuple[int, int, int] = (64, 64, 3)
-# Same as mdvae.audio.N_BINS (n_fft 1024); repeated here so reading a store does not
+# Same as mdvae.media.audio.N_BINS (n_fft 1024); repeated here so reading a store does not
 # import torchaudio.
 POWER_BINS = 513
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -636,6 +634,15 @@ class Store:
             )
         return index, counts, cumulative
 
+    def window_starts(self, split: str, T: int) -> np.ndarray:
+        """Global frame index of the first frame of every T-frame window of the split, in
+        table order: the windows `sample_windows` draws from, as rows of the store's arrays
+        (and of its cached features)."""
+        index, counts, _ = self._require_windows(split, T)
+        return np.concatenate(
+            [np.arange(self.clips[i].start, self.clips[i].start + n) for i, n in zip(index, counts)]
+        )
+
     def sample_windows(
         self, split: str, T: int, batch_size: int, rng: np.random.Generator
     ) -> dict[str, Any]:
@@ -689,20 +696,6 @@ class Store:
             "emotion": self._emotion[clips],
             "level": self._level[clips],
         }
-
-    def window_iterator(
-        self, split: str, T: int, batch_size: int, *, seed: int | None = None, prefetch: int = 4
-    ) -> WindowIterator:
-        """An endless iterator of :meth:`sample_windows` batches, filled by a thread.
-
-        Copying from the memmaps releases the GIL, so batches are ready before a training
-        step asks for them. Give each data-parallel rank its own ``seed``. Close it (or use
-        it as a context manager) to stop the thread.
-        """
-        self._require_windows(split, T)  # fail here, not in the thread
-        return WindowIterator(
-            lambda rng: self.sample_windows(split, T, batch_size, rng), seed, prefetch
-        )
 
     # -- cached features -------------------------------------------------------------------
 
@@ -839,58 +832,3 @@ def _check_key(key: str) -> None:
             f"feature key {key!r}: use up to 128 letters, digits, '_', '-' or '.' "
             "(e.g. a hash of the stage-1 weights)"
         )
-
-
-class WindowIterator:
-    """Endless batches from ``sample(rng)`` computed ahead by a daemon thread."""
-
-    def __init__(self, sample: Any, seed: int | None, prefetch: int) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(sample, np.random.default_rng(seed)), daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, sample: Any, rng: np.random.Generator) -> None:
-        while not self._stop.is_set():
-            try:
-                item = sample(rng)
-            except BaseException as err:  # handed to the consumer, which raises it
-                item = err
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, BaseException):
-                return
-
-    def __iter__(self) -> WindowIterator:
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        if self._stop.is_set():
-            raise StopIteration
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            self.close()
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._queue.get_nowait()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> WindowIterator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self._stop.set()

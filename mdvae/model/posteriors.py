@@ -1,17 +1,15 @@
-"""The recurrent factors of the dynamical VAEs, one class per probabilistic component.
+"""The posteriors (inference model) of the dynamical VAEs, one class per component.
 
 - `StaticPosterior`      q(w | x_1:T): from the summaries of the whole sequence.
 - `BackwardSummary`      g_t = f(x_t:T): an LSTM run backwards in time (smoothing posteriors).
 - `FrameSummary`         g_t = f(x_t): the per-frame alternative (filtering posteriors).
-- `AutoregressivePrior`  p(z_t | z_1:t-1): an LSTM over the past z, zero initial state.
 - `PosteriorRecurrence`  q(z_t | z_1:t-1, c_t): a forward recurrence over the *sampled* z,
   where c_t gathers everything else the factor conditions on (summaries of x_t:T, w,
   z_av_t), all known before the recurrence starts.
 
-Only `PosteriorRecurrence` (and ancestral sampling from the prior) steps through time in
-Python, because z_t is drawn from a distribution that depends on z_t-1. Everything else
-is one fused call over whole sequences: the prior over an already sampled sequence is the
-LSTM run on the sequence shifted by one frame.
+Only `PosteriorRecurrence` steps through time in Python, because z_t is drawn from a
+distribution that depends on z_t-1; the summaries are one fused call over whole
+sequences. The priors are in `mdvae.model.priors`.
 
 Cell types are chosen for speed: whole-sequence recurrences are LSTMs because PyTorch runs
 them as one fused oneDNN (CPU) or cuDNN (GPU) kernel per direction, where a GRU on CPU is
@@ -23,17 +21,9 @@ share one loop (`run_posteriors`).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mdvae.gaussian import DiagonalGaussian, at_least_float32
-
-
-def gaussian_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """Small MLP whose output (..., 2 * out_dim) splits into a mean and a log-variance."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, 2 * out_dim)
-    )
+from mdvae.model.gaussian import DiagonalGaussian, at_least_float32, gaussian_head
 
 
 class StaticPosterior(nn.Module):
@@ -88,44 +78,6 @@ def make_summary(kind: str, in_dim: int, hidden_dim: int) -> BackwardSummary | F
     if kind == "filtering":
         return FrameSummary(in_dim, hidden_dim)
     raise ValueError(f"unknown posterior kind {kind!r}; use 'smoothing' or 'filtering'")
-
-
-class AutoregressivePrior(nn.Module):
-    """p(z_t | z_1:t-1) = N(mu(h_t), diag(sigma^2(h_t))), h_t = LSTM(z_1:t-1), h_1 from z_0 = 0.
-
-    The state starts at zero and the first input is a zero vector, so p(z_1) is a learned
-    Gaussian (through the biases) like every later step.
-    """
-
-    def __init__(self, z_dim: int, hidden_dim: int):
-        super().__init__()
-        self.rnn = nn.LSTM(z_dim, hidden_dim, batch_first=True)
-        self.head = gaussian_head(hidden_dim, hidden_dim, z_dim)
-        self.z_dim = z_dim
-
-    def forward(self, z: Tensor) -> DiagonalGaussian:
-        """p(z_t | z_1:t-1) for every t of a given sequence z (B, T, L), in one LSTM call."""
-        z_prev = F.pad(z[:, :-1], (0, 0, 1, 0))  # (B, T, L): z_0 = 0, z_1, ..., z_T-1
-        h, _ = self.rnn(z_prev)  # (B, T, H): h[:, t] has seen z_0..z_t-1
-        return DiagonalGaussian.from_params(self.head(h))
-
-    def sample(
-        self, batch: int, n_frames: int, *, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, DiagonalGaussian]:
-        """Ancestral sampling z_t ~ p(z_t | z_1:t-1): z (B, T, L) and the priors it used."""
-        weight = self.head[0].weight
-        z_prev = weight.new_zeros(batch, 1, self.z_dim)  # (B, 1, L)
-        state = None
-        zs, means, logvars = [], [], []
-        for _ in range(n_frames):
-            h, state = self.rnn(z_prev, state)  # (B, 1, H)
-            step = DiagonalGaussian.from_params(self.head(h[:, 0]))
-            z_t = step.rsample(generator=generator)  # (B, L)
-            zs.append(z_t)
-            means.append(step.mean)
-            logvars.append(step.logvar)
-            z_prev = z_t.unsqueeze(1)
-        return torch.stack(zs, 1), DiagonalGaussian(torch.stack(means, 1), torch.stack(logvars, 1))
 
 
 class PosteriorRecurrence(nn.Module):

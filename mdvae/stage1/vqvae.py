@@ -31,10 +31,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from mdvae.bundle import register_component
 from mdvae.config import ConfigBase
 from mdvae.errors import ConfigError
-from mdvae.quantizer import EMAVectorQuantizer, QuantizerOutput
+from mdvae.stage1.quantizer import EMAVectorQuantizer, QuantizerOutput
 
 MODALITIES = ("visual", "audio")
 IMAGE_SIZE = 64  # visual input is IMAGE_SIZE x IMAGE_SIZE RGB
@@ -231,7 +230,6 @@ def _decoder(
     )
 
 
-@register_component
 class VQVAE(nn.Module):
     """VQ-VAE for the modality of its config (see the module docstring for shapes)."""
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mdvae.vqvae import VQVAE, frames_to_input, output_to_frames
+from mdvae.stage1.vqvae import VQVAE, frames_to_input, output_to_frames
 
 
 class AVCodec:

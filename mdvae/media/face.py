@@ -28,9 +28,9 @@ import numpy as np
 from scipy.ndimage import median_filter
 from scipy.signal import savgol_filter
 
-from mdvae.audio import FPS
 from mdvae.errors import MDVAEError
-from mdvae.media import MediaError
+from mdvae.media.audio import FPS
+from mdvae.media.video import MediaError
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,2 @@
+"""Training data: the preprocessed store, the dataset sources (MEAD, RAVDESS, folders of
+videos) and the synthetic benchmark."""

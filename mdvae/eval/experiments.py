@@ -1,0 +1,327 @@
+"""The seed's experiments as functions. `python -m train.evaluate` runs them all; each works
+on arrays, so a notebook can run one on its own.
+
+- `reconstruction`: held-out clips through the VQ-VAEs alone, the MDVAE and the DSAEs.
+- `denoising`: Gaussian noise on a face region of the 6 central frames of 10-frame
+  sequences, audio intact; encode, decode, PSNR / SSIM on the corrupted pixels.
+- `emotion_curve`: logistic regression on the posterior mean of w against the share of
+  labelled training clips.
+
+The models compared are those of `mdvae.components.COMPARED`; the disentanglement scores
+of the synthetic benchmark are in `mdvae.eval.disentanglement`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from mdvae.components import (
+    COMPARED,
+    DENOISERS,
+    DSAE_AUDIO,
+    DSAE_VISUAL,
+    EMOTION_READERS,
+    MDVAE_MODEL,
+    VQ_AUDIO,
+    VQ_VISUAL,
+    available,
+    reconstruct,
+)
+from mdvae.errors import MDVAEError
+from mdvae.eval import metrics
+from mdvae.labels import EMOTIONS
+from mdvae.media.audio import log_spectral_distance
+from mdvae.model.dsae import DSAE
+from mdvae.model.mdvae import MDVAE
+from mdvae.stage1.codec import AVCodec
+
+# ---------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass
+class Models:
+    """The parts of a bundle the protocols run; DSAEs are optional."""
+
+    codec: AVCodec
+    mdvae: MDVAE
+    dsae_audio: DSAE | None = None
+    dsae_visual: DSAE | None = None
+    heads: dict[str, torch.nn.Module] = field(default_factory=dict)  # bundle's emotion heads
+
+    @classmethod
+    def from_bundle(cls, bundle) -> Models:
+        def part(name):
+            return bundle[name].eval() if name in bundle else None
+
+        heads = {
+            r.head: bundle[r.head].eval() for r in EMOTION_READERS.values() if r.head in bundle
+        }
+        return cls(
+            AVCodec(bundle[VQ_AUDIO], bundle[VQ_VISUAL]),
+            bundle[MDVAE_MODEL].eval(),
+            part(DSAE_AUDIO),
+            part(DSAE_VISUAL),
+            heads,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.codec.device
+
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:
+        """The stage-2 models present, by bundle component name."""
+        models = {MDVAE_MODEL: self.mdvae, DSAE_AUDIO: self.dsae_audio}
+        models[DSAE_VISUAL] = self.dsae_visual
+        return {name: model for name, model in models.items() if model is not None}
+
+    def names(self) -> list[str]:
+        """The models to compare: the VQ-VAEs alone, the MDVAE and the DSAEs present."""
+        return available(COMPARED, self.components)
+
+
+MODEL_TITLES = {"noisy": "noisy input", **{name: c.title for name, c in COMPARED.items()}}
+
+
+def chunks(n: int, size: int) -> Iterable[slice]:
+    for lo in range(0, n, size):
+        yield slice(lo, min(n, lo + size))
+
+
+@torch.no_grad()
+def decode_features(
+    models: Models, x_a: Tensor | None, x_v: Tensor | None, frames: slice | np.ndarray = slice(None)
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Stage-2 features (B, T, D) -> frames (B, T', 64, 64, 3) at the `frames` indices only
+    (the VQ-VAE decoder is the costly part, and it works frame by frame) and power
+    (B, T, 513) at every frame."""
+    v = None if x_v is None else models.codec.decode_visual(x_v[:, frames])
+    a = None if x_a is None else models.codec.decode_audio(x_a)
+    return v, a
+
+
+@torch.no_grad()
+def model_outputs(
+    models: Models,
+    x_a: Tensor,
+    x_v: Tensor,
+    names: Sequence[str],
+    frames: slice | np.ndarray = slice(None),
+) -> dict[str, tuple[np.ndarray | None, np.ndarray | None]]:
+    """Decoded (frames, power) of each model of `mdvae.components.COMPARED` for the same
+    encoded clips x_a (B, T, 512), x_v (B, T, 2048), with posterior means: "vqvae" (the
+    features straight back through the codebooks), "mdvae", "dsae_visual" (frames only),
+    "dsae_audio" (power only)."""
+    out = {}
+    for name in names:
+        if name not in COMPARED:
+            raise MDVAEError(f"unknown model {name!r}")
+        out[name] = decode_features(
+            models, *reconstruct(name, models.components, x_a, x_v), frames
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Reconstruction
+
+
+def reconstruction(
+    models: Models,
+    frames: np.ndarray,
+    power: np.ndarray,
+    masks: dict[str, np.ndarray] | None = None,
+    *,
+    batch: int = 8,
+    show: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Held-out clips (N, T, ...) through each model. Per model: visual PSNR (dB) and SSIM
+    over whole frames, PSNR over each region of `masks` (N, T, 64, 64), audio log-spectral
+    distance (dB); each computed per clip, then averaged over clips."""
+    names = models.names()
+    per_clip: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    for part in tqdm(list(chunks(len(frames), batch)), desc="reconstruction", disable=not show):
+        x_a, x_v = models.codec.encode(frames[part], power[part])
+        for name, (v, a) in model_outputs(models, x_a, x_v, names).items():
+            row = per_clip[name]
+            for j, i in enumerate(range(part.start, part.stop)):
+                if v is not None:
+                    row.setdefault("psnr", []).append(metrics.psnr(frames[i], v[j]))
+                    row.setdefault("ssim", []).append(metrics.ssim_frames(frames[i], v[j]).mean())
+                    for region, mask in (masks or {}).items():
+                        row.setdefault(f"psnr_{region}", []).append(
+                            metrics.psnr(frames[i], v[j], mask[i])
+                        )
+                if a is not None:
+                    row.setdefault("lsd", []).append(log_spectral_distance(power[i], a[j]))
+    return {n: {k: float(np.mean(v)) for k, v in row.items()} for n, row in per_clip.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Denoising
+
+
+@dataclass
+class DenoisingResult:
+    """metric[region][sigma][model] = {"psnr": mean, "psnr_std", "ssim", "ssim_std"}."""
+
+    sigmas: list[float]
+    n_sequences: int
+    metric: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
+    examples: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"sigmas": self.sigmas, "n_sequences": self.n_sequences, "metric": self.metric}
+
+
+def denoising(
+    models: Models,
+    frames: np.ndarray,
+    power: np.ndarray,
+    masks: dict[str, np.ndarray],
+    sigmas: Sequence[float],
+    *,
+    seed: int = 0,
+    batch: int = 16,
+    show: bool = True,
+) -> DenoisingResult:
+    """The seed's protocol on sequences frames (N, 10, 64, 64, 3), power (N, 10, 513).
+
+    For each region mask (N, 10, 64, 64) and noise level sigma (in [0, 1] pixel units),
+    Gaussian noise is added inside the region on frames DENOISE_FRAMES (the 6 central
+    ones); audio stays intact. Every model encodes and decodes the corrupted sequence with
+    posterior means; PSNR and SSIM against the clean frames are computed over the corrupted
+    pixels (those frames x the region) per sequence, then averaged. The noisy input itself
+    is scored as the floor; sigma = 0 scores the models on clean input, their ceiling.
+    """
+    names = available(DENOISERS, models.components)
+    hit_frames = metrics.DENOISE_FRAMES
+    result = DenoisingResult([float(s) for s in sigmas], len(frames))
+    clean = frames[:, hit_frames]  # (N, 6, 64, 64, 3): only these frames are scored
+    steps = [(r, i, s) for r in masks for i, s in enumerate(sigmas)]
+    for region, si, sigma in tqdm(steps, desc="denoising", disable=not show):
+        mask = masks[region]
+        rng = np.random.default_rng([seed, sorted(masks).index(region), si])
+        noisy = np.stack(
+            [
+                metrics.corrupt_region(frames[i], mask[i], hit_frames, sigma, rng)
+                for i in range(len(frames))
+            ]
+        )
+        hit = np.asarray(mask, bool)[:, hit_frames]  # (N, 6, 64, 64)
+        outputs: dict[str, list[np.ndarray]] = {"noisy": [noisy[:, hit_frames]]}
+        for part in chunks(len(frames), batch):
+            x_a, x_v = models.codec.encode(noisy[part], power[part])
+            for name, (v, _) in model_outputs(models, x_a, x_v, names, hit_frames).items():
+                outputs.setdefault(name, []).append(v)
+        row = {}
+        for name, parts in outputs.items():
+            if name == "noisy" and sigma == 0:
+                continue
+            est = np.concatenate(parts)
+            p = [metrics.psnr(clean[i], est[i], hit[i]) for i in range(len(est))]
+            s = [np.nanmean(metrics.ssim_frames(clean[i], est[i], hit[i])) for i in range(len(est))]
+            row[name] = {
+                "psnr": float(np.mean(p)),
+                "psnr_std": float(np.std(p)),
+                "ssim": float(np.mean(s)),
+                "ssim_std": float(np.std(s)),
+            }
+            result.examples.setdefault(region, {}).setdefault(f"{sigma:g}", {})[name] = est[0]
+        result.examples[region][f"{sigma:g}"]["clean"] = clean[0]
+        result.metric.setdefault(region, {})[f"{sigma:g}"] = row
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Emotion recognition from w
+
+
+def draw_subsets(
+    labels: Sequence[str],
+    fraction: float,
+    draws: int,
+    rng: np.random.Generator,
+    *,
+    max_tries: int = 100,
+) -> list[np.ndarray]:
+    """`draws` random subsets of round(fraction * N) items (at least 2); a draw holding
+    fewer than two classes is redrawn. The full set is returned once, as every draw of it
+    would be the same."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    size = max(2, int(round(fraction * n)))
+    if size >= n:
+        return [np.arange(n)] if len(set(labels.tolist())) >= 2 else []
+    subsets = []
+    for _ in range(draws):
+        for _ in range(max_tries):
+            idx = np.sort(rng.choice(n, size=size, replace=False))
+            if len(set(labels[idx].tolist())) >= 2:
+                subsets.append(idx)
+                break
+    return subsets
+
+
+def emotion_curve(
+    w_train: np.ndarray,
+    y_train: Sequence[str],
+    w_test: np.ndarray,
+    y_test: Sequence[str],
+    fractions: Sequence[float],
+    draws: int,
+    *,
+    seed: int = 0,
+    fit: Callable | None = None,
+) -> dict[str, Any]:
+    """Test accuracy of logistic regression on w against the share of labelled training
+    clips: per fraction the mean and std over draws, the clips used and each draw's
+    accuracy. `fit(features, labels)` returns a head (default `fit_emotion_head`)."""
+    from mdvae.model.emotion import fit_emotion_head
+
+    fit = fit or fit_emotion_head
+    rng = np.random.default_rng(seed)
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    truth = np.array([EMOTIONS.index(y) for y in y_test])
+    rows = []
+    for fraction in fractions:
+        accs = []
+        subsets = draw_subsets(y_train, fraction, draws, rng)
+        for idx in subsets:
+            head = fit(w_train[idx], list(y_train[idx]))
+            with torch.no_grad():
+                pred = head(torch.as_tensor(w_test)).argmax(-1).numpy()
+            accs.append(float((pred == truth).mean()))
+        rows.append(
+            {
+                "fraction": float(fraction),
+                "n_clips": int(len(subsets[0])) if subsets else 0,
+                "draws": len(accs),
+                "mean": float(np.mean(accs)) if accs else float("nan"),
+                "std": float(np.std(accs)) if accs else float("nan"),
+                "accuracies": accs,
+            }
+        )
+    return {"curve": rows}
+
+
+@torch.no_grad()
+def encode_either(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor):
+    """Posterior means of an MDVAE (both streams) or a DSAE (its own stream) for clips
+    x_a (B, T, 512), x_v (B, T, 2048)."""
+    if isinstance(model, DSAE):
+        return model.encode(x_a if model.config.modality == "audio" else x_v)
+    return model.encode(x_a, x_v)
+
+
+def static_means(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor) -> np.ndarray:
+    """Posterior means of w for clips x_a (B, T, 512), x_v (B, T, 2048): (B, Lw)."""
+    return encode_either(model, x_a, x_v).w.cpu().numpy()

@@ -1,0 +1,112 @@
+"""The observation model p(x_t | latents_t) of MDVAE and DSAE, and the per-frame nets.
+
+Everything here acts on each frame independently, so it always runs batched over all
+(B * T) frames: feature MLPs, the Gaussian decoder and its negative log-likelihood, and
+the check that an observed sequence has the shape the model reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from mdvae.errors import MDVAEError
+from mdvae.model.gaussian import LOG_2PI, at_least_float32
+
+
+def mlp(dims: Sequence[int], *, final_activation: bool = False) -> nn.Sequential:
+    """Linear layers dims[0] -> dims[1] -> ... with SiLU between them (and after the last
+    one when `final_activation`, for feature extractors whose output feeds other nets)."""
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(d_in, d_out))
+        if i < len(dims) - 2 or final_activation:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+class GaussianDecoder(nn.Module):
+    """p(x_t | latents_t) = N(x_t; mu(latents_t), diag(sigma^2)), one frame at a time.
+
+    The mean comes from an MLP; the variance is one log-variance per output dimension,
+    shared by all frames (learned unless `learn_logvar` is False). A learned variance makes
+    the reconstruction term a real log-likelihood whose scale follows the data: the two
+    streams (512 and 2048 numbers of different ranges) weigh in the ELBO by how well they
+    can be predicted, not by their raw units. The floor `logvar_min` keeps the likelihood
+    from running off to infinity on dimensions the model fits almost exactly.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        *,
+        logvar_init: float = 0.0,
+        learn_logvar: bool = True,
+        logvar_min: float = -6.0,
+    ):
+        super().__init__()
+        self.mean_net = mlp([in_dim, hidden_dim, hidden_dim, out_dim])
+        self.logvar = nn.Parameter(torch.full((out_dim,), logvar_init), requires_grad=learn_logvar)
+        self.logvar_min = logvar_min
+
+    def forward(self, latents_t: Tensor) -> Tensor:
+        """(B, T, in_dim) -> mean of x_t, (B, T, out_dim)."""
+        return self.mean_net(latents_t)
+
+    def negative_log_likelihood(self, x: Tensor, mean: Tensor) -> Tensor:
+        """-log p(x_1:T | latents) per sequence, summed over frames and dimensions: (B,).
+
+        Computed in at least float32 even under autocast: these are sums of many terms.
+        """
+        logvar = self.logvar.clamp(min=self.logvar_min)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return GaussianNLL.apply(at_least_float32(x), at_least_float32(mean), logvar)
+
+
+class GaussianNLL(torch.autograd.Function):
+    """-sum_t,d log N(x_btd; mean_btd, exp(logvar_d)) per sequence b, with its gradient.
+
+    The same numbers as autograd through the formula, in fewer passes over the (B, T, D)
+    tensors, which for the 2048-dimensional visual stream are the largest of a training
+    step: squared errors are summed over time before meeting the per-dimension precision,
+    and the backward pass writes the mean's gradient in one product.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+        n_frames, dim = x.shape[1], x.shape[2]
+        diff = mean - x  # (B, T, D)
+        precision = torch.exp(-logvar)  # (D,)
+        sq = diff.square().sum(1)  # (B, D)
+        ctx.save_for_backward(diff, precision, sq)
+        ctx.n_frames = n_frames
+        return 0.5 * (sq @ precision + n_frames * (logvar.sum() + dim * LOG_2PI))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # grad (B,)
+        diff, precision, sq = ctx.saved_tensors
+        grad_x = grad_mean = grad_logvar = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            grad_mean = diff * (grad[:, None, None] * precision)  # (B, T, D)
+            grad_x = -grad_mean if ctx.needs_input_grad[0] else None
+        if ctx.needs_input_grad[2]:
+            weighted = (grad[:, None] * sq).sum(0) * precision  # (D,)
+            grad_logvar = 0.5 * (ctx.n_frames * grad.sum() - weighted)
+        return grad_x, grad_mean, grad_logvar
+
+
+def check_sequence(name: str, x: Tensor, dim: int) -> None:
+    """Refuse anything but a float (B, T, dim) sequence with T >= 1, naming the input."""
+    if x.dim() != 3 or x.shape[-1] != dim or x.shape[1] < 1:
+        raise MDVAEError(
+            f"{name} must be a (batch, frames, {dim}) tensor of per-frame features, "
+            f"got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise MDVAEError(f"{name} must be a floating-point tensor, got {x.dtype}")
