@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from mdvae import diagnostics as diag
-from mdvae.dsae import DSAE, DSAEConfig
-from mdvae.gaussian import DiagonalGaussian, kl_divergence
-from mdvae.mdvae import MDVAE, MDVAEConfig
+from mdvae.eval import diagnostics as diag
+from mdvae.model.dsae import DSAE, DSAEConfig
+from mdvae.model.gaussian import DiagonalGaussian, kl_divergence
+from mdvae.model.mdvae import MDVAE, MDVAEConfig
 
 TINY = dict(w_dim=6, z_av_dim=3, z_a_dim=2, z_v_dim=2, feature_dim=16, audio_hidden=16,
             visual_hidden=16, rnn_dim=8, z_rnn_dim=8, audio_dim=12, visual_dim=20)
@@ -83,3 +85,42 @@ def test_probes_read_a_separable_label_and_not_noise():
     assert out["w"]["emotion"] == 1.0
     assert out["z"]["emotion"] < 0.8
     assert set(out) == {"w", "z", "all"}
+
+
+def test_feature_means_average_each_clip_over_its_own_frames():
+    from types import SimpleNamespace
+
+    audio = np.arange(20, dtype=np.float16)[:, None].repeat(3, 1)
+    visual = -np.arange(20, dtype=np.float16)[:, None].repeat(5, 1)
+    clips = [SimpleNamespace(start=0, length=4), SimpleNamespace(start=10, length=10)]
+    means = diag.feature_means(audio, visual, clips)
+    assert means["audio"].shape == (2, 3) and means["visual"].shape == (2, 5)
+    np.testing.assert_allclose(means["audio"][:, 0], [1.5, 14.5])
+    np.testing.assert_allclose(means["visual"][:, 0], [-1.5, -14.5])
+
+
+def test_diagnose_program_reports_every_group_of_a_bundle(tiny_bundle, tiny_store, tmp_path,
+                                                          capsys):
+    from train import diagnose
+
+    out = tmp_path / "diag.json"
+    result = diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),
+                            "--held-split", "test", "--feature-probes", "--json", str(out)])
+    assert [g.name for g in result.groups] == ["w", "z_av", "z_a", "z_v"]
+    assert result.clips == 4  # the one test speaker's 4 clips
+    # one held-out speaker: no speaker probe can be fitted, and the report says NaN
+    assert np.isnan(result.groups[0].probes["speaker"])
+    assert 0.0 <= result.groups[0].probes["emotion"] <= 1.0
+    assert set(result.feature_probes) == {"audio", "visual", "both"}
+    text = capsys.readouterr().out
+    assert "KL t=1" in text and "moves visual" in text
+    assert json.loads(out.read_text())["model"] == "MDVAE"
+
+
+def test_diagnose_refuses_an_unknown_split(tiny_bundle, tiny_store):
+    from mdvae.errors import MDVAEError
+    from train import diagnose
+
+    with pytest.raises(MDVAEError, match="is not one of"):
+        diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),
+                       "--held-split", "nonexistent"])

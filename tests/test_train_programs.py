@@ -218,18 +218,6 @@ def test_emotion_group_probes_find_the_group_that_holds_the_emotion():
     assert acc["w"] < 0.3, acc  # chance is 1/8
 
 
-def test_feature_means_average_each_clip_over_its_own_frames():
-    from types import SimpleNamespace
-
-    audio = np.arange(20, dtype=np.float16)[:, None].repeat(3, 1)
-    visual = -np.arange(20, dtype=np.float16)[:, None].repeat(5, 1)
-    clips = [SimpleNamespace(start=0, length=4), SimpleNamespace(start=10, length=10)]
-    means = emotion.feature_means(audio, visual, clips)
-    assert means["audio"].shape == (2, 3) and means["visual"].shape == (2, 5)
-    np.testing.assert_allclose(means["audio"][:, 0], [1.5, 14.5])
-    np.testing.assert_allclose(means["visual"][:, 0], [-1.5, -14.5])
-
-
 def test_decoder_variances_start_at_the_features_variances():
     from mdvae.model.dsae import DSAE, DSAEConfig
     from mdvae.model.mdvae import MDVAE, MDVAEConfig

@@ -5,7 +5,7 @@ each dimension's variance, how far each decoder's output moves (nats per frame) 
 group alone is swapped with another speaker's clip, and linear probes of emotion (fitted
 on training speakers, scored on held-out ones) and speaker (within held-out speakers) on
 the group's clip means; per stream, the reconstruction term and the learned
-log-variances against the residuals'. See `mdvae/diagnostics.py` for the definitions.
+log-variances against the residuals'. See `mdvae/eval/diagnostics.py` for the definitions.
 
     python -m train.diagnose --bundle checkpoints --store data/synth200
     python -m train.diagnose --run runs/mdvae --vq-visual runs/vq_visual \\
@@ -24,16 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from mdvae import diagnostics as diag
 from mdvae.bundle import load_bundle
+from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
-from mdvae.store import Store
-from train.emotion import feature_means, labelled, load_stage2
-from train.stage2 import cached_features, load_stage1
-
-CHUNK = 64  # training clips encoded at once
+from mdvae.eval import diagnostics as diag
+from mdvae.eval.diagnostics import feature_means, labelled
+from train.runs import cached_features, load_stage1, load_stage2
 
 
 def _stack(stream: np.ndarray, clips: list, n_frames: int) -> torch.Tensor:
@@ -51,14 +48,7 @@ def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
     groups, streams, held = diag.measure(
         model, _stack(held_audio, held_clips, n_frames), _stack(held_visual, held_clips, n_frames),
         partner=diag.partners(speakers))
-    train_means: dict[str, list] = {}
-    for lo in tqdm(range(0, len(train_clips), CHUNK), desc="training clips", disable=not show):
-        chunk = train_clips[lo:lo + CHUNK]
-        t = min(c.length for c in chunk)
-        for k, v in diag.group_means(model, _stack(audio, chunk, t),
-                                     _stack(visual, chunk, t)).items():
-            train_means.setdefault(k, []).append(v)
-    train = {k: np.concatenate(v) for k, v in train_means.items()}
+    train = diag.clip_means(model, audio, visual, train_clips, show=show)
     probes = diag.probe_groups(train, [c.emotion for c in train_clips], held,
                                [c.emotion for c in held_clips], speakers)
     for g in groups:

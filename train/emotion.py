@@ -20,35 +20,17 @@ import argparse
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mdvae.bundle import save_bundle
 from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, EMOTION_READERS, MDVAE_MODEL
 from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
-from mdvae.eval.experiments import encode_either
+from mdvae.eval.diagnostics import clip_means, feature_means, labelled
 from mdvae.model.emotion import fit_emotion_head
 from train.runs import cached_features, load_stage1, load_stage2
 
 # bundle component name of each head -> the stage-2 model whose w it reads
 HEADS = {r.head: r.model for r in EMOTION_READERS.values()}
-
-
-@torch.no_grad()
-def clip_means(model: torch.nn.Module, audio: np.ndarray, visual: np.ndarray,
-               clips: list, *, show: bool = True) -> dict[str, np.ndarray]:
-    """Per whole clip, each latent group's posterior mean: w as it is, the dynamical groups
-    (z_av, z_a, z_v; a DSAE's z) averaged over time. {group: (N, L)}; MDVAE or DSAE."""
-    out: dict[str, list[np.ndarray]] = {}
-    for clip in tqdm(clips, desc="encoding", disable=not show, leave=False):
-        rows = slice(clip.start, clip.start + clip.length)
-        x_a = torch.from_numpy(np.asarray(audio[rows], np.float32))[None]  # (1, T, 512)
-        x_v = torch.from_numpy(np.asarray(visual[rows], np.float32))[None]  # (1, T, 2048)
-        latents = encode_either(model, x_a, x_v)
-        for name in latents.group_names():
-            value = getattr(latents, name)[0]
-            out.setdefault(name, []).append((value if name == "w" else value.mean(0)).numpy())
-    return {name: np.stack(values) for name, values in out.items()}
 
 
 def accuracy(head, features: np.ndarray, clips: list) -> float:
@@ -67,19 +49,6 @@ def probe_groups(train: dict[str, np.ndarray], train_clips: list,
     labels = [clip.emotion for clip in train_clips]
     return {name: accuracy(fit_emotion_head(train[name], labels, c=c), test[name], test_clips)
             for name in train}
-
-
-def feature_means(audio: np.ndarray, visual: np.ndarray, clips: list) -> dict[str, np.ndarray]:
-    """Per clip, the time average of the stage-1 features stage 2 is given:
-    {"audio": (N, 512), "visual": (N, 2048)} float32."""
-    def means(stream):
-        return np.stack([np.asarray(stream[c.start:c.start + c.length], np.float32).mean(0)
-                         for c in clips])
-    return {"audio": means(audio), "visual": means(visual)}
-
-
-def labelled(clips: list) -> list:
-    return [c for c in clips if c.emotion]
 
 
 def main(argv: list[str] | None = None) -> dict:

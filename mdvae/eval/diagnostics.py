@@ -27,10 +27,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
-from mdvae.dsae import DSAE
-from mdvae.gaussian import kl_divergence
-from mdvae.mdvae import MDVAE
+from mdvae.eval.experiments import encode_either
+from mdvae.model.dsae import DSAE
+from mdvae.model.gaussian import kl_divergence
+from mdvae.model.mdvae import MDVAE
 
 
 @dataclass
@@ -112,12 +114,34 @@ def between_clip_share(z: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def group_means(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor) -> dict[str, np.ndarray]:
-    """Each group's clip means for clips x_a (N, T, Da), x_v (N, T, Dv): w as it is, the
-    dynamical groups averaged over time. {group: (N, L)}."""
-    latents, _ = _infer(model.eval(), x_a, x_v)
-    return {g: (v if g == "w" else v.mean(1)).numpy()
-            for g, v in ((g, getattr(latents, g)) for g in latents.group_names())}
+def clip_means(model: MDVAE | DSAE, audio: np.ndarray, visual: np.ndarray,
+               clips: list, *, show: bool = True) -> dict[str, np.ndarray]:
+    """Per whole clip (store rows), each latent group's posterior mean: w as it is, the
+    dynamical groups (z_av, z_a, z_v; a DSAE's z) averaged over time. {group: (N, L)}."""
+    out: dict[str, list[np.ndarray]] = {}
+    for clip in tqdm(clips, desc="encoding", disable=not show, leave=False):
+        rows = slice(clip.start, clip.start + clip.length)
+        x_a = torch.from_numpy(np.asarray(audio[rows], np.float32))[None]  # (1, T, 512)
+        x_v = torch.from_numpy(np.asarray(visual[rows], np.float32))[None]  # (1, T, 2048)
+        latents = encode_either(model, x_a, x_v)
+        for name in latents.group_names():
+            value = getattr(latents, name)[0]
+            out.setdefault(name, []).append((value if name == "w" else value.mean(0)).numpy())
+    return {name: np.stack(values) for name, values in out.items()}
+
+
+def feature_means(audio: np.ndarray, visual: np.ndarray, clips: list) -> dict[str, np.ndarray]:
+    """Per clip, the time average of the stage-1 features stage 2 is given:
+    {"audio": (N, 512), "visual": (N, 2048)} float32."""
+    def means(stream):
+        return np.stack([np.asarray(stream[c.start:c.start + c.length], np.float32).mean(0)
+                         for c in clips])
+    return {"audio": means(audio), "visual": means(visual)}
+
+
+def labelled(clips: list) -> list:
+    """The clips that carry an emotion label."""
+    return [c for c in clips if c.emotion]
 
 
 @torch.no_grad()
@@ -177,11 +201,13 @@ def measure(
 def linear_probe(train_x: np.ndarray, train_y: list, test_x: np.ndarray, test_y: list,
                  *, c: float = 1.0) -> float:
     """Accuracy on (test_x, test_y) of a standardised multinomial logistic regression fitted
-    on (train_x, train_y)."""
+    on (train_x, train_y); NaN when the training labels hold fewer than two classes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if len(set(np.asarray(train_y).tolist())) < 2 or len(test_y) == 0:
+        return float("nan")
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
     probe.fit(train_x, np.asarray(train_y))
     return float((probe.predict(test_x) == np.asarray(test_y)).mean())
