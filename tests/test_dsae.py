@@ -7,7 +7,7 @@ import torch
 
 from mdvae.errors import ConfigError, MDVAEError
 from mdvae.model.dsae import DSAE, DSAEConfig, DSAELatents
-from mdvae.model.mdvae import MDVAEConfig
+from mdvae.model.mdvae import AuthorsLayout, MDVAEConfig
 
 TINY = dict(
     input_dim=7,
@@ -18,6 +18,13 @@ TINY = dict(
     rnn_dim=8,
     z_rnn_dim=8,
 )
+TINY_AUTHORS = AuthorsLayout(
+    audio_feature_widths=(),
+    z_av_posterior_widths=(9, 5),
+    z_av_prior_width=4,
+    audio_decoder_widths=(8, 10),
+)
+LAYOUTS = {"compact": {}, "authors": dict(authors_layout=TINY_AUTHORS)}
 B, T = 2, 6
 
 
@@ -30,9 +37,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_model(seed=0, **overrides) -> DSAE:
+def tiny_model(seed=0, layout="compact", **overrides) -> DSAE:
     torch.manual_seed(seed)
-    return DSAE(DSAEConfig(**{**TINY, **overrides})).double()
+    return DSAE(DSAEConfig(**{**TINY, **LAYOUTS[layout], **overrides})).double()
 
 
 def inputs(seed=0, n_frames=T):
@@ -40,9 +47,10 @@ def inputs(seed=0, n_frames=T):
     return torch.randn(B, n_frames, TINY["input_dim"], generator=gen, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("posterior", ["smoothing", "filtering"])
-def test_posterior_of_z_t_reads_present_and_future_frames_given_w_and_history(posterior):
-    model = tiny_model(posterior=posterior)
+def test_posterior_of_z_t_reads_present_and_future_frames_given_w_and_history(posterior, layout):
+    model = tiny_model(layout=layout, posterior=posterior)
     x = inputs()
     with torch.no_grad():
         fixed = model.encode(x, sample=True)
@@ -57,12 +65,13 @@ def test_posterior_of_z_t_reads_present_and_future_frames_given_w_and_history(po
                 assert moved == expect, (t, s)
 
 
-def test_decoder_reads_its_own_frame_and_prior_the_strict_past():
-    model = tiny_model()
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_decoder_reads_its_own_frame_and_prior_the_strict_past(layout):
+    model = tiny_model(layout=layout)
     latents = model.encode(inputs(), sample=True).detach()
     z = latents.z.clone().requires_grad_(True)
     x_hat = model.decode(DSAELatents(latents.w, z))
-    p = model.prior_z(z)
+    p = model.priors(DSAELatents(latents.w, z)).z
     for t in range(T):
         (dec,) = torch.autograd.grad(x_hat[:, t].sum(), z, retain_graph=True)
         (pri,) = torch.autograd.grad(p.mean[:, t].sum(), z, retain_graph=True, allow_unused=True)
@@ -72,8 +81,9 @@ def test_decoder_reads_its_own_frame_and_prior_the_strict_past():
         assert torch.all(pri_norms[:t] > 0) and torch.all(pri_norms[t:] == 0)
 
 
-def test_encode_means_swap_and_interpolate():
-    model = tiny_model()
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_encode_means_swap_and_interpolate(layout):
+    model = tiny_model(layout=layout)
     with torch.no_grad():
         a, b = model.encode(inputs(0)), model.encode(inputs(1))
         q = model.infer(inputs(0), w=a.w, z=a.z)[1]
@@ -143,3 +153,19 @@ def test_config_from_mdvae_and_validation():
         DSAEConfig(modality="text")
     with pytest.raises(MDVAEError, match=r"\(batch, frames, 7\)"):
         tiny_model()(torch.zeros(2, 3, 5, dtype=torch.float64))
+
+
+def test_authors_preset_and_its_training_priors():
+    """The authors' layout for one stream: the stream's widths, and the priors that training
+    reads off the posterior loop's GRU states equal the fused GRU call over the samples."""
+    audio = DSAEConfig.preset("authors", "audio")
+    visual = DSAEConfig.preset("authors", "visual")
+    assert (audio.z_dim, visual.z_dim, audio.rnn_dim, audio.z_rnn_dim) == (24, 20, 256, 128)
+    assert audio.posterior == "filtering" and audio.authors_layout == AuthorsLayout()
+    assert DSAEConfig.from_dict(visual.to_dict()) == visual
+    model = tiny_model(layout="authors")
+    torch.manual_seed(0)
+    out = model(inputs())
+    refit = model.priors(out.latents)
+    torch.testing.assert_close(refit.z.mean, out.prior.z.mean)
+    torch.testing.assert_close(refit.z.logvar, out.prior.z.logvar)

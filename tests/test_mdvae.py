@@ -10,7 +10,7 @@ import torch
 
 from mdvae.errors import ConfigError, MDVAEError
 from mdvae.model.gaussian import DiagonalGaussian
-from mdvae.model.mdvae import MDVAE, Latents, MDVAEConfig
+from mdvae.model.mdvae import MDVAE, AuthorsLayout, Latents, MDVAEConfig
 from mdvae.model.posteriors import run_posteriors
 
 GROUPS = ("w", "z_av", "z_a", "z_v")
@@ -27,6 +27,20 @@ TINY = dict(
     rnn_dim=8,
     z_rnn_dim=8,
 )
+# the authors' layout at tiny widths: GRUs shared by prior and posterior, two-layer heads
+TINY_AUTHORS = AuthorsLayout(
+    audio_feature_widths=(),
+    visual_feature_widths=(9, 7),
+    z_av_posterior_widths=(10, 6),
+    z_a_posterior_widths=(8, 5),
+    z_v_posterior_widths=(9, 6),
+    z_av_prior_width=5,
+    z_a_prior_width=4,
+    z_v_prior_width=6,
+    audio_decoder_widths=(8, 9),
+    visual_decoder_widths=(9, 11),
+)
+LAYOUTS = {"compact": {}, "authors": dict(authors_layout=TINY_AUTHORS)}
 B, T = 2, 6
 
 
@@ -39,9 +53,19 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_model(seed=0, dtype=torch.float64, **overrides) -> MDVAE:
+def tiny_model(seed=0, dtype=torch.float64, layout="compact", **overrides) -> MDVAE:
     torch.manual_seed(seed)
-    return MDVAE(MDVAEConfig(**{**TINY, **overrides})).to(dtype)
+    return MDVAE(MDVAEConfig(**{**TINY, **LAYOUTS[layout], **overrides})).to(dtype)
+
+
+def prior_of(model, group):
+    """(p(z_t | z_1:t-1) of a group as a function of a given sequence, its ancestral
+    sampler), in either layout."""
+    if model.config.authors_layout is not None:
+        module = getattr(model, group)
+        return module.prior, module.sample
+    module = getattr(model, f"prior_{group}")
+    return module, module.sample
 
 
 def inputs(seed=0, dtype=torch.float64, batch=B, n_frames=T):
@@ -77,8 +101,9 @@ def changed(a, b):
 
 
 @pytest.mark.parametrize("stream", ["audio", "visual"])
-def test_smoothing_posteriors_depend_on_present_and_future_frames_only(stream):
-    model = tiny_model()
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_smoothing_posteriors_depend_on_present_and_future_frames_only(stream, layout):
+    model = tiny_model(layout=layout)
     x_a, x_v = inputs()
     with torch.no_grad():
         fixed = model.encode(x_a, x_v, sample=True)
@@ -104,9 +129,10 @@ def test_smoothing_posteriors_depend_on_present_and_future_frames_only(stream):
                 torch.testing.assert_close(after[other], base[other], rtol=0, atol=0)
 
 
-def test_past_frames_reach_posteriors_through_w():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_past_frames_reach_posteriors_through_w(layout):
     """Counter-check of the test above: with w inferred rather than held, x_1 moves q(z_T)."""
-    model = tiny_model()
+    model = tiny_model(layout=layout)
     x_a, x_v = inputs()
     with torch.no_grad():
         fixed = model.encode(x_a, x_v, sample=True)
@@ -116,8 +142,9 @@ def test_past_frames_reach_posteriors_through_w():
     assert changed(q1.z_av.mean[:, -1], q2.z_av.mean[:, -1])
 
 
-def test_filtering_posteriors_depend_on_the_present_frame_only():
-    model = tiny_model(posterior="filtering")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_filtering_posteriors_depend_on_the_present_frame_only(layout):
+    model = tiny_model(layout=layout, posterior="filtering")
     x_a, x_v = inputs()
     with torch.no_grad():
         fixed = model.encode(x_a, x_v, sample=True)
@@ -129,8 +156,9 @@ def test_filtering_posteriors_depend_on_the_present_frame_only():
                     assert changed(after[group][:, t], base[group][:, t]) == (s == t)
 
 
-def test_posterior_at_t_depends_on_the_past_of_its_own_group_only():
-    model = tiny_model()
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_posterior_at_t_depends_on_the_past_of_its_own_group_only(layout):
+    model = tiny_model(layout=layout)
     x_a, x_v = inputs()
     fixed = model.encode(x_a, x_v, sample=True).detach()
     z = {g: getattr(fixed, g).clone().requires_grad_(True) for g in ("z_av", "z_a", "z_v")}
@@ -151,11 +179,12 @@ def test_posterior_at_t_depends_on_the_past_of_its_own_group_only():
                     assert torch.all(norms == 0), (group, name, t)
 
 
-def test_priors_depend_on_the_strict_past_only():
-    model = tiny_model()
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_priors_depend_on_the_strict_past_only(layout):
+    model = tiny_model(layout=layout)
     gen = torch.Generator().manual_seed(5)
     for group, dim in (("z_av", 2), ("z_a", 2), ("z_v", 2)):
-        prior = getattr(model, f"prior_{group}")
+        prior, _ = prior_of(model, group)
         z = torch.randn(B, T, dim, generator=gen, dtype=torch.float64, requires_grad=True)
         p = prior(z)
         for t in range(T):
@@ -164,8 +193,9 @@ def test_priors_depend_on_the_strict_past_only():
             assert torch.all(norms[:t] > 0) and torch.all(norms[t:] == 0), (group, t)
 
 
-def test_decoders_read_the_latents_of_their_own_frame_and_w_only():
-    model = tiny_model()
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_decoders_read_the_latents_of_their_own_frame_and_w_only(layout):
+    model = tiny_model(layout=layout)
     x_a, x_v = inputs()
     latents = model.encode(x_a, x_v, sample=True).detach()
     leaves = {g: getattr(latents, g).clone().requires_grad_(True) for g in GROUPS}
@@ -186,8 +216,9 @@ def test_decoders_read_the_latents_of_their_own_frame_and_w_only():
 # ---- inference, ELBO ---------------------------------------------------------------------
 
 
-def test_sampled_run_equals_posteriors_evaluated_at_its_own_samples():
-    model = tiny_model()
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sampled_run_equals_posteriors_evaluated_at_its_own_samples(layout):
+    model = tiny_model(layout=layout)
     x_a, x_v = inputs()
     with torch.no_grad():
         latents, q = model.infer(x_a, x_v, sample=True)
@@ -217,8 +248,124 @@ def test_joint_loop_of_za_and_zv_equals_running_them_one_by_one():
                     torch.testing.assert_close(q_joint.logvar, q_alone.logvar)
 
 
-def test_encode_propagates_posterior_means():
+def reference_gru_latent(module, inputs, eps):
+    """One latent of the authors' layout written the way their code reads, frame by frame:
+    the GRU cell on z_t-1, the posterior MLP on the concatenated [s_t, inputs_t], the prior
+    head on s_t. `inputs` are the posterior's blocks (B, T, d), in order."""
+    batch, n_frames = eps.shape[:2]
+    rnn = module.rnn
+    weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+    state = eps.new_zeros(batch, module.state_dim)
+    z_prev = eps.new_zeros(batch, module.z_dim)
+    out = {"z": [], "q_mean": [], "q_logvar": [], "p_mean": [], "p_logvar": []}
+    for t in range(n_frames):
+        state = torch.gru_cell(z_prev, state, *weights)  # has read z_0 = 0, z_1..z_t-1
+        inputs_t = torch.cat([state, *[x[:, t] for x in inputs]], dim=-1)
+        mean, logvar = module.posterior_out(module.posterior_in(inputs_t)).chunk(2, -1)
+        p_mean, p_logvar = module.prior_head(state).chunk(2, -1)
+        z_prev = mean + torch.exp(0.5 * logvar) * eps[:, t]
+        for values, value in zip(out.values(), (z_prev, mean, logvar, p_mean, p_logvar)):
+            values.append(value)
+    return {key: torch.stack(values, 1) for key, values in out.items()}
+
+
+def reference_authors_forward(model, x_a, x_v, noise: Latents):
+    """The straightforward per-step computation of the authors' layout: no precomputed
+    blocks, no joint loop, every input concatenated at every frame."""
+    f_a, f_v = model.features_x_a(x_a), model.features_x_v(x_v)
+    q_w = model.posterior_w([f_v, f_a])
+    w = q_w.mean + q_w.std * noise.w
+    if model.config.posterior == "smoothing":
+        f_a, f_v = model.summary_x_a(f_a), model.summary_x_v(f_v)
+    w_t = w.unsqueeze(1).expand(-1, x_a.shape[1], -1)
+    z_av = reference_gru_latent(model.z_av, [f_a, f_v, w_t], noise.z_av)
+    z_a = reference_gru_latent(model.z_a, [f_a, z_av["z"], w_t], noise.z_a)
+    z_v = reference_gru_latent(model.z_v, [f_v, z_av["z"], w_t], noise.z_v)
+    return w, q_w, {"z_av": z_av, "z_a": z_a, "z_v": z_v}
+
+
+@pytest.mark.parametrize("posterior", ["filtering", "smoothing"])
+def test_authors_layout_equals_its_per_step_reference(posterior):
+    """The restructured computation (observation and w blocks for all frames at once, z_a
+    and z_v in one block-diagonal loop, priors read off the loop's GRU states) gives the
+    numbers and the gradients of the plain per-frame computation with the same weights."""
+    model = tiny_model(layout="authors", posterior=posterior)
+    x_a, x_v = inputs()
+    gen = torch.Generator().manual_seed(3)
+    noise = Latents(
+        **{
+            g: torch.randn(B, *([] if g == "w" else [T]), d, generator=gen, dtype=torch.float64)
+            for g, d in (("w", 3), ("z_av", 2), ("z_a", 2), ("z_v", 2))
+        }
+    )
+    latents, q, states = model._infer(
+        x_a, x_v, sample=True, noise=noise, w=None, z_av=None, z_a=None, z_v=None
+    )
+    p = model.priors(latents, states)
+    w_ref, q_w_ref, ref = reference_authors_forward(model, x_a, x_v, noise)
+    torch.testing.assert_close(latents.w, w_ref)
+    got = [latents.w, q.w.mean, q.w.logvar]
+    want = [w_ref, q_w_ref.mean, q_w_ref.logvar]
+    for g in ("z_av", "z_a", "z_v"):
+        got += [getattr(latents, g), getattr(q, g).mean, getattr(q, g).logvar]
+        got += [getattr(p, g).mean, getattr(p, g).logvar]
+        want += [ref[g][k] for k in ("z", "q_mean", "q_logvar", "p_mean", "p_logvar")]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    # the same gradients for every weight, through a loss that reads every output
+    weights = [torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in want]
+    params = [x for x in model.parameters() if x.requires_grad]
+    grads_got = torch.autograd.grad(
+        sum((a * c).sum() for a, c in zip(got, weights)), params, allow_unused=True
+    )
+    grads_want = torch.autograd.grad(
+        sum((b * c).sum() for b, c in zip(want, weights)), params, allow_unused=True
+    )
+    for (name, _), a, b in zip(model.named_parameters(), grads_got, grads_want):
+        if a is None or b is None:
+            assert a is None and b is None, name
+        else:
+            torch.testing.assert_close(a, b, msg=name)
+    # and the fused GRU call over the sampled sequences gives the same priors
+    refit = model.priors(latents)
+    for g in ("z_av", "z_a", "z_v"):
+        torch.testing.assert_close(getattr(refit, g).mean, getattr(p, g).mean)
+
+
+def test_compact_posterior_recurrence_equals_its_per_step_reference():
+    """`run_posteriors` (conditioning for all frames at once, fused weight blocks) against
+    the recurrence of `PosteriorRecurrence`'s docstring written out step by step."""
     model = tiny_model()
+    r = model.posterior_z_av
+    gen = torch.Generator().manual_seed(6)
+    cond = torch.randn(B, T, 19, generator=gen, dtype=torch.float64)
+    eps = torch.randn(B, T, 2, generator=gen, dtype=torch.float64)
+    z, q = r(cond, noise=eps)
+    h = torch.tanh(r.h_to_h.bias.expand(B, -1))  # h_1: z_0 = 0, h_0 = 0
+    for t in range(T):
+        a = torch.tanh(r.cond_to_a(cond[:, t]) + r.h_to_a(h))
+        mean, log_std = r.a_to_params(a).chunk(2, -1)
+        z_t = mean + torch.exp(log_std) * eps[:, t]
+        torch.testing.assert_close(q.mean[:, t], mean)
+        torch.testing.assert_close(q.logvar[:, t], 2 * log_std)
+        torch.testing.assert_close(z[:, t], z_t)
+        h = torch.tanh(r.h_to_h(h) + r.z_to_h(z_t))
+
+
+def test_authors_preset_has_the_authors_parameter_count():
+    """8,484,568 weights in the authors' MDVAE (DESIGN.md section 2, layer by layer), plus
+    this project's learned per-dimension observation log-variances (512 + 2048)."""
+    model = MDVAE(MDVAEConfig.preset("authors"))
+    counts = {"network": 0, "obs_logvar": 0}
+    for name, param in model.named_parameters():
+        counts["obs_logvar" if name.endswith(".logvar") else "network"] += param.numel()
+    assert counts == {"network": 8_484_568, "obs_logvar": 512 + 2048}
+    assert MDVAEConfig.from_dict(model.config.to_dict()) == model.config
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_encode_propagates_posterior_means(layout):
+    model = tiny_model(layout=layout)
     x_a, x_v = inputs()
     with torch.no_grad():
         means = model.encode(x_a, x_v)
@@ -228,8 +375,9 @@ def test_encode_propagates_posterior_means():
         torch.testing.assert_close(getattr(means, group), getattr(q, group).mean)
 
 
-def test_noise_holds_the_sample_fixed():
-    model = tiny_model()
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_noise_holds_the_sample_fixed(layout):
+    model = tiny_model(layout=layout)
     x_a, x_v = inputs()
     gen = torch.Generator().manual_seed(9)
     noise = Latents(
@@ -246,8 +394,9 @@ def test_noise_holds_the_sample_fixed():
     torch.testing.assert_close(first.w, q.w.mean + q.w.std * noise.w)
 
 
-def test_elbo_terms_are_the_per_frame_negative_elbo():
-    model = tiny_model(beta_w=2.0, beta_z_av=0.5, beta_z_a=3.0, beta_z_v=0.0)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_elbo_terms_are_the_per_frame_negative_elbo(layout):
+    model = tiny_model(layout=layout, beta_w=2.0, beta_z_av=0.5, beta_z_a=3.0, beta_z_v=0.0)
     x_a, x_v = inputs()
     with torch.no_grad():
         out = model(x_a, x_v)
@@ -398,8 +547,9 @@ def test_interpolate_w_sweep_and_constant_alpha():
             torch.testing.assert_close(got, want)
 
 
-def test_generate_from_the_priors():
-    model = tiny_model()
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_generate_from_the_priors(layout):
+    model = tiny_model(layout=layout)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         latents = model.generate(3, 5, generator=gen)
@@ -417,16 +567,18 @@ def test_generate_from_the_priors():
         model.generate(2, 5, w=given)
 
 
-def test_ancestral_samples_follow_the_priors_they_were_drawn_from():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_ancestral_samples_follow_the_priors_they_were_drawn_from(layout):
     """Each z_t is drawn from p(z_t | z_1:t-1) at its own sampled past: the priors evaluated
     on the generated sequences (one teacher-forced LSTM call) are the ones sampling used,
     and the draws standardised by them are N(0, 1), as is w."""
-    model = tiny_model(seed=1)
+    model = tiny_model(seed=1, layout=layout)
     gen = torch.Generator().manual_seed(0)
     n, n_frames = 4000, 5
     with torch.no_grad():
-        z, used = model.prior_z_av.sample(7, n_frames, generator=gen)
-        refit = model.prior_z_av(z)
+        prior, sampler = prior_of(model, "z_av")
+        z, used = sampler(7, n_frames, generator=gen)
+        refit = prior(z)
         torch.testing.assert_close(refit.mean, used.mean)
         torch.testing.assert_close(refit.logvar, used.logvar)
         latents = model.generate(n, n_frames, generator=gen)

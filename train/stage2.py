@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vq-audio", required=True, help="stage-1 audio run folder")
     parser.add_argument("--model", default="mdvae", choices=MODELS)
     parser.add_argument("--out", required=True, help="run folder")
-    parser.add_argument("--preset", default="synthetic", choices=["synthetic", "mead"])
+    parser.add_argument("--preset", default="synthetic", choices=["synthetic", "mead", "authors"],
+                        help="config preset; \"authors\": every width of the authors' code")
     parser.add_argument("--seq-len", type=int, default=30, help="training window T (frames)")
     parser.add_argument("--kl-warmup", type=int, default=1000,
                         help="steps over which the KL weight grows from 0 to 1 (0: off)")

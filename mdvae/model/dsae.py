@@ -28,10 +28,11 @@ from mdvae.model.elbo import (
 )
 from mdvae.model.gaussian import DiagonalGaussian
 from mdvae.model.latents import LatentGroups, frames_of_w, interpolate_w
-from mdvae.model.mdvae import MDVAEConfig, check_stage2_config
+from mdvae.model.mdvae import AuthorsLayout, MDVAEConfig, check_stage2_config
 from mdvae.model.observation import GaussianDecoder, check_sequence, mlp
 from mdvae.model.posteriors import PosteriorRecurrence, StaticPosterior, make_summary
 from mdvae.model.priors import AutoregressivePrior, prior_w
+from mdvae.model.shared_gru import BiGRUStaticPosterior, SharedGRULatent, run_shared_posteriors
 
 MODALITIES = ("audio", "visual")
 
@@ -52,6 +53,9 @@ class DSAEConfig(ConfigBase):
     obs_logvar_min: float = -6.0  # floor on the observation log-variance
     beta_w: float = 1.0  # weight of KL(q(w) || p(w)); 1 is the ELBO
     beta_z: float = 1.0  # weight of the z KLs; 1 is the ELBO
+    # None: the compact layout; else the authors' layout (`AuthorsLayout`), with the stream's
+    # feature and decoder widths and the z_av posterior and prior widths for z
+    authors_layout: AuthorsLayout | None = None
 
     def __post_init__(self):
         check_stage2_config(self)
@@ -81,12 +85,13 @@ class DSAEConfig(ConfigBase):
             obs_logvar_init=config.obs_logvar_init,
             learn_obs_variance=config.learn_obs_variance,
             obs_logvar_min=config.obs_logvar_min,
+            authors_layout=config.authors_layout,
         )
         return cls(**{**fields, **overrides})
 
     @classmethod
     def preset(cls, name: str, modality: str, **overrides) -> DSAEConfig:
-        """The DSAE matching the MDVAE preset `name` ("mead" or "synthetic")."""
+        """The DSAE matching the MDVAE preset `name` ("mead", "synthetic" or "authors")."""
         return cls.from_mdvae(MDVAEConfig.preset(name), modality, **overrides)
 
 
@@ -128,6 +133,9 @@ class DSAE(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        if c.authors_layout is not None:
+            self._build_authors_layout(c, c.authors_layout)
+            return
         self.features_x = mlp([c.input_dim, c.hidden_dim, c.feature_dim], final_activation=True)
         self.summary_x = make_summary(c.posterior, c.feature_dim, c.rnn_dim)  # f(x_t:T)
         self.posterior_w = StaticPosterior(c.rnn_dim + c.feature_dim, c.rnn_dim, c.w_dim)
@@ -137,6 +145,29 @@ class DSAE(nn.Module):
             c.z_dim + c.w_dim,
             c.hidden_dim,
             c.input_dim,
+            logvar_init=c.obs_logvar_init,
+            learn_logvar=c.learn_obs_variance,
+            logvar_min=c.obs_logvar_min,
+        )
+
+    def _build_authors_layout(self, c: DSAEConfig, a: AuthorsLayout) -> None:
+        """The authors' networks for one stream (`AuthorsLayout`, as in MDVAE)."""
+        audio = c.modality == "audio"
+        widths = a.audio_feature_widths if audio else a.visual_feature_widths
+        self.features_x = mlp([c.input_dim, *widths], activation="relu", final_activation=True)
+        f = widths[-1] if widths else c.input_dim
+        self.posterior_w = BiGRUStaticPosterior(f, c.rnn_dim, c.w_dim)
+        if c.posterior == "smoothing":
+            self.summary_x = make_summary("smoothing", f, c.rnn_dim)  # f(x_t:T)
+            f = c.rnn_dim
+        self.z = SharedGRULatent(
+            f + c.w_dim, c.z_dim, c.z_rnn_dim, a.z_av_posterior_widths, a.z_av_prior_width
+        )
+        self.decoder_x = GaussianDecoder(
+            c.z_dim + c.w_dim,
+            a.audio_decoder_widths if audio else a.visual_decoder_widths,
+            c.input_dim,
+            activation="tanh" if audio else "relu",
             logvar_init=c.obs_logvar_init,
             learn_logvar=c.learn_obs_variance,
             logvar_min=c.obs_logvar_min,
@@ -152,8 +183,25 @@ class DSAE(nn.Module):
         z: Tensor | None = None,
     ) -> tuple[DSAELatents, DSAEDistributions]:
         """Posterior latents and distributions for x (B, T, D); as `MDVAE.infer`."""
+        return self._infer(x, sample=sample, noise=noise, w=w, z=z)[:2]
+
+    def _infer(self, x, *, sample, noise, w, z):
+        """`infer`, plus (authors' layout) the GRU states of z, which the prior reads."""
         check_sequence(f"x ({self.config.modality} features)", x, self.config.input_dim)
         f = self.features_x(x)  # (B, T, F)
+        if self.config.authors_layout is not None:
+            q_w = self.posterior_w([f])  # (B, Lw)
+            if w is None:
+                w = q_w.rsample(noise.w if noise is not None else None) if sample else q_w.mean
+            g = self.summary_x(f) if self.config.posterior == "smoothing" else f  # (B, T, H)
+            [(z, q_z, states)] = run_shared_posteriors(
+                [self.z],
+                [self.z.condition([g, w])],
+                zs=[z],
+                noises=[noise.z if noise is not None else None],
+                sample=sample,
+            )
+            return DSAELatents(w, z), DSAEDistributions(q_w, q_z), states
         g = self.summary_x(f)  # (B, T, H)
         q_w = self.posterior_w([g], [f])  # (B, Lw)
         if w is None:
@@ -162,18 +210,22 @@ class DSAE(nn.Module):
         z, q_z = self.posterior_z(
             cond, z=z, noise=noise.z if noise is not None else None, sample=sample
         )
-        return DSAELatents(w, z), DSAEDistributions(q_w, q_z)
+        return DSAELatents(w, z), DSAEDistributions(q_w, q_z), None
 
     def encode(self, x: Tensor, sample: bool = False) -> DSAELatents:
         """Latents of x (B, T, D): posterior means (fed forward through the recurrence)
         unless `sample`."""
         return self.infer(x, sample=sample)[0]
 
-    def priors(self, latents: DSAELatents) -> DSAEDistributions:
-        """p(w) = N(0, I) and p(z_t | z_1:t-1) at the given latent sequence."""
+    def priors(self, latents: DSAELatents, states: Tensor | None = None) -> DSAEDistributions:
+        """p(w) = N(0, I) and p(z_t | z_1:t-1) at the given latent sequence; `states` are the
+        GRU states over it when known (authors' layout)."""
+        if self.config.authors_layout is None:
+            p_z = self.prior_z(latents.z)
+        else:
+            p_z = self.z.prior(latents.z) if states is None else self.z.prior_from_states(states)
         return DSAEDistributions(
-            DiagonalGaussian.standard(tuple(latents.w.shape), like=latents.w),
-            self.prior_z(latents.z),
+            DiagonalGaussian.standard(tuple(latents.w.shape), like=latents.w), p_z
         )
 
     def decode(self, latents: DSAELatents) -> Tensor:
@@ -191,7 +243,8 @@ class DSAE(nn.Module):
     ) -> DSAELatents:
         """w ~ N(0, I) unless given (B, Lw), z by ancestral sampling from its prior."""
         w = prior_w(batch, self.config.w_dim, w, like=self.decoder_x.logvar, generator=generator)
-        z, _ = self.prior_z.sample(batch, n_frames, generator=generator)
+        prior = self.z if self.config.authors_layout is not None else self.prior_z
+        z, _ = prior.sample(batch, n_frames, generator=generator)
         return DSAELatents(w, z)
 
     interpolate_w = staticmethod(interpolate_w)
@@ -199,8 +252,8 @@ class DSAE(nn.Module):
     def forward(self, x: Tensor, *, kl_weight: float = 1.0) -> DSAEOutput:
         """One posterior sample, the reconstruction and the ELBO terms for a batch;
         `kl_weight` scales every KL term of the loss's `total` (a KL warm-up)."""
-        latents, posterior = self.infer(x, sample=True)
-        prior = self.priors(latents)
+        latents, posterior, states = self._infer(x, sample=True, noise=None, w=None, z=None)
+        prior = self.priors(latents, states)
         x_hat = self.decode(latents)
         c = self.config
         rec = reconstruction_term(self.decoder_x, x, x_hat)

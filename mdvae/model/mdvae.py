@@ -61,6 +61,11 @@ from mdvae.model.posteriors import (
     run_posteriors,
 )
 from mdvae.model.priors import AutoregressivePrior, prior_w
+from mdvae.model.shared_gru import (
+    BiGRUStaticPosterior,
+    SharedGRULatent,
+    run_shared_posteriors,
+)
 
 POSTERIOR_KINDS = ("smoothing", "filtering")
 
@@ -77,6 +82,38 @@ def check_stage2_config(config: ConfigBase) -> None:
     posterior = config.posterior
     if posterior not in POSTERIOR_KINDS:
         raise ConfigError(f"config key 'posterior': {posterior!r} is not one of {POSTERIOR_KINDS}")
+
+
+@dataclass(frozen=True)
+class AuthorsLayout(ConfigBase):
+    """The network layout of the authors' public code (DESIGN.md section 2), and its widths.
+
+    Per-frame features: x_a as it is, x_v through a ReLU MLP. q(w): a bidirectional GRU of
+    `rnn_dim` units over [visual; audio] features, its final states -> Linear(rnn_dim), Tanh.
+    Each z: a GRU of `z_rnn_dim` units over its sampled past, shared by a Tanh posterior MLP
+    over [state, features (filtering) or backward summaries (smoothing), w, z_av] and a
+    one-hidden-layer Tanh prior head (`shared_gru.py`). Decoders: Tanh (audio) and ReLU
+    (visual) MLPs. The latent sizes, rnn_dim and z_rnn_dim come from the MDVAE config.
+    """
+
+    audio_feature_widths: tuple[int, ...] = ()  # x_a as it is (512)
+    visual_feature_widths: tuple[int, ...] = (1024, 512)  # 2048 -> 1024 -> 512, ReLU
+    z_av_posterior_widths: tuple[int, ...] = (256, 128)
+    z_a_posterior_widths: tuple[int, ...] = (128, 32)
+    z_v_posterior_widths: tuple[int, ...] = (256, 128)
+    z_av_prior_width: int = 64
+    z_a_prior_width: int = 32
+    z_v_prior_width: int = 64
+    audio_decoder_widths: tuple[int, ...] = (128, 256)  # Tanh
+    visual_decoder_widths: tuple[int, ...] = (512, 1024)  # ReLU
+
+    def __post_init__(self):
+        for name in ("z_av_posterior_widths", "z_a_posterior_widths", "z_v_posterior_widths"):
+            if not getattr(self, name):
+                raise ConfigError(f"config key '{name}' needs at least one width")
+        if len(self.z_a_posterior_widths) != len(self.z_v_posterior_widths):
+            # z_a and z_v share one loop (block-diagonal weights), layer by layer
+            raise ConfigError("z_a_posterior_widths and z_v_posterior_widths need as many layers")
 
 
 @dataclass
@@ -107,6 +144,9 @@ class MDVAEConfig(ConfigBase):
     beta_z_av: float = 1.0
     beta_z_a: float = 1.0
     beta_z_v: float = 1.0
+    # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
+    # network layout with its widths (feature_dim, audio_hidden, visual_hidden unused)
+    authors_layout: AuthorsLayout | None = None
 
     def __post_init__(self):
         check_stage2_config(self)
@@ -126,6 +166,11 @@ MDVAE_PRESETS: dict[str, dict] = {
     # (a few speakers x 8 emotions x 3 levels; phones; head pose and blinks; f0 and
     # loudness), so smaller latents
     "synthetic": dict(w_dim=32, z_av_dim=8, z_a_dim=4, z_v_dim=4, z_rnn_dim=32),
+    # every width of the authors' public code (8,484,568 network weights with their
+    # filtering posterior); posterior="smoothing" reads backward summaries of x_t:T instead
+    "authors": dict(
+        rnn_dim=256, z_rnn_dim=128, posterior="filtering", authors_layout=AuthorsLayout()
+    ),
 }
 
 
@@ -182,6 +227,9 @@ class MDVAE(nn.Module):
     def __init__(self, config: MDVAEConfig):
         super().__init__()
         self.config = config
+        if config.authors_layout is not None:
+            self._build_authors_layout(config, config.authors_layout)
+            return
         c = config
         # per-frame features, shared by every inference network
         self.features_x_a = mlp([c.audio_dim, c.audio_hidden, c.feature_dim], final_activation=True)
@@ -219,6 +267,65 @@ class MDVAE(nn.Module):
             c.z_av_dim + c.z_v_dim + c.w_dim, c.visual_hidden, c.visual_dim, **obs
         )
 
+    def _build_authors_layout(self, c: MDVAEConfig, a: AuthorsLayout) -> None:
+        """The authors' networks (`AuthorsLayout`), under the names of the compact layout
+        where a component plays the same part."""
+        self.features_x_a = mlp(
+            [c.audio_dim, *a.audio_feature_widths], activation="relu", final_activation=True
+        )
+        self.features_x_v = mlp(
+            [c.visual_dim, *a.visual_feature_widths], activation="relu", final_activation=True
+        )
+        f_a = a.audio_feature_widths[-1] if a.audio_feature_widths else c.audio_dim
+        f_v = a.visual_feature_widths[-1] if a.visual_feature_widths else c.visual_dim
+        self.posterior_w = BiGRUStaticPosterior(f_v + f_a, c.rnn_dim, c.w_dim)
+        if c.posterior == "smoothing":
+            # g_t = f(x_t:T) per stream replaces x_t in the posteriors of the z
+            self.summary_x_a = make_summary("smoothing", f_a, c.rnn_dim)
+            self.summary_x_v = make_summary("smoothing", f_v, c.rnn_dim)
+            f_a = f_v = c.rnn_dim
+        # z_av reads [s, g_a, g_v, w]; z_a [s, g_a, z_av, w]; z_v [s, g_v, z_av, w]
+        self.z_av = SharedGRULatent(
+            f_a + f_v + c.w_dim,
+            c.z_av_dim,
+            c.z_rnn_dim,
+            a.z_av_posterior_widths,
+            a.z_av_prior_width,
+        )
+        self.z_a = SharedGRULatent(
+            f_a + c.z_av_dim + c.w_dim,
+            c.z_a_dim,
+            c.z_rnn_dim,
+            a.z_a_posterior_widths,
+            a.z_a_prior_width,
+        )
+        self.z_v = SharedGRULatent(
+            f_v + c.z_av_dim + c.w_dim,
+            c.z_v_dim,
+            c.z_rnn_dim,
+            a.z_v_posterior_widths,
+            a.z_v_prior_width,
+        )
+        obs = dict(
+            logvar_init=c.obs_logvar_init,
+            learn_logvar=c.learn_obs_variance,
+            logvar_min=c.obs_logvar_min,
+        )
+        self.decoder_x_a = GaussianDecoder(
+            c.z_av_dim + c.z_a_dim + c.w_dim,
+            a.audio_decoder_widths,
+            c.audio_dim,
+            activation="tanh",
+            **obs,
+        )
+        self.decoder_x_v = GaussianDecoder(
+            c.z_av_dim + c.z_v_dim + c.w_dim,
+            a.visual_decoder_widths,
+            c.visual_dim,
+            activation="relu",
+            **obs,
+        )
+
     # ---- inference -------------------------------------------------------------------
 
     def infer(
@@ -241,7 +348,27 @@ class MDVAE(nn.Module):
         A value passed for a group (w (B, Lw), z_* (B, T, L)) is used instead of drawing it,
         so the posteriors can be evaluated at a fixed history.
         """
+        return self._infer(x_a, x_v, sample=sample, noise=noise, w=w, z_av=z_av, z_a=z_a, z_v=z_v)[
+            :2
+        ]
+
+    def _infer(
+        self,
+        x_a: Tensor,
+        x_v: Tensor,
+        *,
+        sample: bool,
+        noise: Latents | None,
+        w: Tensor | None,
+        z_av: Tensor | None,
+        z_a: Tensor | None,
+        z_v: Tensor | None,
+    ) -> tuple[Latents, LatentDistributions, tuple[Tensor, Tensor, Tensor] | None]:
+        """`infer`, plus (authors' layout) the GRU states s_t of z_av, z_a, z_v over the
+        returned latents, from which the priors follow without running the GRUs again."""
         self._check_inputs(x_a, x_v)
+        if self.config.authors_layout is not None:
+            return self._infer_authors(x_a, x_v, sample, noise, w, z_av, z_a, z_v)
         n_frames = x_a.shape[1]
         f_a = self.features_x_a(x_a)  # (B, T, F)
         f_v = self.features_x_v(x_v)  # (B, T, F)
@@ -265,7 +392,37 @@ class MDVAE(nn.Module):
             noises=[noise.z_a, noise.z_v] if noise is not None else None,
             sample=sample,
         )
-        return Latents(w, z_av, z_a, z_v), LatentDistributions(q_w, q_z_av, q_z_a, q_z_v)
+        return Latents(w, z_av, z_a, z_v), LatentDistributions(q_w, q_z_av, q_z_a, q_z_v), None
+
+    def _infer_authors(self, x_a, x_v, sample, noise, w, z_av, z_a, z_v):
+        f_a = self.features_x_a(x_a)  # (B, T, Fa)
+        f_v = self.features_x_v(x_v)  # (B, T, Fv)
+        q_w = self.posterior_w([f_v, f_a])  # (B, Lw)
+        if w is None:
+            w = q_w.rsample(noise.w if noise is not None else None) if sample else q_w.mean
+        if self.config.posterior == "smoothing":
+            f_a, f_v = self.summary_x_a(f_a), self.summary_x_v(f_v)  # (B, T, H): x_t:T
+        noises = noise if noise is not None else Latents(None, None, None, None)
+        # the observation and w blocks of every first layer, for all frames at once
+        [(z_av, q_z_av, s_av)] = run_shared_posteriors(
+            [self.z_av],
+            [self.z_av.condition([f_a, f_v, w])],
+            zs=[z_av],
+            noises=[noises.z_av],
+            sample=sample,
+        )
+        (z_a, q_z_a, s_a), (z_v, q_z_v, s_v) = run_shared_posteriors(
+            [self.z_a, self.z_v],
+            [self.z_a.condition([f_a, z_av, w]), self.z_v.condition([f_v, z_av, w])],
+            zs=[z_a, z_v],
+            noises=[noises.z_a, noises.z_v],
+            sample=sample,
+        )
+        return (
+            Latents(w, z_av, z_a, z_v),
+            LatentDistributions(q_w, q_z_av, q_z_a, q_z_v),
+            (s_av, s_a, s_v),
+        )
 
     def encode(self, x_a: Tensor, x_v: Tensor, sample: bool = False) -> Latents:
         """Latents of x_a (B, T, Da), x_v (B, T, Dv): posterior means unless `sample`.
@@ -277,9 +434,20 @@ class MDVAE(nn.Module):
 
     # ---- generative model --------------------------------------------------------------
 
-    def priors(self, latents: Latents) -> LatentDistributions:
-        """p(w) = N(0, I) and p(z_t | z_1:t-1) at the given (sampled) latent sequences."""
+    def priors(
+        self, latents: Latents, states: tuple[Tensor, Tensor, Tensor] | None = None
+    ) -> LatentDistributions:
+        """p(w) = N(0, I) and p(z_t | z_1:t-1) at the given (sampled) latent sequences;
+        `states` are the z GRUs' states over them when known (authors' layout)."""
         w = latents.w
+        if self.config.authors_layout is not None:
+            groups = (self.z_av, self.z_a, self.z_v)
+            zs = (latents.z_av, latents.z_a, latents.z_v)
+            p = [
+                m.prior(z) if states is None else m.prior_from_states(s)
+                for m, z, s in zip(groups, zs, states or (None,) * 3)
+            ]
+            return LatentDistributions(DiagonalGaussian.standard(tuple(w.shape), like=w), *p)
         return LatentDistributions(
             w=DiagonalGaussian.standard(tuple(w.shape), like=w),
             z_av=self.prior_z_av(latents.z_av),
@@ -311,9 +479,13 @@ class MDVAE(nn.Module):
         each dynamical group by ancestral sampling from its autoregressive prior.
         Pass the result to `decode` for features."""
         w = prior_w(batch, self.config.w_dim, w, like=self.decoder_x_a.logvar, generator=generator)
-        z_av, _ = self.prior_z_av.sample(batch, n_frames, generator=generator)
-        z_a, _ = self.prior_z_a.sample(batch, n_frames, generator=generator)
-        z_v, _ = self.prior_z_v.sample(batch, n_frames, generator=generator)
+        authors = self.config.authors_layout is not None
+        priors = (
+            (self.z_av, self.z_a, self.z_v)
+            if authors
+            else (self.prior_z_av, self.prior_z_a, self.prior_z_v)
+        )
+        z_av, z_a, z_v = (p.sample(batch, n_frames, generator=generator)[0] for p in priors)
         return Latents(w, z_av, z_a, z_v)
 
     interpolate_w = staticmethod(interpolate_w)
@@ -323,8 +495,10 @@ class MDVAE(nn.Module):
     def forward(self, x_a: Tensor, x_v: Tensor, *, kl_weight: float = 1.0) -> MDVAEOutput:
         """One posterior sample, the reconstructions and the ELBO terms for a batch;
         `kl_weight` scales every KL term of the loss's `total` (a KL warm-up)."""
-        latents, posterior = self.infer(x_a, x_v, sample=True)
-        prior = self.priors(latents)
+        latents, posterior, states = self._infer(
+            x_a, x_v, sample=True, noise=None, w=None, z_av=None, z_a=None, z_v=None
+        )
+        prior = self.priors(latents, states)
         x_a_hat, x_v_hat = self.decode(latents)
         loss = self.elbo(x_a, x_v, x_a_hat, x_v_hat, posterior, prior, kl_weight=kl_weight)
         return MDVAEOutput(x_a_hat, x_v_hat, latents, posterior, prior, loss)

@@ -16,15 +16,20 @@ from torch.autograd.function import once_differentiable
 from mdvae.errors import MDVAEError
 from mdvae.model.gaussian import LOG_2PI, at_least_float32
 
+ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
-def mlp(dims: Sequence[int], *, final_activation: bool = False) -> nn.Sequential:
-    """Linear layers dims[0] -> dims[1] -> ... with SiLU between them (and after the last
-    one when `final_activation`, for feature extractors whose output feeds other nets)."""
+
+def mlp(
+    dims: Sequence[int], *, final_activation: bool = False, activation: str = "silu"
+) -> nn.Sequential:
+    """Linear layers dims[0] -> dims[1] -> ... with `activation` between them (and after the
+    last one when `final_activation`, for feature extractors whose output feeds other nets).
+    A single width (dims = [d]) is the identity: the features as they are."""
     layers: list[nn.Module] = []
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         layers.append(nn.Linear(d_in, d_out))
         if i < len(dims) - 2 or final_activation:
-            layers.append(nn.SiLU())
+            layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
@@ -42,15 +47,18 @@ class GaussianDecoder(nn.Module):
     def __init__(
         self,
         in_dim: int,
-        hidden_dim: int,
+        hidden_dim: int | Sequence[int],
         out_dim: int,
         *,
+        activation: str = "silu",
         logvar_init: float = 0.0,
         learn_logvar: bool = True,
         logvar_min: float = -6.0,
     ):
         super().__init__()
-        self.mean_net = mlp([in_dim, hidden_dim, hidden_dim, out_dim])
+        # one width: two hidden layers of it; a sequence: one hidden layer per width
+        hidden = [hidden_dim, hidden_dim] if isinstance(hidden_dim, int) else list(hidden_dim)
+        self.mean_net = mlp([in_dim, *hidden, out_dim], activation=activation)
         self.logvar = nn.Parameter(torch.full((out_dim,), logvar_init), requires_grad=learn_logvar)
         self.logvar_min = logvar_min
 
