@@ -149,10 +149,16 @@ def run_shared_posteriors(
         ],
         dim=1,
     )  # (sum H, sum A + 3 sum H)
-    b_s = torch.cat([like.new_zeros(n_a), _gate_bias([m.rnn.bias_hh_l0 for m in latents], 3)])
-    w_z = _gate_blocks([m.rnn.weight_ih_l0.t() for m in latents], 3)  # (sum L, 3 sum H)
-    b_z = _gate_bias([m.rnn.bias_ih_l0 for m in latents], 3)
-    # the rest of head_q: hidden layers block-diagonal, the output reordered to [means | logvars]
+    b_hh = _gate_bias([m.rnn.bias_hh_l0 for m in latents], 3)
+    b_ih = _gate_bias([m.rnn.bias_ih_l0 for m in latents], 3)
+    # the r and u gates add their input and hidden biases; n keeps them apart
+    b_gates = torch.cat([b_hh[: 2 * n_s] + b_ih[: 2 * n_s], b_hh[2 * n_s :]])
+    w_z_ru, w_z_n = _gate_blocks([m.rnn.weight_ih_l0.t() for m in latents], 3).split(
+        [2 * n_s, n_s], dim=1
+    )  # (sum L, 2 sum H), (sum L, sum H)
+    b_z_n = b_ih[2 * n_s :]
+    # the rest of head_q: hidden layers block-diagonal; the output reordered to
+    # [means | log-stds], the log-variance rows halved so that exp gives the std directly
     linears = [[x for x in m.posterior_out.modules() if isinstance(x, nn.Linear)] for m in latents]
     hidden = [
         (
@@ -165,16 +171,19 @@ def run_shared_posteriors(
     w_o = torch.cat(
         [
             torch.block_diag(*[o.weight[: m.z_dim].t() for o, m in zip(outs, latents)]),
-            torch.block_diag(*[o.weight[m.z_dim :].t() for o, m in zip(outs, latents)]),
+            0.5 * torch.block_diag(*[o.weight[m.z_dim :].t() for o, m in zip(outs, latents)]),
         ],
         dim=1,
     )  # (sum last width, 2 sum L)
     b_o = torch.cat(
         [o.bias[: m.z_dim] for o, m in zip(outs, latents)]
-        + [o.bias[m.z_dim :] for o, m in zip(outs, latents)]
+        + [0.5 * o.bias[m.z_dim :] for o, m in zip(outs, latents)]
     )
 
-    cond_steps = torch.cat(conditions, dim=-1).unbind(1)  # T x (B, sum A)
+    # per step, s_t @ w_s lands on [c_t block of head_q's first layer | GRU gate biases]
+    step_inputs = torch.cat([*conditions, b_gates.expand(batch, n_frames, -1)], dim=-1).unbind(
+        1
+    )  # T x (B, sum A + 3 sum H)
     all_given = all(z is not None for z in zs)
     given = given_mask = eps = None
     if any(z is not None for z in zs):
@@ -199,41 +208,42 @@ def run_shared_posteriors(
             dim=-1,
         ).unbind(1)  # T x (B, sum L)
 
-    def gru_update(state: Tensor, gates_z: Tensor, gates_s: Tensor) -> Tensor:
+    def gru_update(state: Tensor, z: Tensor, gates_ru: Tensor, gates_n: Tensor) -> Tensor:
         # PyTorch's GRU: r, u = sigmoid(.), n = tanh(i_n + r * h_n), s' = (1 - u) n + u s
-        ru = torch.sigmoid(gates_z[:, : 2 * n_s] + gates_s[:, : 2 * n_s])
-        r, u = ru.split(n_s, dim=1)
-        n = torch.tanh(torch.addcmul(gates_z[:, 2 * n_s :], r, gates_s[:, 2 * n_s :]))
+        r, u = torch.sigmoid(torch.addmm(gates_ru, z, w_z_ru)).split(n_s, dim=1)
+        n = torch.tanh(torch.addcmul(torch.addmm(b_z_n, z, w_z_n), r, gates_n))
         return torch.addcmul(n, u, state - n)
 
     # s_1 = GRU(z_0 = 0, s_0 = 0): the gates are the biases alone
-    state = gru_update(
-        like.new_zeros(batch, n_s), b_z.expand(batch, -1), b_s[n_a:].expand(batch, -1)
-    )
-    z_out, means, logvars, states = [], [], [], []
+    zero_s, zero_z = like.new_zeros(batch, n_s), like.new_zeros(batch, n_z)
+    ru_0, n_0 = b_gates.expand(batch, -1).split([2 * n_s, n_s], dim=1)
+    state = gru_update(zero_s, zero_z, ru_0, n_0)
+    z_out, means, log_stds, states = [], [], [], []
     for t in range(n_frames):
         states.append(state)
-        # split, not slicing: one backward op for both parts
-        pre_a, gates_s = torch.addmm(b_s, state, w_s).split([n_a, 3 * n_s], dim=1)
-        a = torch.tanh(cond_steps[t] + pre_a)
+        # split, not slicing: one backward op for all parts
+        pre_a, gates_ru, gates_n = torch.addmm(step_inputs[t], state, w_s).split(
+            [n_a, 2 * n_s, n_s], dim=1
+        )
+        a = torch.tanh(pre_a)
         for w_h, b_h in hidden:
             a = torch.tanh(torch.addmm(b_h, a, w_h))
-        mean, logvar = torch.addmm(b_o, a, w_o).split(n_z, dim=1)  # (B, sum L) each
+        mean, log_std = torch.addmm(b_o, a, w_o).split(n_z, dim=1)  # (B, sum L) each
         if all_given:
             z_t = given[t]
         else:
-            z_t = torch.addcmul(mean, torch.exp(0.5 * logvar), eps[t]) if eps is not None else mean
+            z_t = torch.addcmul(mean, torch.exp(log_std), eps[t]) if eps is not None else mean
             if given is not None:
                 z_t = torch.where(given_mask, given[t], z_t)  # some groups held fixed
         z_out.append(z_t)
         means.append(mean)
-        logvars.append(logvar)
+        log_stds.append(log_std)
         if t + 1 < n_frames:
-            state = gru_update(state, torch.addmm(b_z, z_t, w_z), gates_s)
+            state = gru_update(state, z_t, gates_ru, gates_n)
 
     z_all = torch.stack(z_out, 1).split(z_dims, -1)  # (B, T, L_g) per group
     mean_all = at_least_float32(torch.stack(means, 1)).split(z_dims, -1)
-    logvar_all = at_least_float32(torch.stack(logvars, 1)).split(z_dims, -1)
+    logvar_all = (2.0 * at_least_float32(torch.stack(log_stds, 1))).split(z_dims, -1)
     state_all = torch.stack(states, 1).split(state_dims, -1)  # (B, T, H_g) per group
     return [
         (
