@@ -8,8 +8,15 @@ ms/step", the process's CPU time summed over its threads, is less sensitive to i
 
 Sections (add one by appending to SECTIONS):
 - stage2_training: MDVAE training throughput (frames/s) for one optimiser step
-  (forward, ELBO, backward, AdamW), T = 30, at the MEAD reference sizes.
-- clip_latency: encode (posterior means) + decode of one 90-frame clip, batch 1.
+  (forward, ELBO, backward, AdamW), T = 30, fp32, for each model of `--models`
+  ("preset" or "preset/posterior": by default the authors' widths with their filtering
+  posterior and with the seed's smoothing one, and the mead and synthetic presets) at each
+  batch size, with the parameter count and the matmul work per frame (GFLOP/s is that work
+  over the step time: how close the step runs to the machine's matrix-product speed).
+- clip_latency: encode (posterior means) + decode of one 90-frame clip, batch 1, with the
+  shipped bundle's MDVAE (checkpoints/), on 1 thread and on `--threads`.
+- cuda_training: the training section on the GPU with bf16 autocast (peak memory from
+  the CUDA allocator), when one is present.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from dataclasses import dataclass, field
 
 TRAIN_FRAMES = 30  # T of the authors' stage-2 training sequences
 CLIP_FRAMES = 90  # a 3-second clip at 30 frames/s
+MODELS = ["authors/filtering", "authors/smoothing", "mead", "synthetic"]
+SHIPPED_BUNDLE = "checkpoints"
 
 
 @dataclass
@@ -57,45 +66,72 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _model(args: argparse.Namespace):
+def _model(spec: str, args: argparse.Namespace):
+    """The MDVAE of a model spec, "preset" or "preset/posterior", with `--overrides`."""
     import torch
 
     from mdvae.model.mdvae import MDVAE, MDVAEConfig
 
+    preset, _, posterior = spec.partition("/")
+    overrides = json.loads(args.overrides)
+    if posterior:
+        overrides["posterior"] = posterior
     torch.manual_seed(0)
-    return MDVAE(MDVAEConfig.preset(args.preset, **json.loads(args.overrides))), torch
+    return MDVAE(MDVAEConfig.preset(preset, **overrides))
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(network weights, observation log-variances): the authors' count is the first."""
+    logvars = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".logvar"))
+    return sum(p.numel() for p in model.parameters()) - logvars, logvars
 
 
 # ---- stage-2 training throughput -------------------------------------------------------
 
 
 def _training_cases(args: argparse.Namespace) -> list[Case]:
-    return [Case(f"batch {b}", {"batch": b}) for b in args.batches]
+    return [
+        Case(f"{spec}, batch {b}", {"model": spec, "batch": b})
+        for spec in args.models
+        for b in args.batches
+    ]
 
 
-def _training_run(case: Case, args: argparse.Namespace) -> dict:
+def _training_run(case: Case, args: argparse.Namespace, device: str = "cpu") -> dict:
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     batch = case.params["batch"]
     gen = torch.Generator().manual_seed(0)
     base_rss = _rss_mb()
-    model, _ = _model(args)
+    model = _model(case.params["model"], args).to(device)
     config = model.config
-    x_a = torch.randn(batch, TRAIN_FRAMES, config.audio_dim, generator=gen)
-    x_v = torch.randn(batch, TRAIN_FRAMES, config.visual_dim, generator=gen)
+    x_a = torch.randn(batch, TRAIN_FRAMES, config.audio_dim, generator=gen).to(device)
+    x_v = torch.randn(batch, TRAIN_FRAMES, config.visual_dim, generator=gen).to(device)
     # the fused kernel: one pass over all parameters instead of ~60 small ops per tensor
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     model.train()
+    cuda = device != "cpu"
 
     def step() -> None:
-        loss = model(x_a, x_v).loss.total
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cuda):
+            loss = model(x_a, x_v).loss.total
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        if cuda:
+            torch.cuda.synchronize()
 
+    # matrix products of one forward + backward (the recurrent kernels of nn.LSTM are not
+    # counted by torch's flop counter)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
     warmup, steps = (1, 4) if args.quick else (3, 15)
     for _ in range(warmup):
         step()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times, cpu_times = [], []
     for _ in range(steps):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -103,30 +139,62 @@ def _training_run(case: Case, args: argparse.Namespace) -> dict:
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
     median = statistics.median(times)
-    return {
-        "frames/s": batch * TRAIN_FRAMES / median,
+    weights, _ = parameter_counts(model)
+    frames = batch * TRAIN_FRAMES
+    out = {
+        "params": weights,
+        "frames/s": frames / median,
         "step ms (median)": 1e3 * median,
-        "step ms (min)": 1e3 * min(times),
         "CPU ms/step": 1e3 * statistics.median(cpu_times),
-        "peak RSS MB": _peak_rss_mb(),
-        "peak - base MB": _peak_rss_mb() - base_rss,
+        "MFLOP/frame": counter.get_total_flops() / frames / 1e6,
+        "GFLOP/s": counter.get_total_flops() / median / 1e9,
     }
+    if cuda:
+        out["peak MB"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        out["peak RSS MB"] = _peak_rss_mb()
+        out["peak - base MB"] = _peak_rss_mb() - base_rss
+    return out
+
+
+def _cuda_training_cases(args: argparse.Namespace) -> list[Case]:
+    import torch
+
+    return _training_cases(args) if torch.cuda.is_available() else []
+
+
+def _cuda_training_run(case: Case, args: argparse.Namespace) -> dict:
+    return _training_run(case, args, device="cuda")
 
 
 # ---- encode + decode latency of one clip -------------------------------------------------
 
 
 def _latency_cases(args: argparse.Namespace) -> list[Case]:
-    return [Case(f"{CLIP_FRAMES}-frame clip", {"frames": CLIP_FRAMES})]
+    threads = sorted({1, args.threads})
+    return [
+        Case(f"shipped bundle, {n} thread(s)", {"frames": CLIP_FRAMES, "threads": n})
+        for n in threads
+    ] + [
+        Case(f"{spec}, {args.threads} thread(s)", {"frames": CLIP_FRAMES, "model": spec})
+        for spec in args.latency_models
+    ]
 
 
 def _latency_run(case: Case, args: argparse.Namespace) -> dict:
     import torch
 
+    from mdvae.bundle import load_bundle
+
     n_frames = case.params["frames"]
+    if "threads" in case.params:
+        torch.set_num_threads(case.params["threads"])
     gen = torch.Generator().manual_seed(0)
     base_rss = _rss_mb()
-    model, _ = _model(args)
+    if "model" in case.params:
+        model = _model(case.params["model"], args)
+    else:
+        model = load_bundle(SHIPPED_BUNDLE).components["mdvae"]
     config = model.config
     x_a = torch.randn(1, n_frames, config.audio_dim, generator=gen)
     x_v = torch.randn(1, n_frames, config.visual_dim, generator=gen)
@@ -155,12 +223,15 @@ def _latency_run(case: Case, args: argparse.Namespace) -> dict:
 SECTIONS: list[Section] = [
     Section(
         "stage2_training",
-        f"Stage-2 MDVAE training, T = {TRAIN_FRAMES} (forward + ELBO + backward + AdamW step)",
+        f"Stage-2 MDVAE training, T = {TRAIN_FRAMES}, fp32 "
+        "(forward + ELBO + backward + AdamW step)",
         [
+            "params",
             "frames/s",
             "step ms (median)",
-            "step ms (min)",
             "CPU ms/step",
+            "MFLOP/frame",
+            "GFLOP/s",
             "peak RSS MB",
             "peak - base MB",
         ],
@@ -174,6 +245,13 @@ SECTIONS: list[Section] = [
         _latency_cases,
         _latency_run,
     ),
+    Section(
+        "cuda_training",
+        f"Stage-2 MDVAE training on CUDA, T = {TRAIN_FRAMES}, bf16 autocast",
+        ["params", "frames/s", "step ms (median)", "MFLOP/frame", "GFLOP/s", "peak MB"],
+        _cuda_training_cases,
+        _cuda_training_run,
+    ),
 ]
 
 
@@ -182,8 +260,8 @@ SECTIONS: list[Section] = [
 
 def _child_argv(args: argparse.Namespace, section: Section, case: Case) -> list[str]:
     argv = [sys.executable, "-m", "train.benchmark", "--threads", str(args.threads)]
-    argv += ["--preset", args.preset, "--overrides", args.overrides]
-    argv += ["--batches", *map(str, args.batches)]
+    argv += ["--models", *args.models, "--overrides", args.overrides]
+    argv += ["--latency-models", *args.latency_models, "--batches", *map(str, args.batches)]
     if args.quick:
         argv.append("--quick")
     return argv + ["--run-case", json.dumps({"section": section.name, "case": case.__dict__})]
@@ -199,10 +277,14 @@ def _run_child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def _cell(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.1f}"
+
+
 def _format_table(section: Section, rows: list[tuple[str, dict, float]]) -> str:
     header = ["", *section.columns, "load avg"]
     body = [
-        [label, *(f"{values[c]:,.1f}" for c in section.columns), f"{load:.2f}"]
+        [label, *(_cell(values[c]) for c in section.columns), f"{load:.2f}"]
         for label, values, load in rows
     ]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
@@ -223,9 +305,23 @@ def main(argv: list[str] | None = None) -> None:
         help="fresh processes per row; the table shows the median of each column (default 3, "
         "1 with --quick)",
     )
-    parser.add_argument("--preset", default="mead", help="MDVAE config preset (default mead)")
     parser.add_argument(
-        "--overrides", default="{}", help="JSON of MDVAEConfig fields, e.g. '{\"rnn_dim\": 64}'"
+        "--models",
+        nargs="+",
+        default=MODELS,
+        help="models to train, each an MDVAE preset with an optional /posterior "
+        f"(default {' '.join(MODELS)})",
+    )
+    parser.add_argument(
+        "--latency-models",
+        nargs="*",
+        default=["authors/filtering"],
+        help="models timed on a clip besides the shipped bundle (default authors/filtering)",
+    )
+    parser.add_argument(
+        "--overrides",
+        default="{}",
+        help="JSON of MDVAEConfig fields for every model, e.g. '{\"rnn_dim\": 64}'",
     )
     parser.add_argument(
         "--batches", type=int, nargs="+", default=[32, 128], help="training batch sizes"
@@ -247,11 +343,14 @@ def main(argv: list[str] | None = None) -> None:
 
     repeats = args.repeats or (1 if args.quick else 3)
     print(
-        f"torch {torch.__version__}, {args.threads} thread(s), fp32, preset {args.preset!r} "
-        f"{args.overrides}, {'quick' if args.quick else 'full'} run, median of {repeats} "
-        "fresh process(es) per row; 1-min load average before: "
+        f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPU(s), "
+        f"overrides {args.overrides}, {'quick' if args.quick else 'full'} run, median of "
+        f"{repeats} fresh process(es) per row; load average (1, 5, 15 min) before: "
         + ", ".join(f"{x:.2f}" for x in os.getloadavg())
     )
+    for spec in args.models:
+        weights, logvars = parameter_counts(_model(spec, args))
+        print(f"{spec}: {weights:,} weights (+ {logvars:,} observation log-variances)")
     for section in (s for s in SECTIONS if s.name in args.sections):
         rows = []
         for case in section.cases(args):
@@ -266,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
                 loads.append(os.getloadavg()[0])
             values = {c: statistics.median(r[c] for r in runs) for c in section.columns}
             rows.append((case.label, values, statistics.median(loads)))
+        if not rows:
+            continue
         print()
         print(_format_table(section, rows))
 

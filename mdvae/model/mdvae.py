@@ -26,6 +26,12 @@ latents -> 256 -> 256 -> x_v) with one learned log-variance per output dimension
 are wider (1024 units next to the 2048-d visual features); these widths keep stage-2
 training fast on a CPU, and every width is a config field.
 
+The "authors" preset builds the authors' public layout instead (`AuthorsLayout`, 8,484,568
+weights with their filtering posterior): x_a as it is, x_v through 2048 -> 1024 -> 512
+ReLU, q(w) from a bidirectional GRU, and for each z one GRU over its sampled past shared
+by its posterior and its prior (`shared_gru.py`); with posterior="smoothing" the z
+posteriors read backward LSTM summaries of x_t:T in place of x_t.
+
 ELBO normalisation (`elbo.py`, shared with DSAE). Every term of `ELBOTerms` is in nats per
 frame: the per-sequence sum (over frames and dimensions) averaged over the batch, divided by
 T. The KL of w, which occurs once per sequence, is divided by T too, so the `rec` and `kl`
