@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from mdvae.errors import ConfigError, MDVAEError
 from mdvae.face import NoFaceError
 from mdvae.labels import EMOTIONS
 from mdvae.media import MediaError, ffmpeg_exe, normalize_clip, write_video
-from mdvae.pipeline import GROUPS, Pipeline, central_frames
+from mdvae.pipeline import GROUPS, Pipeline, central_frames, prune_files
 from mdvae.synthetic import generate_clip
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -48,6 +50,9 @@ def make_bad_inputs(folder: Path) -> dict[str, Path]:
     cases = {}
     cases["not_a_video"] = folder / "notes.mp4"
     cases["not_a_video"].write_text("this is text, not a video\n")
+    cases["still_image"] = folder / "photo.mp4"  # a PNG renamed
+    cv2.imwrite(str(folder / "photo.png"), face.frames[0])
+    (folder / "photo.png").rename(cases["still_image"])
     cases["no_audio"] = write_video(folder / "silent.mp4", face.frames, None, scale=2)
     cases["too_short"] = write_video(folder / "short.mp4", face.frames[:15],
                                      face.audio[:8000], scale=2)
@@ -104,6 +109,7 @@ def test_load_aligned_example_and_detected_face(pipe):
 
 @pytest.mark.parametrize("case, error, message", [
     ("not_a_video", MediaError, "is not a video"),
+    ("still_image", MediaError, r"photo\.mp4 is a still image \(PNG\), not a video"),
     ("no_audio", MediaError, "has no audio track"),
     ("too_short", MediaError, "too short"),
     ("no_face", NoFaceError, "no face found.*mark it as aligned"),
@@ -175,6 +181,9 @@ def test_interpolation_ends_and_sweep(pipe, encoded):
     np.testing.assert_array_equal(sweep[-1], to_b[-1])
     with pytest.raises(MDVAEError, match="alpha must be between 0"):
         pipe.interpolate(enc_a, enc_b, 1.5)
+    with pytest.raises(MDVAEError, match=r"alpha \(between 0, B's w, and 1, A's w\) must be a "
+                                         r"number, got 'x'"):
+        pipe.interpolate(enc_a, enc_b, "x")
     strip = pipe.interpolation_strip(enc_a, enc_b, n=5)
     assert strip.dtype == np.uint8 and strip.shape[1] > 5 * 128
 
@@ -275,3 +284,59 @@ def test_pipeline_is_usable_from_threads_without_shared_state(pipe):
     for t in threads:
         t.join()
     assert dict(vars(pipe)) == before
+
+
+def test_text_where_a_number_belongs_is_named(pipe, encoded):
+    with pytest.raises(MDVAEError, match="the noise level sigma must be a number, got 'x'"):
+        pipe.denoise(encoded[0].clip, "mouth", "x")
+    with pytest.raises(MDVAEError, match="alpha .* must be a number, got None|got \\[\\]"):
+        pipe.interpolate(encoded[0], encoded[1], [])
+
+
+def test_damaged_clip_notes_how_many_frames_were_lost(pipe, tmp_path):
+    from tests.test_media import damaged
+
+    enc = pipe.encode(pipe.load(damaged(tmp_path, "scratched.mp4", 0.04), aligned=True))
+    assert enc.clip.lost_frames > 0
+    assert any(f"scratched.mp4 is damaged: {enc.clip.lost_frames} of its video frames could "
+               f"not be decoded" in note for note in enc.notes)
+
+
+def _aged(path: Path, size: int, age: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(size))
+    then = time.time() - age
+    os.utime(path, (then, then))
+    return path
+
+
+def test_prune_files_bounds_a_folder_by_age_and_size(tmp_path):
+    old = _aged(tmp_path / "a" / "old.mp4", 10, age=7200)
+    big = [_aged(tmp_path / f"h{i}" / "up.mp4", 1000, age=600 - i) for i in range(5)]
+    young = _aged(tmp_path / "young.mp4", 1000, age=5)
+    example = _aged(tmp_path / "ex" / "example.mp4", 1000, age=9000)
+    left = prune_files(tmp_path, max_bytes=3000, max_age_s=3600, min_age_s=60, keep=[example])
+    assert not old.exists() and not old.parent.exists()  # too old; its empty folder goes too
+    # oldest first until the rest fit: the young file and the kept example count, but stay
+    assert [p.exists() for p in big] == [False, False, False, False, True]
+    assert young.exists() and example.exists() and left == 3000
+
+
+def test_written_files_bounded_by_size_and_age(tiny_bundle):
+    with Pipeline(tiny_bundle, device="cpu", max_output_mb=0.002) as p:
+        files = [_aged(p.new_path("r", ".mp4"), 1000, age=120 + i) for i in range(4)]
+        fresh = p.new_path("r", ".mp4")
+        fresh.write_bytes(bytes(1000))
+        p.new_path("r", ".mp4")
+        # 2,000 bytes at most, oldest first; the file just written is never pruned
+        assert sum(f.exists() for f in files) == 1 and files[0].exists() and fresh.exists()
+
+
+def test_session_encoding_survives_its_upload_being_pruned(pipe, tmp_path):
+    upload = tmp_path / "upload.mp4"
+    upload.write_bytes(CLIP_B.read_bytes())
+    first = pipe.encode_file(upload, aligned=True)
+    upload.unlink()  # pruned from the cache while the session still holds the encoding
+    assert pipe.encode_file(upload, aligned=True, reuse=first) is first
+    with pytest.raises(MediaError, match="does not exist"):
+        pipe.encode_file(upload, aligned=False, reuse=first)
