@@ -208,6 +208,23 @@ def _image(label: str) -> gr.Image:
     return gr.Image(label=label, type="numpy", format="png")  # png: crisp frame strips
 
 
+def _slider(*args, **kwargs) -> gr.Slider:
+    """A gr.Slider whose API callers are told plainly when they send text instead of a
+    number (Gradio's own check fails with a generic error). Wrapped on the instance: a
+    subclass would make Gradio write a type stub beside this file."""
+    slider = gr.Slider(*args, **kwargs)
+    preprocess = slider.preprocess
+
+    def checked(payload):
+        if isinstance(payload, bool) or not isinstance(payload, (int, float)):
+            raise gr.Error(f"{slider.label} must be a number from {slider.minimum:g} to "
+                           f"{slider.maximum:g}, got {payload!r}", print_exception=False)
+        return preprocess(payload)
+
+    slider.preprocess = checked
+    return slider
+
+
 def _state() -> gr.State:
     return gr.State(time_to_live=SESSION_TTL_S)
 
@@ -256,7 +273,7 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
             with gr.Row():
                 interp_a, interp_b = _video("Clip A"), _video("Clip B")
             with gr.Row():
-                alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="alpha",
+                alpha = _slider(0.0, 1.0, value=0.5, step=0.05, label="alpha",
                                   info="w = alpha w_A + (1 - alpha) w_B; 1 is A, 0 is B's w "
                                        "with A's motion. Releasing the slider only decodes.")
                 sweep = gr.Checkbox(value=False, label="Sweep",
@@ -289,9 +306,9 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                 den_video_in = _video("Clip")
                 with gr.Column():
                     region = gr.Radio(list(REGIONS), value="mouth", label="Corrupted region")
-                    sigma = gr.Slider(0.05, 1.0, value=0.3, step=0.05, label="Noise std (sigma)",
+                    sigma = _slider(0.05, 1.0, value=0.3, step=0.05, label="Noise std (sigma)",
                                       info="Gaussian noise, in units of the pixel range [0, 1]")
-                    percent = gr.Slider(10, 100, value=60, step=5,
+                    percent = _slider(10, 100, value=60, step=5,
                                         label="Corrupted frames (% of the clip, centred)",
                                         info="60 % matches the seed's 6 central frames of 10")
                     den_button = gr.Button("Corrupt and denoise", variant="primary")
