@@ -63,7 +63,7 @@ MAX_SESSIONS = int(os.environ.get("MDVAE_MAX_SESSIONS", "32"))
 # arrive outside the queue, so this is checked every PRUNE_EVERY_S seconds.
 DISK_MB = float(os.environ.get("MDVAE_DISK_MB", "2000"))
 CACHE_AGE_S = 1800
-PRUNE_EVERY_S = 5.0
+PRUNE_EVERY_S = 1.0
 
 INTRO = """# VQ-MDVAE: audiovisual speech, factor by factor
 A multimodal dynamical VAE (MDVAE, after Sadok, Leglaive, Girin, Alameda-Pineda and Séguier)

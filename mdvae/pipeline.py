@@ -56,11 +56,10 @@ MAX_SECONDS = 10.0  # longer clips are trimmed: memory and latency stay bounded
 MAX_FILE_MB = 50.0  # refused before decoding; a 10 s 1080p phone clip is ~20 MB
 # The written videos are kept at most this long and, oldest first, to at most this size
 # (a 256x256 result is ~0.3 MB); files younger than MIN_KEEP_SECONDS are never pruned, so
-# a browser can still fetch the result it was just given.
+# a file being written, or just handed to a browser, stays.
 KEEP_SECONDS = 3600.0
 MAX_OUTPUT_MB = 500.0
-MIN_KEEP_SECONDS = 60.0
-# A clip where more than this share of frames failed to decode is refused in mdvae.media.
+MIN_KEEP_SECONDS = 10.0
 OUTPUT_SCALE = 4  # 64x64 results are written as 256x256 videos
 # The w slider's videos are written 128x128 (the browser shows them at the same size):
 # encoding 4x-enlarged frames is about a third of that request's CPU time.
