@@ -349,6 +349,8 @@ class Pipeline:
         """Markdown: which bundle is loaded, what it was trained on, how it scores."""
         info = self.bundle.info
         data = info.get("data", {})
+        if isinstance(data, str):  # a bare note
+            data = {"note": data}
         c = self.mdvae.config
         lines = [
             f"**Model bundle:** `{self.bundle_source}` · latents w {c.w_dim}, "

@@ -340,3 +340,12 @@ def test_session_encoding_survives_its_upload_being_pruned(pipe, tmp_path):
     assert pipe.encode_file(upload, aligned=True, reuse=first) is first
     with pytest.raises(MediaError, match="does not exist"):
         pipe.encode_file(upload, aligned=False, reuse=first)
+
+
+def test_description_of_a_bundle_whose_data_is_a_bare_note(pipe):
+    saved = pipe.bundle.info
+    pipe.bundle.info = {"data": "twelve synthetic speakers"}
+    try:
+        assert "**Trained on:** twelve synthetic speakers" in pipe.description
+    finally:
+        pipe.bundle.info = saved
