@@ -71,6 +71,16 @@ def make_bad_inputs(folder: Path) -> dict[str, Path]:
     return cases
 
 
+def assert_same_frames(got: np.ndarray, want: np.ndarray) -> None:
+    """Frames decoded from the same latents along different tensor shapes (a cropped
+    sequence, a per-frame w): the floats may differ in their last bits from one CPU's
+    kernels to another's, and after rounding to uint8 a pixel moves by one level only where
+    its value lay within that rounding of a half-level, so a handful of pixels at most."""
+    assert got.shape == want.shape
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
 # -- fixtures --------------------------------------------------------------------------
 
 
@@ -155,7 +165,7 @@ def test_swapping_every_group_gives_b_reconstruction(pipe, encoded):
     ref = pipe.reconstruct(enc_b)
     n = enc_b.n_frames  # the shorter clip: A is cut to it
     assert out.frames.shape == (n, 64, 64, 3)
-    np.testing.assert_array_equal(out.frames, ref.frames[:n])
+    assert_same_frames(out.frames, ref.frames[:n])
     np.testing.assert_allclose(out.power, ref.power[:n], rtol=1e-5, atol=1e-8)
     assert any("cut to the first 2.50 s" in note for note in out.notes)
 
@@ -172,13 +182,13 @@ def test_swap_groups_checked_and_w_keeps_a_length(pipe, encoded):
 
 def test_interpolation_ends_and_sweep(pipe, encoded):
     enc_a, enc_b = encoded
-    np.testing.assert_array_equal(pipe.interpolate(enc_a, enc_b, 1.0).frames,
-                                  pipe.reconstruct(enc_a).frames)
+    assert_same_frames(pipe.interpolate(enc_a, enc_b, 1.0).frames,
+                       pipe.reconstruct(enc_a).frames)
     to_b = pipe.interpolate(enc_a, enc_b, 0.0).frames
     sweep = pipe.interpolate(enc_a, enc_b, None).frames
     # The sweep starts at A's w and ends at B's (each frame is decoded on its own).
-    np.testing.assert_array_equal(sweep[0], pipe.reconstruct(enc_a).frames[0])
-    np.testing.assert_array_equal(sweep[-1], to_b[-1])
+    assert_same_frames(sweep[0], pipe.reconstruct(enc_a).frames[0])
+    assert_same_frames(sweep[-1], to_b[-1])
     with pytest.raises(MDVAEError, match="alpha must be between 0"):
         pipe.interpolate(enc_a, enc_b, 1.5)
     with pytest.raises(MDVAEError, match=r"alpha \(between 0, B's w, and 1, A's w\) must be a "
