@@ -31,7 +31,6 @@ from mdvae.media import MAX_FRAME_PIXELS, MAX_LOST_SHARE
 from mdvae.pipeline import (
     GROUP_MEANING,
     GROUPS,
-    MIN_KEEP_SECONDS,
     PREVIEW_SCALE,
     REGIONS,
     Pipeline,
@@ -59,8 +58,9 @@ QUEUE_SIZE = 32  # waiting requests beyond this are turned away with "queue full
 SESSION_TTL_S = float(os.environ.get("MDVAE_SESSION_TTL", "900"))
 MAX_SESSIONS = int(os.environ.get("MDVAE_MAX_SESSIONS", "32"))
 # Gradio's cache (uploads, the results written into it, example copies) is kept to this
-# size, oldest files first, and files older than CACHE_AGE_S are deleted as well; uploads
-# arrive outside the queue, so this is checked every PRUNE_EVERY_S seconds.
+# size, oldest files first (a fresh upload or result is the newest, so it goes last), and
+# files older than CACHE_AGE_S are deleted as well; uploads arrive outside the queue, so
+# this is checked every PRUNE_EVERY_S seconds.
 DISK_MB = float(os.environ.get("MDVAE_DISK_MB", "2000"))
 CACHE_AGE_S = 1800
 PRUNE_EVERY_S = 1.0
@@ -369,11 +369,11 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
 
 
 def prune_cache(demo: gr.Blocks, max_mb: float = DISK_MB) -> int:
-    """Keep Gradio's cache folder within max_mb and CACHE_AGE_S (never the example copies,
-    nor files younger than MIN_KEEP_SECONDS); returns the bytes left."""
+    """Keep Gradio's cache folder within max_mb and CACHE_AGE_S (never the example copies);
+    returns the bytes left."""
     keep = {f for block in demo.blocks.values() for f in getattr(block, "keep_in_cache", ())}
     return prune_files(demo.GRADIO_CACHE, max_bytes=max_mb * 2**20, max_age_s=CACHE_AGE_S,
-                       min_age_s=MIN_KEEP_SECONDS, keep=keep)
+                       keep=keep)
 
 
 def _prune_while_running(demo: gr.Blocks) -> None:

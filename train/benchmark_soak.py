@@ -8,10 +8,11 @@ each from a new gradio_client (a new session, as a script calling the API makes)
 server's resident memory is printed as they go, and stays flat once MDVAE_MAX_SESSIONS
 sessions hold their encodings. Then `--uploads` distinct files of `--upload-mb` each are
 posted to /gradio_api/upload (outside the queue, as any caller can): the cache folder's size
-is printed as they go and stays near `--disk-mb` (MDVAE_DISK_MB). Last, the server gets
-SIGTERM and the program checks that its temporary folders went with it. Without a bundle
-in checkpoints/ (and no --bundle or $MDVAE_BUNDLE), a random bundle of the shipped sizes is
-served.
+is printed as they go, one every `--upload-every` seconds: it exceeds `--disk-mb`
+(MDVAE_DISK_MB) only by what arrives between two prunings (every PRUNE_EVERY_S). Last, the
+server gets SIGTERM and the program checks that its temporary folders went with it. Without
+a bundle in checkpoints/ (and no --bundle or $MDVAE_BUNDLE), a random bundle of the shipped
+sizes is served.
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def soak_sessions(server: subprocess.Popen, url: str, calls: int) -> list[tuple[
     return rows
 
 
-def soak_uploads(url: str, cache: Path, uploads: int, upload_mb: float, prune_s: float
-                 ) -> list[tuple[int, float]]:
+def soak_uploads(url: str, cache: Path, uploads: int, upload_mb: float, upload_every: float,
+                 settle_s: float) -> list[tuple[int, float]]:
     import httpx
 
     body = CLIP_A.read_bytes()
@@ -110,18 +111,21 @@ def soak_uploads(url: str, cache: Path, uploads: int, upload_mb: float, prune_s:
     print(f"\n{'uploads':>12} | cache folder (MB)")
     print(f"{0:>12} | {rows[-1][1]:8.1f}")
     every = max(1, uploads // 10)
+    start = time.perf_counter()
     with httpx.Client(timeout=60) as http:
         for i in range(1, uploads + 1):
             data = body + os.urandom(pad)  # distinct bytes: Gradio stores each upload anew
             answer = http.post(f"{url}gradio_api/upload",
                                files={"files": (f"clip{i}.mp4", data, "video/mp4")})
             answer.raise_for_status()
+            time.sleep(upload_every)
             if i % every == 0 or i == uploads:
                 rows.append((i, folder_mb(cache)))
                 print(f"{i:>12} | {rows[-1][1]:8.1f}", flush=True)
-    time.sleep(2 * prune_s + 1)
+    print(f"({uploads} uploads in {time.perf_counter() - start:.1f} s)")
+    time.sleep(settle_s)
     rows.append((uploads, folder_mb(cache)))
-    print(f"{'(settled)':>12} | {rows[-1][1]:8.1f}")
+    print(f"{f'+{settle_s:g} s':>12} | {rows[-1][1]:8.1f}")
     return rows
 
 
@@ -133,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
     parser.add_argument("--calls", type=int, default=200, help="/swap calls, one session each")
     parser.add_argument("--uploads", type=int, default=100)
     parser.add_argument("--upload-mb", type=float, default=1.0, help="size of each upload")
+    parser.add_argument("--upload-every", type=float, default=0.1,
+                        help="seconds between uploads")
     parser.add_argument("--disk-mb", type=float, default=20.0,
                         help="the server's MDVAE_DISK_MB (small, so 100 uploads reach it)")
     args = parser.parse_args(argv)
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
         try:
             rows = {"rss_mb": soak_sessions(server, url, args.calls),
                     "cache_mb": soak_uploads(url, cache, args.uploads, args.upload_mb,
-                                             app.PRUNE_EVERY_S)}
+                                             args.upload_every, 2 * app.PRUNE_EVERY_S + 1)}
         finally:
             server.send_signal(signal.SIGTERM)
             code = server.wait(timeout=60)
