@@ -8,12 +8,18 @@ which owns the models and turns bad input into clear errors (shown here as gr.Er
 Environment: MDVAE_BUNDLE (bundle folder or Hub repo id; default checkpoints/),
 MDVAE_CONCURRENCY (requests run at once, default 2), MDVAE_TORCH_THREADS (torch CPU threads,
 default 1: per request, so concurrent requests do not fight over the cores),
-GRADIO_SERVER_NAME (default 127.0.0.1), GRADIO_SERVER_PORT (default 7860).
+GRADIO_SERVER_NAME (default 127.0.0.1), GRADIO_SERVER_PORT (default 7860),
+MDVAE_SESSION_TTL (seconds a session keeps its encoded clips, default 900), MDVAE_MAX_SESSIONS
+(sessions whose state is kept, default 32), MDVAE_DISK_MB (uploads and results kept on disk,
+default 2000).
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,13 +27,16 @@ import gradio as gr
 import torch
 
 from mdvae.errors import MDVAEError
+from mdvae.media.video import MAX_FRAME_PIXELS, MAX_LOST_SHARE
 from mdvae.pipeline import (
     GROUP_MEANING,
     GROUPS,
     PREVIEW_SCALE,
     REGIONS,
     Pipeline,
+    as_number,
     central_frames,
+    prune_files,
 )
 
 try:  # ZeroGPU: `spaces.GPU` attaches a GPU while a decorated function runs
@@ -43,6 +52,18 @@ except ImportError:
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 CONCURRENCY = int(os.environ.get("MDVAE_CONCURRENCY", "2"))
 QUEUE_SIZE = 32  # waiting requests beyond this are turned away with "queue full"
+# A session's encoded clips (~9 MB each, up to 6 per session) are dropped this long after
+# their last use, and only the newest MAX_SESSIONS sessions keep any: an API caller's state
+# (every gradio_client is a session) is freed like a browser tab's.
+SESSION_TTL_S = float(os.environ.get("MDVAE_SESSION_TTL", "900"))
+MAX_SESSIONS = int(os.environ.get("MDVAE_MAX_SESSIONS", "32"))
+# Gradio's cache (uploads, the results written into it, example copies) is kept to this
+# size, oldest files first (a fresh upload or result is the newest, so it goes last), and
+# files older than CACHE_AGE_S are deleted as well; uploads arrive outside the queue, so
+# this is checked every PRUNE_EVERY_S seconds.
+DISK_MB = float(os.environ.get("MDVAE_DISK_MB", "2000"))
+CACHE_AGE_S = 1800
+PRUNE_EVERY_S = 1.0
 
 INTRO = """# VQ-MDVAE: audiovisual speech, factor by factor
 A multimodal dynamical VAE (MDVAE, after Sadok, Leglaive, Girin, Alameda-Pineda and Séguier)
@@ -143,7 +164,7 @@ def denoise(video, region, sigma, percent, aligned, progress=PROGRESS, enc=None)
         enc = pipe.encode_file(video, aligned=aligned, reuse=enc)
     progress(0.5, desc="Corrupting and reconstructing")
     with _user_errors():
-        frames = central_frames(enc.n_frames, float(percent) / 100)
+        frames = central_frames(enc.n_frames, as_number(percent, "percent") / 100)
         result = pipe.denoise(enc.clip, region, sigma, frames)
     video_out = pipe.render_denoise(result)
     rows = [("clean", result.clean), ("noisy", result.noisy), *result.outputs.items()]
@@ -187,6 +208,27 @@ def _image(label: str) -> gr.Image:
     return gr.Image(label=label, type="numpy", format="png")  # png: crisp frame strips
 
 
+def _slider(*args, **kwargs) -> gr.Slider:
+    """A gr.Slider whose API callers are told plainly when they send text instead of a
+    number (Gradio's own check fails with a generic error). Wrapped on the instance: a
+    subclass would make Gradio write a type stub beside this file."""
+    slider = gr.Slider(*args, **kwargs)
+    preprocess = slider.preprocess
+
+    def checked(payload):
+        if isinstance(payload, bool) or not isinstance(payload, (int, float)):
+            raise gr.Error(f"{slider.label} must be a number from {slider.minimum:g} to "
+                           f"{slider.maximum:g}, got {payload!r}", print_exception=False)
+        return preprocess(payload)
+
+    slider.preprocess = checked
+    return slider
+
+
+def _state() -> gr.State:
+    return gr.State(time_to_live=SESSION_TTL_S)
+
+
 def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
     """The Blocks app around `pipeline` (default: Pipeline(), i.e. $MDVAE_BUNDLE or
     checkpoints/)."""
@@ -195,7 +237,7 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
     pipe = _pipeline
     group_choices = [(f"{g}: {GROUP_MEANING[g]}", g) for g in GROUPS]
 
-    with gr.Blocks(title="VQ-MDVAE", delete_cache=(1800, 3600)) as demo:
+    with gr.Blocks(title="VQ-MDVAE", delete_cache=(300, CACHE_AGE_S)) as demo:
         gr.Markdown(INTRO.format(max_s=pipe.max_seconds))
         gr.Markdown(pipe.description, elem_id="bundle-info")
         aligned = gr.Checkbox(
@@ -214,7 +256,7 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                                       height=320, elem_id="swap-result")
                 swap_strip = _image("Frames: A, B, result")
             swap_notes = gr.Markdown(label="notes")
-            swap_state = (gr.State(), gr.State())
+            swap_state = (_state(), _state())
             swap_inputs = [swap_a, swap_b, swap_groups, aligned]
             swap_outputs = [swap_video, swap_strip, swap_notes, *swap_state]
             swap_button.click(swap, [*swap_inputs, *swap_state], swap_outputs, api_name="swap")
@@ -231,7 +273,7 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
             with gr.Row():
                 interp_a, interp_b = _video("Clip A"), _video("Clip B")
             with gr.Row():
-                alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="alpha",
+                alpha = _slider(0.0, 1.0, value=0.5, step=0.05, label="alpha",
                                   info="w = alpha w_A + (1 - alpha) w_B; 1 is A, 0 is B's w "
                                        "with A's motion. Releasing the slider only decodes.")
                 sweep = gr.Checkbox(value=False, label="Sweep",
@@ -242,7 +284,7 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                 interp_video = gr.Video(label="A with the interpolated w", height=320)
                 interp_strip = _image("Middle frame of A from w_A to w_B")
             interp_notes = gr.Markdown(label="notes")
-            interp_state = (gr.State(), gr.State())
+            interp_state = (_state(), _state())
             interp_inputs = [interp_a, interp_b, alpha, sweep, aligned]
             interp_outputs = [interp_video, interp_strip, interp_notes, *interp_state]
             interp_button.click(interpolate, [*interp_inputs, *interp_state], interp_outputs,
@@ -264,9 +306,9 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                 den_video_in = _video("Clip")
                 with gr.Column():
                     region = gr.Radio(list(REGIONS), value="mouth", label="Corrupted region")
-                    sigma = gr.Slider(0.05, 1.0, value=0.3, step=0.05, label="Noise std (sigma)",
+                    sigma = _slider(0.05, 1.0, value=0.3, step=0.05, label="Noise std (sigma)",
                                       info="Gaussian noise, in units of the pixel range [0, 1]")
-                    percent = gr.Slider(10, 100, value=60, step=5,
+                    percent = _slider(10, 100, value=60, step=5,
                                         label="Corrupted frames (% of the clip, centred)",
                                         info="60 % matches the seed's 6 central frames of 10")
                     den_button = gr.Button("Corrupt and denoise", variant="primary")
@@ -276,7 +318,7 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                                          label="On the corrupted pixels", interactive=False)
                 den_strip = _image("Corrupted frames")
             den_notes = gr.Markdown(label="notes")
-            den_state = gr.State()
+            den_state = _state()
             den_inputs = [den_video_in, region, sigma, percent, aligned]
             den_outputs = [den_video, den_table, den_strip, den_notes, den_state]
             den_button.click(denoise, [*den_inputs, den_state], den_outputs, api_name="denoise")
@@ -294,7 +336,7 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                     emo_text = gr.Markdown(label="unimodal models and notes")
             emo_button = gr.Button("Predict the emotion", variant="primary")
             emo_strip = _image("Face crops read by the model")
-            emo_state = gr.State()
+            emo_state = _state()
             emo_inputs = [emo_video_in, aligned]
             emo_outputs = [emo_label, emo_text, emo_strip, emo_state]
             emo_button.click(emotion, [*emo_inputs, emo_state], emo_outputs, api_name="emotion")
@@ -312,11 +354,35 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
 
         gr.Markdown(
             f"Clips: 1 to {pipe.max_seconds:g} s are used (longer ones are trimmed), files up "
-            f"to {pipe.max_file_mb:g} MB. Results are 64x64 face crops shown 4x larger; their "
-            f"sound is rebuilt from the decoded spectrogram by Griffin-Lim. API: "
+            f"to {pipe.max_file_mb:g} MB (mp4, mov, webm, mkv, avi, mpeg, ts, flv or ogg; "
+            f"frames up to {MAX_FRAME_PIXELS / 1e6:.1f} megapixels; a clip with over "
+            f"{MAX_LOST_SHARE:.0%} of its frames damaged is refused). Results are 64x64 face "
+            f"crops shown 4x larger; their sound is rebuilt from the decoded spectrogram by "
+            f"Griffin-Lim. Your encoded clips are kept {SESSION_TTL_S / 60:g} min after their "
+            f"last use; files are deleted after {CACHE_AGE_S / 60:g} min at most. API: "
             f"`/swap`, `/interpolate`, `/denoise`, `/emotion` (see \"Use via API\" below).")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    # Results are written straight into Gradio's cache, which then serves them as they are
+    # instead of copying them there.
+    pipe.set_output_root(demo.GRADIO_CACHE)
     return demo
+
+
+def prune_cache(demo: gr.Blocks, max_mb: float = DISK_MB) -> int:
+    """Keep Gradio's cache folder within max_mb and CACHE_AGE_S (never the example copies);
+    returns the bytes left."""
+    keep = {f for block in demo.blocks.values() for f in getattr(block, "keep_in_cache", ())}
+    return prune_files(demo.GRADIO_CACHE, max_bytes=max_mb * 2**20, max_age_s=CACHE_AGE_S,
+                       keep=keep)
+
+
+def _prune_while_running(demo: gr.Blocks) -> None:
+    while demo.is_running:
+        try:
+            prune_cache(demo)
+        except OSError as err:  # a full or read-only disk must not stop the pruning
+            print(f"pruning {demo.GRADIO_CACHE} failed: {err}")
+        time.sleep(PRUNE_EVERY_S)
 
 
 def launch(demo: gr.Blocks, **overrides):
@@ -324,14 +390,31 @@ def launch(demo: gr.Blocks, **overrides):
     options = dict(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        max_file_size=f"{_pipe().max_file_mb:g}mb",
+        max_file_size=int(_pipe().max_file_mb * 2**20),  # bytes, as the pipeline counts them
         allowed_paths=[str(EXAMPLES)],
         theme=gr.themes.Soft(),
+        state_session_capacity=MAX_SESSIONS,
     )
     options.update(overrides)
-    return demo.launch(**options)
+    block = not options.pop("prevent_thread_lock", False)
+    result = demo.launch(**options, prevent_thread_lock=True)
+    threading.Thread(target=_prune_while_running, args=(demo,), daemon=True,
+                     name="prune-cache").start()
+    if block:
+        demo.block_thread()
+    return result
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through the `finally` below, like Ctrl-C
 
 
 if __name__ == "__main__":
     torch.set_num_threads(int(os.environ.get("MDVAE_TORCH_THREADS", "1")))
-    launch(build_demo())
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    demo = build_demo()
+    try:
+        launch(demo)
+    finally:  # results and uploads go with the server, on Ctrl-C and SIGTERM alike
+        demo.close()
+        _pipe().close()

@@ -15,7 +15,7 @@ the `Encoded.notes` say so. Every request's options are arguments and every resu
 new object, so one pipeline serves concurrent requests: the models stay in eval mode under
 no_grad, and the only shared state (the face cropper, Griffin-Lim's random generator) is
 behind locks. Videos and images it writes go to one temporary folder, pruned as files age
-and removed when the pipeline is closed or collected.
+or the folder outgrows `max_output_mb`, and removed when the pipeline is closed or collected.
 """
 
 from __future__ import annotations
@@ -72,6 +72,12 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "checkpoints"
 MIN_SECONDS = 1.0  # shorter clips give w too little to go on
 MAX_SECONDS = 10.0  # longer clips are trimmed: memory and latency stay bounded
 MAX_FILE_MB = 50.0  # refused before decoding; a 10 s 1080p phone clip is ~20 MB
+# The written videos are kept at most this long and, oldest first, to at most this size
+# (a 256x256 result is ~0.3 MB); files younger than MIN_KEEP_SECONDS are never pruned, so
+# a file being written, or just handed to a browser, stays.
+KEEP_SECONDS = 3600.0
+MAX_OUTPUT_MB = 500.0
+MIN_KEEP_SECONDS = 10.0
 OUTPUT_SCALE = 4  # 64x64 results are written as 256x256 videos
 # The w slider's videos are written 128x128 (the browser shows them at the same size):
 # encoding 4x-enlarged frames is about a third of that request's CPU time.
@@ -177,6 +183,54 @@ class _WholeFrame:
         )
 
 
+def as_number(value, what: str) -> float:
+    """`value` as a float, or an MDVAEError naming `what` (an API caller may send text)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise MDVAEError(f"{what} must be a number, got {value!r}") from err
+
+
+def prune_files(folder: str | os.PathLike, *, max_bytes: float, max_age_s: float,
+                min_age_s: float = 0.0, keep: Iterable[str | os.PathLike] = ()) -> int:
+    """Delete the files under `folder` older than max_age_s, then the oldest others until
+    the rest take at most max_bytes; files younger than min_age_s and those in `keep` stay.
+    Empty subfolders left behind go too. Returns the bytes still there.
+    """
+    folder = Path(folder)
+    kept = {str(Path(k).resolve()) for k in keep}
+    now = time.time()
+    files = []
+    for path in folder.rglob("*"):
+        try:
+            stat = path.lstat()
+        except FileNotFoundError:  # another request pruned it first
+            continue
+        if path.is_file() and not path.is_symlink():
+            files.append((stat.st_mtime, stat.st_size, path))
+    files.sort(key=lambda f: f[0])  # oldest first
+    total = sum(size for _, size, _ in files)
+    for mtime, size, path in files:
+        age = now - mtime
+        if age < min_age_s or str(path.resolve()) in kept:
+            continue
+        if age > max_age_s or total > max_bytes:
+            try:
+                path.unlink()
+                total -= size
+            except FileNotFoundError:
+                total -= size
+            except OSError:
+                continue
+            parent = path.parent
+            if parent != folder and parent.is_relative_to(folder):
+                try:
+                    parent.rmdir()  # only when empty
+                except OSError:
+                    pass
+    return total
+
+
 def central_frames(n_frames: int, fraction: float = DENOISE_FRACTION) -> slice:
     """The centred run of round(fraction * n_frames) frames (at least one)."""
     if not 0 < fraction <= 1:
@@ -231,7 +285,10 @@ class Pipeline:
     device: where the models run; None picks CUDA when available.
     max_seconds, max_file_mb: defaults for `load` (longer clips trimmed, bigger files refused).
     face_backend: FaceCropper backend for clips that are not aligned crops.
-    keep_seconds: written files older than this are deleted as new ones are made.
+    keep_seconds, max_output_mb: written files older than this, or the oldest beyond this
+        size in all, are deleted as new ones are made.
+    output_root: where the folder of written files is made (default: the system's temporary
+        folder); the app puts it in Gradio's cache, so each result is written once.
     """
 
     def __init__(
@@ -242,7 +299,9 @@ class Pipeline:
         max_seconds: float = MAX_SECONDS,
         max_file_mb: float = MAX_FILE_MB,
         face_backend: str = "auto",
-        keep_seconds: float = 3600.0,
+        keep_seconds: float = KEEP_SECONDS,
+        max_output_mb: float = MAX_OUTPUT_MB,
+        output_root: str | os.PathLike | None = None,
     ):
         self.device = torch.device(
             device if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
@@ -263,7 +322,18 @@ class Pipeline:
         self.cropper = FaceCropper(face_backend)
         self.aligned_cropper = _WholeFrame()
         self.keep_seconds = keep_seconds
-        self.tmp_dir = Path(tempfile.mkdtemp(prefix="mdvae-app-"))
+        self.max_output_mb = float(max_output_mb)
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix="mdvae-app-", dir=output_root))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.tmp_dir, True)
+
+    def set_output_root(self, parent: str | os.PathLike) -> None:
+        """Move the folder of written files (empty, at setup) under `parent`."""
+        parent = Path(parent)
+        if self.tmp_dir.parent.resolve() == parent.resolve():
+            return
+        parent.mkdir(parents=True, exist_ok=True)
+        self._finalizer()
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix="mdvae-app-", dir=parent))
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.tmp_dir, True)
 
     # -- lifetime -------------------------------------------------------------------------
@@ -279,14 +349,11 @@ class Pipeline:
         self.close()
 
     def new_path(self, stem: str, suffix: str) -> Path:
-        """A fresh file name in the pipeline's folder; files past keep_seconds are removed."""
-        cutoff = time.time() - self.keep_seconds
-        for old in self.tmp_dir.iterdir():
-            try:
-                if old.stat().st_mtime < cutoff:
-                    old.unlink()
-            except FileNotFoundError:  # another request pruned it first
-                pass
+        """A fresh file name in the pipeline's folder; files past keep_seconds, and the
+        oldest beyond max_output_mb (if older than MIN_KEEP_SECONDS), are removed."""
+        prune_files(self.tmp_dir, max_bytes=self.max_output_mb * 2**20,
+                    max_age_s=self.keep_seconds,
+                    min_age_s=min(MIN_KEEP_SECONDS, self.keep_seconds))
         return self.tmp_dir / f"{stem}-{uuid.uuid4().hex[:8]}{suffix}"
 
     # -- what is loaded -------------------------------------------------------------------
@@ -296,6 +363,8 @@ class Pipeline:
         """Markdown: which bundle is loaded, what it was trained on, how it scores."""
         info = self.bundle.info
         data = info.get("data", {})
+        if isinstance(data, str):  # a bare note
+            data = {"note": data}
         c = self.mdvae.config
         lines = [
             f"**Model bundle:** `{self.bundle_source}` · latents w {c.w_dim}, "
@@ -380,6 +449,11 @@ class Pipeline:
                 f"{Path(clip.source).name} is longer than {clip.seconds:g} s: only "
                 f"its first {clip.seconds:g} s are used."
             )
+        if clip.lost_frames:
+            notes.append(
+                f"{Path(clip.source).name} is damaged: {clip.lost_frames} of its video "
+                f"frames could not be decoded, and the frame before each gap stands in."
+            )
         return Encoded(clip, x_a.cpu(), x_v.cpu(), _move(latents, "cpu"), tuple(notes), key)
 
     def source_key(self, path, *, aligned: bool, max_seconds: float | None = None) -> tuple:
@@ -404,6 +478,10 @@ class Pipeline:
                 return reuse
         else:
             key = None
+            limit = self.max_seconds if max_seconds is None else float(max_seconds)
+            if (path is not None and reuse is not None and reuse.key is not None
+                    and (reuse.key[0], *reuse.key[3:]) == (str(path), bool(aligned), limit)):
+                return reuse  # the upload was pruned from disk since; its encoding was kept
         clip = self.load(path, aligned=aligned, max_seconds=max_seconds)
         return self.encode(clip, key=key)
 
@@ -480,7 +558,7 @@ class Pipeline:
     def _check_alpha(alpha: float | None) -> float | None:
         if alpha is None:
             return None
-        alpha = float(alpha)
+        alpha = as_number(alpha, "alpha (between 0, B's w, and 1, A's w)")
         if not 0.0 <= alpha <= 1.0:
             raise MDVAEError(f"alpha must be between 0 (B's w) and 1 (A's w), got {alpha}")
         return alpha
@@ -507,7 +585,7 @@ class Pipeline:
         """
         if region not in REGIONS:
             raise MDVAEError(f"unknown region {region!r}; choose one of {list(REGIONS)}")
-        sigma = float(sigma)
+        sigma = as_number(sigma, "the noise level sigma")
         if not 0.0 < sigma <= 2.0:
             raise MDVAEError(f"the noise level sigma must be in (0, 2], got {sigma}")
         n_frames = len(clip.frames)

@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -31,6 +37,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 MAX_SECONDS = 4.0  # small limits, so the long and over-size cases stay cheap
 MAX_FILE_MB = 1.0
+DEMO: dict[str, gr.Blocks] = {}  # the served app, for the tests that look inside it
 
 
 def _free_port() -> int:
@@ -40,22 +47,24 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_bundle):
-    """(url, pipeline) of the app running in this process."""
+def served(tiny_bundle, tmp_path_factory):
+    """(url, pipeline) of the app running in this process, its cache in a folder of its own."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the app runs by default (MDVAE_TORCH_THREADS)
     pipe = Pipeline(tiny_bundle, device="cpu", max_seconds=MAX_SECONDS, max_file_mb=MAX_FILE_MB)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GRADIO_ANALYTICS_ENABLED", "False")  # no network here
+        env.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
         demo = app.build_demo(pipe)
-    port = _free_port()
-    app.launch(demo, server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", pipe
-    finally:
-        demo.close()
-        pipe.close()
-        torch.set_num_threads(threads)
+        DEMO["demo"] = demo
+        port = _free_port()
+        app.launch(demo, server_port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            yield f"http://127.0.0.1:{port}/", pipe
+        finally:
+            demo.close()
+            pipe.close()
+            torch.set_num_threads(threads)
 
 
 def _client(url: str) -> Client:
@@ -190,3 +199,87 @@ def test_page_in_headless_chromium_runs_an_example(served, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
     assert pixels.shape[0] > 800 and pixels.std() > 20  # not a blank page
     print(f"screenshot: {shot}")
+
+
+# -- limits on what a caller can make the server keep --------------------------------------
+
+
+def test_session_states_expire_and_sessions_are_capped(client):
+    demo = DEMO["demo"]
+    states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
+    assert len(states) == 6 and all(s.time_to_live == app.SESSION_TTL_S for s in states)
+    assert 0 < app.SESSION_TTL_S < float("inf")
+    assert demo.state_session_capacity == app.MAX_SESSIONS <= 64
+    client.predict(handle_file(str(CLIP_A)), True, api_name="/emotion")
+    holder = demo.state_holder
+    session = holder.session_data[client.session_hash]
+    assert any(v is not None for v in session.state_data.values())  # the encoding is kept
+    for key, (ttl, created) in list(session._state_ttl.items()):  # ... until its time is up
+        session._state_ttl[key] = (ttl, created - timedelta(seconds=ttl + 1))
+    holder.delete_all_expired_state()
+    assert not session.state_data
+
+
+def test_each_result_is_written_once(client, served):
+    _, pipe = served
+    video, _, _ = client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)), ["w"],
+                                 True, api_name="/swap")
+    name = Path(video).name  # the pipeline's unique name, swap-<random>.mp4
+    assert name.startswith("swap-") and (pipe.tmp_dir / name).is_file()
+    cache = Path(DEMO["demo"].GRADIO_CACHE)
+    assert pipe.tmp_dir.parent == cache  # written where Gradio serves it from, not copied
+    copies = {p.resolve() for folder in (cache, pipe.tmp_dir) for p in folder.rglob(name)}
+    assert copies == {(pipe.tmp_dir / name).resolve()}
+
+
+def test_gradio_cache_bounded_by_size(served, monkeypatch):
+    demo = DEMO["demo"]
+    cache = Path(demo.GRADIO_CACHE)
+    olds = []
+    for i in range(6):
+        path = cache / f"fake{i}" / "upload.mp4"
+        path.parent.mkdir()
+        path.write_bytes(bytes(2**20))
+        then = time.time() - 300 + i
+        os.utime(path, (then, then))
+        olds.append(path)
+    kept = [Path(f) for b in demo.blocks.values() for f in getattr(b, "keep_in_cache", ())]
+    left = app.prune_cache(demo, max_mb=2.5)
+    assert left <= 2.5 * 2**20 or all(p.exists() for p in kept)
+    assert not olds[0].exists() and sum(p.exists() for p in olds) <= 2
+    assert all(p.exists() for p in kept)  # the examples' copies stay
+
+
+def test_text_for_alpha_is_a_specific_error(client):
+    with pytest.raises(gr.Error, match="alpha .* must be a number, got 'x'"):
+        app.interpolate(str(CLIP_A), str(CLIP_B), "x", False, True)
+    with pytest.raises(Exception, match="alpha must be a number from 0 to 1, got 'x'"):
+        client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)), "x", False, True,
+                       api_name="/interpolate")
+    with pytest.raises(Exception, match=r"Noise std \(sigma\) must be a number from 0.05 to 1"):
+        client.predict(handle_file(str(CLIP_A)), "eyes", "x", 60, True, api_name="/denoise")
+
+
+@pytest.mark.slow
+def test_sigterm_removes_the_temporary_folders(tiny_bundle, tmp_path):
+    env = dict(os.environ, MDVAE_BUNDLE=str(tiny_bundle), GRADIO_SERVER_PORT=str(_free_port()),
+               GRADIO_TEMP_DIR=str(tmp_path / "gradio"), TMPDIR=str(tmp_path / "tmp"),
+               GRADIO_ANALYTICS_ENABLED="False", MDVAE_TORCH_THREADS="1")
+    (tmp_path / "tmp").mkdir()
+    root = Path(app.__file__).parent
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while not list((tmp_path / "gradio").glob("mdvae-app-*")) and time.time() < deadline:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            time.sleep(0.5)
+        assert list((tmp_path / "gradio").glob("mdvae-app-*")), "the app did not start"
+        time.sleep(2)  # serving
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) != -signal.SIGTERM  # it exited on its own terms
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert not list((tmp_path / "gradio").glob("mdvae-app-*"))
+    assert not list((tmp_path / "tmp").glob("mdvae-*"))

@@ -238,3 +238,16 @@ def test_decoder_variances_start_at_the_features_variances():
     dsae = DSAE(DSAEConfig.preset("synthetic", "visual"))
     assert set(stage2.init_obs_variance(dsae, audio, visual, rows, sample=3000)) == {"visual"}
     assert dsae.decoder_x.logvar[-1].item() == pytest.approx(2 * np.log(0.3), abs=0.2)
+
+
+def test_failed_resume_leaves_the_run_folder_as_it_was(runs, tiny_store, tmp_path):
+    import shutil
+
+    run = tmp_path / "vq_audio"
+    shutil.copytree(runs / "vq_audio", run)
+    (run / "checkpoint.pt").write_bytes(b"cut short by a full disk")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(common.CheckpointError, match="corrupt"):
+        stage1.main(["--store", str(tiny_store), "--modality", "audio", "--out", str(run),
+                     "--resume", "--steps", "60"])
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # config.json too

@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     run = common.RunFolder(args.out, writer=d.is_main)
     saved_model = None
     if args.resume:
+        # Read and check the checkpoint before anything is written: a failed resume leaves
+        # the run folder as it was.
+        run.load_checkpoint(required=True)
         saved = run.read_config()
         cfg = common.config_from_flags(args, common.RunConfig.from_dict(saved["run"]))
         saved_model = saved["model"]

@@ -22,7 +22,8 @@ class AVClip:
 
     frames: (T, 64, 64, 3) uint8 aligned face crops; power: (T, 513) float32 power
     spectrogram; audio: (S,) float32 16 kHz, S = round(T * 16000 / 30), peak-normalised;
-    source: the video file; trimmed: True when max_seconds cut the clip.
+    source: the video file; trimmed: True when max_seconds cut the clip; lost_frames: video
+    frames of the file that did not decode (see mdvae.media.video.Clip).
     """
 
     frames: np.ndarray
@@ -31,6 +32,7 @@ class AVClip:
     source: str
     trimmed: bool
     fps: int = FPS
+    lost_frames: int = 0
 
     @property
     def seconds(self) -> float:
@@ -65,4 +67,4 @@ def load_av_clip(path, cropper: FaceCropper, *, audio_path=None, min_seconds: fl
     audio = peak_normalize(_fit(audio, samples_for_frames(len(crops))))
     frames, power = align_streams(crops, power_spectrogram(audio))
     return AVClip(frames=frames, power=power, audio=audio[: samples_for_frames(len(frames))],
-                  source=str(path), trimmed=clip.trimmed)
+                  source=str(path), trimmed=clip.trimmed, lost_frames=clip.lost_frames)
