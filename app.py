@@ -311,7 +311,8 @@ def _example(name: str) -> str:
 
 def _video(label: str) -> gr.Video:
     # Made before the examples that fill it and placed below them (render() later).
-    return gr.Video(label=label, sources=["upload", "webcam"], include_audio=True, render=False)
+    return gr.Video(label=label, sources=["upload", "webcam"], include_audio=True, height=300,
+                    render=False)
 
 
 def _image(label: str) -> gr.Image:
@@ -414,6 +415,7 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                               interp_notes, *interp_state]
             interp_a, interp_b = _video("Clip A"), _video("Clip B")
             toward_b = _slider(0.0, 1.0, value=0.5, step=0.05, render=False,
+                               elem_id="interp-slider",
                                label="w from A's (0, left) to B's (1, right)",
                                info="A's motion with w = (1 - x) w_A + x w_B. Releasing "
                                     "the slider only decodes.")
@@ -510,6 +512,7 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
             emo_state = _state()
             emo_outputs = [emo_verdict, emo_chart, emo_fam, emo_json, emo_strip, emo_state]
             emo_video_in = _video("Clip")
+            emo_video_in.elem_id = "emo-input"
             emo_inputs = [emo_video_in, aligned]
             # The button's event first, so the API names go to it, not to the examples.
             emo_button = gr.Button("Predict the emotion", variant="primary", render=False)

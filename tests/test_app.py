@@ -191,27 +191,62 @@ def test_upload_over_the_size_cap_refused(client, tmp_path):
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"{CHROMIUM} is not installed")
-def test_page_in_headless_chromium_runs_an_example(served, tmp_path):
+def test_page_in_headless_chromium_swap_slider_and_error(served, tmp_path, bad_inputs):
+    """A visitor's path: a swap example, the interpolation slider, then a bad upload whose
+    reason is still on screen after Gradio's usual toast time (10 s) has passed."""
     from playwright.sync_api import sync_playwright
 
-    shot = tmp_path / "swap_example.png"
+    shots = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(served[0], wait_until="load")
             page.wait_for_selector("#intro", timeout=60_000)
-            page.get_by_text("lips of B (z_av)").first.click()
-            page.wait_for_selector("#swap-result video[src]", timeout=90_000)
-            page.screenshot(path=str(shot), full_page=True)
+            example = page.get_by_text("lips of B (z_av)", exact=True).first
+            assert example.is_visible() and example.bounding_box()["y"] < 900  # no scrolling
+            example.click()
+            page.wait_for_selector("#swap-result video[src]", timeout=120_000)
+            assert "Clip A" in page.locator("#swap-familiarity").inner_text()
+            shots.append(tmp_path / "swap.png")
+            page.screenshot(path=str(shots[-1]), full_page=True)
+
+            page.get_by_role("tab", name="Interpolate w").first.click()
+            page.get_by_text("happy speaker 2 halfway to angry speaker 7", exact=True).click()
+            page.wait_for_selector("#interp-result video[src]", timeout=120_000)
+            video = page.locator("#interp-result video")
+            first = video.get_attribute("src")
+            slider = page.locator("#interp-slider input[type=range]")
+            slider.fill("0.9")
+            slider.dispatch_event("change")
+            slider.dispatch_event("pointerup")
+            page.wait_for_function(
+                "s => { const v = document.querySelector('#interp-result video');"
+                " return v && v.getAttribute('src') && v.getAttribute('src') !== s; }",
+                arg=first, timeout=120_000)
+            shots.append(tmp_path / "slider.png")
+            page.screenshot(path=str(shots[-1]), full_page=True)
+
+            page.get_by_role("tab", name="Emotion").first.click()
+            page.locator("#emo-input input[type=file]").set_input_files(
+                str(bad_inputs["no_audio"]))
+            page.get_by_role("button", name="Predict the emotion").click()
+            toast = page.get_by_text("has no audio track").first
+            toast.wait_for(timeout=60_000)
+            page.wait_for_timeout(11_000)
+            assert toast.is_visible()  # still readable after the usual toast time
+            shots.append(tmp_path / "error.png")
+            page.screenshot(path=str(shots[-1]))
         finally:
             browser.close()
     from PIL import Image
 
-    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
-    assert pixels.shape[0] > 800 and pixels.std() > 20  # not a blank page
-    print(f"screenshot: {shot}")
+    for shot in shots:
+        pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
+        assert pixels.shape[0] > 800 and pixels.std() > 20  # not a blank page
+    print(f"screenshots: {[str(s) for s in shots]}")
 
 
 # -- limits on what a caller can make the server keep --------------------------------------
