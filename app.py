@@ -310,9 +310,9 @@ def _example(name: str) -> str:
 
 
 def _video(label: str) -> gr.Video:
-    # Made before the examples that fill it and placed below them (render() later).
-    return gr.Video(label=label, sources=["upload", "webcam"], include_audio=True, height=300,
-                    render=False)
+    # Made before the examples that fill it and placed below them (render() later). No
+    # height: a fixed one cuts the upload and webcam buttons below a loaded clip in half.
+    return gr.Video(label=label, sources=["upload", "webcam"], include_audio=True, render=False)
 
 
 def _image(label: str) -> gr.Image:
