@@ -97,10 +97,15 @@ def test_api_lists_the_four_endpoints(client):
 
 def test_swap_endpoint_matches_a_direct_render(client, served):
     _, pipe = served
-    video, strip, notes = client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)),
-                                         list(GROUPS), True, api_name="/swap")
+    video, strip, gauge, familiarity, notes = client.predict(
+        handle_file(str(CLIP_A)), handle_file(str(CLIP_B)), list(GROUPS), True,
+        api_name="/swap")
     assert_playable_with_sound(video)
     assert Path(strip).is_file() and "cut to the first 2.50 s" in notes
+    # The tiny bundle has no reference table: the page and the API say so.
+    assert set(familiarity) == {"Clip A", "Clip B"} and "Clip A" in gauge
+    assert familiarity["Clip A"]["level"] == "unknown"
+    assert set(familiarity["Clip A"]["scores"]) == {"mdvae", "vq_visual", "vq_audio"}
     # Every group from B: B's reconstruction, as the pipeline renders it directly.
     enc_b = pipe.encode(pipe.load(CLIP_B, aligned=True))
     direct = pipe.render(pipe.reconstruct(enc_b), "direct")
@@ -111,41 +116,49 @@ def test_swap_endpoint_matches_a_direct_render(client, served):
 
 
 def test_interpolate_endpoint_and_slider_reuses_the_session(client):
-    video, strip, _ = client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)), 0.25,
-                                     False, True, api_name="/interpolate")
+    video, strip, _, _, _ = client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)),
+                                           0.25, False, True, api_name="/interpolate")
     assert_playable_with_sound(video)
     assert Path(strip).is_file()
     # The slider's function: with both encodings given, nothing is loaded again.
-    _, _, _, enc_a, enc_b = app.interpolate(str(CLIP_A), str(CLIP_B), 0.5, False, True)
+    *_, enc_a, enc_b = app.interpolate(str(CLIP_A), str(CLIP_B), 0.5, False, True)
     start = time.perf_counter()
-    video2, _, enc_a2, enc_b2 = app.interpolate_alpha(str(CLIP_A), str(CLIP_B), 0.9, False,
-                                                      True, app.PROGRESS, enc_a, enc_b)
+    video2, strip2, _, enc_a2, enc_b2 = app.interpolate_alpha(
+        str(CLIP_A), str(CLIP_B), 0.9, False, True, app.PROGRESS, enc_a, enc_b)
     assert enc_a2 is enc_a and enc_b2 is enc_b
+    assert strip2.shape[2] == 3  # the strip is redrawn for the current pair
     assert_playable_with_sound(video2)
     assert normalize_clip(video2).frames.shape[1:3] == (128, 128)  # the slider's preview size
     print(f"slider decode + render: {time.perf_counter() - start:.2f} s")
 
 
 def test_denoise_endpoint(client):
-    video, table, strip, _ = client.predict(handle_file(str(CLIP_A)), "eyes", 0.5, 60, True,
-                                            api_name="/denoise")
+    video, table, gauge, familiarity, strip, _ = client.predict(
+        handle_file(str(CLIP_A)), "eyes", 0.5, 60, True, api_name="/denoise")
     assert_playable_with_sound(video)
     assert [row[0] for row in table["data"]] == ["noisy input", "VQ-VAE", "V-DSAE", "MDVAE"]
     assert Path(strip).is_file()
+    assert "Clean clip" in gauge and "Clean clip" in familiarity
 
 
 def test_emotion_endpoint_and_five_clients_at_once(served):
     def ask(_):
-        label, text, strip = _client(served[0]).predict(
+        text, chart, _, result, strip = _client(served[0]).predict(
             handle_file(str(CLIP_A)), True, api_name="/emotion")
-        return label, text
+        return result, text, chart
 
     with ThreadPoolExecutor(5) as pool:
         answers = list(pool.map(ask, range(5)))
-    for label, text in answers:
-        probs = {c["label"]: c["confidence"] for c in label["confidences"]}
-        assert set(probs) == set(EMOTIONS) and sum(probs.values()) == pytest.approx(1, abs=1e-4)
-        assert "A-DSAE" in text and "V-DSAE" in text
+    for result, text, chart in answers:
+        readings = result["readings"]
+        assert [r["title"] for r in readings] == ["MDVAE", "A-DSAE (voice)", "V-DSAE (face)"]
+        for r in readings:
+            probs = r["probabilities"]
+            assert set(probs) == set(EMOTIONS)
+            assert sum(probs.values()) == pytest.approx(1, abs=1e-4)
+            # an answer, or "not sure" with its reason
+            assert (r["answer"] in EMOTIONS) != bool(r["reason"])
+        assert "A-DSAE" in text and "V-DSAE" in text and "emotion-chart" in chart
     assert all(a == answers[0] for a in answers)
 
 
@@ -162,12 +175,12 @@ def test_bad_inputs_refused_with_the_pipeline_message(client, bad_inputs, case, 
 
 
 def test_long_clip_trimmed_and_huge_clip_handled(client, bad_inputs):
-    _, text, _ = client.predict(handle_file(str(bad_inputs["long"])), True,
-                                api_name="/emotion")
+    text, *_ = client.predict(handle_file(str(bad_inputs["long"])), True,
+                              api_name="/emotion")
     assert f"only its first {MAX_SECONDS:g} s are used" in text
-    label, _, _ = client.predict(handle_file(str(bad_inputs["huge"])), False,
-                                 api_name="/emotion")
-    assert len(label["confidences"]) == len(EMOTIONS)
+    _, _, _, result, _ = client.predict(handle_file(str(bad_inputs["huge"])), False,
+                                        api_name="/emotion")
+    assert len(result["readings"][0]["probabilities"]) == len(EMOTIONS)
 
 
 def test_upload_over_the_size_cap_refused(client, tmp_path):
@@ -178,27 +191,62 @@ def test_upload_over_the_size_cap_refused(client, tmp_path):
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"{CHROMIUM} is not installed")
-def test_page_in_headless_chromium_runs_an_example(served, tmp_path):
+def test_page_in_headless_chromium_swap_slider_and_error(served, tmp_path, bad_inputs):
+    """A visitor's path: a swap example, the interpolation slider, then a bad upload whose
+    reason is still on screen after Gradio's usual toast time (10 s) has passed."""
     from playwright.sync_api import sync_playwright
 
-    shot = tmp_path / "swap_example.png"
+    shots = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(served[0], wait_until="load")
-            page.wait_for_selector("#bundle-info", timeout=60_000)
-            page.get_by_text("lips of B (z_av)").first.click()
-            page.wait_for_selector("#swap-result video[src]", timeout=90_000)
-            page.screenshot(path=str(shot), full_page=True)
+            page.wait_for_selector("#intro", timeout=60_000)
+            example = page.get_by_text("lips of B (z_av)", exact=True).first
+            assert example.is_visible() and example.bounding_box()["y"] < 900  # no scrolling
+            example.click()
+            page.wait_for_selector("#swap-result video[src]", timeout=120_000)
+            assert "Clip A" in page.locator("#swap-familiarity").inner_text()
+            shots.append(tmp_path / "swap.png")
+            page.screenshot(path=str(shots[-1]), full_page=True)
+
+            page.get_by_role("tab", name="Interpolate w").first.click()
+            page.get_by_text("happy speaker 2 halfway to angry speaker 7", exact=True).click()
+            page.wait_for_selector("#interp-result video[src]", timeout=120_000)
+            video = page.locator("#interp-result video")
+            first = video.get_attribute("src")
+            slider = page.locator("#interp-slider input[type=range]")
+            slider.fill("0.9")
+            slider.dispatch_event("change")
+            slider.dispatch_event("pointerup")
+            page.wait_for_function(
+                "s => { const v = document.querySelector('#interp-result video');"
+                " return v && v.getAttribute('src') && v.getAttribute('src') !== s; }",
+                arg=first, timeout=120_000)
+            shots.append(tmp_path / "slider.png")
+            page.screenshot(path=str(shots[-1]), full_page=True)
+
+            page.get_by_role("tab", name="Emotion").first.click()
+            page.locator("#emo-input input[type=file]").set_input_files(
+                str(bad_inputs["no_audio"]))
+            page.get_by_role("button", name="Predict the emotion").click()
+            toast = page.get_by_text("has no audio track").first
+            toast.wait_for(timeout=60_000)
+            page.wait_for_timeout(11_000)
+            assert toast.is_visible()  # still readable after the usual toast time
+            shots.append(tmp_path / "error.png")
+            page.screenshot(path=str(shots[-1]))
         finally:
             browser.close()
     from PIL import Image
 
-    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
-    assert pixels.shape[0] > 800 and pixels.std() > 20  # not a blank page
-    print(f"screenshot: {shot}")
+    for shot in shots:
+        pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
+        assert pixels.shape[0] > 800 and pixels.std() > 20  # not a blank page
+    print(f"screenshots: {[str(s) for s in shots]}")
 
 
 # -- limits on what a caller can make the server keep --------------------------------------
@@ -222,8 +270,8 @@ def test_session_states_expire_and_sessions_are_capped(client):
 
 def test_each_result_is_written_once(client, served):
     _, pipe = served
-    video, _, _ = client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)), ["w"],
-                                 True, api_name="/swap")
+    video, *_ = client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)), ["w"],
+                               True, api_name="/swap")
     name = Path(video).name  # the pipeline's unique name, swap-<random>.mp4
     assert name.startswith("swap-") and (pipe.tmp_dir / name).is_file()
     cache = Path(DEMO["demo"].GRADIO_CACHE)
@@ -251,9 +299,10 @@ def test_gradio_cache_bounded_by_size(served, monkeypatch):
 
 
 def test_text_for_alpha_is_a_specific_error(client):
-    with pytest.raises(gr.Error, match="alpha .* must be a number, got 'x'"):
+    with pytest.raises(gr.Error, match="position between A and B must be a number, got 'x'"):
         app.interpolate(str(CLIP_A), str(CLIP_B), "x", False, True)
-    with pytest.raises(Exception, match="alpha must be a number from 0 to 1, got 'x'"):
+    with pytest.raises(Exception, match=r"to B's \(1, right\) must be a number from 0 to 1, "
+                                        r"got 'x'"):
         client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)), "x", False, True,
                        api_name="/interpolate")
     with pytest.raises(Exception, match=r"Noise std \(sigma\) must be a number from 0.05 to 1"):
