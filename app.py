@@ -8,26 +8,38 @@ which owns the models and turns bad input into clear errors (shown here as gr.Er
 Environment: MDVAE_BUNDLE (bundle folder or Hub repo id; default checkpoints/),
 MDVAE_CONCURRENCY (requests run at once, default 2), MDVAE_TORCH_THREADS (torch CPU threads,
 default 1: per request, so concurrent requests do not fight over the cores),
-GRADIO_SERVER_NAME (default 127.0.0.1), GRADIO_SERVER_PORT (default 7860).
+GRADIO_SERVER_NAME (default 127.0.0.1), GRADIO_SERVER_PORT (default 7860),
+MDVAE_SESSION_TTL (seconds a session keeps its encoded clips, default 900), MDVAE_MAX_SESSIONS
+(sessions whose state is kept, default 32), MDVAE_DISK_MB (uploads and results kept on disk,
+default 2000).
 """
 
 from __future__ import annotations
 
+import html
 import os
+import signal
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import torch
 
+from mdvae.calibration import SURE_FROM
 from mdvae.errors import MDVAEError
+from mdvae.media.video import MAX_FRAME_PIXELS, MAX_LOST_SHARE
 from mdvae.pipeline import (
     GROUP_MEANING,
     GROUPS,
     PREVIEW_SCALE,
     REGIONS,
     Pipeline,
+    as_number,
     central_frames,
+    prune_files,
 )
 
 try:  # ZeroGPU: `spaces.GPU` attaches a GPU while a decorated function runs
@@ -43,13 +55,34 @@ except ImportError:
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 CONCURRENCY = int(os.environ.get("MDVAE_CONCURRENCY", "2"))
 QUEUE_SIZE = 32  # waiting requests beyond this are turned away with "queue full"
+# A session's encoded clips (~9 MB each, up to 6 per session) are dropped this long after
+# their last use, and only the newest MAX_SESSIONS sessions keep any: an API caller's state
+# (every gradio_client is a session) is freed like a browser tab's.
+SESSION_TTL_S = float(os.environ.get("MDVAE_SESSION_TTL", "900"))
+MAX_SESSIONS = int(os.environ.get("MDVAE_MAX_SESSIONS", "32"))
+# Gradio's cache (uploads, the results written into it, example copies) is kept to this
+# size, oldest files first (a fresh upload or result is the newest, so it goes last), and
+# files older than CACHE_AGE_S are deleted as well; uploads arrive outside the queue, so
+# this is checked every PRUNE_EVERY_S seconds.
+DISK_MB = float(os.environ.get("MDVAE_DISK_MB", "2000"))
+CACHE_AGE_S = 1800
+PRUNE_EVERY_S = 1.0
 
 INTRO = """# VQ-MDVAE: audiovisual speech, factor by factor
 A multimodal dynamical VAE (MDVAE, after Sadok, Leglaive, Girin, Alameda-Pineda and Séguier)
-splits a talking-face clip into four latent groups, learnt inside per-modality VQ-VAEs:
-**w** (identity, global emotion), **z_av** (lips and jaw, heard and seen), **z_a**
-(intonation, loudness) and **z_v** (head motion, blinks). Upload or record clips (face and
-voice, 1 to {max_s:g} s), or click an example."""
+splits a talking-face clip into four latent groups. Upload or record clips (face and voice,
+1 to {max_s:g} s), or click an example."""
+
+GLOSSARY = """**VQ-VAE**: one vector-quantised autoencoder per stream, turning each face frame
+and each spectrogram frame into features (stage 1). **MDVAE**: the model over both
+streams' features (stage 2). **DSAE**: the same kind of model on one stream only, the
+baseline: **A-DSAE** hears only the voice, **V-DSAE** sees only the face.
+**w**: identity and global emotion, one per clip · **z_av**: lips and jaw, heard and seen ·
+**z_a**: intonation and loudness · **z_v**: head motion and blinks (the z change every
+frame). **Familiarity**: how well the model explains a clip, against its test clips."""
+
+MODEL_COLOURS = {"MDVAE": "#4f46e5", "A-DSAE (voice)": "#d97706", "V-DSAE (face)": "#059669"}
+IMAGE_TOP_PAD = 36  # blank pixels above result images: Gradio's buttons sit over the top
 
 _pipeline: Pipeline | None = None  # set by build_demo; the thin functions below use it
 
@@ -62,11 +95,12 @@ def _pipe() -> Pipeline:
 
 @contextmanager
 def _user_errors(what: str = ""):
-    """The pipeline's messages for bad input, as a Gradio error popup."""
+    """The pipeline's messages for bad input, as a Gradio error popup that stays until closed."""
     try:
         yield
     except MDVAEError as err:
-        raise gr.Error(f"{what}: {err}" if what else str(err), print_exception=False) from err
+        raise gr.Error(f"{what}: {err}" if what else str(err), duration=None,
+                       print_exception=False) from err
 
 
 def _notes(*sources) -> str:
@@ -74,15 +108,54 @@ def _notes(*sources) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
+def _padded(image: np.ndarray) -> np.ndarray:
+    """A result image with a white band on top, so the titles drawn into it stay visible."""
+    return np.pad(image, ((IMAGE_TOP_PAD, 0), (0, 0), (0, 0)), constant_values=255)
+
+
+def _familiarity_html(items) -> str:
+    """A small gauge and the plain sentence for each (name, Familiarity)."""
+    rows = []
+    for name, fam in items:
+        if not fam.known:
+            rows.append(f"<div style='margin:4px 0'><b>{html.escape(name)}</b>: "
+                        f"{html.escape(fam.sentence())}</div>")
+            continue
+        share = min(100.0, fam.percentile)
+        colour = "#16a34a" if fam.familiar else "#dc2626"
+        gauge = (
+            f"<div title='less familiar than {share:.1f}% of the test clips' style='position:"
+            f"relative;display:inline-block;width:140px;height:10px;border-radius:5px;"
+            f"background:#e5e7eb;vertical-align:middle;margin:0 8px'>"
+            f"<div style='width:{share:.1f}%;height:100%;border-radius:5px;"
+            f"background:{colour}'></div><div style='position:absolute;top:-3px;"
+            f"right:0;width:2px;height:16px;background:#111'></div></div>")
+        what = {"Clip": "this clip", "Clean clip": "the clean clip"}.get(name, name)
+        rows.append(
+            f"<div style='margin:4px 0'><b>{html.escape(name)}</b>{gauge}"
+            f"<b style='color:{colour}'>{fam.level}</b> · {html.escape(fam.sentence(what))}"
+            f"</div>")
+    return "<div class='familiarity'>" + "".join(rows) + "</div>"
+
+
+def _familiarity_json(items) -> dict:
+    return {name: fam.as_dict() for name, fam in items}
+
+
 def _encode_pair(video_a, video_b, aligned, enc_a, enc_b, progress):
     pipe = _pipe()
-    progress(0.05, desc="Reading clip A")
-    with _user_errors("Clip A"):
-        enc_a = pipe.encode_file(video_a, aligned=aligned, reuse=enc_a)
-    progress(0.35, desc="Reading clip B")
-    with _user_errors("Clip B"):
-        enc_b = pipe.encode_file(video_b, aligned=aligned, reuse=enc_b)
+    for name, video, enc, at in (("A", video_a, enc_a, 0.05), ("B", video_b, enc_b, 0.35)):
+        if not pipe.reusable(video, enc, aligned=aligned):
+            progress(at, desc=f"Reading and encoding clip {name}")
+        with _user_errors(f"Clip {name}"):
+            encoded = pipe.encode_file(video, aligned=aligned, reuse=enc)
+        enc_a, enc_b = (encoded, enc_b) if name == "A" else (enc_a, encoded)
     return enc_a, enc_b
+
+
+def _pair_familiarity(enc_a, enc_b):
+    items = [("Clip A", enc_a.familiarity), ("Clip B", enc_b.familiarity)]
+    return _familiarity_html(items), _familiarity_json(items)
 
 
 # -- thin functions (the API endpoints) ---------------------------------------------------
@@ -105,71 +178,128 @@ def swap(video_a, video_b, groups, aligned, progress=PROGRESS, enc_a=None, enc_b
     strip = pipe.strip([("A", enc_a.clip.frames), ("B", enc_b.clip.frames),
                         (f"A with {' + '.join(g for g in GROUPS if g in groups)} of B",
                          out.frames)])
-    return video, strip, _notes(enc_a, enc_b, out), enc_a, enc_b
+    fam_html, fam_json = _pair_familiarity(enc_a, enc_b)
+    return (video, _padded(strip), fam_html, fam_json, _notes(enc_a, enc_b, out), enc_a,
+            enc_b)
+
+
+def _alpha(toward_b) -> float:
+    """The slider's share of the way from A (0) to B (1), as the pipeline's alpha (A's weight)."""
+    return 1.0 - as_number(toward_b, "the position between A and B")
 
 
 @gpu
-def interpolate(video_a, video_b, alpha, sweep, aligned, progress=PROGRESS, enc_a=None,
+def interpolate(video_a, video_b, toward_b, sweep, aligned, progress=PROGRESS, enc_a=None,
                 enc_b=None):
-    """Clip A with w moved towards clip B's: constant alpha, or the sweep from A to B."""
+    """Clip A with w moved towards clip B's (toward_b: 0 is A's w, 1 is B's), or the sweep."""
     pipe = _pipe()
     enc_a, enc_b = _encode_pair(video_a, video_b, aligned, enc_a, enc_b, progress)
-    progress(0.7, desc="Decoding, rendering")
+    progress(0.7, desc="Decoding and rendering")
     with _user_errors():
-        out = pipe.interpolate(enc_a, enc_b, None if sweep else alpha)
+        out = pipe.interpolate(enc_a, enc_b, None if sweep else _alpha(toward_b))
     video = pipe.render(out, "interpolate")
     strip = pipe.interpolation_strip(enc_a, enc_b)
-    return video, strip, _notes(enc_a, enc_b, out), enc_a, enc_b
+    fam_html, fam_json = _pair_familiarity(enc_a, enc_b)
+    return (video, _padded(strip), fam_html, fam_json, _notes(enc_a, enc_b, out), enc_a,
+            enc_b)
 
 
 @gpu
-def interpolate_alpha(video_a, video_b, alpha, sweep, aligned, progress=PROGRESS, enc_a=None,
+def interpolate_alpha(video_a, video_b, toward_b, sweep, aligned, progress=PROGRESS, enc_a=None,
                       enc_b=None):
-    """The slider's event: with both clips encoded in the session, only decodes."""
+    """The slider's event: with both clips encoded in the session, only decodes; the strip
+    is redrawn too, so it always shows the current pair."""
     pipe = _pipe()
     enc_a, enc_b = _encode_pair(video_a, video_b, aligned, enc_a, enc_b, progress)
     with _user_errors():
-        out = pipe.interpolate(enc_a, enc_b, None if sweep else alpha)
+        alpha = None if sweep else _alpha(toward_b)
+        progress(0.8, desc="Decoding A with w swept from A's to B's" if sweep else
+                 f"Decoding A with w {1 - alpha:.0%} of the way to B's")
+        out = pipe.interpolate(enc_a, enc_b, alpha)
     video = pipe.render(out, "interpolate", scale=PREVIEW_SCALE)
-    return video, _notes(enc_a, enc_b, out), enc_a, enc_b
+    strip = pipe.interpolation_strip(enc_a, enc_b)
+    return video, _padded(strip), _notes(enc_a, enc_b, out), enc_a, enc_b
 
 
 @gpu
 def denoise(video, region, sigma, percent, aligned, progress=PROGRESS, enc=None):
     """Noise on the mouth or eyes of the central frames; VQ-VAE, V-DSAE and MDVAE repair it."""
     pipe = _pipe()
-    progress(0.05, desc="Reading the clip")
+    if not pipe.reusable(video, enc, aligned=aligned):
+        progress(0.05, desc="Reading and encoding the clip")
     with _user_errors("Clip"):
         enc = pipe.encode_file(video, aligned=aligned, reuse=enc)
     progress(0.5, desc="Corrupting and reconstructing")
     with _user_errors():
-        frames = central_frames(enc.n_frames, float(percent) / 100)
+        frames = central_frames(enc.n_frames, as_number(percent, "percent") / 100)
         result = pipe.denoise(enc.clip, region, sigma, frames)
     video_out = pipe.render_denoise(result)
     rows = [("clean", result.clean), ("noisy", result.noisy), *result.outputs.items()]
     strip = pipe.strip([(name, video[frames]) for name, video in rows], n=6)
-    return video_out, result.table(), strip, _notes(enc, result), enc
+    items = [("Clean clip", enc.familiarity)]
+    return (video_out, result.table(), _familiarity_html(items), _familiarity_json(items),
+            _padded(strip), _notes(enc, result), enc)
+
+
+def _emotion_chart(readings) -> str:
+    """The models' calibrated probabilities side by side, one row per emotion."""
+    if not readings:
+        return "<p>This bundle has no emotion heads.</p>"
+    legend = " ".join(
+        f"<span style='white-space:nowrap'><span style='display:inline-block;width:10px;"
+        f"height:10px;background:{MODEL_COLOURS.get(r.title, '#888')}'></span> "
+        f"{html.escape(r.title)}</span>" for r in readings)
+    rows = []
+    for label in readings[0].probabilities:
+        bars = "".join(
+            f"<div style='display:flex;align-items:center;gap:6px;height:12px'>"
+            f"<div style='flex:1;background:#f3f4f6;height:9px'><div style='height:100%;"
+            f"width:{100 * r.probabilities[label]:.1f}%;"
+            f"background:{MODEL_COLOURS.get(r.title, '#888')}'></div></div>"
+            f"<span style='width:34px;text-align:right;font-size:11px'>"
+            f"{r.probabilities[label]:.0%}</span></div>" for r in readings)
+        cell = "border:none;border-bottom:1px solid #e5e7eb;vertical-align:middle"
+        rows.append(f"<tr><td style='{cell};padding:2px 8px 2px 0'>{label}</td>"
+                    f"<td style='{cell};width:100%;padding:3px 0'>{bars}</td></tr>")
+    return (f"<div id='emotion-chart'><div style='margin-bottom:4px'>{legend}</div>"
+            f"<table style='width:100%;border-collapse:collapse;border:none'>{''.join(rows)}"
+            f"</table></div>")
+
+
+def _emotion_verdict(readings) -> str:
+    lines = []
+    for r in readings:
+        label, p = r.top
+        if r.answer:
+            lines.append(f"**{r.title}: {r.answer}** ({p:.0%})")
+        else:
+            lines.append(f"**{r.title}: not sure**: {r.reason}")
+    return "  \n".join(lines) or "This bundle has no emotion head."
 
 
 @gpu
 def emotion(video, aligned, progress=PROGRESS, enc=None):
-    """The 8 emotion probabilities read from w (the MDVAE's, and the unimodal models')."""
+    """The 8 emotions' calibrated probabilities from w (the MDVAE's and the unimodal models'),
+    each model's answer or "not sure", and the clip's familiarity."""
     pipe = _pipe()
-    progress(0.05, desc="Reading the clip")
+    if not pipe.reusable(video, enc, aligned=aligned):
+        progress(0.05, desc="Reading and encoding the clip")
     with _user_errors("Clip"):
         enc = pipe.encode_file(video, aligned=aligned, reuse=enc)
-    probs = pipe.emotion(enc) if "mdvae" in pipe.emotion_models else {}
-    lines = []
-    for model, title in (("audio", "A-DSAE, voice only"), ("visual", "V-DSAE, face only")):
-        if model in pipe.emotion_models:
-            top = sorted(pipe.emotion(enc, model).items(), key=lambda kv: -kv[1])[:3]
-            lines.append(f"**{title}:** " + ", ".join(f"{k} {v:.0%}" for k, v in top))
-    if not probs:
-        lines.append("This bundle has no emotion head for the MDVAE.")
+    readings = pipe.emotion_readings(enc)
+    items = [("Clip", enc.familiarity)]
+    verdict = _emotion_verdict(readings)
     notes = _notes(enc)
-    text = "\n\n".join(lines + ([notes] if notes else []))
+    result = {"readings": [r.as_dict() for r in readings], **_familiarity_json(items)}
     strip = pipe.strip([("what the model sees", enc.clip.frames)])
-    return probs, text, strip, enc
+    return (verdict + (f"\n\n{notes}" if notes else ""), _emotion_chart(readings),
+            _familiarity_html(items), result, _padded(strip), enc)
+
+
+def playable(video):
+    """An upload browsers cannot preview (.mpg, .avi, .mkv, ...), replaced by an mp4 copy."""
+    copy = _pipe().playable_copy(video)
+    return gr.skip() if copy is None else str(copy)
 
 
 # -- the page -----------------------------------------------------------------------------
@@ -180,11 +310,45 @@ def _example(name: str) -> str:
 
 
 def _video(label: str) -> gr.Video:
-    return gr.Video(label=label, sources=["upload", "webcam"], include_audio=True, height=240)
+    # Made before the examples that fill it and placed below them (render() later). No
+    # height: a fixed one cuts the upload and webcam buttons below a loaded clip in half.
+    return gr.Video(label=label, sources=["upload", "webcam"], include_audio=True, render=False)
 
 
 def _image(label: str) -> gr.Image:
-    return gr.Image(label=label, type="numpy", format="png")  # png: crisp frame strips
+    # png: crisp frame strips; the label is not drawn over the image (its titles are).
+    return gr.Image(label=label, type="numpy", format="png", show_label=False, render=False,
+                    buttons=["download", "fullscreen"])
+
+
+def _result_video(label: str, elem_id: str, height: int = 320) -> gr.Video:
+    return gr.Video(label=label, height=height, elem_id=elem_id, render=False)
+
+
+def _familiarity_box(elem_id: str) -> tuple[gr.HTML, gr.JSON]:
+    return (gr.HTML(elem_id=elem_id, render=False),
+            gr.JSON(label="familiarity", visible=False, render=False))
+
+
+def _slider(*args, **kwargs) -> gr.Slider:
+    """A gr.Slider whose API callers are told plainly when they send text instead of a
+    number (Gradio's own check fails with a generic error). Wrapped on the instance: a
+    subclass would make Gradio write a type stub beside this file."""
+    slider = gr.Slider(*args, **kwargs)
+    preprocess = slider.preprocess
+
+    def checked(payload):
+        if isinstance(payload, bool) or not isinstance(payload, (int, float)):
+            raise gr.Error(f"{slider.label} must be a number from {slider.minimum:g} to "
+                           f"{slider.maximum:g}, got {payload!r}", print_exception=False)
+        return preprocess(payload)
+
+    slider.preprocess = checked
+    return slider
+
+
+def _state() -> gr.State:
+    return gr.State(time_to_live=SESSION_TTL_S)
 
 
 def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
@@ -195,28 +359,31 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
     pipe = _pipeline
     group_choices = [(f"{g}: {GROUP_MEANING[g]}", g) for g in GROUPS]
 
-    with gr.Blocks(title="VQ-MDVAE", delete_cache=(1800, 3600)) as demo:
-        gr.Markdown(INTRO.format(max_s=pipe.max_seconds))
-        gr.Markdown(pipe.description, elem_id="bundle-info")
+    with gr.Blocks(title="VQ-MDVAE", delete_cache=(300, CACHE_AGE_S)) as demo:
+        gr.Markdown(INTRO.format(max_s=pipe.max_seconds), elem_id="intro")
+        with gr.Accordion("The model, its training data and the words on this page",
+                          open=False):
+            gr.Markdown(pipe.description, elem_id="bundle-info")
+            gr.Markdown(GLOSSARY, elem_id="glossary")
         aligned = gr.Checkbox(
             value=False, label="Clips are already aligned face crops (skip face detection)",
             info="The examples tick it. Otherwise the face is found, tracked and cropped; "
                  "an upload or a recording unticks it.")
 
         with gr.Tab("Swap"):
-            with gr.Row():
-                swap_a, swap_b = _video("Clip A"), _video("Clip B")
-            swap_groups = gr.CheckboxGroup(group_choices, value=["z_av"],
+            swap_video = _result_video("A with B's groups (sound by Griffin-Lim)", "swap-result")
+            swap_strip = _image("Frames: A, B, result")
+            swap_fam, swap_fam_json = _familiarity_box("swap-familiarity")
+            swap_notes = gr.Markdown(render=False)
+            swap_state = (_state(), _state())
+            swap_outputs = [swap_video, swap_strip, swap_fam, swap_fam_json, swap_notes,
+                            *swap_state]
+            swap_a, swap_b = _video("Clip A"), _video("Clip B")
+            swap_groups = gr.CheckboxGroup(group_choices, value=["z_av"], render=False,
                                            label="Take these latent groups from clip B")
-            swap_button = gr.Button("Swap", variant="primary")
-            with gr.Row():
-                swap_video = gr.Video(label="A with B's groups (sound by Griffin-Lim)",
-                                      height=320, elem_id="swap-result")
-                swap_strip = _image("Frames: A, B, result")
-            swap_notes = gr.Markdown(label="notes")
-            swap_state = (gr.State(), gr.State())
             swap_inputs = [swap_a, swap_b, swap_groups, aligned]
-            swap_outputs = [swap_video, swap_strip, swap_notes, *swap_state]
+            # The button's event first, so the API names go to it, not to the examples.
+            swap_button = gr.Button("Swap", variant="primary", render=False)
             swap_button.click(swap, [*swap_inputs, *swap_state], swap_outputs, api_name="swap")
             gr.Examples(
                 [[_example("spk02_happy.mp4"), _example("spk05_sad.mp4"), ["z_av"], True],
@@ -226,31 +393,40 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                 swap_inputs, swap_outputs, fn=swap, run_on_click=True, cache_examples=False,
                 example_labels=["lips of B (z_av)", "identity and emotion of B (w)",
                                 "head motion and blinks of B (z_v)"])
+            with gr.Row():
+                swap_a.render()
+                swap_b.render()
+            swap_groups.render()
+            swap_button.render()
+            swap_fam.render()
+            with gr.Row():
+                swap_video.render()
+                swap_strip.render()
+            swap_notes.render()
+            swap_fam_json.render()
 
         with gr.Tab("Interpolate w"):
-            with gr.Row():
-                interp_a, interp_b = _video("Clip A"), _video("Clip B")
-            with gr.Row():
-                alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="alpha",
-                                  info="w = alpha w_A + (1 - alpha) w_B; 1 is A, 0 is B's w "
-                                       "with A's motion. Releasing the slider only decodes.")
-                sweep = gr.Checkbox(value=False, label="Sweep",
-                                    info="alpha goes from 1 to 0 over the clip (the seed's "
-                                         "interpolation)")
-            interp_button = gr.Button("Interpolate", variant="primary")
-            with gr.Row():
-                interp_video = gr.Video(label="A with the interpolated w", height=320)
-                interp_strip = _image("Middle frame of A from w_A to w_B")
-            interp_notes = gr.Markdown(label="notes")
-            interp_state = (gr.State(), gr.State())
-            interp_inputs = [interp_a, interp_b, alpha, sweep, aligned]
-            interp_outputs = [interp_video, interp_strip, interp_notes, *interp_state]
+            interp_video = _result_video("A with the interpolated w", "interp-result")
+            interp_strip = _image("Middle frame of A from w_A to w_B")
+            interp_fam, interp_fam_json = _familiarity_box("interp-familiarity")
+            interp_notes = gr.Markdown(render=False)
+            interp_state = (_state(), _state())
+            interp_outputs = [interp_video, interp_strip, interp_fam, interp_fam_json,
+                              interp_notes, *interp_state]
+            interp_a, interp_b = _video("Clip A"), _video("Clip B")
+            toward_b = _slider(0.0, 1.0, value=0.5, step=0.05, render=False,
+                               elem_id="interp-slider",
+                               label="w from A's (0, left) to B's (1, right)",
+                               info="A's motion with w = (1 - x) w_A + x w_B. Releasing "
+                                    "the slider only decodes.")
+            sweep = gr.Checkbox(value=False, label="Sweep", render=False,
+                                info="w goes from A's to B's over the clip (the seed's "
+                                     "interpolation)")
+            interp_inputs = [interp_a, interp_b, toward_b, sweep, aligned]
+            # The button's event first, so the API names go to it, not to the examples.
+            interp_button = gr.Button("Interpolate", variant="primary", render=False)
             interp_button.click(interpolate, [*interp_inputs, *interp_state], interp_outputs,
                                 api_name="interpolate")
-            gr.on([alpha.release, sweep.input], interpolate_alpha,
-                  [*interp_inputs, *interp_state],
-                  [interp_video, interp_notes, *interp_state],
-                  api_visibility="private", trigger_mode="always_last")
             gr.Examples(
                 [[_example("spk02_happy.mp4"), _example("spk07_angry.mp4"), 0.5, False, True],
                  [_example("spk05_sad.mp4"), _example("spk21_surprised.mp4"), 0.5, True, True]],
@@ -258,65 +434,150 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                 cache_examples=False,
                 example_labels=["happy speaker 2 halfway to angry speaker 7",
                                 "sad speaker 5 sweeping to surprised speaker 21"])
+            with gr.Row():
+                interp_a.render()
+                interp_b.render()
+            with gr.Row():
+                toward_b.render()
+                sweep.render()
+            interp_button.render()
+            interp_fam.render()
+            with gr.Row():
+                interp_video.render()
+                interp_strip.render()
+            interp_notes.render()
+            interp_fam_json.render()
+            gr.on([toward_b.release, sweep.input], interpolate_alpha,
+                  [*interp_inputs, *interp_state],
+                  [interp_video, interp_strip, interp_notes, *interp_state],
+                  api_visibility="private", trigger_mode="always_last")
+            # A new clip A or B: the results of the old pair go, so none describes it.
+            gr.on([interp_a.change, interp_b.change], lambda: (None, None, "", ""), None,
+                  [interp_video, interp_strip, interp_fam, interp_notes],
+                  api_visibility="private", queue=False)
 
         with gr.Tab("Denoise"):
-            with gr.Row():
-                den_video_in = _video("Clip")
-                with gr.Column():
-                    region = gr.Radio(list(REGIONS), value="mouth", label="Corrupted region")
-                    sigma = gr.Slider(0.05, 1.0, value=0.3, step=0.05, label="Noise std (sigma)",
-                                      info="Gaussian noise, in units of the pixel range [0, 1]")
-                    percent = gr.Slider(10, 100, value=60, step=5,
-                                        label="Corrupted frames (% of the clip, centred)",
-                                        info="60 % matches the seed's 6 central frames of 10")
-                    den_button = gr.Button("Corrupt and denoise", variant="primary")
-            den_video = gr.Video(label="Comparison, with the clip's own sound", height=260)
-            with gr.Row():
-                den_table = gr.Dataframe(headers=["method", "PSNR (dB)", "SSIM"],
-                                         label="On the corrupted pixels", interactive=False)
-                den_strip = _image("Corrupted frames")
-            den_notes = gr.Markdown(label="notes")
-            den_state = gr.State()
+            den_video = gr.Video(label="Comparison", show_label=False, height=260,
+                                 elem_id="den-result", render=False, buttons=[])
+            den_table = gr.Dataframe(headers=["method", "PSNR (dB)", "SSIM"],
+                                     label="On the corrupted pixels", interactive=False,
+                                     render=False)
+            den_strip = _image("Corrupted frames")
+            den_fam, den_fam_json = _familiarity_box("den-familiarity")
+            den_notes = gr.Markdown(render=False)
+            den_state = _state()
+            den_outputs = [den_video, den_table, den_fam, den_fam_json, den_strip, den_notes,
+                           den_state]
+            den_video_in = _video("Clip")
+            region = gr.Radio(list(REGIONS), value="mouth", label="Corrupted region",
+                              render=False)
+            sigma = _slider(0.05, 1.0, value=0.3, step=0.05, label="Noise std (sigma)",
+                            info="Gaussian noise, in units of the pixel range [0, 1]",
+                            render=False)
+            percent = _slider(10, 100, value=60, step=5, render=False,
+                              label="Corrupted frames (% of the clip, centred)",
+                              info="60 % matches the seed's 6 central frames of 10")
             den_inputs = [den_video_in, region, sigma, percent, aligned]
-            den_outputs = [den_video, den_table, den_strip, den_notes, den_state]
+            # The button's event first, so the API names go to it, not to the examples.
+            den_button = gr.Button("Corrupt and denoise", variant="primary", render=False)
             den_button.click(denoise, [*den_inputs, den_state], den_outputs, api_name="denoise")
             gr.Examples(
                 [[_example("spk21_surprised.mp4"), "mouth", 0.3, 60, True],
                  [_example("spk05_sad.mp4"), "eyes", 0.5, 60, True]],
                 den_inputs, den_outputs, fn=denoise, run_on_click=True, cache_examples=False,
                 example_labels=["noisy mouth", "noisy eyes"])
+            with gr.Row():
+                den_video_in.render()
+                with gr.Column():
+                    region.render()
+                    sigma.render()
+                    percent.render()
+            den_button.render()
+            gr.Markdown("**Clean | noisy | each model's repair**, with the clip's own sound; "
+                        "the first half second holds the middle corrupted frame.")
+            den_video.render()
+            with gr.Row():
+                with gr.Column():
+                    den_fam.render()
+                    den_table.render()
+                den_strip.render()
+            den_notes.render()
+            den_fam_json.render()
 
         with gr.Tab("Emotion"):
-            with gr.Row():
-                emo_video_in = _video("Clip")
-                with gr.Column():
-                    emo_label = gr.Label(num_top_classes=8, label="Emotion from w (MDVAE)")
-                    emo_text = gr.Markdown(label="unimodal models and notes")
-            emo_button = gr.Button("Predict the emotion", variant="primary")
+            emo_verdict = gr.Markdown(elem_id="emo-result", render=False)
+            emo_chart = gr.HTML(elem_id="emo-chart", render=False)
+            emo_fam, emo_json = _familiarity_box("emo-familiarity")
             emo_strip = _image("Face crops read by the model")
-            emo_state = gr.State()
+            emo_state = _state()
+            emo_outputs = [emo_verdict, emo_chart, emo_fam, emo_json, emo_strip, emo_state]
+            emo_video_in = _video("Clip")
+            emo_video_in.elem_id = "emo-input"
             emo_inputs = [emo_video_in, aligned]
-            emo_outputs = [emo_label, emo_text, emo_strip, emo_state]
+            # The button's event first, so the API names go to it, not to the examples.
+            emo_button = gr.Button("Predict the emotion", variant="primary", render=False)
             emo_button.click(emotion, [*emo_inputs, emo_state], emo_outputs, api_name="emotion")
-            gr.Examples(
-                [[_example(name), True] for name in ("spk02_happy.mp4", "spk05_sad.mp4",
-                                                    "spk07_angry.mp4", "spk49_disgusted.mp4")],
-                emo_inputs, emo_outputs, fn=emotion, run_on_click=True, cache_examples=False,
-                example_labels=["happy", "sad", "angry", "disgusted"])
+            with gr.Row():
+                emo_video_in.render()
+                with gr.Column():
+                    gr.Examples(
+                        [[_example(name), True]
+                         for name in ("spk02_happy.mp4", "spk05_sad.mp4", "spk07_angry.mp4",
+                                      "spk49_disgusted.mp4")],
+                        emo_inputs, emo_outputs, fn=emotion, run_on_click=True,
+                        cache_examples=False,
+                        example_labels=["happy", "sad", "angry", "disgusted"])
+                    emo_button.render()
+                    emo_fam.render()
+                    emo_verdict.render()
+            gr.Markdown(
+                f"Each model reads the emotion from its w, with probabilities calibrated on "
+                f"held-out speakers: the MDVAE from face and voice, the A-DSAE from the voice "
+                f"alone, the V-DSAE from the face alone. A model says **not sure** when the "
+                f"clip is unfamiliar or no emotion reaches {SURE_FROM:.0%}.")
+            emo_chart.render()
+            emo_strip.render()
+            emo_json.render()
 
         # Uploads and recordings default to face detection; examples (which also set the
-        # box) fire neither event.
+        # box) fire neither event. An upload browsers cannot play is shown as an mp4 copy.
         videos = [swap_a, swap_b, interp_a, interp_b, den_video_in, emo_video_in]
         gr.on([e for v in videos for e in (v.upload, v.stop_recording)], lambda: False,
               None, aligned, api_visibility="private", queue=False)
+        for v in videos:
+            v.upload(playable, v, v, api_visibility="private")
 
         gr.Markdown(
             f"Clips: 1 to {pipe.max_seconds:g} s are used (longer ones are trimmed), files up "
-            f"to {pipe.max_file_mb:g} MB. Results are 64x64 face crops shown 4x larger; their "
-            f"sound is rebuilt from the decoded spectrogram by Griffin-Lim. API: "
+            f"to {pipe.max_file_mb:g} MB (mp4, mov, webm, mkv, avi, mpeg, ts, flv or ogg; "
+            f"frames up to {MAX_FRAME_PIXELS / 1e6:.1f} megapixels; a clip with over "
+            f"{MAX_LOST_SHARE:.0%} of its frames damaged is refused). Results are 64x64 face "
+            f"crops shown 4x larger; their sound is rebuilt from the decoded spectrogram by "
+            f"Griffin-Lim. Your encoded clips are kept {SESSION_TTL_S / 60:g} min after their "
+            f"last use; files are deleted after {CACHE_AGE_S / 60:g} min at most. API: "
             f"`/swap`, `/interpolate`, `/denoise`, `/emotion` (see \"Use via API\" below).")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    # Results are written straight into Gradio's cache, which then serves them as they are
+    # instead of copying them there.
+    pipe.set_output_root(demo.GRADIO_CACHE)
     return demo
+
+
+def prune_cache(demo: gr.Blocks, max_mb: float = DISK_MB) -> int:
+    """Keep Gradio's cache folder within max_mb and CACHE_AGE_S (never the example copies);
+    returns the bytes left."""
+    keep = {f for block in demo.blocks.values() for f in getattr(block, "keep_in_cache", ())}
+    return prune_files(demo.GRADIO_CACHE, max_bytes=max_mb * 2**20, max_age_s=CACHE_AGE_S,
+                       keep=keep)
+
+
+def _prune_while_running(demo: gr.Blocks) -> None:
+    while demo.is_running:
+        try:
+            prune_cache(demo)
+        except OSError as err:  # a full or read-only disk must not stop the pruning
+            print(f"pruning {demo.GRADIO_CACHE} failed: {err}")
+        time.sleep(PRUNE_EVERY_S)
 
 
 def launch(demo: gr.Blocks, **overrides):
@@ -324,14 +585,31 @@ def launch(demo: gr.Blocks, **overrides):
     options = dict(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        max_file_size=f"{_pipe().max_file_mb:g}mb",
+        max_file_size=int(_pipe().max_file_mb * 2**20),  # bytes, as the pipeline counts them
         allowed_paths=[str(EXAMPLES)],
         theme=gr.themes.Soft(),
+        state_session_capacity=MAX_SESSIONS,
     )
     options.update(overrides)
-    return demo.launch(**options)
+    block = not options.pop("prevent_thread_lock", False)
+    result = demo.launch(**options, prevent_thread_lock=True)
+    threading.Thread(target=_prune_while_running, args=(demo,), daemon=True,
+                     name="prune-cache").start()
+    if block:
+        demo.block_thread()
+    return result
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through the `finally` below, like Ctrl-C
 
 
 if __name__ == "__main__":
     torch.set_num_threads(int(os.environ.get("MDVAE_TORCH_THREADS", "1")))
-    launch(build_demo())
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    demo = build_demo()
+    try:
+        launch(demo)
+    finally:  # results and uploads go with the server, on Ctrl-C and SIGTERM alike
+        demo.close()
+        _pipe().close()

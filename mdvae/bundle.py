@@ -12,7 +12,11 @@
 Weights are never read from pickles, so a Space can load a stranger's repo safely. Loading
 is strict: an unknown class, a config that does not parse or differs from the one the
 weights were saved with, missing, unexpected or mis-shaped weights all raise ConfigError
-naming the component and the key.
+naming the component and the key. Sizes are checked before any module is allocated: every
+integer in a config is bounded (MAX_CONFIG_INT), and each component is first built on
+PyTorch's meta device (no memory) and its shapes compared with the weights file's header,
+so a config asking for terabytes fails with a ConfigError naming the field. The `info`
+entries the app reads (`data`, `emotion`, `exported`) are type-checked too.
 
 A class is storable when it is registered with `@register_component`, keeps its config
 dataclass (a ConfigBase) in `.config`, and is built by `Cls(config)` with `config`
@@ -55,6 +59,12 @@ _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _COMPONENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # config.json may name the module defining a class; only modules of this package are imported.
 _MODULE_NAME = re.compile(r"^mdvae(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+# No size in a component's config may exceed this (the MEAD models' largest is 2048); the
+# tensors a config builds beyond its stored weights (non-persistent buffers) are bounded by
+# MAX_UNSTORED_ELEMENTS.
+MAX_CONFIG_INT = 1_000_000
+MAX_UNSTORED_ELEMENTS = 50_000_000
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 
@@ -262,6 +272,9 @@ def load_bundle(
     try:
         with safe_open(str(weights_path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+            for name, entry in document["components"].items():
+                _check_sizes(name, entry, metadata, shapes)  # before any tensor is made
             weights = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError) as err:
         raise ConfigError(f"{weights_path} is not a readable safetensors file: {err}") from err
@@ -324,7 +337,101 @@ def _read_config(path: Path) -> dict[str, Any]:
     info = document.get("info", {})
     if not isinstance(info, dict):
         raise ConfigError(f'{path}: "info" must be an object')
+    _check_info(info, path)
     return document
+
+
+def _check_info(info: dict[str, Any], path: Path) -> None:
+    """Type-check the `info` entries the app reads; ConfigError names the first bad one."""
+
+    def fail(field: str, what: str):
+        raise ConfigError(f'{path}: "info.{field}" must be {what}')
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    data = info.get("data", {})
+    if isinstance(data, dict):
+        for key in ("source", "note"):
+            if not isinstance(data.get(key, ""), str):
+                fail(f"data.{key}", "a string")
+        splits = data.get("splits", {})
+        if not isinstance(splits, dict):
+            fail("data.splits", "an object of splits")
+        for split, entry in splits.items():
+            if not isinstance(entry, dict):
+                fail(f"data.splits.{split}", "an object")
+            if not isinstance(entry.get("speakers", []), list):
+                fail(f"data.splits.{split}.speakers", "a list")
+            for key in ("clips", "frames"):
+                if not number(entry.get(key, 0)):
+                    fail(f"data.splits.{split}.{key}", "a number")
+    elif not isinstance(data, str):
+        fail("data", "an object or a string")
+    heads = info.get("emotion", {})
+    if not isinstance(heads, dict):
+        fail("emotion", "an object of emotion heads")
+    for head, entry in heads.items():
+        accuracy = entry.get("accuracy", {}) if isinstance(entry, dict) else None
+        if not isinstance(accuracy, dict):
+            fail(f"emotion.{head}", 'an object with an "accuracy" object')
+        for split, value in accuracy.items():
+            if not number(value):
+                fail(f"emotion.{head}.accuracy.{split}", "a number")
+    if not isinstance(info.get("exported", ""), str):
+        fail("exported", "a string")
+
+
+def _check_sizes(name: str, entry: Any, metadata: dict[str, str],
+                 shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse a component whose config would build tensors the weights file does not hold,
+    before allocating any: bounded integers, then a build on the meta device whose shapes
+    must be the header's."""
+    if not isinstance(entry, dict):
+        return  # _build says what is wrong with it
+    cls = _component_class(name, entry)
+    config_cls = _config_class(cls)
+    try:
+        config = config_cls.from_dict(entry.get("config"))
+    except ConfigError:
+        return  # _build names the bad key
+    fields = config.to_dict()
+    for field, value in fields.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_CONFIG_INT:
+                raise ConfigError(
+                    f"component {name!r}: config field {field!r} is {value!r}, over the "
+                    f"{MAX_CONFIG_INT:,} any size in a bundle may have"
+                )
+    saved = metadata.get(f"config.{name}")
+    if saved is not None:
+        _compare_configs(name, config, config_cls, saved)
+    try:
+        with torch.device("meta"):
+            probe = cls(config)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"component {name!r}: cannot build {cls.__name__}: {err}") from err
+    stored = {k.partition(".")[2]: shape for k, shape in shapes.items()
+              if k.partition(".")[0] == name}
+    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    for key, shape in expected.items():
+        if key in stored and stored[key] != shape:
+            suspects = [f for f, v in fields.items()
+                        if isinstance(v, int) and not isinstance(v, bool) and v in shape
+                        and v not in stored[key]]
+            hint = f" (check {', '.join(repr(f) for f in suspects)})" if suspects else ""
+            raise ConfigError(
+                f"component {name!r}: weight {key!r} has shape {stored[key]} in "
+                f"{WEIGHTS_FILE} but the config builds {shape}{hint}"
+            )
+    unstored = sum(t.numel() for k, t in [*probe.named_parameters(), *probe.named_buffers()]
+                   if k not in expected)
+    if unstored > MAX_UNSTORED_ELEMENTS:
+        raise ConfigError(
+            f"component {name!r}: the config builds {unstored:,} values that are not in "
+            f"{WEIGHTS_FILE} (over {MAX_UNSTORED_ELEMENTS:,}); check its sizes"
+        )
 
 
 def _component_class(name: str, entry: dict[str, Any]) -> type[nn.Module]:

@@ -15,7 +15,7 @@ the `Encoded.notes` say so. Every request's options are arguments and every resu
 new object, so one pipeline serves concurrent requests: the models stay in eval mode under
 no_grad, and the only shared state (the face cropper, Griffin-Lim's random generator) is
 behind locks. Videos and images it writes go to one temporary folder, pruned as files age
-and removed when the pipeline is closed or collected.
+or the folder outgrows `max_output_mb`, and removed when the pipeline is closed or collected.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from mdvae.bundle import Bundle, load_bundle
+from mdvae.calibration import SURE_FROM
 from mdvae.components import (
     COMPARED,
     DENOISERS,
@@ -58,10 +59,17 @@ from mdvae.eval.metrics import (
     ssim,
     template_mask,
 )
-from mdvae.media.audio import FPS, griffin_lim
+from mdvae.familiarity import Familiarity, clip_scores
+from mdvae.media.audio import FPS, griffin_lim, samples_for_frames
 from mdvae.media.clips import AVClip, load_av_clip
 from mdvae.media.face import FaceCropper, NoFaceError
-from mdvae.media.video import MediaError, frame_strip, side_by_side, write_video
+from mdvae.media.video import (
+    MediaError,
+    frame_strip,
+    normalize_clip,
+    side_by_side,
+    write_video,
+)
 from mdvae.model.latents import interpolate_w
 from mdvae.model.mdvae import Latents
 from mdvae.stage1.codec import AVCodec
@@ -72,11 +80,23 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "checkpoints"
 MIN_SECONDS = 1.0  # shorter clips give w too little to go on
 MAX_SECONDS = 10.0  # longer clips are trimmed: memory and latency stay bounded
 MAX_FILE_MB = 50.0  # refused before decoding; a 10 s 1080p phone clip is ~20 MB
+# The written videos are kept at most this long and, oldest first, to at most this size
+# (a 256x256 result is ~0.3 MB); files younger than MIN_KEEP_SECONDS are never pruned, so
+# a file being written, or just handed to a browser, stays.
+KEEP_SECONDS = 3600.0
+MAX_OUTPUT_MB = 500.0
+MIN_KEEP_SECONDS = 10.0
 OUTPUT_SCALE = 4  # 64x64 results are written as 256x256 videos
 # The w slider's videos are written 128x128 (the browser shows them at the same size):
 # encoding 4x-enlarged frames is about a third of that request's CPU time.
 PREVIEW_SCALE = 2
 GRIFFIN_LIM_ITERS = 32
+# The denoising comparison video opens on the middle corrupted frame, held this long, so its
+# first (preview) frame shows the corruption rather than a clean frame.
+DENOISE_LEAD_SECONDS = 0.5
+# Containers browsers do not play: an upload in one of them is shown as an mp4 copy.
+UNPLAYABLE = (".mpg", ".mpeg", ".avi", ".mkv", ".flv", ".ts", ".wmv", ".3gp", ".ogv", ".ogg")
+PREVIEW_SIDE = 360  # the mp4 copy's largest side: a preview only, the clip is read again
 
 GROUPS: tuple[str, ...] = Latents.group_names()  # ("w", "z_av", "z_a", "z_v")
 GROUP_MEANING = {
@@ -90,6 +110,7 @@ REGIONS: tuple[str, ...] = tuple(TEMPLATE_BOXES)  # ("mouth", "eyes")
 DENOISE_FRACTION = 0.6
 # Emotion readers: name -> (model giving w, head reading it)
 EMOTION_MODELS = {r.name: (r.model, r.head) for r in EMOTION_READERS.values()}
+EMOTION_TITLES = {r.name: r.title for r in EMOTION_READERS.values()}
 REQUIRED = (VQ_VISUAL, VQ_AUDIO, MDVAE_MODEL)
 
 # torchaudio's GriffinLim draws its initial phase from torch's global generator, which
@@ -103,6 +124,7 @@ class Encoded:
     """A clip and its posterior means, all on the CPU (small enough for session state).
 
     x_a (1, T, 512), x_v (1, T, 2048): stage-2 features; latents: means of q(. | x_a, x_v);
+    familiarity: how well the bundle explains the clip, against its test clips;
     key: identifies the file and options it came from, so a session can reuse it.
     """
 
@@ -110,6 +132,7 @@ class Encoded:
     x_a: Tensor
     x_v: Tensor
     latents: Latents
+    familiarity: Familiarity
     notes: tuple[str, ...] = ()
     key: tuple | None = None
 
@@ -157,6 +180,35 @@ class DenoiseResult:
         return [[name, round(p, 2), round(s, 3)] for name, (p, s) in self.metrics.items()]
 
 
+@dataclass(frozen=True)
+class EmotionReading:
+    """One model's emotion for a clip: calibrated probabilities, and its answer or none.
+
+    probabilities: label -> softmax(logits / temperature), the temperature fitted on the
+    bundle's validation clips (1 when the bundle has none); answer: the top label, or None
+    ("not sure") when the clip is unfamiliar or the top probability is below `sure_from`;
+    reason: why there is no answer ("" when there is one).
+    """
+
+    model: str
+    title: str
+    probabilities: dict[str, float]
+    temperature: float
+    answer: str | None
+    reason: str
+    sure_from: float = SURE_FROM
+
+    @property
+    def top(self) -> tuple[str, float]:
+        label = max(self.probabilities, key=self.probabilities.get)
+        return label, self.probabilities[label]
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "title": self.title, "answer": self.answer,
+                "reason": self.reason, "probabilities": self.probabilities,
+                "temperature": self.temperature, "sure_from": self.sure_from}
+
+
 class _WholeFrame:
     """Stands in for the face cropper when a clip already is an aligned face crop (the
     synthetic examples): the centred square of every frame, resized to 64x64."""
@@ -175,6 +227,54 @@ class _WholeFrame:
         return np.stack(
             [cv2.resize(f, (self.size, self.size), interpolation=cv2.INTER_AREA) for f in square]
         )
+
+
+def as_number(value, what: str) -> float:
+    """`value` as a float, or an MDVAEError naming `what` (an API caller may send text)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise MDVAEError(f"{what} must be a number, got {value!r}") from err
+
+
+def prune_files(folder: str | os.PathLike, *, max_bytes: float, max_age_s: float,
+                min_age_s: float = 0.0, keep: Iterable[str | os.PathLike] = ()) -> int:
+    """Delete the files under `folder` older than max_age_s, then the oldest others until
+    the rest take at most max_bytes; files younger than min_age_s and those in `keep` stay.
+    Empty subfolders left behind go too. Returns the bytes still there.
+    """
+    folder = Path(folder)
+    kept = {str(Path(k).resolve()) for k in keep}
+    now = time.time()
+    files = []
+    for path in folder.rglob("*"):
+        try:
+            stat = path.lstat()
+        except FileNotFoundError:  # another request pruned it first
+            continue
+        if path.is_file() and not path.is_symlink():
+            files.append((stat.st_mtime, stat.st_size, path))
+    files.sort(key=lambda f: f[0])  # oldest first
+    total = sum(size for _, size, _ in files)
+    for mtime, size, path in files:
+        age = now - mtime
+        if age < min_age_s or str(path.resolve()) in kept:
+            continue
+        if age > max_age_s or total > max_bytes:
+            try:
+                path.unlink()
+                total -= size
+            except FileNotFoundError:
+                total -= size
+            except OSError:
+                continue
+            parent = path.parent
+            if parent != folder and parent.is_relative_to(folder):
+                try:
+                    parent.rmdir()  # only when empty
+                except OSError:
+                    pass
+    return total
 
 
 def central_frames(n_frames: int, fraction: float = DENOISE_FRACTION) -> slice:
@@ -231,7 +331,10 @@ class Pipeline:
     device: where the models run; None picks CUDA when available.
     max_seconds, max_file_mb: defaults for `load` (longer clips trimmed, bigger files refused).
     face_backend: FaceCropper backend for clips that are not aligned crops.
-    keep_seconds: written files older than this are deleted as new ones are made.
+    keep_seconds, max_output_mb: written files older than this, or the oldest beyond this
+        size in all, are deleted as new ones are made.
+    output_root: where the folder of written files is made (default: the system's temporary
+        folder); the app puts it in Gradio's cache, so each result is written once.
     """
 
     def __init__(
@@ -242,7 +345,9 @@ class Pipeline:
         max_seconds: float = MAX_SECONDS,
         max_file_mb: float = MAX_FILE_MB,
         face_backend: str = "auto",
-        keep_seconds: float = 3600.0,
+        keep_seconds: float = KEEP_SECONDS,
+        max_output_mb: float = MAX_OUTPUT_MB,
+        output_root: str | os.PathLike | None = None,
     ):
         self.device = torch.device(
             device if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
@@ -251,7 +356,7 @@ class Pipeline:
         missing = [name for name in REQUIRED if name not in self.bundle]
         if missing:
             raise ConfigError(
-                f"bundle {self.bundle_source} lacks {missing}: the demo needs "
+                f"bundle {self.bundle_name} lacks {missing}: the demo needs "
                 f"both VQ-VAEs and the MDVAE"
             )
         for module in self.bundle.components.values():
@@ -263,7 +368,18 @@ class Pipeline:
         self.cropper = FaceCropper(face_backend)
         self.aligned_cropper = _WholeFrame()
         self.keep_seconds = keep_seconds
-        self.tmp_dir = Path(tempfile.mkdtemp(prefix="mdvae-app-"))
+        self.max_output_mb = float(max_output_mb)
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix="mdvae-app-", dir=output_root))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.tmp_dir, True)
+
+    def set_output_root(self, parent: str | os.PathLike) -> None:
+        """Move the folder of written files (empty, at setup) under `parent`."""
+        parent = Path(parent)
+        if self.tmp_dir.parent.resolve() == parent.resolve():
+            return
+        parent.mkdir(parents=True, exist_ok=True)
+        self._finalizer()
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix="mdvae-app-", dir=parent))
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.tmp_dir, True)
 
     # -- lifetime -------------------------------------------------------------------------
@@ -279,26 +395,31 @@ class Pipeline:
         self.close()
 
     def new_path(self, stem: str, suffix: str) -> Path:
-        """A fresh file name in the pipeline's folder; files past keep_seconds are removed."""
-        cutoff = time.time() - self.keep_seconds
-        for old in self.tmp_dir.iterdir():
-            try:
-                if old.stat().st_mtime < cutoff:
-                    old.unlink()
-            except FileNotFoundError:  # another request pruned it first
-                pass
+        """A fresh file name in the pipeline's folder; files past keep_seconds, and the
+        oldest beyond max_output_mb (if older than MIN_KEEP_SECONDS), are removed."""
+        prune_files(self.tmp_dir, max_bytes=self.max_output_mb * 2**20,
+                    max_age_s=self.keep_seconds,
+                    min_age_s=min(MIN_KEEP_SECONDS, self.keep_seconds))
         return self.tmp_dir / f"{stem}-{uuid.uuid4().hex[:8]}{suffix}"
 
     # -- what is loaded -------------------------------------------------------------------
+
+    @property
+    def bundle_name(self) -> str:
+        """The bundle's folder name or Hub repo id: never the server's folder path."""
+        source = Path(self.bundle_source)
+        return source.name if source.is_absolute() or source.exists() else self.bundle_source
 
     @property
     def description(self) -> str:
         """Markdown: which bundle is loaded, what it was trained on, how it scores."""
         info = self.bundle.info
         data = info.get("data", {})
+        if isinstance(data, str):  # a bare note
+            data = {"note": data}
         c = self.mdvae.config
         lines = [
-            f"**Model bundle:** `{self.bundle_source}` · latents w {c.w_dim}, "
+            f"**Model bundle:** `{self.bundle_name}` · latents w {c.w_dim}, "
             f"z_av {c.z_av_dim}, z_a {c.z_a_dim}, z_v {c.z_v_dim} · running on "
             f"{self.device.type.upper()}"
         ]
@@ -371,22 +492,47 @@ class Pipeline:
 
     @torch.no_grad()
     def encode(self, clip: AVClip, *, key: tuple | None = None) -> Encoded:
-        """Stage-2 features and posterior means (w, z_av, z_a, z_v) of a clip."""
+        """Stage-2 features, posterior means (w, z_av, z_a, z_v) and familiarity of a clip."""
         x_a, x_v = self.codec.encode(clip.frames[None], clip.power[None])  # (1,T,512),(1,T,2048)
         latents = self.mdvae.encode(x_a, x_v)
-        notes = []
+        familiarity = self.familiarity(clip.frames, clip.power, x_a, x_v)
+        notes = [f"{Path(clip.source).name}: {clip.face_note}"] if clip.face_note else []
         if clip.trimmed:
             notes.append(
                 f"{Path(clip.source).name} is longer than {clip.seconds:g} s: only "
                 f"its first {clip.seconds:g} s are used."
             )
-        return Encoded(clip, x_a.cpu(), x_v.cpu(), _move(latents, "cpu"), tuple(notes), key)
+        if clip.lost_frames:
+            notes.append(
+                f"{Path(clip.source).name} is damaged: {clip.lost_frames} of its video "
+                f"frames could not be decoded, and the frame before each gap stands in."
+            )
+        return Encoded(clip, x_a.cpu(), x_v.cpu(), _move(latents, "cpu"), familiarity,
+                       tuple(notes), key)
+
+    def familiarity(self, frames: np.ndarray, power: np.ndarray, x_a: Tensor | None = None,
+                    x_v: Tensor | None = None) -> Familiarity:
+        """How well the bundle explains frames (T, 64, 64, 3) and power (T, 513), placed
+        against its test clips (`mdvae.familiarity`); x_a, x_v: their features, if known."""
+        scores = clip_scores(self.mdvae, self.codec, frames, power, x_a, x_v)
+        return Familiarity.of(scores, self.bundle.info.get("familiarity"))
 
     def source_key(self, path, *, aligned: bool, max_seconds: float | None = None) -> tuple:
         """What makes two loads of a file equal: path, size, modification time, options."""
         stat = Path(path).stat()
         limit = self.max_seconds if max_seconds is None else float(max_seconds)
         return (str(path), stat.st_size, stat.st_mtime_ns, bool(aligned), limit)
+
+    def reusable(self, path, reuse: Encoded | None, *, aligned: bool = False,
+                 max_seconds: float | None = None) -> bool:
+        """Whether `encode_file(path, ...)` would hand `reuse` back without any work."""
+        if reuse is None or path is None:
+            return False
+        if Path(path).is_file():
+            return reuse.key == self.source_key(path, aligned=aligned, max_seconds=max_seconds)
+        limit = self.max_seconds if max_seconds is None else float(max_seconds)
+        return (reuse.key is not None
+                and (reuse.key[0], *reuse.key[3:]) == (str(path), bool(aligned), limit))
 
     def encode_file(
         self,
@@ -398,12 +544,10 @@ class Pipeline:
     ) -> Encoded:
         """load + encode; `reuse` is returned as is when it came from the same file and
         options (a session's earlier encoding: a slider then only decodes)."""
-        if path is not None and Path(path).is_file():
-            key = self.source_key(path, aligned=aligned, max_seconds=max_seconds)
-            if reuse is not None and reuse.key == key:
-                return reuse
-        else:
-            key = None
+        if self.reusable(path, reuse, aligned=aligned, max_seconds=max_seconds):
+            return reuse  # the same file and options (or its upload was pruned since)
+        exists = path is not None and Path(path).is_file()
+        key = self.source_key(path, aligned=aligned, max_seconds=max_seconds) if exists else None
         clip = self.load(path, aligned=aligned, max_seconds=max_seconds)
         return self.encode(clip, key=key)
 
@@ -473,14 +617,15 @@ class Pipeline:
         _, x_v_hat = self.mdvae.decode(_move(one_frame, self.device))  # (n, 1, Dv)
         frames = _upscale(self.codec.decode_visual(x_v_hat[:, 0]), scale)  # (n, H, W, 3)
         panels = [f[None] for f in frames]
-        row = side_by_side(panels, [f"alpha {a:.2f}" for a in alphas.tolist()])  # (1, H', W', 3)
-        return side_by_side([row], [f"frame {t + 1} of A, w from A's to B's"])[0]
+        names = ["A" if a == 1 else "B" if a == 0 else f"{1 - a:.0%} B" for a in alphas.tolist()]
+        row = side_by_side(panels, names)  # (1, H', W', 3)
+        return side_by_side([row], [f"frame {t + 1} of A, w from A's (left) to B's (right)"])[0]
 
     @staticmethod
     def _check_alpha(alpha: float | None) -> float | None:
         if alpha is None:
             return None
-        alpha = float(alpha)
+        alpha = as_number(alpha, "alpha (between 0, B's w, and 1, A's w)")
         if not 0.0 <= alpha <= 1.0:
             raise MDVAEError(f"alpha must be between 0 (B's w) and 1 (A's w), got {alpha}")
         return alpha
@@ -507,7 +652,7 @@ class Pipeline:
         """
         if region not in REGIONS:
             raise MDVAEError(f"unknown region {region!r}; choose one of {list(REGIONS)}")
-        sigma = float(sigma)
+        sigma = as_number(sigma, "the noise level sigma")
         if not 0.0 < sigma <= 2.0:
             raise MDVAEError(f"the noise level sigma must be in (0, 2], got {sigma}")
         n_frames = len(clip.frames)
@@ -548,10 +693,25 @@ class Pipeline:
 
     @torch.no_grad()
     def emotion(self, enc: Encoded, model: str = "mdvae") -> dict[str, float]:
-        """Class probabilities of the 8 emotions from the posterior mean of w.
+        """Calibrated class probabilities of the 8 emotions from the posterior mean of w.
 
         model: "mdvae" (w of q(w | x_a, x_v)), "audio" or "visual" (w of the A-DSAE or the
-        V-DSAE, with their own heads), when the bundle has them.
+        V-DSAE, with their own heads), when the bundle has them. The logits are divided by
+        the head's temperature fitted on the validation clips (see `emotion_reading`).
+        """
+        return self.emotion_reading(enc, model).probabilities
+
+    def temperature(self, model: str) -> float:
+        """The emotion head's temperature from the bundle (1.0 when not calibrated)."""
+        head = EMOTION_MODELS[model][1]
+        entry = self.bundle.info.get("emotion", {}).get(head, {})
+        return float(entry.get("calibration", {}).get("temperature", 1.0))
+
+    @torch.no_grad()
+    def emotion_reading(self, enc: Encoded, model: str = "mdvae", *,
+                        sure_from: float = SURE_FROM) -> EmotionReading:
+        """One model's calibrated probabilities and its answer, or "not sure" (answer None)
+        when the clip is unfamiliar to the bundle or the top probability is below sure_from.
         """
         if model not in EMOTION_MODELS:
             raise MDVAEError(
@@ -559,7 +719,7 @@ class Pipeline:
             )
         if model not in self.emotion_models:
             raise ConfigError(
-                f"bundle {self.bundle_source} has no emotion head for "
+                f"bundle {self.bundle_name} has no emotion head for "
                 f"{model!r} (it holds {sorted(self.bundle.components)})"
             )
         reader, head = EMOTION_MODELS[model]
@@ -568,7 +728,24 @@ class Pipeline:
         else:
             x = enc.x_a if model == "audio" else enc.x_v
             w = self.bundle[reader].encode(x.to(self.device)).w  # (1, Lw)
-        return self.bundle[head].probabilities(w[0].to(self.device))
+        temperature = self.temperature(model)
+        logits = self.bundle[head](w.to(self.device)) / temperature  # (1, 8)
+        probs = torch.softmax(logits.double(), dim=-1)[0].tolist()
+        probabilities = dict(zip(self.bundle[head].config.labels, probs))
+        label = max(probabilities, key=probabilities.get)
+        if enc.familiarity.familiar is False:
+            reason = "the clip is unfamiliar to the model, so its emotion cannot be trusted"
+        elif probabilities[label] < sure_from:
+            reason = (f"no emotion reaches {sure_from:.0%} (the most likely, {label}, has "
+                      f"{probabilities[label]:.0%})")
+        else:
+            reason = ""
+        return EmotionReading(model, EMOTION_TITLES[model], probabilities, temperature,
+                              None if reason else label, reason, sure_from)
+
+    def emotion_readings(self, enc: Encoded) -> list[EmotionReading]:
+        """`emotion_reading` of every model the bundle has (MDVAE, A-DSAE, V-DSAE)."""
+        return [self.emotion_reading(enc, m) for m in self.emotion_models]
 
     # -- media out ------------------------------------------------------------------------
 
@@ -596,11 +773,33 @@ class Pipeline:
         frames = side_by_side([_upscale(v, scale) for v in videos], list(labels))
         return write_video(self.new_path(name, ".mp4"), frames, audio, scale=1)
 
-    def render_denoise(self, result: DenoiseResult, *, scale: int = 3) -> Path:
-        """Clean | noisy | each model, side by side, with the clip's own sound."""
+    def render_denoise(self, result: DenoiseResult, *, scale: int = 3,
+                       lead_seconds: float = DENOISE_LEAD_SECONDS) -> Path:
+        """Clean | noisy | each model, side by side, with the clip's own sound; it opens on
+        the middle corrupted frame held for lead_seconds (silent), so the video's first
+        frame, which a browser shows before it plays, shows the corruption."""
         videos = [result.clean, result.noisy, *result.outputs.values()]
         labels = ["clean", f"noisy ({result.region})", *result.outputs]
-        return self.render_side_by_side(videos, labels, result.audio, "denoise", scale=scale)
+        lead = round(lead_seconds * FPS)
+        middle = (result.frames.start + result.frames.stop - 1) // 2
+        videos = [np.concatenate([np.repeat(v[middle:middle + 1], lead, axis=0), v])
+                  for v in videos]
+        audio = np.concatenate([np.zeros(samples_for_frames(lead), np.float32), result.audio])
+        return self.render_side_by_side(videos, labels, audio, "denoise", scale=scale)
+
+    def playable_copy(self, path) -> Path | None:
+        """An mp4 copy (small, for the browser's preview) of a video whose container
+        browsers cannot play (UNPLAYABLE), or None when it plays as it is or cannot be read
+        (reading it for the model later gives the reason)."""
+        if path is None or Path(path).suffix.lower() not in UNPLAYABLE:
+            return None
+        try:
+            # A little past the limit, so the trimmed copy still says it was trimmed.
+            clip = normalize_clip(path, max_seconds=self.max_seconds + 1, max_side=PREVIEW_SIDE)
+        except MDVAEError:
+            return None
+        return write_video(self.new_path(Path(path).stem, ".mp4"), clip.frames, clip.audio,
+                           scale=1)
 
     @staticmethod
     def strip(rows: Sequence[tuple[str, np.ndarray]], n: int = 8, scale: int = 2) -> np.ndarray:

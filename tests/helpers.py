@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mdvae.data.synthetic import generate_clip
+from mdvae.media.audio import FPS
 from mdvae.media.video import ffmpeg_exe, write_video
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -40,6 +41,9 @@ def make_bad_inputs(folder: Path) -> dict[str, Path]:
     cases = {}
     cases["not_a_video"] = folder / "notes.mp4"
     cases["not_a_video"].write_text("this is text, not a video\n")
+    cases["still_image"] = folder / "photo.mp4"  # a PNG renamed
+    cv2.imwrite(str(folder / "photo.png"), face.frames[0])
+    (folder / "photo.png").rename(cases["still_image"])
     cases["no_audio"] = write_video(folder / "silent.mp4", face.frames, None, scale=2)
     cases["too_short"] = write_video(folder / "short.mp4", face.frames[:15],
                                      face.audio[:8000], scale=2)
@@ -87,3 +91,28 @@ class Batches:
 def step_fn(model, batch, step):
     pred = model(batch["x"]).squeeze(-1)
     return {"total": ((pred - batch["y"]) ** 2).mean()}
+
+
+def ffmpeg(*args: str) -> str:
+    """Run the bundled ffmpeg; returns its stderr (where `-i` describes the streams)."""
+    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", *args],
+                            capture_output=True, text=True)
+    return result.stderr
+
+
+def damaged(tmp_path, name, share):
+    """A 3 s clip (keyframe every 10 frames) with random bytes over the middle `share` of
+    its media data."""
+    clean = tmp_path / "clean.mp4"
+    if not clean.exists():
+        ffmpeg("-f", "lavfi", "-i", f"testsrc=s=128x96:r={FPS}:d=3", "-f", "lavfi", "-i",
+               "sine=d=3", "-c:v", "libx264", "-g", "10", "-pix_fmt", "yuv420p", "-c:a", "aac",
+               "-shortest", str(clean))
+    data = bytearray(clean.read_bytes())
+    start = data.find(b"mdat")
+    lo = start + int((len(data) - start) * (0.5 - share / 2))
+    hi = start + int((len(data) - start) * (0.5 + share / 2))
+    data[lo:hi] = np.random.default_rng(0).integers(0, 256, hi - lo, dtype=np.uint8).tobytes()
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path

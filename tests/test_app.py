@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -31,6 +37,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 MAX_SECONDS = 4.0  # small limits, so the long and over-size cases stay cheap
 MAX_FILE_MB = 1.0
+DEMO: dict[str, gr.Blocks] = {}  # the served app, for the tests that look inside it
 
 
 def _free_port() -> int:
@@ -40,22 +47,24 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_bundle):
-    """(url, pipeline) of the app running in this process."""
+def served(tiny_bundle, tmp_path_factory):
+    """(url, pipeline) of the app running in this process, its cache in a folder of its own."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the app runs by default (MDVAE_TORCH_THREADS)
     pipe = Pipeline(tiny_bundle, device="cpu", max_seconds=MAX_SECONDS, max_file_mb=MAX_FILE_MB)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GRADIO_ANALYTICS_ENABLED", "False")  # no network here
+        env.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
         demo = app.build_demo(pipe)
-    port = _free_port()
-    app.launch(demo, server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", pipe
-    finally:
-        demo.close()
-        pipe.close()
-        torch.set_num_threads(threads)
+        DEMO["demo"] = demo
+        port = _free_port()
+        app.launch(demo, server_port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            yield f"http://127.0.0.1:{port}/", pipe
+        finally:
+            demo.close()
+            pipe.close()
+            torch.set_num_threads(threads)
 
 
 def _client(url: str) -> Client:
@@ -88,10 +97,15 @@ def test_api_lists_the_four_endpoints(client):
 
 def test_swap_endpoint_matches_a_direct_render(client, served):
     _, pipe = served
-    video, strip, notes = client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)),
-                                         list(GROUPS), True, api_name="/swap")
+    video, strip, gauge, familiarity, notes = client.predict(
+        handle_file(str(CLIP_A)), handle_file(str(CLIP_B)), list(GROUPS), True,
+        api_name="/swap")
     assert_playable_with_sound(video)
     assert Path(strip).is_file() and "cut to the first 2.50 s" in notes
+    # The tiny bundle has no reference table: the page and the API say so.
+    assert set(familiarity) == {"Clip A", "Clip B"} and "Clip A" in gauge
+    assert familiarity["Clip A"]["level"] == "unknown"
+    assert set(familiarity["Clip A"]["scores"]) == {"mdvae", "vq_visual", "vq_audio"}
     # Every group from B: B's reconstruction, as the pipeline renders it directly.
     enc_b = pipe.encode(pipe.load(CLIP_B, aligned=True))
     direct = pipe.render(pipe.reconstruct(enc_b), "direct")
@@ -102,41 +116,49 @@ def test_swap_endpoint_matches_a_direct_render(client, served):
 
 
 def test_interpolate_endpoint_and_slider_reuses_the_session(client):
-    video, strip, _ = client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)), 0.25,
-                                     False, True, api_name="/interpolate")
+    video, strip, _, _, _ = client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)),
+                                           0.25, False, True, api_name="/interpolate")
     assert_playable_with_sound(video)
     assert Path(strip).is_file()
     # The slider's function: with both encodings given, nothing is loaded again.
-    _, _, _, enc_a, enc_b = app.interpolate(str(CLIP_A), str(CLIP_B), 0.5, False, True)
+    *_, enc_a, enc_b = app.interpolate(str(CLIP_A), str(CLIP_B), 0.5, False, True)
     start = time.perf_counter()
-    video2, _, enc_a2, enc_b2 = app.interpolate_alpha(str(CLIP_A), str(CLIP_B), 0.9, False,
-                                                      True, app.PROGRESS, enc_a, enc_b)
+    video2, strip2, _, enc_a2, enc_b2 = app.interpolate_alpha(
+        str(CLIP_A), str(CLIP_B), 0.9, False, True, app.PROGRESS, enc_a, enc_b)
     assert enc_a2 is enc_a and enc_b2 is enc_b
+    assert strip2.shape[2] == 3  # the strip is redrawn for the current pair
     assert_playable_with_sound(video2)
     assert normalize_clip(video2).frames.shape[1:3] == (128, 128)  # the slider's preview size
     print(f"slider decode + render: {time.perf_counter() - start:.2f} s")
 
 
 def test_denoise_endpoint(client):
-    video, table, strip, _ = client.predict(handle_file(str(CLIP_A)), "eyes", 0.5, 60, True,
-                                            api_name="/denoise")
+    video, table, gauge, familiarity, strip, _ = client.predict(
+        handle_file(str(CLIP_A)), "eyes", 0.5, 60, True, api_name="/denoise")
     assert_playable_with_sound(video)
     assert [row[0] for row in table["data"]] == ["noisy input", "VQ-VAE", "V-DSAE", "MDVAE"]
     assert Path(strip).is_file()
+    assert "Clean clip" in gauge and "Clean clip" in familiarity
 
 
 def test_emotion_endpoint_and_five_clients_at_once(served):
     def ask(_):
-        label, text, strip = _client(served[0]).predict(
+        text, chart, _, result, strip = _client(served[0]).predict(
             handle_file(str(CLIP_A)), True, api_name="/emotion")
-        return label, text
+        return result, text, chart
 
     with ThreadPoolExecutor(5) as pool:
         answers = list(pool.map(ask, range(5)))
-    for label, text in answers:
-        probs = {c["label"]: c["confidence"] for c in label["confidences"]}
-        assert set(probs) == set(EMOTIONS) and sum(probs.values()) == pytest.approx(1, abs=1e-4)
-        assert "A-DSAE" in text and "V-DSAE" in text
+    for result, text, chart in answers:
+        readings = result["readings"]
+        assert [r["title"] for r in readings] == ["MDVAE", "A-DSAE (voice)", "V-DSAE (face)"]
+        for r in readings:
+            probs = r["probabilities"]
+            assert set(probs) == set(EMOTIONS)
+            assert sum(probs.values()) == pytest.approx(1, abs=1e-4)
+            # an answer, or "not sure" with its reason
+            assert (r["answer"] in EMOTIONS) != bool(r["reason"])
+        assert "A-DSAE" in text and "V-DSAE" in text and "emotion-chart" in chart
     assert all(a == answers[0] for a in answers)
 
 
@@ -153,12 +175,12 @@ def test_bad_inputs_refused_with_the_pipeline_message(client, bad_inputs, case, 
 
 
 def test_long_clip_trimmed_and_huge_clip_handled(client, bad_inputs):
-    _, text, _ = client.predict(handle_file(str(bad_inputs["long"])), True,
-                                api_name="/emotion")
+    text, *_ = client.predict(handle_file(str(bad_inputs["long"])), True,
+                              api_name="/emotion")
     assert f"only its first {MAX_SECONDS:g} s are used" in text
-    label, _, _ = client.predict(handle_file(str(bad_inputs["huge"])), False,
-                                 api_name="/emotion")
-    assert len(label["confidences"]) == len(EMOTIONS)
+    _, _, _, result, _ = client.predict(handle_file(str(bad_inputs["huge"])), False,
+                                        api_name="/emotion")
+    assert len(result["readings"][0]["probabilities"]) == len(EMOTIONS)
 
 
 def test_upload_over_the_size_cap_refused(client, tmp_path):
@@ -169,24 +191,144 @@ def test_upload_over_the_size_cap_refused(client, tmp_path):
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"{CHROMIUM} is not installed")
-def test_page_in_headless_chromium_runs_an_example(served, tmp_path):
+def test_page_in_headless_chromium_swap_slider_and_error(served, tmp_path, bad_inputs):
+    """A visitor's path: a swap example, the interpolation slider, then a bad upload whose
+    reason is still on screen after Gradio's usual toast time (10 s) has passed."""
     from playwright.sync_api import sync_playwright
 
-    shot = tmp_path / "swap_example.png"
+    shots = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(served[0], wait_until="load")
-            page.wait_for_selector("#bundle-info", timeout=60_000)
-            page.get_by_text("lips of B (z_av)").first.click()
-            page.wait_for_selector("#swap-result video[src]", timeout=90_000)
-            page.screenshot(path=str(shot), full_page=True)
+            page.wait_for_selector("#intro", timeout=60_000)
+            example = page.get_by_text("lips of B (z_av)", exact=True).first
+            assert example.is_visible() and example.bounding_box()["y"] < 900  # no scrolling
+            example.click()
+            page.wait_for_selector("#swap-result video[src]", timeout=120_000)
+            assert "Clip A" in page.locator("#swap-familiarity").inner_text()
+            shots.append(tmp_path / "swap.png")
+            page.screenshot(path=str(shots[-1]), full_page=True)
+
+            page.get_by_role("tab", name="Interpolate w").first.click()
+            page.get_by_text("happy speaker 2 halfway to angry speaker 7", exact=True).click()
+            page.wait_for_selector("#interp-result video[src]", timeout=120_000)
+            video = page.locator("#interp-result video")
+            first = video.get_attribute("src")
+            slider = page.locator("#interp-slider input[type=range]")
+            slider.fill("0.9")
+            slider.dispatch_event("change")
+            slider.dispatch_event("pointerup")
+            page.wait_for_function(
+                "s => { const v = document.querySelector('#interp-result video');"
+                " return v && v.getAttribute('src') && v.getAttribute('src') !== s; }",
+                arg=first, timeout=120_000)
+            shots.append(tmp_path / "slider.png")
+            page.screenshot(path=str(shots[-1]), full_page=True)
+
+            page.get_by_role("tab", name="Emotion").first.click()
+            page.locator("#emo-input input[type=file]").set_input_files(
+                str(bad_inputs["no_audio"]))
+            page.get_by_role("button", name="Predict the emotion").click()
+            toast = page.get_by_text("has no audio track").first
+            toast.wait_for(timeout=60_000)
+            page.wait_for_timeout(11_000)
+            assert toast.is_visible()  # still readable after the usual toast time
+            shots.append(tmp_path / "error.png")
+            page.screenshot(path=str(shots[-1]))
         finally:
             browser.close()
     from PIL import Image
 
-    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
-    assert pixels.shape[0] > 800 and pixels.std() > 20  # not a blank page
-    print(f"screenshot: {shot}")
+    for shot in shots:
+        pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
+        assert pixels.shape[0] > 800 and pixels.std() > 20  # not a blank page
+    print(f"screenshots: {[str(s) for s in shots]}")
+
+
+# -- limits on what a caller can make the server keep --------------------------------------
+
+
+def test_session_states_expire_and_sessions_are_capped(client):
+    demo = DEMO["demo"]
+    states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
+    assert len(states) == 6 and all(s.time_to_live == app.SESSION_TTL_S for s in states)
+    assert 0 < app.SESSION_TTL_S < float("inf")
+    assert demo.state_session_capacity == app.MAX_SESSIONS <= 64
+    client.predict(handle_file(str(CLIP_A)), True, api_name="/emotion")
+    holder = demo.state_holder
+    session = holder.session_data[client.session_hash]
+    assert any(v is not None for v in session.state_data.values())  # the encoding is kept
+    for key, (ttl, created) in list(session._state_ttl.items()):  # ... until its time is up
+        session._state_ttl[key] = (ttl, created - timedelta(seconds=ttl + 1))
+    holder.delete_all_expired_state()
+    assert not session.state_data
+
+
+def test_each_result_is_written_once(client, served):
+    _, pipe = served
+    video, *_ = client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)), ["w"],
+                               True, api_name="/swap")
+    name = Path(video).name  # the pipeline's unique name, swap-<random>.mp4
+    assert name.startswith("swap-") and (pipe.tmp_dir / name).is_file()
+    cache = Path(DEMO["demo"].GRADIO_CACHE)
+    assert pipe.tmp_dir.parent == cache  # written where Gradio serves it from, not copied
+    copies = {p.resolve() for folder in (cache, pipe.tmp_dir) for p in folder.rglob(name)}
+    assert copies == {(pipe.tmp_dir / name).resolve()}
+
+
+def test_gradio_cache_bounded_by_size(served, monkeypatch):
+    demo = DEMO["demo"]
+    cache = Path(demo.GRADIO_CACHE)
+    olds = []
+    for i in range(6):
+        path = cache / f"fake{i}" / "upload.mp4"
+        path.parent.mkdir()
+        path.write_bytes(bytes(2**20))
+        then = time.time() - 300 + i
+        os.utime(path, (then, then))
+        olds.append(path)
+    kept = [Path(f) for b in demo.blocks.values() for f in getattr(b, "keep_in_cache", ())]
+    left = app.prune_cache(demo, max_mb=2.5)
+    assert left <= 2.5 * 2**20 or all(p.exists() for p in kept)
+    assert not olds[0].exists() and sum(p.exists() for p in olds) <= 2
+    assert all(p.exists() for p in kept)  # the examples' copies stay
+
+
+def test_text_for_alpha_is_a_specific_error(client):
+    with pytest.raises(gr.Error, match="position between A and B must be a number, got 'x'"):
+        app.interpolate(str(CLIP_A), str(CLIP_B), "x", False, True)
+    with pytest.raises(Exception, match=r"to B's \(1, right\) must be a number from 0 to 1, "
+                                        r"got 'x'"):
+        client.predict(handle_file(str(CLIP_A)), handle_file(str(CLIP_B)), "x", False, True,
+                       api_name="/interpolate")
+    with pytest.raises(Exception, match=r"Noise std \(sigma\) must be a number from 0.05 to 1"):
+        client.predict(handle_file(str(CLIP_A)), "eyes", "x", 60, True, api_name="/denoise")
+
+
+@pytest.mark.slow
+def test_sigterm_removes_the_temporary_folders(tiny_bundle, tmp_path):
+    env = dict(os.environ, MDVAE_BUNDLE=str(tiny_bundle), GRADIO_SERVER_PORT=str(_free_port()),
+               GRADIO_TEMP_DIR=str(tmp_path / "gradio"), TMPDIR=str(tmp_path / "tmp"),
+               GRADIO_ANALYTICS_ENABLED="False", MDVAE_TORCH_THREADS="1")
+    (tmp_path / "tmp").mkdir()
+    root = Path(app.__file__).parent
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while not list((tmp_path / "gradio").glob("mdvae-app-*")) and time.time() < deadline:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            time.sleep(0.5)
+        assert list((tmp_path / "gradio").glob("mdvae-app-*")), "the app did not start"
+        time.sleep(2)  # serving
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) != -signal.SIGTERM  # it exited on its own terms
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert not list((tmp_path / "gradio").glob("mdvae-app-*"))
+    assert not list((tmp_path / "tmp").glob("mdvae-*"))

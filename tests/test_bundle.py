@@ -1,6 +1,7 @@
 """Bundles: save -> load identity, strict refusal of anything that does not fit, Hub ids."""
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,3 +290,59 @@ def test_hub_download_failure_offline_is_a_clear_config_error(monkeypatch, tmp_p
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"'someone/missing' from the Hugging Face Hub.*offline"):
         load_bundle("someone/missing")
+
+
+# -- hostile sizes and malformed info ----------------------------------------------------------
+
+
+def edit_both_configs(folder, name, **changes):
+    """Change a component's config in config.json and beside the weights alike, as someone
+    writing a hostile bundle would (so the two still agree)."""
+    edit_config(folder, lambda d: d["components"][name]["config"].update(changes))
+    path = folder / WEIGHTS_FILE
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        weights = {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(metadata[f"config.{name}"])
+    config.update(changes)
+    metadata[f"config.{name}"] = json.dumps(config, sort_keys=True)
+    save_file(weights, str(path), metadata=metadata)
+
+
+def test_config_asking_for_terabytes_is_a_config_error_naming_the_fields(saved):
+    folder, _ = saved
+    edit_both_configs(folder, "head", in_dim=900_000, n_classes=1_000_000)  # 3.6 TB
+    with pytest.raises(ConfigError, match=r"component 'head': weight 'scale' has shape \(3,\) "
+                                          r"in model.safetensors but the config builds "
+                                          r"\(1000000,\) \(check 'n_classes'\)"):
+        load_bundle(folder)
+    edit_both_configs(folder, "head", n_classes=3)
+    with pytest.raises(ConfigError, match=r"weight 'linear.weight' has shape \(3, 4\).*builds "
+                                          r"\(3, 900000\) \(check 'in_dim'\)"):
+        load_bundle(folder)
+
+
+def test_config_size_over_the_bound_is_refused_by_name(saved):
+    folder, _ = saved
+    edit_both_configs(folder, "head", n_classes=10**12)
+    with pytest.raises(ConfigError, match=r"config field 'n_classes' is 1000000000000, over"):
+        load_bundle(folder)
+
+
+@pytest.mark.parametrize("info, field", [
+    ({"data": {"splits": {"train": {"frames": "many", "speakers": [], "clips": 3}}}},
+     "info.data.splits.train.frames"),
+    ({"data": {"splits": {"train": {"speakers": "s1"}}}}, "info.data.splits.train.speakers"),
+    ({"data": {"source": 3}}, "info.data.source"),
+    ({"data": 7}, "info.data"),
+    ({"emotion": {"emotion": {"accuracy": {"test": "high"}}}},
+     "info.emotion.emotion.accuracy.test"),
+    ({"emotion": ["emotion"]}, "info.emotion"),
+    ({"emotion": {"emotion": 0.5}}, "info.emotion.emotion"),
+    ({"exported": 2024}, "info.exported"),
+])
+def test_malformed_info_is_a_config_error_naming_the_field(saved, info, field):
+    folder, _ = saved
+    edit_config(folder, lambda d: d.update(info=info))
+    with pytest.raises(ConfigError, match=re.escape(f'"{field}" must be')):
+        load_bundle(folder)

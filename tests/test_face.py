@@ -194,3 +194,35 @@ def test_load_av_clip_end_to_end(tmp_path, haar):
     soundfile.write(wav, voiced_tone(40000), SAMPLE_RATE)
     clip = load_av_clip(silent, haar, audio_path=wav)
     assert clip.power.shape == (50, 513) and len(clip.audio) == round(50 * SAMPLE_RATE / FPS)
+
+
+def two_faces(n_frames: int, big_at: str) -> tuple[np.ndarray, np.ndarray]:
+    """The astronaut twice on a wide canvas, a large copy on `big_at` ("left"/"right")
+    and one half its size on the other side; returns frames and the large face's centre."""
+    import skimage.data
+
+    photo = skimage.data.astronaut()
+    height, width = 240, 480
+    big = (360.0, 110.0) if big_at == "right" else (120.0, 110.0)
+    small = (120.0, 110.0) if big_at == "right" else (360.0, 110.0)
+    frame = np.full((height, width, 3), 128, np.uint8)
+    for centre, zoom in ((small, 0.5), (big, 0.8)):
+        matrix = cv2.getRotationMatrix2D((224.5, 113.5), 0.0, zoom)
+        matrix[:, 2] += np.array(centre) - np.array((224.5, 113.5))
+        mask = cv2.warpAffine(np.ones(photo.shape[:2], np.uint8), matrix, (width, height))
+        layer = cv2.warpAffine(photo, matrix, (width, height))
+        frame[mask > 0] = layer[mask > 0]
+    return np.repeat(frame[None], n_frames, axis=0), np.array(big)
+
+
+@pytest.mark.parametrize("big_at", ["left", "right"])
+def test_the_largest_of_several_faces_is_followed_and_named(haar, big_at):
+    frames, centre = two_faces(45, big_at)
+    track = haar.track(frames)
+    assert track.faces == 2 and track.position == big_at
+    assert np.abs(track.center - centre).max() < 0.25 * track.side
+    assert "2 faces" in track.note and big_at in track.note
+
+
+def test_one_face_has_no_note(haar, still):
+    assert still[0].faces == 1 and still[0].note == ""

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mdvae.errors import ConfigError, MDVAEError
+from mdvae.model.elbo import KLWeights
 from mdvae.model.gaussian import DiagonalGaussian
 from mdvae.model.mdvae import MDVAE, AuthorsLayout, Latents, MDVAEConfig
 from mdvae.model.posteriors import run_posteriors
@@ -467,6 +468,68 @@ def marginal_gaussian_nll(x):
 
 
 @pytest.mark.slow
+def test_kl_weights_weigh_w_and_the_zs_apart_and_static_first_decodes_from_w_alone():
+    model = tiny_model(beta_w=2.0, beta_z_a=3.0)
+    x_a, x_v = inputs()
+    torch.manual_seed(5)
+    out = model(x_a, x_v)
+    q, p, loss = out.posterior, out.prior, out.loss
+    rec = loss.rec_audio + loss.rec_visual
+    apart = model.elbo(x_a, x_v, out.x_a_hat, out.x_v_hat, q, p,
+                       kl_weight=KLWeights(w=0.5, z=0.25)).total
+    zs = loss.kl_zav + 3.0 * loss.kl_za + loss.kl_zv
+    torch.testing.assert_close(apart, rec + 0.5 * 2.0 * loss.kl_w + 0.25 * zs)
+    # static first: the same posterior sample, decoded with every z at zero; no z KL counts
+    torch.manual_seed(5)
+    static = model(x_a, x_v, kl_weight=KLWeights(w=1.0, z=1.0, static_only=True))
+    zero = dataclasses.replace(out.latents, **{g: torch.zeros_like(getattr(out.latents, g))
+                                               for g in ("z_av", "z_a", "z_v")})
+    x_a_w, x_v_w = model.decode(zero)
+    torch.testing.assert_close(static.x_a_hat, x_a_w)
+    torch.testing.assert_close(static.x_v_hat, x_v_w)
+    s = static.loss
+    torch.testing.assert_close(s.total, s.rec_audio + s.rec_visual + 2.0 * s.kl_w)
+    # the z posteriors get no gradient from a static-first step
+    model.zero_grad()
+    s.total.backward()
+    assert model.posterior_z_av.cond_to_a.weight.grad.abs().max() == 0
+    assert model.posterior_w.head[0].weight.grad.abs().max() > 0
+
+
+def test_optimal_variances_are_the_batch_maximum_likelihood_and_kept_for_evaluation():
+    from mdvae.model.observation import GaussianDecoder
+
+    torch.manual_seed(0)
+    decoder = GaussianDecoder(4, 8, 5, logvar_min=-6.0, optimal_logvar=True,
+                              logvar_momentum=0.5).double()
+    assert not decoder.logvar.requires_grad  # not the optimiser's to move
+    x = torch.randn(3, 7, 5, dtype=torch.float64) * torch.tensor([1.0, 0.1, 2.0, 0.5, 1e-4])
+    mean = torch.zeros_like(x, requires_grad=True)
+    nll = decoder.negative_log_likelihood(x, mean).sum()
+    best = x.square().mean(dim=(0, 1)).clamp_min(math.exp(-6.0)).log()
+
+    def nll_at(logvar):
+        obs = DiagonalGaussian(mean.detach(), logvar.expand_as(x))
+        return float(-obs.log_prob(x).sum())
+
+    assert float(nll.detach()) == pytest.approx(nll_at(best), rel=1e-12)
+    # the maximum of the likelihood over each unfloored log-variance (the last one is floored)
+    for d in range(4):
+        for step in (-0.1, 0.1):
+            moved = best.clone()
+            moved[d] += step
+            assert nll_at(moved) > float(nll.detach())
+    # the running average moved half way (in variance) from exp(0) towards the batch's
+    torch.testing.assert_close(decoder.logvar.exp(), 0.5 + 0.5 * best.exp())
+    nll.backward()
+    torch.testing.assert_close(mean.grad, -x / best.exp())  # precision-weighted residuals
+    decoder.eval()  # evaluation reads the running average, and leaves it alone
+    kept = decoder.logvar.clone()
+    nll_eval = decoder.negative_log_likelihood(x, mean.detach()).sum()
+    assert float(nll_eval) == pytest.approx(nll_at(kept), rel=1e-12)
+    torch.testing.assert_close(decoder.logvar, kept)
+
+
 def test_training_lowers_the_negative_elbo_on_a_structured_process():
     torch.manual_seed(0)
     x_a, x_v = synthetic_sequences(256, 8)

@@ -1,30 +1,29 @@
 import re
-import subprocess
+import struct
+import time
+import zlib
 
+import cv2
 import numpy as np
 import pytest
 import soundfile
 
+from mdvae.media import video as media
 from mdvae.media.audio import FPS, SAMPLE_RATE
 from mdvae.media.clips import load_av_clip
 from mdvae.media.face import FaceCropper
 from mdvae.media.video import (
+    MAX_FRAME_PIXELS,
+    MAX_LOST_SHARE,
     MediaError,
-    ffmpeg_exe,
     frame_strip,
     normalize_clip,
     read_audio,
     side_by_side,
     write_video,
 )
+from tests.helpers import damaged, ffmpeg
 from train.benchmark_media import moving_face, voiced_tone
-
-
-def ffmpeg(*args: str) -> str:
-    """Run the bundled ffmpeg; returns its stderr (where `-i` describes the streams)."""
-    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", *args],
-                            capture_output=True, text=True)
-    return result.stderr
 
 
 def decoded_frame_count(path) -> int:
@@ -172,3 +171,102 @@ def test_side_by_side_and_frame_strip():
                         * np.ones((20, 4, 5, 3), np.uint8), n=5)
     assert strip.shape == (4, 25, 3)
     assert list(strip[0, ::5, 0]) == [0, 5, 10, 14, 19]
+
+
+# -- hostile and damaged files ----------------------------------------------------------
+
+
+def test_playlists_and_file_lists_naming_a_local_file_are_refused(tmp_path):
+    secret = write_video(tmp_path / "secret.mp4", np.full((30, 32, 32, 3), 90, np.uint8),
+                         voiced_tone(16000), scale=1)
+    playlist = (f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:1.0,\n{secret}\n"
+                f"#EXT-X-ENDLIST\n")
+    concat = f"ffconcat version 1.0\nfile '{secret}'\n"
+    for name, text in [("list.m3u8", playlist), ("list.mp4", playlist), ("cat.ffconcat", concat),
+                       ("cat.mp4", concat), ("cat.txt", concat)]:
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(MediaError, match="not a video"):
+            normalize_clip(path)
+    (tmp_path / "concat:a|b.mp4").write_text(concat)  # a name that reads as a URL
+    with pytest.raises(MediaError, match="not a video"):
+        normalize_clip(tmp_path / "concat:a|b.mp4")
+    with pytest.raises(MediaError, match="not a video file we accept"):
+        normalize_clip(tmp_path / "list.m3u8")
+    with pytest.raises(MediaError, match="not a video file we accept"):
+        read_audio(tmp_path / "cat.ffconcat")
+
+
+def huge_frames_mov(path, side=8192, n_frames=3):
+    """A small .mov of PNG frames declaring side x side pixels (all grey): each PNG is a
+    few tens of KB, but each decoded frame would be side^2 pixels."""
+    def chunk(kind, data):
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+    packer = zlib.compressobj(9)
+    row = bytes(1 + side)  # PNG filter byte + one row of 8-bit grey
+    body = b"".join(packer.compress(row * 256) for _ in range(side // 256)) + packer.flush()
+    png = path.with_suffix(".png")
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side,
+                    8, 0, 0, 0, 0)) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    ffmpeg("-framerate", str(FPS), "-loop", "1", "-i", str(png), "-f", "lavfi", "-i", "sine",
+           "-frames:v", str(n_frames), "-t", f"{n_frames / FPS}", "-c:v", "copy", "-c:a", "aac",
+           str(path))
+    png.unlink()
+    return path
+
+
+def test_huge_declared_frames_refused_before_decoding(tmp_path):
+    path = huge_frames_mov(tmp_path / "huge.mov")
+    assert path.stat().st_size < 300_000 and "8192x8192" in ffmpeg("-i", str(path))
+    start = time.perf_counter()
+    with pytest.raises(MediaError, match=r"8192x8192 frames, over the 9\.4 megapixel limit"):
+        normalize_clip(path)
+    assert time.perf_counter() - start < 5  # the probe alone: no frame was decoded
+    assert 3840 * 2160 <= MAX_FRAME_PIXELS < 8192 * 8192
+
+
+def test_decoder_refuses_frames_over_the_pixel_cap_whatever_the_header(tmp_path, monkeypatch):
+    frames = np.full((20, 96, 128, 3), 90, np.uint8)
+    path = write_video(tmp_path / "clip.mp4", frames, voiced_tone(16000), scale=1)
+    monkeypatch.setattr(media, "_probe", lambda p, *a: media._Probe(True, True))  # a lying header
+    monkeypatch.setattr(media, "MAX_FRAME_PIXELS", 96 * 128 - 1)
+    with pytest.raises(MediaError, match="over the 0.0 megapixel limit"):
+        normalize_clip(path)
+
+
+def test_every_ffmpeg_call_has_a_timeout(tmp_path, monkeypatch):
+    frames = np.full((60, 96, 128, 3), 90, np.uint8)
+    path = write_video(tmp_path / "clip.mp4", frames, voiced_tone(32000), scale=1)
+    monkeypatch.setattr(media, "FFMPEG_TIMEOUT_S", 0.0)
+    with pytest.raises(MediaError, match="took over 0 s to decode"):
+        normalize_clip(path)
+    with pytest.raises(MediaError, match="took over 0 s to write"):
+        write_video(tmp_path / "out.mp4", frames, None, scale=1)
+    monkeypatch.setattr(media, "PROBE_TIMEOUT_S", 0.0)
+    with pytest.raises(MediaError, match="took over 0 s just to read"):
+        normalize_clip(path)
+
+
+def test_still_image_renamed_as_a_video_is_called_a_still_image(tmp_path):
+    image = np.full((64, 64, 3), 120, np.uint8)
+    for ext, kind in [(".png", "PNG"), (".jpg", "JPEG")]:
+        path = tmp_path / f"photo{ext}"
+        cv2.imwrite(str(path), image)
+        renamed = path.rename(tmp_path / f"photo_{ext[1:]}.mp4")
+        with pytest.raises(MediaError, match=rf"is a still image \({kind}\), not a video"):
+            normalize_clip(renamed)
+        with pytest.raises(MediaError, match="is a still image"):
+            load_av_clip(renamed, FaceCropper("haar"))
+
+
+def test_frames_lost_in_a_damaged_middle_are_counted_or_refused(tmp_path):
+    clip = normalize_clip(damaged(tmp_path, "scratched.mp4", 0.04))
+    assert len(clip.frames) == 90  # the gaps are filled: the clock is kept
+    assert 0 < clip.lost_frames <= MAX_LOST_SHARE * 90
+    # ffmpeg counts the frames whose decoding failed; a decoder may drop a few more silently
+    assert 80 <= clip.lost_frames + clip.decoded_frames <= 90
+    assert normalize_clip(tmp_path / "clean.mp4").lost_frames == 0
+    with pytest.raises(MediaError, match=r"damaged: \d+ of its 90 video frames could not be "
+                                         r"decoded \(more than 20%\)"):
+        normalize_clip(damaged(tmp_path, "shredded.mp4", 0.4))

@@ -113,3 +113,71 @@ def test_rank_slice_splits_the_global_batch():
     batch = {"x": torch.arange(8), "n": 3}
     part = common.rank_slice(batch, d)
     assert part["x"].tolist() == [4, 5, 6, 7] and part["n"] == 3
+
+
+# -- checkpoints that cannot be trusted ------------------------------------------------------
+
+
+class _RunsCode:
+    """Unpickling this calls Path.touch on a marker file: a stand-in for any code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return Path.touch, (Path(self.marker),)
+
+
+def test_checkpoint_is_read_without_running_pickled_code(tmp_path):
+    result, model, run = run_training(tmp_path, steps=10)
+    state = torch.load(run.checkpoint_path, weights_only=True)  # what a real one holds
+    assert {"model", "optimizer", "step", "rng", "sampler", "config"} <= set(state)
+    marker = tmp_path / "code-ran"
+    state["extra"] = _RunsCode(marker)
+    torch.save(state, run.checkpoint_path)
+    with pytest.raises(common.CheckpointError, match="corrupt or unreadable"):
+        run.load_checkpoint(required=True)
+    assert not marker.exists()
+    torch.save({"model": {}}, run.checkpoint_path)
+    with pytest.raises(common.CheckpointError, match="lacks optimizer, step, rng"):
+        run.load_checkpoint(required=True)
+
+
+def _loop(tmp_path, step_fn, *, steps=20, val_every=5, resume=False):
+    model = nn.Linear(4, 1)
+    cfg = common.RunConfig(steps=steps, warmup=1, lr=0.01, log_every=5, val_every=val_every)
+    run = common.RunFolder(tmp_path)
+    run.write_config({"run": cfg.to_dict()})
+    return common.train_loop(
+        model=model, run=run, cfg=cfg, d=common.setup_distributed("cpu"),
+        train_batches=Batches(), val_batches=lambda: iter([next(Batches(99))]),
+        step_fn=step_fn, items_per_batch=lambda b: 1, resume=resume,
+    )
+
+
+def test_nan_before_any_checkpoint_names_none(tmp_path):
+    def nan_at_3(model, batch, step):
+        loss = step_fn(model, batch, step)["total"]
+        return {"total": loss * float("nan") if step == 2 else loss}
+
+    with pytest.raises(common.TrainingDiverged) as caught:
+        _loop(tmp_path, nan_at_3)
+    message = str(caught.value)
+    assert "loss became nan at step 3" in message and "checkpoint.pt" not in message
+    assert "no checkpoint of this run has passed validation" in message
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_checkpoint_with_infinite_validation_loss_is_not_kept_as_good(tmp_path):
+    def inf_val_from_10(model, batch, step):
+        loss = step_fn(model, batch, step)["total"]
+        return {"total": loss + float("inf") if step is None and calls.pop() >= 10 else loss}
+
+    calls = [20, 15, 10, 5]  # the steps validation runs after, popped from the end
+    with pytest.raises(common.TrainingDiverged) as caught:
+        _loop(tmp_path, inf_val_from_10)
+    assert "validation loss became inf at step 10" in str(caught.value)
+    assert f"the last good checkpoint is {tmp_path / 'checkpoint.pt'}" in str(caught.value)
+    assert common.RunFolder(tmp_path).load_checkpoint(required=True)["step"] == 5

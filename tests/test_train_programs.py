@@ -81,6 +81,19 @@ def test_kl_warmup_scales_only_the_kl_terms():
     assert stage2.kl_scale(None, 10) == 1.0 and stage2.kl_scale(0, 0) == 1.0
 
 
+def test_static_first_schedule_releases_the_zs_after_w():
+    from mdvae.model.elbo import KLWeights
+
+    assert stage2.kl_weights(4, 10) == KLWeights(0.5, 0.5)  # no static phase: one warm-up
+    assert stage2.kl_weights(4, 10, static_first=20, z_warmup=10) == KLWeights(
+        0.5, 0.0, static_only=True)
+    assert stage2.kl_weights(19, 10, 20, 10).static_only
+    released = stage2.kl_weights(24, 10, 20, 10)
+    assert released == KLWeights(1.0, 0.5) and not released.static_only
+    assert stage2.kl_weights(40, 10, 20, 10) == KLWeights(1.0, 1.0)
+    assert stage2.kl_weights(None, 10, 20, 10) == KLWeights(1.0, 1.0)  # validation: the ELBO
+
+
 @pytest.mark.slow
 def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_path):
     flags = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio"),
@@ -238,3 +251,16 @@ def test_decoder_variances_start_at_the_features_variances():
     dsae = DSAE(DSAEConfig.preset("synthetic", "visual"))
     assert set(stage2.init_obs_variance(dsae, audio, visual, rows, sample=3000)) == {"visual"}
     assert dsae.decoder_x.logvar[-1].item() == pytest.approx(2 * np.log(0.3), abs=0.2)
+
+
+def test_failed_resume_leaves_the_run_folder_as_it_was(runs, tiny_store, tmp_path):
+    import shutil
+
+    run = tmp_path / "vq_audio"
+    shutil.copytree(runs / "vq_audio", run)
+    (run / "checkpoint.pt").write_bytes(b"cut short by a full disk")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(common.CheckpointError, match="corrupt"):
+        stage1.main(["--store", str(tiny_store), "--modality", "audio", "--out", str(run),
+                     "--resume", "--steps", "60"])
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # config.json too

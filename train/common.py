@@ -9,6 +9,9 @@ A run folder holds::
     curves.png         the loss curves, redrawn at each validation
 
 A training checkpoint is not a released bundle: ``train.export`` turns runs into one.
+Checkpoints hold only tensors and plain Python data and are read with
+``torch.load(weights_only=True)``, so a run folder from elsewhere cannot run code; only a
+checkpoint whose validation loss is finite is written, so the one on disk is always good.
 """
 
 from __future__ import annotations
@@ -211,6 +214,9 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "rng")
+
+
 class RunFolder:
     """The run folder: resolved config, scalar log, checkpoint and plots.
 
@@ -285,6 +291,8 @@ class RunFolder:
             atomic_torch_save(state, self.checkpoint_path)
 
     def load_checkpoint(self, *, required: bool) -> dict[str, Any] | None:
+        """The checkpoint as saved (tensors and plain data only: never a pickle that runs
+        code); CheckpointError when it is missing (if required), unreadable or incomplete."""
         path = self.checkpoint_path
         if not path.exists():
             if required:
@@ -294,12 +302,20 @@ class RunFolder:
                 )
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for a damaged file
             raise CheckpointError(
                 f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err}); "
                 "delete it to start over"
             ) from err
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(checkpoint, dict)
+                   or k not in checkpoint]
+        if missing:
+            raise CheckpointError(
+                f"checkpoint {path} is not a training checkpoint (it lacks "
+                f"{', '.join(missing)}); delete it to start over"
+            )
+        return checkpoint
 
     def plot(self, title: str = "") -> Path | None:
         """Draw every logged scalar against the step, train and validation overlaid."""
@@ -346,6 +362,7 @@ class RunFolder:
 
 
 def rng_state() -> dict[str, Any]:
+    # Plain data only (ints, tuples, tensors), so weights_only loading can read it back.
     state = {
         "python": random.getstate(),
         "torch": torch.get_rng_state(),
@@ -368,6 +385,12 @@ def lr_at(step: int, cfg: RunConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _last_good(path: Path | None) -> str:
+    if path is not None and path.is_file():
+        return f"the last good checkpoint is {path}"
+    return "no checkpoint of this run has passed validation yet (none was kept)"
 
 
 # A step function maps (model, batch, step) to named scalar losses, with "total" the one
@@ -417,7 +440,10 @@ def train_loop(
     )
     step = 0
     checkpoint = run.load_checkpoint(required=resume) if resume else None
+    # The checkpoint a NaN stop may name: one that exists and passed validation.
+    good_checkpoint: Path | None = None
     if checkpoint is not None:
+        good_checkpoint = run.checkpoint_path
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step = int(checkpoint["step"])
@@ -484,8 +510,7 @@ def train_loop(
                 parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 raise TrainingDiverged(
                     f"loss became {float(total.detach())} at step {step + 1} ({parts}); "
-                    f"the last good checkpoint is {run.checkpoint_path}. "
-                    "Lower --lr or check the data."
+                    f"{_last_good(good_checkpoint)}. Lower --lr or check the data."
                 )
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -511,7 +536,15 @@ def train_loop(
                 last_val = validate()
                 if last_val:
                     run.log(step, "val", last_val)
+                    if not math.isfinite(last_val["total"]):
+                        # Not saved: checkpoint.pt keeps the last model that validated.
+                        raise TrainingDiverged(
+                            f"validation loss became {last_val['total']} at step {step}; "
+                            f"{_last_good(good_checkpoint)}. Lower --lr or check the data."
+                        )
                 save(step)
+                if run.writer:
+                    good_checkpoint = run.checkpoint_path
                 run.plot(desc)
     finally:
         bar.close()

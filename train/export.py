@@ -4,6 +4,13 @@
         --mdvae runs/mdvae --dsae-audio runs/dsae_audio --dsae-visual runs/dsae_visual \\
         --emotion runs/emotion --results runs/eval/results.json --out checkpoints
     python -m train.export ... --push-to-hub you/vq-mdvae-synthetic
+    python -m train.export ... --reference-store data/synthetic   # familiarity, calibration
+    python -m train.export --bundle checkpoints --reference-store data/synthetic \
+        --out checkpoints                 # the same weights, the reference statistics added
+
+`--reference-store` scores the store's test clips (the familiarity table the app places
+every clip against) and fits each emotion head's temperature on its validation clips
+(`train/reference.py`); both go into the bundle's info, so the app computes neither.
 
 Training checkpoints (optimiser state, RNG, pickled) never leave the run folders: the
 bundle holds only config.json, model.safetensors and the card.
@@ -22,6 +29,7 @@ from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, MDVAE_MODEL, VQ_AUDIO, VQ_
 from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
 from train import common
+from train.reference import reference_info
 from train.runs import load_stage1, load_stage2
 
 
@@ -113,6 +121,31 @@ def model_card(info: dict[str, Any]) -> str:
             lines.append(f"| {name} | {e['reads']} | "
                          + " | ".join(f"{acc.get(s, float('nan')):.3f}"
                                       for s in ("train", "val", "test")) + " |")
+    calibrated = {name: e for name, e in emotion.items() if "calibration" in e}
+    if calibrated:
+        lines += ["", "## Emotion calibration (temperature fitted on validation clips; test "
+                  "clips)", "",
+                  "| head | temperature | ECE before | ECE after | answered (p >= "
+                  f"{next(iter(calibrated.values()))['calibration']['test']['sure_from']}) | "
+                  "accuracy when answered |", "|---|---|---|---|---|---|"]
+        for name, e in calibrated.items():
+            c = e["calibration"]
+            t = c["test"]
+            lines.append(f"| {name} | {c['temperature']:.2f} | {t['ece_before']:.3f} | "
+                         f"{t['ece_after']:.3f} | {t['after']['answered']:.0%} | "
+                         f"{t['after']['accuracy_answered']:.3f} |")
+    familiarity = info.get("familiarity")
+    if familiarity:
+        lines += ["", "## Familiarity reference", "",
+                  f"Scores of the {familiarity.get('split', 'test')} clips of "
+                  f"`{familiarity.get('store', '?')}`, at the {familiarity['latents']}; the "
+                  f"app calls a clip familiar while no score lies beyond their median by more "
+                  f"than {familiarity['familiar_within_spread']:g} times the worst test "
+                  f"clip's distance from it.",
+                  "", "| score | clips | median | 99th percentile |", "|---|---|---|---|"]
+        for entry in familiarity["scores"].values():
+            lines.append(f"| {entry['about']} | {entry['clips']} | {entry['median']:.4g} | "
+                         f"{entry['quantiles'][99]:.4g} |")
     results = info.get("evaluation")
     if results:
         lines += ["", "## Evaluation", "", results.get("markdown", "")]
@@ -120,20 +153,8 @@ def model_card(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vq-visual", required=True)
-    parser.add_argument("--vq-audio", required=True)
-    parser.add_argument("--mdvae", required=True)
-    parser.add_argument("--dsae-audio")
-    parser.add_argument("--dsae-visual")
-    parser.add_argument("--emotion", help="folder written by python -m train.emotion")
-    parser.add_argument("--results", help="results.json written by python -m train.evaluate")
-    parser.add_argument("--out", required=True, help="bundle folder (replaced if it is one)")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload to the Hub")
-    args = parser.parse_args(argv)
-
+def from_runs(args) -> tuple[dict, dict[str, Any]]:
+    """Components and info from the run folders named on the command line."""
     components = {
         VQ_VISUAL: load_stage1(args.vq_visual),
         VQ_AUDIO: load_stage1(args.vq_audio),
@@ -161,6 +182,43 @@ def main(argv: list[str] | None = None) -> Path:
         results = json.loads(Path(args.results).read_text())
         info["evaluation"] = {"summary": results.get("summary", {}),
                               "markdown": results.get("markdown", "")}
+    return components, info
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", help="start from this exported bundle (its weights and "
+                        "info) instead of run folders")
+    parser.add_argument("--vq-visual")
+    parser.add_argument("--vq-audio")
+    parser.add_argument("--mdvae")
+    parser.add_argument("--dsae-audio")
+    parser.add_argument("--dsae-visual")
+    parser.add_argument("--emotion", help="folder written by python -m train.emotion")
+    parser.add_argument("--results", help="results.json written by python -m train.evaluate")
+    parser.add_argument("--reference-store", help="store whose test clips give the familiarity "
+                        "table and whose validation clips calibrate the emotion heads")
+    parser.add_argument("--out", required=True, help="bundle folder (replaced if it is one)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload to the Hub")
+    args = parser.parse_args(argv)
+
+    if args.bundle:
+        source = load_bundle(args.bundle)
+        components, info = dict(source.components), dict(source.info)
+    else:
+        missing = [f"--{n}" for n in ("vq-visual", "vq-audio", "mdvae")
+                   if not getattr(args, n.replace("-", "_"))]
+        if missing:
+            parser.error(f"{', '.join(missing)} required (or --bundle)")
+        components, info = from_runs(args)
+    if args.reference_store:
+        reference = reference_info(components, args.reference_store)
+        info["familiarity"] = reference["familiarity"]
+        for head, calibration in reference["calibration"].items():
+            info.setdefault("emotion", {}).setdefault(head, {"accuracy": {}})
+            info["emotion"][head]["calibration"] = calibration
+        info["reference_added"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for module in components.values():
         module.float()
     out = save_bundle(args.out, components, info=info, card=model_card(info))

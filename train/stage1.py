@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     d = common.setup_distributed(args.device)
     run = common.RunFolder(args.out, writer=d.is_main)
     if args.resume:
+        # Read and check the checkpoint before anything is written: a failed resume leaves
+        # the run folder as it was.
+        run.load_checkpoint(required=True)
         saved = run.read_config()
         cfg = common.RunConfig.from_dict(saved["run"])
         cfg = common.config_from_flags(args, cfg)  # e.g. more --steps on resume

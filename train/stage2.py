@@ -20,6 +20,7 @@ import torch
 
 from mdvae.data.store import Store
 from mdvae.model.dsae import DSAE, DSAEConfig
+from mdvae.model.elbo import KLWeights
 from mdvae.model.mdvae import MDVAE, MDVAEConfig
 from train import common
 from train.data import FeatureWindowStream, fixed_batches
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int, default=30, help="training window T (frames)")
     parser.add_argument("--kl-warmup", type=int, default=1000,
                         help="steps over which the KL weight grows from 0 to 1 (0: off)")
+    parser.add_argument("--static-first", type=int, default=0,
+                        help="steps during which the decoders see w alone (the z's zeroed, "
+                             "their KLs out of the loss) before the z's join (0: off)")
+    parser.add_argument("--z-warmup", type=int, default=0,
+                        help="with --static-first: steps over which the z's KL weight then grows "
+                             "from 0 to 1 (0: at once)")
     parser.add_argument("--obs-init", default="config", choices=["config", "data"],
                         help="start of the decoders' per-dimension log-variances on a new run: "
                              "'config' = the model config's obs_logvar_init (default), 'data' = "
@@ -112,10 +119,29 @@ def kl_scale(step: int | None, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup)
 
 
-def make_step_fn(kind: str, device: torch.device, warmup: int):
+def kl_weights(step: int | None, warmup: int, static_first: int = 0,
+               z_warmup: int = 0) -> KLWeights:
+    """The schedule's weights on the KL terms at `step` (None: validation, the ELBO itself).
+
+    KL(q(w)) is warmed up over `warmup` steps. Without `static_first` the z's KLs follow
+    the same warm-up. With it, the decoders see w alone for the first `static_first` steps
+    (the z's zeroed, their KLs out of the loss), then the z's join and their KL weight grows
+    from 0 to 1 over `z_warmup` steps: w takes what is constant over a clip (identity,
+    emotion) before the z's can carry it from frame to frame.
+    """
+    w = kl_scale(step, warmup)
+    if step is None or static_first <= 0:
+        return KLWeights(w, w)
+    if step < static_first:
+        return KLWeights(w, 0.0, static_only=True)
+    return KLWeights(w, kl_scale(step - static_first, z_warmup))
+
+
+def make_step_fn(kind: str, device: torch.device, warmup: int, static_first: int = 0,
+                 z_warmup: int = 0):
     def step_fn(model: torch.nn.Module, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
         x_a, x_v = batch["x_a"].to(device), batch["x_v"].to(device)
-        scale = kl_scale(step, warmup)
+        scale = kl_weights(step, warmup, static_first, z_warmup)
         if kind == "mdvae":
             out = model(x_a, x_v, kl_weight=scale)
         else:
@@ -138,11 +164,16 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     run = common.RunFolder(args.out, writer=d.is_main)
     saved_model = None
     if args.resume:
+        # Read and check the checkpoint before anything is written: a failed resume leaves
+        # the run folder as it was.
+        run.load_checkpoint(required=True)
         saved = run.read_config()
         cfg = common.config_from_flags(args, common.RunConfig.from_dict(saved["run"]))
         saved_model = saved["model"]
         args.seq_len = saved["seq_len"]
         args.kl_warmup = saved["kl_warmup"]
+        args.static_first = saved.get("static_first", 0)
+        args.z_warmup = saved.get("z_warmup", 0)
         earlier = run.store_history(saved, args.store)
     else:
         earlier = []
@@ -182,6 +213,8 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         "preset": args.preset,
         "seq_len": args.seq_len,
         "kl_warmup": args.kl_warmup,
+        "static_first": args.static_first,
+        "z_warmup": args.z_warmup,
         "obs_init": obs_init,
         "run": cfg.to_dict(),
         "model": model_cfg.to_dict(),
@@ -201,7 +234,8 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
             d=d,
             train_batches=train,
             val_batches=lambda: iter(val),
-            step_fn=make_step_fn(args.model, d.device, args.kl_warmup),
+            step_fn=make_step_fn(args.model, d.device, args.kl_warmup, args.static_first,
+                                 args.z_warmup),
             items_per_batch=lambda b: b["x_a"].shape[0] * b["x_a"].shape[1],
             resume=args.resume,
             desc=f"stage2 {args.model}",

@@ -22,7 +22,9 @@ class AVClip:
 
     frames: (T, 64, 64, 3) uint8 aligned face crops; power: (T, 513) float32 power
     spectrogram; audio: (S,) float32 16 kHz, S = round(T * 16000 / 30), peak-normalised;
-    source: the video file; trimmed: True when max_seconds cut the clip.
+    source: the video file; trimmed: True when max_seconds cut the clip; lost_frames: video
+    frames of the file that did not decode (see mdvae.media.video.Clip); face_note: which
+    face was used when the clip holds several.
     """
 
     frames: np.ndarray
@@ -31,6 +33,8 @@ class AVClip:
     source: str
     trimmed: bool
     fps: int = FPS
+    lost_frames: int = 0
+    face_note: str = ""
 
     @property
     def seconds(self) -> float:
@@ -60,9 +64,12 @@ def load_av_clip(path, cropper: FaceCropper, *, audio_path=None, min_seconds: fl
     if seconds < min_seconds:
         raise MediaError(f"{name} is too short: its length is {seconds:.2f} s of video, and "
                          f"clips must last at least {min_seconds:g} s")
-    crops = cropper.crop(clip.frames)  # (N, 64, 64, 3)
+    track = cropper.track(clip.frames) if hasattr(cropper, "track") else None
+    crops = cropper.crop(clip.frames, track) if track is not None else cropper.crop(clip.frames)
+    # crops: (N, 64, 64, 3)
     # The sound is fitted to the video's duration, so the spectrogram has N or N + 1 frames.
     audio = peak_normalize(_fit(audio, samples_for_frames(len(crops))))
     frames, power = align_streams(crops, power_spectrogram(audio))
     return AVClip(frames=frames, power=power, audio=audio[: samples_for_frames(len(frames))],
-                  source=str(path), trimmed=clip.trimmed)
+                  source=str(path), trimmed=clip.trimmed, lost_frames=clip.lost_frames,
+                  face_note=track.note if track is not None else "")

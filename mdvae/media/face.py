@@ -48,6 +48,9 @@ _FAN_CENTRE = 0.35
 _SIZE_RATIO = 1.45
 # Face width, in pixels, at which a tracked face is searched for near its last position.
 _TRACK_FACE = 48
+# A face seen on at least this share of the frames where the most-seen face is seen counts
+# as another steady face (a one-off false detection does not).
+_STEADY = 0.75
 # face-alignment's 2D landmark network and its file in the torch hub cache.
 _FAN_URL = "https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar"
 _DOWNLOAD_TIMEOUT_S = 10.0
@@ -68,12 +71,25 @@ class FaceTrack:
     center: (N, 2) float x, y of the crop centre; side: crop side in pixels (one per clip);
     angle: (N,) float roll in degrees (the crop is rotated by it so the eyes are level);
     detected: (N,) bool, True on frames where the face was measured (others are filled in).
+    faces: how many distinct faces were seen steadily (on half the frames searched whole);
+    position: where the followed face was first seen, "left", "centre" or "right" of the frame.
     """
 
     center: np.ndarray
     side: float
     angle: np.ndarray
     detected: np.ndarray
+    faces: int = 1
+    position: str = "centre"
+
+    @property
+    def note(self) -> str:
+        """A sentence for the page when the clip holds several faces, else ""."""
+        if self.faces < 2:
+            return ""
+        return (f"{self.faces} faces are seen in this clip: the largest steady one, "
+                f"{'in the centre' if self.position == 'centre' else 'on the ' + self.position}"
+                f" of the frame, is used.")
 
 
 def fan_weights_path() -> Path:
@@ -204,14 +220,16 @@ class FaceCropper:
                                                     minSize=(low, low), maxSize=(high, high))
         return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / factor + [x0, y0, 0, 0]
 
-    def _follow(self, frames: np.ndarray, index: np.ndarray) -> np.ndarray:
-        """One face box per frame of `index` (K, 4), NaN where the face was not found.
+    def _follow(self, frames: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, int, str]:
+        """One face box per frame of `index` (K, 4), NaN where the face was not found; the
+        number of steady faces; where the followed one lies ("left", "centre", "right").
 
-        The whole frame is searched about once a second; the track starts from the box that
-        recurs on most of those frames (the main face, not a one-off false detection), then
-        follows it frame by frame, forwards and backwards, searching near the last box and
-        accepting only boxes of similar size and position. The whole frame is searched again
-        wherever the face was lost.
+        The whole frame is searched about once a second. The track starts from the box that
+        recurs on most of those frames (the main face, not a one-off false detection; of
+        several faces seen as often, the largest), then follows it
+        frame by frame, forwards and backwards, searching near the last box and accepting
+        only boxes of similar size and position. The whole frame is searched again wherever
+        the face was lost.
         """
         whole: dict[int, np.ndarray] = {}
 
@@ -227,7 +245,7 @@ class FaceCropper:
         if not pool:  # maybe the face shows only between the anchors: look everywhere
             pool = [(k, box) for k in range(len(index)) for box in search(k)]
         if not pool:
-            return boxes
+            return boxes, 0, "centre"
         owner = np.array([k for k, _ in pool])
         stack = np.array([box for _, box in pool])  # (M, 4)
         centre = stack[:, :2] + stack[:, 2:] / 2
@@ -237,6 +255,11 @@ class FaceCropper:
         near = (dist < 0.5 * small) & (large < _SIZE_RATIO * small)
         support = np.array([len(set(owner[near[m]])) for m in range(len(pool))])
         seed = int(np.lexsort((stack[:, 2], support))[-1])  # most support, then largest
+        steady = np.flatnonzero(support >= max(2, _STEADY * support.max()))
+        # Steady faces seen at once on one frame are distinct faces.
+        faces = int(np.bincount(owner[steady]).max()) if len(steady) else 1
+        x_share = (stack[seed, 0] + stack[seed, 2] / 2) / frames.shape[2]
+        position = "left" if x_share < 0.4 else "right" if x_share > 0.6 else "centre"
         start = owner[seed]
         boxes[start] = stack[seed]
         for step in (1, -1):
@@ -257,7 +280,7 @@ class FaceCropper:
                         missed = 0
                         continue
                 missed += 1
-        return boxes
+        return boxes, faces, position
 
     @staticmethod
     def _reject_outliers(boxes: np.ndarray) -> np.ndarray:
@@ -331,7 +354,8 @@ class FaceCropper:
     def _track(self, frames: np.ndarray) -> FaceTrack:
         n = len(frames)
         index = np.unique(np.r_[np.arange(0, n, self.detect_every), n - 1])  # (K,)
-        boxes = self._reject_outliers(self._follow(frames, index))  # (K, 4)
+        boxes, faces, position = self._follow(frames, index)
+        boxes = self._reject_outliers(boxes)  # (K, 4)
         found = ~np.isnan(boxes[:, 0])
         needed = max(1, math.ceil(self.min_face_fraction * len(index)))
         if found.sum() < needed:
@@ -371,7 +395,7 @@ class FaceCropper:
         detected = np.zeros(n, dtype=bool)
         detected[index[measured]] = True
         return FaceTrack(center=centre, side=float(np.median(geometry[measured, 2])),
-                         angle=angle, detected=detected)
+                         angle=angle, detected=detected, faces=max(1, faces), position=position)
 
     # -- cropping ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,29 @@ class MediaError(MDVAEError):
     """A media file cannot be used: missing, not a video, no frames, no audio, too short."""
 
 
+# ffmpeg opens an input only with these demuxers (its names), through the `file` protocol
+# alone: plain containers that hold their streams. Playlists (hls), concat lists, image
+# sequences and the other demuxers that open further files or URLs are refused, so an
+# upload cannot make ffmpeg read another file on the server.
+VIDEO_DEMUXERS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi",
+                  "mpeg", "mpegts", "flv", "ogg")
+AUDIO_DEMUXERS = (*VIDEO_DEMUXERS, "wav", "mp3", "flac", "aac")  # read_audio's sources
+# Frames above this many pixels are refused from the probe, before any decoding, and the
+# decoder refuses them too (a stream may change size after its header): 4096x2304, so 4K
+# phone video (3840x2160) passes. A 466 KB file declaring 8192x8192 frames took 3.5 GB.
+MAX_FRAME_PIXELS = 4096 * 2304
+PROBE_TIMEOUT_S = 20.0  # reading a file's stream list
+FFMPEG_TIMEOUT_S = 120.0  # any decode or encode; a 10 s 1080p clip takes about 2 s
+# A clip where more than this share of the video frames does not decode is refused; below
+# it the gaps are filled with the frame before them and the caller is told how many.
+MAX_LOST_SHARE = 0.2
+# File signatures of still images, which some demuxers would open as a one-frame "video".
+_IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"),
+                     (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"),
+                     (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+_IMAGE_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
+
+
 @dataclass
 class Clip:
     """A decoded clip on the project's clock.
@@ -34,12 +58,16 @@ class Clip:
     frames: (N, H, W, 3) uint8 RGB at 30 fps, max(H, W) <= the requested max_side.
     audio: (S,) float32 16 kHz mono, peak-normalised; None when the file has no audio track.
     source: the file it came from. trimmed: True when max_seconds cut the clip short.
+    lost_frames: video frames of the file that did not decode (their gaps repeat the frame
+    before); decoded_frames: those that did (both in the file's own frame rate).
     """
 
     frames: np.ndarray
     audio: np.ndarray | None
     source: str
     trimmed: bool
+    lost_frames: int = 0
+    decoded_frames: int = 0
 
     @property
     def seconds(self) -> float:
@@ -50,6 +78,10 @@ class Clip:
 class _Probe:
     has_video: bool
     has_audio: bool
+    width: int | None = None  # of the first video stream, as its header declares
+    height: int | None = None
+    seconds: float | None = None  # the container's duration
+    fps: float | None = None  # the first video stream's declared frame rate
 
 
 @functools.cache
@@ -67,17 +99,64 @@ def _existing(path) -> Path:
 
 def _last_error_line(stderr: str) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    # With `-loglevel level+verbose` every line is tagged; the error lines are what to say.
+    errors = [line.split("] ", 1)[-1] for line in lines
+              if line.startswith(("[error]", "[fatal]"))]
+    lines = errors or lines
     return lines[-1] if lines else "no message from ffmpeg"
 
 
-def _probe(path: Path) -> _Probe:
-    """Which streams the file has, from `ffmpeg -i`'s stream listing (ffprobe is not shipped).
+def _input_args(path: Path, demuxers: tuple[str, ...] = VIDEO_DEMUXERS) -> list[str]:
+    """`-i path` with the input's limits: the allowed demuxers, the `file` protocol only
+    (the `file:` prefix stops a name such as `concat:a|b` from being read as a URL), and
+    the decoder's pixel cap."""
+    return ["-protocol_whitelist", "file", "-format_whitelist", ",".join(demuxers),
+            "-max_pixels", str(MAX_FRAME_PIXELS), "-i", f"file:{path.resolve()}"]
 
-    Raises MediaError when ffmpeg cannot open the file as media at all.
+
+def _still_image(path: Path) -> str | None:
+    """The image format ("PNG", ...) when the file starts like a still image, else None."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    for signature, kind in _IMAGE_SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[4:8] == b"ftyp":
+        return _IMAGE_BRANDS.get(head[8:12])
+    return None
+
+
+def _seconds(text: str) -> float:
+    hours, minutes, seconds = text.split(":")
+    return 3600 * int(hours) + 60 * int(minutes) + float(seconds)
+
+
+def _probe(path: Path, demuxers: tuple[str, ...] = VIDEO_DEMUXERS) -> _Probe:
+    """Which streams the file has, with the first video stream's declared frame size and
+    rate and the duration, from `ffmpeg -i`'s listing (ffprobe is not shipped).
+
+    Raises MediaError when the file is a still image, is not in an accepted container
+    (`demuxers`), or cannot be opened as media at all.
     """
-    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
-                            capture_output=True, text=True, errors="replace")
+    image = _still_image(path)
+    if image is not None:
+        raise MediaError(f"{path.name} is a still image ({image}), not a video; upload a "
+                         f"video clip of a face with its sound")
+    try:
+        result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin",
+                                 *_input_args(path, demuxers)],
+                                capture_output=True, text=True, errors="replace",
+                                timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        raise MediaError(f"{path.name}: ffmpeg took over {PROBE_TIMEOUT_S:g} s just to read "
+                         f"its stream list; upload a plain mp4, webm or mov clip") from err
     err = result.stderr
+    if "not on whitelist" in err:
+        raise MediaError(f"{path.name} is not a video file we accept: only plain mp4, mov, "
+                         f"webm, mkv, avi, mpeg, ts, flv and ogg files are opened (not "
+                         f"playlists, lists of files or other formats)")
     if "Error opening input" in err or "Input #0" not in err:
         raise MediaError(f"{path.name} is not a video ffmpeg can read "
                          f"({_last_error_line(err)}); upload an mp4, webm or mov clip")
@@ -85,7 +164,23 @@ def _probe(path: Path) -> _Probe:
     # Cover art in audio files shows up as a one-frame video stream: not a video.
     has_video = any(kind == "Video" and "(attached pic)" not in rest for kind, rest in streams)
     has_audio = any(kind == "Audio" for kind, _ in streams)
-    return _Probe(has_video=has_video, has_audio=has_audio)
+    probe = _Probe(has_video=has_video, has_audio=has_audio)
+    video = [rest for kind, rest in streams if kind == "Video" and "(attached pic)" not in rest]
+    if video:
+        size = re.search(r", (\d+)x(\d+)\b", video[0])
+        if size:
+            probe.width, probe.height = int(size.group(1)), int(size.group(2))
+        rate = re.search(r", ([\d.]+)(k?) fps\b", video[0])
+        if rate:
+            probe.fps = float(rate.group(1)) * (1000 if rate.group(2) else 1)
+    # Frames over the decoder's pixel cap leave the size out of the listing, but not the log.
+    capped = re.search(r"Picture size (\d+)x(\d+) exceeds specified max pixel count", err)
+    if capped and has_video:
+        probe.width, probe.height = int(capped.group(1)), int(capped.group(2))
+    duration = re.search(r"Duration: (\d+:\d+:[\d.]+)", err)
+    if duration:
+        probe.seconds = _seconds(duration.group(1))
+    return probe
 
 
 def _run_ffmpeg(cmd: list[str], name: str) -> tuple[bytearray, str]:
@@ -98,14 +193,52 @@ def _run_ffmpeg(cmd: list[str], name: str) -> tuple[bytearray, str]:
     with tempfile.TemporaryFile() as err_file:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=err_file)
-        while chunk := proc.stdout.read(1 << 20):
-            out += chunk
-        proc.wait()
+        timer = _kill_after(proc, FFMPEG_TIMEOUT_S)
+        try:
+            while chunk := proc.stdout.read(1 << 20):
+                out += chunk
+            proc.wait()
+        finally:
+            timer.cancel()
         err_file.seek(0)
         stderr = err_file.read().decode("utf-8", errors="replace")
+    if timer.fired:
+        raise MediaError(f"ffmpeg took over {FFMPEG_TIMEOUT_S:g} s to decode {name} and was "
+                         f"stopped; upload a shorter or smaller clip")
     if proc.returncode != 0:
+        if "exceeds specified max pixel count" in stderr:
+            raise MediaError(f"ffmpeg could not decode {name}: its frames are over the "
+                             f"{MAX_FRAME_PIXELS / 1e6:.1f} megapixel limit; export it at "
+                             f"4K (3840x2160) or smaller")
         raise MediaError(f"ffmpeg could not decode {name}: {_last_error_line(stderr)}")
     return out, stderr
+
+
+class _Timer(threading.Timer):
+    fired = False
+
+    def run(self):
+        self.finished.wait(self.interval)
+        if not self.finished.is_set():
+            self.fired = True
+            self.function()
+        self.finished.set()
+
+
+def _kill_after(proc: subprocess.Popen, seconds: float) -> _Timer:
+    """Kill `proc` unless the returned timer is cancelled within `seconds`; `.fired` says
+    whether it was killed."""
+    timer = _Timer(seconds, proc.kill)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _decode_losses(stderr: str) -> tuple[int, int]:
+    """(frames decoded, decode errors) of the video stream, from ffmpeg's verbose summary."""
+    match = re.search(r"Input stream #0:\d+ \(video\): \d+ packets read[^;]*; (\d+) frames "
+                      r"decoded; (\d+) decode errors", stderr)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
 def _scale_filter(max_side: int) -> str:
@@ -130,12 +263,18 @@ def normalize_clip(path, *, max_seconds: float | None = None, max_side: int = 64
     if not probe.has_video:
         raise MediaError(f"{path.name} is not a video: ffmpeg found no video stream in it "
                          f"(an audio file or an image?); upload a video of a face")
+    if probe.width and probe.height and probe.width * probe.height > MAX_FRAME_PIXELS:
+        raise MediaError(f"{path.name} has {probe.width}x{probe.height} frames, over the "
+                         f"{MAX_FRAME_PIXELS / 1e6:.1f} megapixel limit; export it at 4K "
+                         f"(3840x2160) or smaller")
     limit = None if max_seconds is None else max(1, round(max_seconds * FPS))
     # Ask for half a frame more than the limit: an extra frame tells us the clip was longer.
     duration = [] if limit is None else ["-t", f"{(limit + 0.5) / FPS:.6f}"]
     with tempfile.TemporaryDirectory(prefix="mdvae-media-") as tmp:
         audio_file = Path(tmp) / "audio.f32"
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-i", str(path),
+        # verbose: the summary counts the frames that did not decode
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats",
+               "-loglevel", "level+verbose", *_input_args(path),
                "-map", "0:v:0", "-vf", f"fps={FPS}:start_time=0,{_scale_filter(max_side)}",
                "-pix_fmt", "rgb24", *duration, "-f", "rawvideo", "pipe:1"]
         if probe.has_audio:
@@ -149,6 +288,11 @@ def normalize_clip(path, *, max_seconds: float | None = None, max_side: int = 64
     if not raw:
         raise MediaError(f"{path.name}: no video frames could be decoded (the file is empty "
                          f"or damaged); record or export the clip again")
+    decoded, lost = _decode_losses(stderr)
+    if lost > MAX_LOST_SHARE * (decoded + lost):
+        raise MediaError(f"{path.name} is damaged: {lost} of its {decoded + lost} video "
+                         f"frames could not be decoded (more than {MAX_LOST_SHARE:.0%}); "
+                         f"record or export the clip again")
     height, width = _output_size(stderr, path.name)
     frames = np.frombuffer(raw, dtype=np.uint8)
     n = frames.size // (height * width * 3)
@@ -160,7 +304,8 @@ def normalize_clip(path, *, max_seconds: float | None = None, max_side: int = 64
             audio = audio[: samples_for_frames(limit)]
     if audio is not None:
         audio = peak_normalize(audio)
-    return Clip(frames=frames, audio=audio, source=str(path), trimmed=trimmed)
+    return Clip(frames=frames, audio=audio, source=str(path), trimmed=trimmed,
+                lost_frames=lost, decoded_frames=decoded)
 
 
 def _output_size(stderr: str, name: str) -> tuple[int, int]:
@@ -178,10 +323,10 @@ def read_audio(path) -> np.ndarray:
     For sources that keep the sound beside the video (MEAD's .m4a files).
     """
     path = _existing(path)
-    if not _probe(path).has_audio:
+    if not _probe(path, AUDIO_DEMUXERS).has_audio:
         raise MediaError(f"{path.name} has no audio track; the model needs the speech too")
     raw, _ = _run_ffmpeg([ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats",
-                          "-i", str(path), "-map", "0:a:0",
+                          *_input_args(path, AUDIO_DEMUXERS), "-map", "0:a:0",
                           "-af", "aresample=async=1:first_pts=0", "-ac", "1",
                           "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"], path.name)
     return peak_normalize(np.frombuffer(raw, dtype="<f4"))
@@ -229,6 +374,7 @@ def write_video(path, frames: np.ndarray, audio: np.ndarray | None = None, *,
         try:
             with tempfile.TemporaryFile() as err_file:
                 proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err_file)
+                timer = _kill_after(proc, FFMPEG_TIMEOUT_S)
                 try:
                     for frame in frames:
                         if scale != 1:
@@ -242,8 +388,12 @@ def write_video(path, frames: np.ndarray, audio: np.ndarray | None = None, *,
                 finally:
                     proc.stdin.close()
                 proc.wait()
+                timer.cancel()
                 err_file.seek(0)
                 stderr = err_file.read().decode("utf-8", errors="replace")
+            if timer.fired:
+                raise MediaError(f"ffmpeg took over {FFMPEG_TIMEOUT_S:g} s to write "
+                                 f"{path.name} and was stopped")
             if proc.returncode != 0:
                 raise MediaError(f"ffmpeg could not write {path.name}: "
                                  f"{_last_error_line(stderr)}")

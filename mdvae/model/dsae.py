@@ -12,6 +12,7 @@ well.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from mdvae.config import ConfigBase
 from mdvae.errors import ConfigError
 from mdvae.model.elbo import (
     ELBOBreakdown,
+    KLWeights,
     kl_w_term,
     kl_z_term,
     reconstruction_term,
@@ -51,6 +53,10 @@ class DSAEConfig(ConfigBase):
     obs_logvar_init: float = 0.0  # initial log-variance of each observed dimension
     learn_obs_variance: bool = True  # False keeps the variance at exp(obs_logvar_init)
     obs_logvar_min: float = -6.0  # floor on the observation log-variance
+    # True: each training batch sets the log-variances to their maximum-likelihood value
+    # (the mean squared residual per dimension), kept as a running average for evaluation,
+    # instead of learning them by gradient (GaussianDecoder)
+    optimal_obs_variance: bool = False
     beta_w: float = 1.0  # weight of KL(q(w) || p(w)); 1 is the ELBO
     beta_z: float = 1.0  # weight of the z KLs; 1 is the ELBO
     # None: the compact layout; else the authors' layout (`AuthorsLayout`), with the stream's
@@ -85,6 +91,7 @@ class DSAEConfig(ConfigBase):
             obs_logvar_init=config.obs_logvar_init,
             learn_obs_variance=config.learn_obs_variance,
             obs_logvar_min=config.obs_logvar_min,
+            optimal_obs_variance=config.optimal_obs_variance,
             authors_layout=config.authors_layout,
         )
         return cls(**{**fields, **overrides})
@@ -148,6 +155,7 @@ class DSAE(nn.Module):
             logvar_init=c.obs_logvar_init,
             learn_logvar=c.learn_obs_variance,
             logvar_min=c.obs_logvar_min,
+            optimal_logvar=c.optimal_obs_variance,
         )
 
     def _build_authors_layout(self, c: DSAEConfig, a: AuthorsLayout) -> None:
@@ -171,6 +179,7 @@ class DSAE(nn.Module):
             logvar_init=c.obs_logvar_init,
             learn_logvar=c.learn_obs_variance,
             logvar_min=c.obs_logvar_min,
+            optimal_logvar=c.optimal_obs_variance,
         )
 
     def infer(
@@ -249,15 +258,21 @@ class DSAE(nn.Module):
 
     interpolate_w = staticmethod(interpolate_w)
 
-    def forward(self, x: Tensor, *, kl_weight: float = 1.0) -> DSAEOutput:
+    def forward(self, x: Tensor, *, kl_weight: float | KLWeights = 1.0) -> DSAEOutput:
         """One posterior sample, the reconstruction and the ELBO terms for a batch;
-        `kl_weight` scales every KL term of the loss's `total` (a KL warm-up)."""
+        `kl_weight` scales the KL terms of the loss's `total` (as `MDVAE.forward`)."""
+        weights = KLWeights.of(kl_weight)
         latents, posterior, states = self._infer(x, sample=True, noise=None, w=None, z=None)
         prior = self.priors(latents, states)
-        x_hat = self.decode(latents)
+        decoded = latents
+        if weights.static_only:
+            decoded = dataclasses.replace(latents, z=torch.zeros_like(latents.z))
+        x_hat = self.decode(decoded)
         c = self.config
         rec = reconstruction_term(self.decoder_x, x, x_hat)
         kl_w = kl_w_term(posterior.w, x.shape[1])
         kl_z = kl_z_term(posterior.z, prior.z)
-        total = training_loss([rec], [(c.beta_w, kl_w), (c.beta_z, kl_z)], kl_weight)
+        total = training_loss(
+            [rec], [(weights.w * c.beta_w, kl_w), (weights.z_effective * c.beta_z, kl_z)]
+        )
         return DSAEOutput(x_hat, latents, posterior, prior, DSAEELBOTerms(total, rec, kl_w, kl_z))

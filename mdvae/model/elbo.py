@@ -6,15 +6,16 @@ divided by T too, so the terms add up to exactly -ELBO / T and all betas = 1 is 
 faithful bound. (The authors' code divides the w KL by the batch size only, i.e. it weights
 it T times more; `beta_w = T` reproduces that.)
 
-The training loss applies the weights here and nowhere else: each KL term its beta, and all
-of them the `kl_weight` of a KL warm-up, so a caller never has to tell the KL terms apart
-from the reconstructions by their names.
+The training loss applies the weights here and nowhere else: each KL term its beta times
+the schedule's weight for its group (`KLWeights`: a KL warm-up, or w before the z's), so a
+caller never has to tell the KL terms apart from the reconstructions by their names.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -39,17 +40,41 @@ def kl_z_term(posterior: DiagonalGaussian, prior: DiagonalGaussian) -> Tensor:
     return kl_divergence(posterior, prior).mean()
 
 
-def training_loss(
-    reconstructions: Sequence[Tensor], kls: Sequence[tuple[float, Tensor]], kl_weight: float
-) -> Tensor:
-    """sum of the reconstruction terms + kl_weight * sum of beta * KL, for (beta, KL) pairs.
+@dataclass(frozen=True)
+class KLWeights:
+    """A training schedule's weights on the KL terms (each term's beta applies on top).
 
-    With kl_weight 1 and every beta 1 this is the negative ELBO (per frame)."""
+    `w` weighs KL(q(w) || p(w)), `z` the dynamical groups' KLs. With `static_only` the
+    decoders see w alone (every z set to zero), so the z's explain nothing yet and their
+    KLs are left out of the loss whatever `z` says: the static-first schedule, which lets
+    w take the clip-level factors before the z's can. All ones is the ELBO itself.
+    """
+
+    w: float = 1.0
+    z: float = 1.0
+    static_only: bool = False
+
+    @classmethod
+    def of(cls, weights: float | KLWeights) -> KLWeights:
+        """A number weighs every KL term alike (a plain KL warm-up)."""
+        return weights if isinstance(weights, KLWeights) else cls(float(weights), float(weights))
+
+    @property
+    def z_effective(self) -> float:
+        return 0.0 if self.static_only else self.z
+
+
+def training_loss(
+    reconstructions: Sequence[Tensor], kls: Sequence[tuple[float, Tensor]]
+) -> Tensor:
+    """sum of the reconstruction terms + sum of weight * KL, for (weight, KL) pairs.
+
+    With every weight 1 this is the negative ELBO (per frame)."""
     total = reconstructions[0]
     for rec in reconstructions[1:]:
         total = total + rec
-    for beta, kl in kls:
-        total = total + (kl_weight * beta) * kl
+    for weight, kl in kls:
+        total = total + weight * kl
     return total
 
 

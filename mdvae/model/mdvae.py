@@ -52,6 +52,7 @@ from mdvae.config import ConfigBase
 from mdvae.errors import ConfigError, MDVAEError
 from mdvae.model.elbo import (
     ELBOBreakdown,
+    KLWeights,
     kl_w_term,
     kl_z_term,
     reconstruction_term,
@@ -145,6 +146,10 @@ class MDVAEConfig(ConfigBase):
     obs_logvar_init: float = 0.0  # initial log-variance of every observed dimension
     learn_obs_variance: bool = True  # False keeps the variance fixed at exp(obs_logvar_init)
     obs_logvar_min: float = -6.0  # floor on the log-variance (std >= 0.05 by default)
+    # True: each training batch sets the log-variances to their maximum-likelihood value
+    # (the mean squared residual per dimension), kept as a running average for evaluation,
+    # instead of learning them by gradient (GaussianDecoder)
+    optimal_obs_variance: bool = False
     # weights of the KL terms; 1 everywhere is the ELBO itself
     beta_w: float = 1.0
     beta_z_av: float = 1.0
@@ -265,6 +270,7 @@ class MDVAE(nn.Module):
             logvar_init=c.obs_logvar_init,
             learn_logvar=c.learn_obs_variance,
             logvar_min=c.obs_logvar_min,
+            optimal_logvar=c.optimal_obs_variance,
         )
         self.decoder_x_a = GaussianDecoder(
             c.z_av_dim + c.z_a_dim + c.w_dim, c.audio_hidden, c.audio_dim, **obs
@@ -316,6 +322,7 @@ class MDVAE(nn.Module):
             logvar_init=c.obs_logvar_init,
             learn_logvar=c.learn_obs_variance,
             logvar_min=c.obs_logvar_min,
+            optimal_logvar=c.optimal_obs_variance,
         )
         self.decoder_x_a = GaussianDecoder(
             c.z_av_dim + c.z_a_dim + c.w_dim,
@@ -498,15 +505,23 @@ class MDVAE(nn.Module):
 
     # ---- training objective -------------------------------------------------------------
 
-    def forward(self, x_a: Tensor, x_v: Tensor, *, kl_weight: float = 1.0) -> MDVAEOutput:
+    def forward(
+        self, x_a: Tensor, x_v: Tensor, *, kl_weight: float | KLWeights = 1.0
+    ) -> MDVAEOutput:
         """One posterior sample, the reconstructions and the ELBO terms for a batch;
-        `kl_weight` scales every KL term of the loss's `total` (a KL warm-up)."""
+        `kl_weight` scales the KL terms of the loss's `total` (a number: all of them, a KL
+        warm-up; `KLWeights`: w and the z's apart, or w alone decoding)."""
+        weights = KLWeights.of(kl_weight)
         latents, posterior, states = self._infer(
             x_a, x_v, sample=True, noise=None, w=None, z_av=None, z_a=None, z_v=None
         )
         prior = self.priors(latents, states)
-        x_a_hat, x_v_hat = self.decode(latents)
-        loss = self.elbo(x_a, x_v, x_a_hat, x_v_hat, posterior, prior, kl_weight=kl_weight)
+        decoded = latents
+        if weights.static_only:
+            zeros = {g: torch.zeros_like(getattr(latents, g)) for g in ("z_av", "z_a", "z_v")}
+            decoded = dataclasses.replace(latents, **zeros)
+        x_a_hat, x_v_hat = self.decode(decoded)
+        loss = self.elbo(x_a, x_v, x_a_hat, x_v_hat, posterior, prior, kl_weight=weights)
         return MDVAEOutput(x_a_hat, x_v_hat, latents, posterior, prior, loss)
 
     def elbo(
@@ -518,10 +533,11 @@ class MDVAE(nn.Module):
         posterior: LatentDistributions,
         prior: LatentDistributions,
         *,
-        kl_weight: float = 1.0,
+        kl_weight: float | KLWeights = 1.0,
     ) -> ELBOTerms:
         """Negative ELBO terms in nats per frame (single-sample reconstruction terms,
-        closed-form KLs); `total` weighs each KL by its beta times `kl_weight`."""
+        closed-form KLs); `total` weighs each KL by its beta times its `kl_weight`."""
+        weights = KLWeights.of(kl_weight)
         c = self.config
         rec_audio = reconstruction_term(self.decoder_x_a, x_a, x_a_hat)
         rec_visual = reconstruction_term(self.decoder_x_v, x_v, x_v_hat)
@@ -529,10 +545,15 @@ class MDVAE(nn.Module):
         kl_zav = kl_z_term(posterior.z_av, prior.z_av)
         kl_za = kl_z_term(posterior.z_a, prior.z_a)
         kl_zv = kl_z_term(posterior.z_v, prior.z_v)
+        w, z = weights.w, weights.z_effective
         total = training_loss(
             [rec_audio, rec_visual],
-            [(c.beta_w, kl_w), (c.beta_z_av, kl_zav), (c.beta_z_a, kl_za), (c.beta_z_v, kl_zv)],
-            kl_weight,
+            [
+                (w * c.beta_w, kl_w),
+                (z * c.beta_z_av, kl_zav),
+                (z * c.beta_z_a, kl_za),
+                (z * c.beta_z_v, kl_zv),
+            ],
         )
         return ELBOTerms(total, rec_audio, rec_visual, kl_w, kl_zav, kl_za, kl_zv)
 

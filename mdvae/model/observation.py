@@ -7,6 +7,7 @@ the check that an observed sequence has the shape the model reads.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -42,6 +43,14 @@ class GaussianDecoder(nn.Module):
     streams (512 and 2048 numbers of different ranges) weigh in the ELBO by how well they
     can be predicted, not by their raw units. The floor `logvar_min` keeps the likelihood
     from running off to infinity on dimensions the model fits almost exactly.
+
+    With `optimal_logvar` the variances are not learned by gradient: in training each batch
+    uses their maximum-likelihood value, the mean squared residual of each dimension over
+    the batch's frames (so the ELBO is maximised over them exactly, as in the "calibrated
+    decoders" of Rybkin et al., 2021), and `logvar` keeps a running average of it for
+    evaluation. Learned by gradient they move about the learning rate per step: on the
+    synthetic benchmark the visual decoder's sat five times above its residuals after
+    12,000 steps, a likelihood that much weaker than the data allows.
     """
 
     def __init__(
@@ -54,13 +63,19 @@ class GaussianDecoder(nn.Module):
         logvar_init: float = 0.0,
         learn_logvar: bool = True,
         logvar_min: float = -6.0,
+        optimal_logvar: bool = False,
+        logvar_momentum: float = 0.05,
     ):
         super().__init__()
         # one width: two hidden layers of it; a sequence: one hidden layer per width
         hidden = [hidden_dim, hidden_dim] if isinstance(hidden_dim, int) else list(hidden_dim)
         self.mean_net = mlp([in_dim, *hidden, out_dim], activation=activation)
-        self.logvar = nn.Parameter(torch.full((out_dim,), logvar_init), requires_grad=learn_logvar)
+        self.logvar = nn.Parameter(
+            torch.full((out_dim,), logvar_init), requires_grad=learn_logvar and not optimal_logvar
+        )
         self.logvar_min = logvar_min
+        self.optimal_logvar = optimal_logvar
+        self.logvar_momentum = logvar_momentum
 
     def forward(self, latents_t: Tensor) -> Tensor:
         """(B, T, in_dim) -> mean of x_t, (B, T, out_dim)."""
@@ -71,9 +86,22 @@ class GaussianDecoder(nn.Module):
 
         Computed in at least float32 even under autocast: these are sums of many terms.
         """
-        logvar = self.logvar.clamp(min=self.logvar_min)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return GaussianNLL.apply(at_least_float32(x), at_least_float32(mean), logvar)
+            x, mean = at_least_float32(x), at_least_float32(mean)
+            if self.optimal_logvar and self.training:
+                logvar = self._fit_logvar(x, mean)
+            else:
+                logvar = self.logvar.clamp(min=self.logvar_min)
+            return GaussianNLL.apply(x, mean, logvar)
+
+    @torch.no_grad()
+    def _fit_logvar(self, x: Tensor, mean: Tensor) -> Tensor:
+        """The batch's maximum-likelihood log-variances (D,) (floored), folded into the
+        running average kept in `logvar`."""
+        variance = (mean - x).square().mean(dim=(0, 1)).clamp_min(math.exp(self.logvar_min))
+        running = torch.lerp(self.logvar.exp(), variance.to(self.logvar), self.logvar_momentum)
+        self.logvar.copy_(running.log())
+        return variance.log().to(self.logvar)
 
 
 class GaussianNLL(torch.autograd.Function):

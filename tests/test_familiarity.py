@@ -1,0 +1,104 @@
+"""The familiarity score and the emotion calibration: their arithmetic, and the pipeline's
+use of them on the tiny bundle (whose numbers mean nothing, only the plumbing)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mdvae.calibration import (
+    calibrated,
+    expected_calibration_error,
+    fit_temperature,
+    selective,
+)
+from mdvae.familiarity import Familiarity, percentile, reference_table
+from mdvae.pipeline import Pipeline
+from tests.helpers import CLIP_A
+
+
+def test_percentile_reads_the_reference_table():
+    table = reference_table({"x": np.arange(101.0)})
+    q = table["scores"]["x"]["quantiles"]
+    assert percentile(-5, q) == 0 and percentile(500, q) == 100
+    assert percentile(42.5, q) == pytest.approx(42.5)
+
+
+def test_familiarity_verdict_from_the_spread_beyond_the_test_clips():
+    table = reference_table({"mdvae": np.linspace(0, 10, 50), "vq_visual": np.linspace(1, 2, 50),
+                             "vq_audio": np.linspace(1, 2, 50)})
+    usual = Familiarity.of({"mdvae": 5.0, "vq_visual": 1.5, "vq_audio": 1.2}, table)
+    assert usual.familiar and usual.level == "familiar" and usual.reference_clips == 50
+    assert usual.worst == "mdvae" and "familiar to the model" in usual.sentence()
+    # the face scores 3x further from the median than the worst test clip
+    foreign = Familiarity.of({"mdvae": 5.0, "vq_visual": 1.5 + 3 * 0.5, "vq_audio": 1.2}, table)
+    assert foreign.familiar is False and foreign.worst == "vq_visual"
+    assert foreign.percentile == 100 and foreign.spreads["vq_visual"] == pytest.approx(3.0)
+    assert "unlike anything" in foreign.sentence() and "the face" in foreign.sentence()
+    unknown = Familiarity.of(usual.scores, None)
+    assert unknown.familiar is None and unknown.level == "unknown"
+    assert "no reference scores" in unknown.sentence()
+    assert foreign.as_dict()["level"] == "unfamiliar"
+
+
+def test_temperature_scaling_recovers_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    n, classes = 4000, 8
+    true_logits = rng.normal(0, 1.5, (n, classes))
+    labels = np.array([rng.choice(classes, p=p) for p in calibrated(true_logits, 1.0)])
+    overconfident = 3.0 * true_logits  # the right ranking, three times too sure
+    t = fit_temperature(overconfident, labels)
+    assert t == pytest.approx(3.0, rel=0.15)
+    before = expected_calibration_error(calibrated(overconfident, 1.0), labels)
+    after = expected_calibration_error(calibrated(overconfident, t), labels)
+    assert after < 0.03 < before
+    stats = selective(calibrated(overconfident, t), labels, sure_from=0.5)
+    assert 0 < stats["answered"] < 1 and stats["accuracy_answered"] > 0.5
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_bundle):
+    with Pipeline(tiny_bundle, device="cpu", max_seconds=4.0) as p:
+        yield p
+
+
+def test_every_encoding_carries_its_familiarity(pipe):
+    enc = pipe.encode(pipe.load(CLIP_A, aligned=True))
+    assert set(enc.familiarity.scores) == {"mdvae", "vq_visual", "vq_audio"}
+    assert all(np.isfinite(v) for v in enc.familiarity.scores.values())
+    assert enc.familiarity.level == "unknown"  # the tiny bundle has no reference table
+    # The same clip placed against a table of its own scores is familiar.
+    table = reference_table({k: np.array([v * 0.9, v, v * 1.1]) if v > 0 else
+                             np.array([v * 1.1, v, v * 0.9])
+                             for k, v in enc.familiarity.scores.items()})
+    bundle_info = dict(pipe.bundle.info)
+    pipe.bundle.info["familiarity"] = table
+    try:
+        again = pipe.encode(enc.clip)
+    finally:
+        pipe.bundle.info.clear()
+        pipe.bundle.info.update(bundle_info)
+    assert again.familiarity.familiar
+
+
+def test_emotion_abstains_on_an_unfamiliar_clip_and_uses_the_temperature(pipe):
+    enc = pipe.encode(pipe.load(CLIP_A, aligned=True))
+    plain = pipe.emotion_reading(enc)
+    assert plain.temperature == 1.0 and sum(plain.probabilities.values()) == pytest.approx(1)
+    odd = Familiarity(enc.familiarity.scores, {"mdvae": 100.0}, {"mdvae": 9.0}, 10)
+    reading = pipe.emotion_reading(dataclasses.replace(enc, familiarity=odd))
+    assert reading.answer is None and "unfamiliar" in reading.reason
+    assert reading.probabilities == plain.probabilities  # still shown
+    sure = pipe.emotion_reading(enc, sure_from=0.0)
+    assert sure.answer == sure.top[0] and sure.reason == ""
+    head = pipe.bundle.info.setdefault("emotion", {}).setdefault("emotion", {"accuracy": {}})
+    head["calibration"] = {"temperature": 4.0}
+    try:
+        hot = pipe.emotion_reading(enc)
+    finally:
+        del head["calibration"]
+    assert hot.temperature == 4.0 and hot.top[1] < plain.top[1]
+    assert torch.is_tensor(enc.latents.w)
