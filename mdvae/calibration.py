@@ -59,11 +59,11 @@ SURE_FROM = 0.5
 
 
 def selective(probs: np.ndarray, labels: np.ndarray, sure_from: float = SURE_FROM
-              ) -> dict[str, float]:
+              ) -> dict[str, float | None]:
     """What answering only above `sure_from` gives: the share of clips answered and the
-    accuracy on those (NaN when none is answered)."""
+    accuracy on those (None when none is answered: bundles store info as strict JSON)."""
     probs = np.asarray(probs, np.float64)
     sure = probs.max(axis=1) >= sure_from
     right = probs.argmax(axis=1) == np.asarray(labels)
     return {"answered": float(sure.mean()),
-            "accuracy_answered": float(right[sure].mean()) if sure.any() else float("nan")}
+            "accuracy_answered": float(right[sure].mean()) if sure.any() else None}

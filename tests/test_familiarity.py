@@ -102,3 +102,27 @@ def test_emotion_abstains_on_an_unfamiliar_clip_and_uses_the_temperature(pipe):
         del head["calibration"]
     assert hot.temperature == 4.0 and hot.top[1] < plain.top[1]
     assert torch.is_tensor(enc.latents.w)
+
+
+def test_export_adds_the_reference_to_a_bundle_and_keeps_its_weights(tiny_bundle, tiny_store,
+                                                                      tmp_path):
+    from safetensors.torch import load_file
+
+    from mdvae.bundle import load_bundle
+    from train import export
+
+    out = export.main(["--bundle", str(tiny_bundle), "--reference-store", str(tiny_store),
+                       "--out", str(tmp_path / "with_reference")])
+    before = load_file(str(tiny_bundle / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    info = load_bundle(out).info
+    table = info["familiarity"]
+    # the tiny store's one test speaker has 4 clips: every score's table counts them
+    assert table["scores"] and all(s["clips"] == 4 for s in table["scores"].values())
+    for score in table["scores"].values():
+        assert score["quantiles"] == sorted(score["quantiles"])
+        assert score["quantiles"][0] <= score["median"] <= score["quantiles"][-1]
+    temperatures = [h["calibration"] for h in info["emotion"].values() if "calibration" in h]
+    assert temperatures, "the validation clips calibrate the emotion heads"

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from mdvae.bundle import load_bundle, save_bundle
-from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, MDVAE_MODEL, VQ_AUDIO, VQ_VISUAL
+from mdvae.components import (
+    DSAE_AUDIO,
+    DSAE_VISUAL,
+    EMOTION_READERS,
+    MDVAE_MODEL,
+    VQ_AUDIO,
+    VQ_VISUAL,
+)
 from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
 from train import common
@@ -133,7 +140,7 @@ def model_card(info: dict[str, Any]) -> str:
             t = c["test"]
             lines.append(f"| {name} | {c['temperature']:.2f} | {t['ece_before']:.3f} | "
                          f"{t['ece_after']:.3f} | {t['after']['answered']:.0%} | "
-                         f"{t['after']['accuracy_answered']:.3f} |")
+                         f"{_number(t['after']['accuracy_answered'])} |")
     familiarity = info.get("familiarity")
     if familiarity:
         lines += ["", "## Familiarity reference", "",
@@ -185,6 +192,10 @@ def from_runs(args) -> tuple[dict, dict[str, Any]]:
     return components, info
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -216,7 +227,8 @@ def main(argv: list[str] | None = None) -> Path:
         reference = reference_info(components, args.reference_store)
         info["familiarity"] = reference["familiarity"]
         for head, calibration in reference["calibration"].items():
-            info.setdefault("emotion", {}).setdefault(head, {"accuracy": {}})
+            reads = next(r.model for r in EMOTION_READERS.values() if r.head == head)
+            info.setdefault("emotion", {}).setdefault(head, {"reads": reads, "accuracy": {}})
             info["emotion"][head]["calibration"] = calibration
         info["reference_added"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for module in components.values():
