@@ -494,9 +494,14 @@ def fit_judges(
     for m, r in reports.items():
         for head, score in r.scores[J.TRUST_ON].items():
             verdict = "trusted" if score.trusted else "NOT trusted"
+            if score.within is not None:
+                measured = "/".join(f"{x:.3f}" for x in score.within)
+            elif score.kind == "verification":
+                measured = f"{score.accuracy:.3f}" if score.n else "-"
+            else:
+                measured = f"{score.balanced_accuracy:.3f}" if score.n else "-"
             print(
-                f"[judges] {m} {head}: {verdict} ({score.criterion}; "
-                f"measured {score.quality if score.quality is not None else float('nan'):.3f})",
+                f"[judges] {m} {head}: {verdict} ({score.criterion}; measured {measured})",
                 file=sys.stderr,
             )
     return judges, reports, info
