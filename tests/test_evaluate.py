@@ -354,6 +354,11 @@ def test_several_seeds_report_mean_and_spread():
     assert out["spread"]["emotion"]["std"] == pytest.approx(np.std([0.4, 0.6], ddof=1))
     assert "| emotion | 0.500 ± 0.141 | 0.400 | 0.600 |" in out["markdown"]
     assert out["markdown"].endswith("seed 0\n") and out["config"]["seeds"] == [0, 1]
+    runs[1]["summary"]["emotion"] = None  # a measure one seed could not take
+    out = evaluate.over_seeds(runs)
+    assert out["spread"]["emotion"]["n"] == 1 and "| emotion | 0.400 ± 0.000 | 0.400 | - |" in (
+        out["markdown"]
+    )
     args = evaluate.build_parser().parse_args(
         ["--bundle", "b", "--data", "d", "--out", "o", "--seeds", "0", "1"]
     )

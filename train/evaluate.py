@@ -612,7 +612,8 @@ def over_seeds(per_seed: dict[int, dict]) -> dict:
         "|---|---|" + "---|" * len(seeds),
     ]
     for k in keys:
-        cells = " | ".join(f"{per_seed[sd]['summary'].get(k, float('nan')):.3f}" for sd in seeds)
+        values = [per_seed[sd]["summary"].get(k) for sd in seeds]
+        cells = " | ".join("-" if v is None else f"{v:.3f}" for v in values)
         lines.append(f"| {k} | {spread[k]['mean']:.3f} ± {spread[k]['std']:.3f} | {cells} |")
     first = per_seed[seeds[0]]
     markdown_text = "\n".join(lines) + "\n\n" + first["markdown"]
