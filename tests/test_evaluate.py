@@ -113,8 +113,23 @@ def test_end_to_end_quick_run_on_the_tiny_store(tiny_bundle, tiny_store, tmp_pat
     mouth = saved["denoising"]["metric"]["mouth"]["0.2"]
     assert set(mouth) == {"noisy", "vqvae", "dsae_visual", "mdvae"}
     assert "noisy" not in saved["denoising"]["metric"]["mouth"]["0"]
+    # the gain is each model's PSNR on noisy input minus its own on clean input
+    clean = saved["denoising"]["metric"]["mouth"]["0"]
+    for m in ("vqvae", "dsae_visual", "mdvae"):
+        assert mouth[m]["gain"] == pytest.approx(mouth[m]["psnr"] - clean[m]["psnr"], abs=1e-9)
+        assert "gain" not in clean[m] and mouth[m]["psnr_se"] >= 0
+    assert "gain" not in mouth["noisy"]
+    # the judges learnt other speakers than those they score
+    judges = saved["disentanglement"]["judges"]
+    assert judges["speakers"]["judges"] and judges["speakers"]["evaluated"]
+    assert not set(judges["speakers"]["judges"]) & set(judges["speakers"]["evaluated"])
+    assert set(judges["reports"]["visual"]["scores"]) == {"held_out", "clean", "codec", "model"}
+    assert set(saved["disentanglement"]["rendered"]) == {f.name for f in D.FACTORS}
+    for p in saved["emotion"]["models"]["mdvae"]["curve"]:
+        assert p["se"] is not None
     shares = saved["disentanglement"]["swaps"]["shares"]
     assert set(shares) == set(D.SWAPS) and set(shares["w"]) == {f.name for f in D.FACTORS}
+    assert {"follow_se", "stay_se", "pairs"} <= set(shares["w"]["mouth"])
     assert shares["z_av"]["mouth"]["expected"] == "follow"
     rows = saved["targets"]
     assert rows and {r["status"] for r in rows} <= {"pass", "FAIL", "untrusted judge", "n/a"}
@@ -218,3 +233,133 @@ def test_markdown_lists_every_target():
     assert "**quick run**" in text and "| target | required | measured | status |" in text
     for r in rows:
         assert f"| {r['name']} | {r['target']} | {r['measured']} | {r['status']} |" in text
+
+
+# ---- the protocol's honesty: who the judges see, SEs, rendering, denoising gains --------
+
+
+def test_judges_never_train_on_an_evaluated_speaker(tiny_store):
+    from mdvae.data.store import Store
+    from mdvae.errors import MDVAEError
+
+    store = Store(tiny_store)
+    evaluated = store.split_clips("test")
+    settings = evaluate.EvalSettings(judge_speakers=2, judge_clips_per_speaker=3)
+    clips = evaluate.judge_training_clips(store, evaluated, settings, np.random.default_rng(0))
+    speakers = {c.speaker for c in clips}
+    assert not speakers & {c.speaker for c in evaluated}
+    assert {c.split for c in clips} == {"train"}
+    assert len(speakers) == 2 and len(clips) == 6  # bounded: 2 speakers x 3 clips
+    # evaluating the training split leaves no speaker to train judges on: refused
+    with pytest.raises(MDVAEError, match="two training speakers"):
+        evaluate.judge_training_clips(
+            store, store.split_clips("train"), settings, np.random.default_rng(0)
+        )
+
+
+def test_speaker_swaps_are_scored_by_nearness_to_a_or_b():
+    speaker = next(f for f in D.FACTORS if f.name == "speaker_video")
+    assert speaker.kind == "identity" and speaker.score == "speaker_verification"
+    ref_a = {"visual": {"speaker_logp": np.array([0.0, -5.0, -5.0])}}
+    ref_b = {"visual": {"speaker_logp": np.array([-5.0, 0.0, -5.0])}}
+    label_a, label_b = {"identity": 0, "reference": ref_a}, {"identity": 1, "reference": ref_b}
+    like_b = {"visual": {"speaker_logp": np.array([-4.0, -0.5, -5.0])}}
+    fs = D.score_factor(speaker, like_b, label_a, label_b)
+    assert (fs.follow, fs.stay, fs.n) == (1, 0, 1)
+    fs = D.score_factor(speaker, ref_a, label_a, label_b)
+    assert (fs.follow, fs.stay, fs.n) == (0, 1, 1)
+    # A and B by the same speaker: nothing to score
+    assert D.score_factor(speaker, like_b, label_a, {**label_b, "identity": 0}).n == 0
+
+
+def test_pooled_shares_have_standard_errors_over_pairs():
+    parts = [D.FollowStay(10, 0, 10), D.FollowStay(0, 10, 10), D.FollowStay(5, 5, 10),
+             D.FollowStay()]  # fmt: skip
+    out = D.pooled(parts)
+    assert out["follow"] == 0.5 and out["n"] == 30 and out["pairs"] == 3
+    # pairs as the unit: sqrt(3/2 * (5^2 + 5^2 + 0)) / 30
+    assert out["follow_se"] == pytest.approx(np.sqrt(1.5 * 50) / 30)
+    assert out["stay_se"] == pytest.approx(out["follow_se"])
+
+
+def _score(quality, blind, kind="frame"):
+    from mdvae.eval.judges import HeadScore
+
+    return HeadScore("x", kind, 100, balanced_accuracy=quality, blind=blind)
+
+
+def test_a_factor_the_model_does_not_render_is_not_rendered():
+    # blinks: the VQ-VAE keeps them (0.86), the MDVAE's reconstruction reads at chance
+    blink = D.rendering(_score(0.52, 0.5), _score(0.86, 0.5))
+    assert not blink["rendered"] and blink["model"] == 0.52 and blink["codec"] == 0.86
+    # mouth shapes: weaker than the VQ-VAE, but well over half the way from the guess
+    assert D.rendering(_score(0.60, 1 / 6), _score(0.84, 1 / 6))["rendered"]
+    # the threshold: RENDER_SHARE of the way from the blind guess to the VQ-VAE
+    edge = 0.5 + D.RENDER_SHARE * (0.9 - 0.5)
+    assert D.rendering(_score(edge + 1e-6, 0.5), _score(0.9, 0.5))["rendered"]
+    assert not D.rendering(_score(edge - 1e-6, 0.5), _score(0.9, 0.5))["rendered"]
+    # a judge that cannot read the VQ-VAE either: nothing is rendered
+    assert not D.rendering(_score(0.5, 0.5), _score(0.5, 0.5))["rendered"]
+
+
+def test_swaps_of_an_unrendered_factor_are_uninformative_not_scored():
+    results = report_results()
+    blink = next(f for f in D.FACTORS if f.name == "blink")
+    results["disentanglement"]["rendered"] = {
+        f.name: {"rendered": f.name != "blink", "model": 0.5, "codec": 0.86, "blind": 0.5}
+        for f in D.FACTORS
+    }
+    for swap in results["disentanglement"]["swaps"]["shares"].values():
+        swap["blink"].update(follow=0.5, stay=0.5)  # what an unrendered factor gives
+    rows = statuses(report.targets(results))
+    assert rows[f"{blink.title} follows {blink.latent}"] == report.NOT_RENDERED
+    # its "stay" is no evidence either way: the other factors decide
+    assert rows["every factor stays with A when its latent is not swapped"] == "pass"
+    results["disentanglement"]["swaps"]["pairs"] = 10
+    text = "\n".join(report._swap_table(results["disentanglement"]))
+    assert "blink (video) (not rendered: uninformative)" in text and ": **no**" in text
+
+
+def test_denoising_gain_is_against_the_models_own_clean_reconstruction():
+    out = ev.denoising_gain(np.array([20.0, 22.0, 21.0]), np.array([21.0, 25.0, 22.0]))
+    assert out["gain"] == pytest.approx(-5.0 / 3)  # (-1 - 3 - 1) / 3
+    assert out["gain_se"] == pytest.approx(np.std([-1.0, -3.0, -1.0], ddof=1) / np.sqrt(3))
+
+
+def test_emotion_accuracies_carry_their_se_over_test_clips():
+    rng = np.random.default_rng(0)
+    y = [("happy", "sad")[i % 2] for i in range(40)]
+    w = rng.normal(size=(40, 2))
+    out = ev.emotion_curve(w, y, w, y, [0.5, 1.0], draws=3, seed=0)
+    for p in out["curve"]:
+        assert p["se"] == pytest.approx(np.sqrt(p["mean"] * (1 - p["mean"]) / 40))
+    full = out["curve"][-1]
+    assert np.mean(full["correct"]) == pytest.approx(full["mean"]) and len(full["correct"]) == 40
+    assert "correct" not in out["curve"][0]
+    rows = {"mdvae": {"curve": [{"correct": [1, 1, 0, 1]}]},
+            "dsae_audio": {"curve": [{"correct": [0, 1, 0, 1]}]}}  # fmt: skip
+    paired = evaluate.paired_differences(rows)["dsae_audio"]
+    assert paired["difference"] == 0.25
+    assert paired["se"] == pytest.approx(np.std([1, 0, 0, 0], ddof=1) / 2)
+
+
+def test_several_seeds_report_mean_and_spread():
+    runs = {
+        seed: {"summary": {"emotion": value, "targets_passed": "1/2"}, "config": {"seed": seed},
+               "markdown": f"seed {seed}\n"}
+        for seed, value in ((0, 0.4), (1, 0.6))
+    }  # fmt: skip
+    out = evaluate.over_seeds(runs)
+    assert out["spread"]["emotion"]["mean"] == pytest.approx(0.5)
+    assert out["spread"]["emotion"]["std"] == pytest.approx(np.std([0.4, 0.6], ddof=1))
+    assert "| emotion | 0.500 ± 0.141 | 0.400 | 0.600 |" in out["markdown"]
+    assert out["markdown"].endswith("seed 0\n") and out["config"]["seeds"] == [0, 1]
+    runs[1]["summary"]["emotion"] = None  # a measure one seed could not take
+    out = evaluate.over_seeds(runs)
+    assert out["spread"]["emotion"]["n"] == 1 and "| emotion | 0.400 ± 0.000 | 0.400 | - |" in (
+        out["markdown"]
+    )
+    args = evaluate.build_parser().parse_args(
+        ["--bundle", "b", "--data", "d", "--out", "o", "--seeds", "0", "1"]
+    )
+    assert args.seeds == [0, 1]

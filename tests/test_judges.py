@@ -31,6 +31,47 @@ def test_balanced_accuracy_weighs_classes_equally():
     assert J.balanced_accuracy(always_open, truth) == pytest.approx(0.5)
 
 
+def test_class_scores_carry_clustered_standard_errors_and_a_blind_baseline():
+    # two clips of 10 frames, two classes; the judge reads clip 0 right, clip 1 wrong
+    truth = np.array([[0] * 5 + [1] * 5, [0] * 5 + [1] * 5])
+    pred = np.array([[0] * 5 + [1] * 5, [1] * 5 + [0] * 5])
+    score = J._score_classes("blink", "frame", pred, truth)
+    assert score.accuracy == 0.5 and score.balanced_accuracy == 0.5
+    assert score.accuracy_se == pytest.approx(0.5)  # two clips, not 20 frames
+    assert score.blind == 0.5 and score.quality == 0.5 and not score.trusted
+
+
+def test_speaker_verification_works_for_speakers_the_judge_never_saw():
+    # 3 unseen speakers x 3 clips; the speaker head (4 training speakers) gives each unseen
+    # speaker its own profile of resemblance, plus noise
+    rng = np.random.default_rng(0)
+    profiles = rng.normal(size=(3, 4)) * 3
+    identity = np.repeat([0, 1, 2], 3)
+    logp = profiles[identity] + rng.normal(size=(9, 4)) * 0.3
+    score = J.score_verification(logp, logp, identity)
+    assert score.kind == "verification" and score.n == 9
+    assert score.accuracy == 1.0 and score.trusted and score.blind == 0.5
+    # profiles that carry no speaker information verify at chance, and are not trusted
+    noise = rng.normal(size=(300, 4))
+    identity = np.repeat(np.arange(30), 10)
+    score = J.score_verification(noise, noise, identity)
+    assert abs(score.accuracy - 0.5) < 4 * score.accuracy_se and not score.trusted
+    # the same clip is never its own reference
+    ids = np.repeat([0, 1], 2)
+    probe, same, other = J.verification_triplets(ids, np.random.default_rng(0))
+    assert len(probe) == 4 and (probe != same).all() and (ids[probe] == ids[same]).all()
+    assert (ids[probe] != ids[other]).all()
+    assert J.score_verification(noise[:2], noise[:2], [0, 0]).n == 0  # one speaker only
+
+
+def test_closer_to_b_compares_centred_profiles():
+    a, b = np.array([[0.0, -5.0, -5.0]]), np.array([[-5.0, 0.0, -5.0]])
+    assert J.closer_to_b(np.array([[-4.0, -1.0, -5.0]]), a, b)[0] == 1
+    assert J.closer_to_b(np.array([[-1.0, -4.0, -5.0]]), a, b)[0] == -1
+    # a constant shift (log-probabilities of another clip length) changes nothing
+    assert J.closer_to_b(np.array([[-14.0, -11.0, -15.0]]), a, b)[0] == 1
+
+
 def test_held_out_clips_cover_every_speaker_with_two_or_more_clips():
     speakers = [0, 0, 0, 0, 1, 1, 2]
     held = J.split_held_out(speakers, 0.25, np.random.default_rng(0))
@@ -66,13 +107,14 @@ def test_a_visual_judge_reads_held_out_clean_clips_well_above_chance(tmp_path):
 
     # cached: the same key loads the same judge, another key asks for a new one
     path = tmp_path / "judge.safetensors"
-    J.save_judge(path, judge, J.JudgeReport("visual", scores), key="k1")
+    J.save_judge(path, judge, J.JudgeReport("visual", {"clean": scores}), key="k1")
     loaded = J.load_judge(path, "k1")
     assert loaded is not None
     judge2, report = loaded
     x = held_out.frames[:1]
     assert np.array_equal(judge.read(x)["mouth"], judge2.read(x)["mouth"])
-    assert report.clean["speaker"].accuracy == 1.0
+    assert report.scores["clean"]["speaker"].accuracy == 1.0
+    assert report.trusted("speaker") == scores["speaker"].trusted
     assert J.load_judge(path, "other") is None
 
 

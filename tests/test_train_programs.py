@@ -264,3 +264,32 @@ def test_failed_resume_leaves_the_run_folder_as_it_was(runs, tiny_store, tmp_pat
         stage1.main(["--store", str(tiny_store), "--modality", "audio", "--out", str(run),
                      "--resume", "--steps", "60"])
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # config.json too
+
+
+def test_dsae_baselines_can_copy_the_mdvae_they_are_compared_with(tmp_path):
+    from mdvae.errors import ConfigError
+    from mdvae.model.mdvae import MDVAEConfig
+
+    mdvae = MDVAEConfig.preset("synthetic", z_av_dim=4)  # the shipped MDVAE's sizes
+    common.RunFolder(tmp_path / "mdvae").write_config(
+        {"model_class": "MDVAE", "model": mdvae.to_dict()}
+    )
+    base = ["--store", "s", "--vq-visual", "v", "--vq-audio", "a", "--out", "o"]
+    for kind, z in (("dsae-audio", 4 + 4), ("dsae-visual", 4 + 4)):
+        args = stage2.build_parser().parse_args(
+            [*base, "--model", kind, "--like-mdvae", str(tmp_path / "mdvae")]
+        )
+        _, cfg = stage2.build_model(kind, args, None)
+        assert (cfg.z_dim, cfg.w_dim, cfg.beta_w) == (z, mdvae.w_dim, 1.0)
+    # or from flags alone, as the README's recipe does; flags override --like-mdvae
+    args = stage2.build_parser().parse_args(
+        [*base, "--model", "dsae-visual", "--dsae-z-dim", "8", "--dsae-beta-w", "1"]
+    )
+    assert (stage2.build_model("dsae-visual", args, None)[1].z_dim, args.dsae_beta_w) == (8, 1)
+    args = stage2.build_parser().parse_args(
+        [*base, "--model", "dsae-audio", "--like-mdvae", str(tmp_path / "mdvae"),
+         "--dsae-beta-w", "0.25"]
+    )  # fmt: skip
+    assert stage2.build_model("dsae-audio", args, None)[1].beta_w == 0.25
+    with pytest.raises(ConfigError, match="like-mdvae"):
+        stage2.main([*base, "--model", "mdvae", "--like-mdvae", str(tmp_path / "mdvae")])

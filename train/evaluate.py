@@ -3,19 +3,28 @@ disentanglement scores.
 
     python -m train.evaluate --bundle checkpoints --data data/synthetic --out runs/eval
     python -m train.evaluate ... --quick          # fewer sequences, pairs, draws, steps
+    python -m train.evaluate ... --seeds 0 1 2    # each seed in OUT/seed_<k>, mean ± spread
 
 1. Reconstruction of held-out clips: VQ-VAEs alone, MDVAE, DSAEs (PSNR, SSIM, LSD).
 2. Denoising (the seed's protocol): Gaussian noise of std --sigma (in [0, 1] pixel units)
    on the mouth, or the eyes, of the 6 central frames of 10-frame sequences, audio intact;
-   PSNR / SSIM on the corrupted pixels; a sweep over --sigmas for the figure.
+   PSNR / SSIM on the corrupted pixels, and each model's gain against its own
+   reconstruction of the clean sequence; a sweep over --sigmas for the figure.
 3. Emotion recognition: logistic regression on the posterior mean of w against the share
    of labelled training clips, tested on the evaluated split's unseen speakers.
-4. On stores with ground-truth factors: judges trained on the evaluated split read the
-   factors of decoded clips after latent swaps and generation from the priors.
+4. On stores with ground-truth factors: judges trained on training speakers (never the
+   evaluated ones) read the factors of decoded clips after latent swaps and generation
+   from the priors; a judge is trusted when it reads the evaluated speakers' clean clips
+   well, and a factor is scored only where the MDVAE's own reconstruction renders it.
+
+Accuracies and shares come with standard errors (clips, sequences or swapped pairs as
+the unit: mdvae.eval.stats).
 
 Writes OUT/results.json (everything, with "summary" and "markdown" for the model card),
 OUT/results.md, PNG figures, and OUT/judge_{visual,audio}.safetensors (reused by a rerun
-with the same data and settings). Deterministic given --seed.
+with the same data and settings). Deterministic given --seed; --seeds runs the whole
+evaluation once per seed (judges included) and reports the headline numbers' mean and
+standard deviation over them.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from mdvae.bundle import load_bundle
-from mdvae.components import EMOTION_READERS
+from mdvae.components import EMOTION_READERS, MDVAE_MODEL
 from mdvae.data.store import ClipInfo, Store
 from mdvae.errors import MDVAEError
 from mdvae.eval import disentanglement as D
@@ -43,10 +52,11 @@ from mdvae.eval import experiments as ev
 from mdvae.eval import judges as J
 from mdvae.eval import metrics
 from mdvae.eval.report import figures, markdown, protocol, summary, targets
+from mdvae.eval.stats import mean_spread
 from train import common
 from train.runs import cached_features, feature_key
 
-JUDGE_VERSION = 1  # bump when the judges' architecture or training changes: rebuilds caches
+JUDGE_VERSION = 2  # bump when the judges' architecture or training changes: rebuilds caches
 
 
 @dataclass
@@ -65,6 +75,8 @@ class EvalSettings:
     generation_clips: int = 48
     visual_stride: int = 3  # swaps and generation: judges read every 3rd decoded frame
     judge_steps: int = 1500
+    judge_speakers: int = 40  # training speakers the judges learn (never evaluated ones)
+    judge_clips_per_speaker: int = 8  # random clips of each
     judge_hold_out: float = 0.25  # share of each speaker's clips that validate the judges
     judge_augment: str = "codec"  # also train judges on VQ-VAE reconstructions, or "none"
 
@@ -100,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         "cores slow torch down many times; 0 lets torch decide)",
     )
     parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="evaluate once per seed (in OUT/seed_<k>) and report mean ± std over them",
+    )
     defaults = EvalSettings()
     for f in fields(EvalSettings):
         value = getattr(defaults, f.name)
@@ -276,13 +295,55 @@ def run_emotion(store, models, reader, s, rng) -> dict:
             truth = np.array([head.config.labels.index(y) for y in y_test])
             row["bundle_head_accuracy"] = float((pred == truth).mean())
         out["models"][name] = row
+    out["paired"] = paired_differences(out["models"])
+    return out
+
+
+def paired_differences(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """The MDVAE's accuracy with all labels minus each other model's, on the same test
+    clips: mean and SE of the per-clip difference (paired, so tighter than either SE)."""
+    full = {m: r["curve"][-1].get("correct") for m, r in rows.items() if r["curve"]}
+    base = full.get(MDVAE_MODEL)
+    out = {}
+    for m, correct in full.items():
+        if m == MDVAE_MODEL or base is None or correct is None:
+            continue
+        d = np.asarray(base, float) - np.asarray(correct, float)
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out[m] = {"difference": float(d.mean()), "se": se}
+    return out
+
+
+def judge_training_clips(
+    store: Store, evaluated: list[ClipInfo], s: EvalSettings, rng: np.random.Generator
+) -> list[ClipInfo]:
+    """The judges' clips: `judge_clips_per_speaker` random clips of each of
+    `judge_speakers` random training speakers, never a speaker of the evaluated clips."""
+    excluded = {c.speaker for c in evaluated}
+    by_speaker: dict[str, list[ClipInfo]] = {}
+    for c in store.split_clips("train"):
+        if c.speaker not in excluded:
+            by_speaker.setdefault(c.speaker, []).append(c)
+    if len(by_speaker) < 2:
+        raise MDVAEError(
+            "the judges need clips of at least two training speakers that the evaluated "
+            f"split {s.split!r} does not hold; the store has {len(by_speaker)}"
+        )
+    names = sorted(by_speaker)
+    chosen = rng.choice(len(names), size=min(s.judge_speakers, len(names)), replace=False)
+    out = []
+    for i in sorted(chosen):
+        own = by_speaker[names[i]]
+        pick = rng.choice(len(own), size=min(s.judge_clips_per_speaker, len(own)), replace=False)
+        out += [own[j] for j in sorted(pick)]
     return out
 
 
 def judge_key(
     store: Store,
-    clips: list[ClipInfo],
-    n_frames: int,
+    train_clips: list[ClipInfo],
+    evaluated: list[ClipInfo],
+    n_frames: tuple[int, int],
     s: EvalSettings,
     models: ev.Models,
     modality: str,
@@ -293,27 +354,40 @@ def judge_key(
         "modality": modality,
         "store": store.meta.get("uid"),
         "frames_in_store": store.n_frames,
-        "clips": [c.id for c in clips],
-        "n_frames": n_frames,
+        "clips": [c.id for c in train_clips],
+        "evaluated": [c.id for c in evaluated],
+        "n_frames": list(n_frames),
         "seed": s.seed,
         "steps": s.judge_steps,
         "hold_out": s.judge_hold_out,
         "protocol": protocol()["judges"],  # the trust decisions are cached with the judge
         "augment": s.judge_augment,
-        "codec": feature_key(codec.vq_audio, codec.vq_visual)
-        if s.judge_augment == "codec"
-        else None,
+        "codec": feature_key(codec.vq_audio, codec.vq_visual),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def labelled_windows(store, clips, n_frames, speakers) -> J.JudgeData:
-    """The first n_frames of each clip with the judges' ground truth."""
-    index = {name: i for i, name in enumerate(speakers)}
+def labelled_windows(
+    store: Store,
+    clips: list[ClipInfo],
+    n_frames: int,
+    *,
+    classes: list[str] | None = None,
+    identities: list[str] | None = None,
+) -> J.JudgeData:
+    """The first n_frames of each clip with the judges' ground truth: "speaker" is the
+    index in `classes` (the judges' training speakers; -1 for any other speaker),
+    "identity" the index in `identities` (default `classes`)."""
+    classes = classes or []
+    identities = identities if identities is not None else classes
     w = windows(store, clips, n_frames)
     labels = [
         J.clip_labels(
-            {k: v[i] for k, v in w["factors"].items()}, index[c.speaker], c.emotion, c.level
+            {k: v[i] for k, v in w["factors"].items()},
+            classes.index(c.speaker) if c.speaker in classes else -1,
+            c.emotion,
+            c.level,
+            identity=identities.index(c.speaker),
         )
         for i, c in enumerate(clips)
     ]
@@ -333,59 +407,117 @@ def vq_reconstruction(
     return np.concatenate(out_v), np.concatenate(out_a)
 
 
-def fit_judges(store, models, reader, clips, n_frames, s, out_dir) -> tuple[dict, dict]:
-    """Judges of the evaluated split: trained on its clean clips (and their VQ-VAE
-    reconstructions), validated on held-out clips of the same speakers; cached in out_dir."""
-    speakers = sorted({c.speaker for c in clips})
-    data = labelled_windows(store, clips, n_frames, speakers)
+@torch.no_grad()
+def mdvae_reconstruction(
+    models, reader: FeatureReader, clips: list[ClipInfo], n_frames: int, batch: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first n_frames of clips through the MDVAE (posterior means) and the VQ-VAE
+    decoders: what the model renders of a clip it is given whole."""
+    out_v, out_a = [], []
+    for i in tqdm(range(0, len(clips), batch), desc="MDVAE reconstructions", leave=False):
+        latents = models.mdvae.encode(*reader(clips[i : i + batch], n_frames))
+        v, a = ev.decode_features(models, *models.mdvae.decode(latents))
+        out_v.append(v)
+        out_a.append(a)
+    return np.concatenate(out_v), np.concatenate(out_a)
+
+
+def fit_judges(
+    store, models, reader, clips, n_frames, s, out_dir
+) -> tuple[dict[str, J.Judge], dict[str, J.JudgeReport], dict]:
+    """Judges trained on training speakers only (`judge_training_clips`, with their VQ-VAE
+    reconstructions), validated on held-out clips of those speakers, and checked (J.CHECKS)
+    on the evaluated clips `clips`: clean (which decides trust), through the VQ-VAEs, and
+    through the MDVAE (which decides what the model renders). Cached in out_dir."""
+    train_clips = judge_training_clips(store, clips, s, np.random.default_rng([s.seed, 2]))
+    classes = sorted({c.speaker for c in train_clips})
+    identities = sorted({c.speaker for c in clips})
+    if set(classes) & set(identities):  # the claim the judges' numbers rest on
+        raise MDVAEError("a judge would be trained on a speaker it scores")
+    n_train = common_length(train_clips, s.max_frames)
+    pool = labelled_windows(store, train_clips, n_train, classes=classes)
     held = J.split_held_out(
-        [speakers.index(c.speaker) for c in clips],
+        [classes.index(c.speaker) for c in train_clips],
         s.judge_hold_out,
         np.random.default_rng([s.seed, 1]),
     )
-    train, held_out = data.subset(~held), data.subset(held)
-    recon = None
-    keys = {m: judge_key(store, clips, n_frames, s, models, m) for m in J.MODALITIES}
+    train = pool.subset(~held)
+    evaluated = labelled_windows(store, clips, n_frames, identities=identities)
+    keys = {
+        m: judge_key(store, train_clips, clips, (n_train, n_frames), s, models, m)
+        for m in J.MODALITIES
+    }
     need = [
         m for m in J.MODALITIES if J.load_judge(out_dir / f"judge_{m}.safetensors", keys[m]) is None
     ]
-    if need:  # the VQ-VAE reconstructions: augmentation, and the codec column of the report
-        recon = data.with_media(*vq_reconstruction(models, reader, clips, n_frames))
+    checks: dict[str, J.JudgeData] = {"held_out": pool.subset(held), "clean": evaluated}
+    if need:  # VQ-VAE reconstructions: augmentation, and the codec check
+        checks["codec"] = evaluated.with_media(*vq_reconstruction(models, reader, clips, n_frames))
+        if s.judge_augment == "codec":
+            chosen = [c for c, h in zip(train_clips, held) if not h]
+            train = train.concat(
+                train.with_media(*vq_reconstruction(models, reader, chosen, n_train))
+            )
+    model_check = evaluated.with_media(*mdvae_reconstruction(models, reader, clips, n_frames))
     judges, reports = {}, {}
     for m in J.MODALITIES:
-        train_m = train
-        if recon is not None and s.judge_augment == "codec":
-            train_m = train.concat(recon.subset(~held))
         judge, report = J.fit_or_load(
             out_dir / f"judge_{m}.safetensors",
             keys[m],
-            J.JudgeConfig(modality=m, speakers=tuple(speakers)),
-            train_m,
-            held_out,
+            J.JudgeConfig(modality=m, speakers=tuple(classes)),
+            train,
+            checks,
+            references={"codec": "clean"},
             settings=J.TrainSettings(steps=s.judge_steps, seed=s.seed),
-            held_out_codec=None if recon is None else recon.subset(held),
             log=lambda msg: print(msg, file=sys.stderr),
         )
-        judges[m], reports[m] = judge.to(models.device), report
+        judge = judge.to(models.device)
+        scored = J.score_checks(
+            judge, {"clean": evaluated, "model": model_check}, references={"model": "clean"}
+        )
+        report.scores["model"] = scored["model"]
+        judges[m], reports[m] = judge, report
     info = {
-        "speakers": len(speakers),
+        "speakers": {"judges": classes, "evaluated": identities},  # disjoint (checked above)
+        "train_speakers": len(classes),
         "train_clips": int((~held).sum()),
         "held_out_clips": int(held.sum()),
+        "evaluated_speakers": len(identities),
+        "evaluated_clips": len(clips),
         "frames_per_clip": n_frames,
         "steps": s.judge_steps,
         "augment": s.judge_augment,
+        "checks": dict(J.CHECKS),
+        "trust_on": J.TRUST_ON,
         "reports": {m: r.to_dict() for m, r in reports.items()},
     }
-    return judges, info
+    for m, r in reports.items():
+        for head, score in r.scores[J.TRUST_ON].items():
+            verdict = "trusted" if score.trusted else "NOT trusted"
+            if score.within is not None:
+                measured = "/".join(f"{x:.3f}" for x in score.within)
+            elif score.kind == "verification":
+                measured = f"{score.accuracy:.3f}" if score.n else "-"
+            else:
+                measured = f"{score.balanced_accuracy:.3f}" if score.n else "-"
+            print(
+                f"[judges] {m} {head}: {verdict} ({score.criterion}; measured {measured})",
+                file=sys.stderr,
+            )
+    return judges, reports, info
 
 
 def run_disentanglement(store, models, reader, clips, s, rng, out_dir) -> tuple[dict, dict]:
     n_frames = common_length(clips, s.max_frames)
-    judges, judge_info = fit_judges(store, models, reader, clips, n_frames, s, out_dir)
-    trusted = {
-        f.name: judge_info["reports"][f.judge]["clean"][f.truth]["trusted"] for f in D.FACTORS
+    judges, reports, judge_info = fit_judges(store, models, reader, clips, n_frames, s, out_dir)
+    trusted = {f.name: reports[f.judge].trusted(f.score) for f in D.FACTORS}
+    rendered = {
+        f.name: D.rendering(
+            reports[f.judge].scores["model"][f.score], reports[f.judge].scores["codec"][f.score]
+        )
+        for f in D.FACTORS
     }
-    speakers = sorted({c.speaker for c in clips})
+    identities = sorted({c.speaker for c in clips})
     n = len(clips)
     if n < 2:
         raise MDVAEError(f"split {s.split!r} has {n} clip(s); swaps need at least two")
@@ -393,17 +525,20 @@ def run_disentanglement(store, models, reader, clips, s, rng, out_dir) -> tuple[
     a_idx = rng.integers(0, n, size=s.swap_pairs)
     b_idx = (a_idx + rng.integers(1, n, size=s.swap_pairs)) % n
     clips_a, clips_b = [clips[i] for i in a_idx], [clips[i] for i in b_idx]
-    a = labelled_windows(store, clips_a, n_frames, speakers)
-    b = labelled_windows(store, clips_b, n_frames, speakers)
+    t = np.arange(0, n_frames, s.visual_stride)
+    a = labelled_windows(store, clips_a, n_frames, identities=identities)
+    b = labelled_windows(store, clips_b, n_frames, identities=identities)
+    # the judges' readings of the clean A and B: what a decoded speaker is compared with
+    labels_a = D.with_references(a.labels, D.read_media(judges, a.frames[:, t], a.power, t))
+    labels_b = D.with_references(b.labels, D.read_media(judges, b.frames[:, t], b.power, t))
     data = D.SwapData(
-        *reader.batched(clips_a, n_frames), a.labels, *reader.batched(clips_b, n_frames), b.labels
+        *reader.batched(clips_a, n_frames), labels_a, *reader.batched(clips_b, n_frames), labels_b
     )
     swaps = D.swap_study(models, judges, data, visual_stride=s.visual_stride)
-    t = np.arange(0, n_frames, s.visual_stride)
     example = {"A": a.frames[0][t], "B": b.frames[0][t], **swaps.pop("example")}
     chosen = sorted(rng.choice(n, size=min(n, s.generation_clips), replace=False))
     chosen = [clips[i] for i in chosen]
-    g = labelled_windows(store, chosen, n_frames, speakers)
+    g = labelled_windows(store, chosen, n_frames, identities=identities)
     generation = D.generation_study(
         models,
         judges,
@@ -417,6 +552,7 @@ def run_disentanglement(store, models, reader, clips, s, rng, out_dir) -> tuple[
     out = {
         "judges": judge_info,
         "trusted": trusted,
+        "rendered": rendered,
         "frames_per_clip": n_frames,
         "swaps": swaps,
         "generation": generation,
@@ -448,8 +584,52 @@ def main(argv: list[str] | None = None) -> dict:
     s = settings_from(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(args.out)
+    if not args.seeds:
+        return evaluate(args, s, out_dir)
+    per_seed = {}
+    for seed in args.seeds:
+        print(f"[evaluate] seed {seed}", file=sys.stderr)
+        per_seed[seed] = evaluate(args, replace(s, seed=seed), out_dir / f"seed_{seed}")
+    results = _clean(over_seeds(per_seed))
+    common.atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    common.atomic_write_text(out_dir / "results.md", results["markdown"])
+    print(results["markdown"])
+    return results
+
+
+def over_seeds(per_seed: dict[int, dict]) -> dict:
+    """The summary numbers of several evaluations: mean and std over seeds, with the first
+    seed's full report after the table."""
+    seeds = list(per_seed)
+    keys = [k for k, v in per_seed[seeds[0]]["summary"].items() if isinstance(v, (int, float))]
+    spread = {k: mean_spread([per_seed[sd]["summary"].get(k) for sd in seeds]) for k in keys}
+    lines = [
+        f"**Over {len(seeds)} evaluation seeds** ({', '.join(map(str, seeds))}; each seed "
+        "redraws every sample and retrains the judges; mean ± standard deviation)",
+        "",
+        "| measure | mean ± std | " + " | ".join(f"seed {sd}" for sd in seeds) + " |",
+        "|---|---|" + "---|" * len(seeds),
+    ]
+    for k in keys:
+        values = [per_seed[sd]["summary"].get(k) for sd in seeds]
+        cells = " | ".join("-" if v is None else f"{v:.3f}" for v in values)
+        lines.append(f"| {k} | {spread[k]['mean']:.3f} ± {spread[k]['std']:.3f} | {cells} |")
+    first = per_seed[seeds[0]]
+    markdown_text = "\n".join(lines) + "\n\n" + first["markdown"]
+    return {
+        "config": {**first["config"], "seeds": seeds},
+        "seeds": seeds,
+        "spread": spread,
+        "per_seed": {str(sd): per_seed[sd]["summary"] for sd in seeds},
+        "markdown": markdown_text,
+    }
+
+
+def evaluate(args: argparse.Namespace, s: EvalSettings, out_dir: Path) -> dict:
+    """One evaluation with settings `s` (seed included), written to out_dir."""
+    began = time.time()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir.mkdir(parents=True, exist_ok=True)
     common.seed_everything(s.seed)
     store = Store(args.data)
@@ -505,6 +685,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["figures"] = timed(
             "figures", lambda: figures(results, out_dir, denoise, swap_example)
         )
+    results["timing"]["total"] = round(time.time() - began, 1)
     results = _clean(results)
     common.atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     common.atomic_write_text(out_dir / "results.md", results["markdown"])

@@ -8,6 +8,11 @@ every stage-2 run on the same VQ-VAEs reuses them.
         --vq-audio runs/vq_audio --model mdvae --out runs/mdvae
     python -m train.stage2 ... --model dsae-visual --out runs/dsae_visual
     python -m train.stage2 ... --model dsae-audio --out runs/dsae_audio
+    python -m train.stage2 ... --model dsae-visual --like-mdvae runs/mdvae --out ...
+
+A DSAE's sizes default to those of the --preset's MDVAE; --like-mdvae takes them (w, z =
+z_av + z_a or z_av + z_v, widths, beta_w) from a trained MDVAE's run folder instead, so
+the baseline matches the model it is compared with; --dsae-* flags still override.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from mdvae.data.store import Store
+from mdvae.errors import ConfigError
 from mdvae.model.dsae import DSAE, DSAEConfig
 from mdvae.model.elbo import KLWeights
 from mdvae.model.mdvae import MDVAE, MDVAEConfig
@@ -53,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "'config' = the model config's obs_logvar_init (default), 'data' = "
                              "the training features' own (4x faster to the same -ELBO, but on "
                              "the synthetic store the emotion then went to z_av, not w)")
+    parser.add_argument("--like-mdvae", default=None, metavar="RUN",
+                        help="DSAE only: take its sizes and beta_w from this MDVAE run "
+                             "folder's config (DSAEConfig.from_mdvae), for a like-for-like "
+                             "baseline; --dsae-* flags still override")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--device", default=None)
     common.add_config_flags(parser, common.RunConfig)
@@ -68,10 +78,23 @@ def build_model(kind: str, args: argparse.Namespace, saved: dict | None):
                                              prefix="mdvae_"))
         return MDVAE(cfg), cfg
     modality = kind.split("-")[1]
-    cfg = (DSAEConfig.from_dict(saved) if saved is not None
-           else common.config_from_flags(args, DSAEConfig.preset(args.preset, modality),
-                                         prefix="dsae_"))
+    if saved is not None:
+        cfg = DSAEConfig.from_dict(saved)
+    else:
+        cfg = common.config_from_flags(args, dsae_base(args, modality), prefix="dsae_")
     return DSAE(cfg), cfg
+
+
+def dsae_base(args: argparse.Namespace, modality: str) -> DSAEConfig:
+    """The DSAE config before --dsae-* flags: the preset's, or the --like-mdvae run's."""
+    if not getattr(args, "like_mdvae", None):
+        return DSAEConfig.preset(args.preset, modality)
+    saved = common.RunFolder(args.like_mdvae, writer=False).read_config()
+    if saved.get("model_class") not in (None, "MDVAE"):
+        raise ConfigError(f"--like-mdvae {args.like_mdvae} is a {saved['model_class']} run, "
+                          "not an MDVAE one")
+    mdvae = MDVAEConfig.from_dict(saved["model"])
+    return DSAEConfig.from_mdvae(mdvae, modality, beta_w=mdvae.beta_w)
 
 
 @torch.no_grad()
@@ -160,6 +183,9 @@ def make_step_fn(kind: str, device: torch.device, warmup: int, static_first: int
 
 def main(argv: list[str] | None = None) -> common.TrainResult:
     args = build_parser().parse_args(argv)
+    if args.like_mdvae and args.model == "mdvae":
+        raise ConfigError("--like-mdvae is for the DSAE baselines (--model dsae-audio or "
+                          "dsae-visual)")
     d = common.setup_distributed(args.device)
     run = common.RunFolder(args.out, writer=d.is_main)
     saved_model = None

@@ -7,8 +7,16 @@ each factor of the decoded clip is compared with A's and B's ground truth, only 
 B differ: a categorical reading (a frame's mouth shape, a clip's speaker) *follows* B when it
 equals B's label and *stays* when it equals A's (it may be neither); a continuous reading
 (head pose, f0) follows B when it is closer to B's value than to A's, counted only where
-A and B differ by at least the factor's margin. Shares are pooled over all scored items
-(frames or clips) of all pairs.
+A and B differ by at least the factor's margin; the speaker (whom the judges never saw)
+follows B when the decoded clip's speaker embedding is closer to B's clean clip than to
+A's (`judges.closer_to_b`). Shares are pooled over all scored items (frames or clips) of
+all pairs, with standard errors that take the pair as the unit (`stats.ratio_se`).
+
+Rendering. A factor that the model's own reconstruction does not render cannot follow a
+swap: `rendering` compares the judge's reading of the MDVAE's reconstructions of clean
+clips with its reading of their VQ-VAE reconstructions (the stage-1 ceiling) and of a
+blind guess; a factor read less than RENDER_SHARE of the way from the guess to the
+ceiling is "not rendered", and its swap scores are uninformative.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from tqdm import tqdm
 
 from mdvae.errors import MDVAEError
 from mdvae.eval.experiments import Models, chunks, decode_features
-from mdvae.eval.judges import MARGINS, Judge
+from mdvae.eval.judges import MARGINS, HeadScore, Judge, closer_to_b, verification_triplets
+from mdvae.eval.stats import binomial_se, ratio_se
 
 # ---------------------------------------------------------------------------------------
 # Follow / stay scoring
@@ -51,6 +60,17 @@ class FollowStay:
 
     def to_dict(self) -> dict[str, Any]:
         return {"follow": self.follow_share, "stay": self.stay_share, "n": self.n}
+
+
+def pooled(parts: list[FollowStay]) -> dict[str, Any]:
+    """The shares of the pooled counts of `parts` (one per pair), with their SEs over pairs."""
+    total = sum(parts, FollowStay())
+    return {
+        **total.to_dict(),
+        "follow_se": ratio_se([p.follow for p in parts], [p.n for p in parts]),
+        "stay_se": ratio_se([p.stay for p in parts], [p.n for p in parts]),
+        "pairs": int(sum(p.n > 0 for p in parts)),
+    }
 
 
 def follow_stay_categorical(pred, label_a, label_b) -> FollowStay:
@@ -94,13 +114,20 @@ class Factor:
     judge: str  # "visual" or "audio"
     head: str  # the judge head that reads it
     latent: str  # the latent group it should follow: "w", "z_av", "z_a" or "z_v"
-    kind: str  # "frame", "clip", "pose", "contour" (f0 minus its median), "level" (median f0)
+    # "frame", "clip", "pose", "contour" (f0 minus its median), "level" (median f0),
+    # "identity" (speaker, by embedding: nearer to A's or to B's clip)
+    kind: str
     follow_target: float | None = None  # required follow share when its latent is swapped
     label: str = ""  # the ground truth (`clip_labels` key) it is scored on; default `head`
+    check: str = ""  # the judge score that decides trust and rendering; default `truth`
 
     @property
     def truth(self) -> str:
         return self.label or self.head
+
+    @property
+    def score(self) -> str:
+        return self.check or self.truth
 
 
 FACTORS: tuple[Factor, ...] = (
@@ -110,8 +137,28 @@ FACTORS: tuple[Factor, ...] = (
     Factor("head_pose", "head pose (video)", "visual", "head_pose", "z_v", "pose", 0.90),
     Factor("f0_contour", "f0 contour (audio)", "audio", "f0", "z_a", "contour"),
     Factor("f0_level", "f0 level (audio)", "audio", "f0", "w", "level"),
-    Factor("speaker_video", "speaker (video)", "visual", "speaker", "w", "clip", 0.95),
-    Factor("speaker_audio", "speaker (audio)", "audio", "speaker", "w", "clip", 0.95),
+    Factor(
+        "speaker_video",
+        "speaker (video)",
+        "visual",
+        "speaker",
+        "w",
+        "identity",
+        0.95,
+        "identity",
+        "speaker_verification",
+    ),
+    Factor(
+        "speaker_audio",
+        "speaker (audio)",
+        "audio",
+        "speaker",
+        "w",
+        "identity",
+        0.95,
+        "identity",
+        "speaker_verification",
+    ),
     Factor(
         "emotion_video",
         "emotion, level 2+ (video)",
@@ -144,6 +191,20 @@ SWAPS: dict[str, tuple[str, ...]] = {
     "z_av+z_v": ("z_av", "z_v"),
 }
 MIN_VOICED_FRAMES = 5  # f0 contour / level need this many frames voiced in both clips
+# A factor is rendered when the judge reads it on the model's reconstructions at least
+# this share of the way from a blind guess to its reading of the VQ-VAE reconstructions.
+RENDER_SHARE = 0.5
+
+
+def rendering(model: HeadScore, codec: HeadScore) -> dict[str, Any]:
+    """Does the model's own reconstruction render a factor? model, codec: the judge's score
+    on the model's and on the VQ-VAE's reconstructions of the same clean clips."""
+    q_model, q_codec, blind = model.quality, codec.quality, codec.blind
+    out = {"model": q_model, "codec": q_codec, "blind": blind, "rendered": False}
+    if None in (q_model, q_codec, blind) or not q_codec > blind:
+        return out  # nothing to compare with: the judge cannot read the codec either
+    out["rendered"] = bool(q_model - blind >= RENDER_SHARE * (q_codec - blind))
+    return out
 
 
 def score_factor(
@@ -153,7 +214,18 @@ def score_factor(
 
     reading: {"visual": {...}, "audio": {...}} one clip's judge readings (`read_media`; a
     judge that read only some frames says which in "t"); label_a, label_b: `clip_labels`
-    of the target and the source."""
+    of the target and the source, with (for "identity" factors) "reference", the judges'
+    readings of the clean clip (`with_references`)."""
+    if factor.kind == "identity":
+        if label_a[factor.truth] == label_b[factor.truth]:
+            return FollowStay()
+        logp = f"{factor.head}_logp"
+        side = closer_to_b(
+            reading[factor.judge][logp][None],
+            label_a["reference"][factor.judge][logp][None],
+            label_b["reference"][factor.judge][logp][None],
+        )[0]
+        return FollowStay(int(side > 0), int(side < 0), 1)
     pred = reading[factor.judge][factor.head]
     t = reading[factor.judge].get("t", slice(None))  # the frames the judge read
     if factor.kind == "frame":
@@ -209,6 +281,12 @@ def read_media(
     return out
 
 
+def with_references(labels: list[dict], readings: list[dict[str, dict]]) -> list[dict]:
+    """Labels with the judges' readings of the same clean clips (`read_media`) as
+    "reference": what "identity" factors compare a decoded clip with."""
+    return [{**lab, "reference": r} for lab, r in zip(labels, readings)]
+
+
 @dataclass
 class SwapData:
     """Pairs of encoded clips of equal length, targets A and sources B, with the judges'
@@ -216,7 +294,7 @@ class SwapData:
 
     x_a_a: Tensor  # (P, T, 512) audio features of A
     x_v_a: Tensor  # (P, T, 2048) visual features of A
-    labels_a: list[dict]
+    labels_a: list[dict]  # `with_references` when speakers are scored
     x_a_b: Tensor
     x_v_b: Tensor
     labels_b: list[dict]
@@ -235,10 +313,12 @@ def swap_study(
     """Rebuild each A with the groups of each swap taken from its B (posterior means);
     judges read every factor of the decoded clip. The visual judge reads every
     `visual_stride`-th frame (decoding frames is the costly part), the audio judge all.
-    Returns shares[swap][factor] = {"follow", "stay", "n", "expected"} and the decoded
-    frames of the first pair per swap ("example")."""
+    Returns shares[swap][factor] = {"follow", "stay", "n", "follow_se", "stay_se",
+    "pairs", "expected"} and the decoded frames of the first pair per swap ("example")."""
     swaps = SWAPS if swaps is None else swaps
-    totals = {s: {f.name: FollowStay() for f in FACTORS} for s in swaps}
+    per_pair: dict[str, dict[str, list[FollowStay]]] = {
+        s: {f.name: [] for f in FACTORS} for s in swaps
+    }
     example: dict[str, np.ndarray] = {}
     n_pairs, n_frames = data.x_a_a.shape[:2]
     t = np.arange(0, n_frames, visual_stride)
@@ -253,13 +333,13 @@ def swap_study(
             for j, reading in enumerate(read_media(judges, frames, power, t)):
                 la, lb = data.labels_a[part.start + j], data.labels_b[part.start + j]
                 for f in FACTORS:
-                    totals[swap][f.name] = totals[swap][f.name] + score_factor(f, reading, la, lb)
+                    per_pair[swap][f.name].append(score_factor(f, reading, la, lb))
     shares = {
         swap: {
-            name: {**fs.to_dict(), "expected": expected(_factor(name), swaps[swap])}
-            for name, fs in row.items()
+            name: {**pooled(parts), "expected": expected(_factor(name), swaps[swap])}
+            for name, parts in row.items()
         }
-        for swap, row in totals.items()
+        for swap, row in per_pair.items()
     }
     return {"pairs": n_pairs, "visual_stride": visual_stride, "shares": shares, "example": example}
 
@@ -309,11 +389,13 @@ def generation_study(
     """Random generation from the priors, read by the judges.
 
     Given each clip's w (posterior mean of its features x_a, x_v), the dynamical latents
-    are drawn from their autoregressive priors: do speaker and emotion stay with w (share
-    of clips the judges read as the clip's own), and are the mouth shapes seen in sync with
-    those heard? The same is measured on the clean clips (frames, power: the judges'
-    ceiling), their MDVAE reconstructions, clips generated entirely from the priors (w
-    too; sync only), and unrelated streams (chance)."""
+    are drawn from their autoregressive priors: do speaker and emotion stay with w, and are
+    the mouth shapes seen in sync with those heard? Emotion: share of clips the judges read
+    as the clip's own; speaker: share of clips nearer (speaker embedding) to another clean
+    clip of the clip's speaker than to a clip of another speaker (`labels` "identity"). The
+    same is measured on the clean clips (frames, power: the judges' ceiling), their MDVAE
+    reconstructions, clips generated entirely from the priors (w too; sync only), and
+    unrelated streams (chance)."""
     gen = torch.Generator(device=models.device).manual_seed(seed)
     n_frames = x_a.shape[1]
     t = np.arange(0, n_frames, visual_stride)
@@ -333,15 +415,25 @@ def generation_study(
     }
     out["sync"]["chance"] = chance_sync(read["clean"])
     stays: dict[str, dict[str, float]] = {}
+    identity = np.array([lab["identity"] for lab in labels])
+    probe, same, other = verification_triplets(identity, np.random.default_rng(seed))
     for source in ("clean", "reconstruction", "given_w"):
         row = {}
         for judge in ("visual", "audio"):
-            for head in ("speaker", "emotion"):
-                truth = np.array([lab[head] for lab in labels])
-                pred = np.array([r[judge][head] for r in read[source]])
-                ok = truth >= 0
-                key = f"{head}_{'video' if judge == 'visual' else 'audio'}"
-                row[key] = float((pred[ok] == truth[ok]).mean()) if ok.any() else float("nan")
+            medium = "video" if judge == "visual" else "audio"
+            truth = np.array([lab["emotion"] for lab in labels])
+            pred = np.array([r[judge]["emotion"] for r in read[source]])
+            ok = truth >= 0
+            share = float((pred[ok] == truth[ok]).mean()) if ok.any() else float("nan")
+            row[f"emotion_{medium}"] = share
+            row[f"emotion_{medium}_se"] = binomial_se(share, int(ok.sum()))
+            share = float("nan")
+            if len(probe):
+                logp = np.stack([r[judge]["speaker_logp"] for r in read[source]])
+                ref = np.stack([r[judge]["speaker_logp"] for r in read["clean"]])
+                share = float((closer_to_b(logp[probe], ref[other], ref[same]) > 0).mean())
+            row[f"speaker_{medium}"] = share
+            row[f"speaker_{medium}_se"] = binomial_se(share, len(probe))
         stays[source] = row
     out["stays_with_w"] = stays
     return out

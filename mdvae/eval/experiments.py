@@ -36,6 +36,7 @@ from mdvae.components import (
 )
 from mdvae.errors import MDVAEError
 from mdvae.eval import metrics
+from mdvae.eval.stats import binomial_se
 from mdvae.labels import EMOTIONS
 from mdvae.media.audio import log_spectral_distance
 from mdvae.model.dsae import DSAE
@@ -171,7 +172,11 @@ def reconstruction(
 
 @dataclass
 class DenoisingResult:
-    """metric[region][sigma][model] = {"psnr": mean, "psnr_std", "ssim", "ssim_std"}."""
+    """metric[region][sigma][model] = {"psnr": mean, "psnr_std", "psnr_se", "ssim",
+    "ssim_std", "ssim_se"} and, for the models at sigma > 0, "gain" (mean over sequences of
+    the PSNR of the output on the noisy input minus the PSNR of the same model's output on
+    the clean input, same pixels) and "gain_se": how much of what the noise took the model
+    gives back, apart from how well it rebuilds a clean clip."""
 
     sigmas: list[float]
     n_sequences: int
@@ -200,11 +205,14 @@ def denoising(
     ones); audio stays intact. Every model encodes and decodes the corrupted sequence with
     posterior means; PSNR and SSIM against the clean frames are computed over the corrupted
     pixels (those frames x the region) per sequence, then averaged. The noisy input itself
-    is scored as the floor; sigma = 0 scores the models on clean input, their ceiling.
+    is scored as the floor; sigma = 0 scores the models on clean input, their ceiling, and
+    is always run (the gains are measured against it).
     """
+    sigmas = sorted({float(s) for s in sigmas} | {0.0})
     names = available(DENOISERS, models.components)
     hit_frames = metrics.DENOISE_FRAMES
-    result = DenoisingResult([float(s) for s in sigmas], len(frames))
+    result = DenoisingResult(sigmas, len(frames))
+    clean_psnr: dict[tuple[str, str], np.ndarray] = {}  # (region, model): per sequence
     clean = frames[:, hit_frames]  # (N, 6, 64, 64, 3): only these frames are scored
     steps = [(r, i, s) for r in masks for i, s in enumerate(sigmas)]
     for region, si, sigma in tqdm(steps, desc="denoising", disable=not show):
@@ -229,16 +237,32 @@ def denoising(
             est = np.concatenate(parts)
             p = [metrics.psnr(clean[i], est[i], hit[i]) for i in range(len(est))]
             s = [np.nanmean(metrics.ssim_frames(clean[i], est[i], hit[i])) for i in range(len(est))]
+            n = len(p)
             row[name] = {
                 "psnr": float(np.mean(p)),
                 "psnr_std": float(np.std(p)),
+                "psnr_se": float(np.std(p, ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
                 "ssim": float(np.mean(s)),
                 "ssim_std": float(np.std(s)),
+                "ssim_se": float(np.std(s, ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
             }
+            if sigma == 0:
+                clean_psnr[region, name] = np.asarray(p)
+            elif (region, name) in clean_psnr:
+                row[name].update(denoising_gain(np.asarray(p), clean_psnr[region, name]))
             result.examples.setdefault(region, {}).setdefault(f"{sigma:g}", {})[name] = est[0]
         result.examples[region][f"{sigma:g}"]["clean"] = clean[0]
         result.metric.setdefault(region, {})[f"{sigma:g}"] = row
     return result
+
+
+def denoising_gain(psnr_denoised: np.ndarray, psnr_clean_input: np.ndarray) -> dict[str, float]:
+    """Per sequence, PSNR of the output on the noisy input minus PSNR of the output on the
+    clean input (both against the clean frames, same pixels): mean and SE over sequences.
+    0 means the model repairs the noise entirely, to the quality it rebuilds a clean clip."""
+    d = np.asarray(psnr_denoised, np.float64) - np.asarray(psnr_clean_input, np.float64)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"gain": float(d.mean()), "gain_se": se}
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,8 +307,10 @@ def emotion_curve(
     fit: Callable | None = None,
 ) -> dict[str, Any]:
     """Test accuracy of logistic regression on w against the share of labelled training
-    clips: per fraction the mean and std over draws, the clips used and each draw's
-    accuracy. `fit(features, labels)` returns a head (default `fit_emotion_head`)."""
+    clips: per fraction the mean and std over draws, the SE over test clips (binomial, of
+    the mean accuracy: the draws share the test clips), the clips used and each draw's
+    accuracy; with the full set, "correct" (0/1 per test clip, for paired comparisons).
+    `fit(features, labels)` returns a head (default `fit_emotion_head`)."""
     from mdvae.model.emotion import fit_emotion_head
 
     fit = fit or fit_emotion_head
@@ -295,21 +321,27 @@ def emotion_curve(
     for fraction in fractions:
         accs = []
         subsets = draw_subsets(y_train, fraction, draws, rng)
+        correct = None
         for idx in subsets:
             head = fit(w_train[idx], list(y_train[idx]))
             with torch.no_grad():
                 pred = head(torch.as_tensor(w_test)).argmax(-1).numpy()
             accs.append(float((pred == truth).mean()))
-        rows.append(
-            {
-                "fraction": float(fraction),
-                "n_clips": int(len(subsets[0])) if subsets else 0,
-                "draws": len(accs),
-                "mean": float(np.mean(accs)) if accs else float("nan"),
-                "std": float(np.std(accs)) if accs else float("nan"),
-                "accuracies": accs,
-            }
-        )
+            if len(idx) == len(y_train):
+                correct = (pred == truth).astype(int).tolist()
+        mean = float(np.mean(accs)) if accs else float("nan")
+        row = {
+            "fraction": float(fraction),
+            "n_clips": int(len(subsets[0])) if subsets else 0,
+            "draws": len(accs),
+            "mean": mean,
+            "std": float(np.std(accs)) if accs else float("nan"),
+            "se": binomial_se(mean, len(truth)),
+            "accuracies": accs,
+        }
+        if correct is not None:
+            row["correct"] = correct
+        rows.append(row)
     return {"curve": rows}
 
 

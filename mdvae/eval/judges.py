@@ -1,17 +1,18 @@
 """Judges: small networks trained on the synthetic benchmark's ground truth that read the
 generating factors back out of a clip, so that latent swaps can be scored by number.
 
-A judge is an instrument, not part of the model. It is trained on clean clips (and, when
-the caller adds them, the same clips passed through the stage-1 VQ-VAEs, so that codec
-artefacts do not throw it), validated on held-out clean clips, and trusted only when it
-reads those well (`HeadScore.trusted`).
+A judge is an instrument, not part of the model. It is trained on clean clips of the
+store's training speakers (and, when the caller adds them, the same clips passed through
+the stage-1 VQ-VAEs, so that codec artefacts do not throw it), never on the speakers it
+scores, validated on held-out clips of its training speakers, and trusted only when it
+reads the evaluated speakers' clean clips well (`HeadScore.trusted`).
 
     visual judge, one frame at a time: the whole frame at half resolution plus the eyes'
     and the mouth's regions at full resolution, each through a small CNN
         mouth      6 mouth-shape classes (MOUTH_CLASSES)   per frame
         blink      closed (blink > 0.5) or open            per frame
         head_pose  dx, dy (pixels), roll (degrees)          per frame, regression
-        speaker    the evaluated split's speakers           per frame, pooled over the clip
+        speaker    its training speakers                    per frame, pooled over the clip
         emotion    8 classes                                per frame, pooled over the clip
     audio judge, on spectrogram sequences (B, T, 513): per frame the log-power, a window
     of the cepstrum and a pitch salience (subharmonic summation on a grid of f0 values),
@@ -21,7 +22,12 @@ reads those well (`HeadScore.trusted`).
         f0         semitones re 100 Hz, a class per quarter semitone, on voiced frames
         speaker, emotion                                   per frame, pooled over the clip
 
-Clip-level readings average the frames' log-probabilities. Weights and the report are
+Clip-level readings average the frames' log-probabilities. A speaker head cannot name a
+speaker it was not trained on, so on unseen speakers it serves as an embedding: the clip's
+mean log-probabilities over the training speakers, centred and normalised
+(`identity_embedding`); two clips are compared by the cosine of their embeddings, and a
+clip is verified as speaker A rather than B when it is closer to A's clip
+(`score_verification`, the "speaker_verification" score). Weights and the report are
 saved as one safetensors file whose metadata holds the config, the report and a cache
 key, so a rerun with the same data and settings loads instead of training.
 """
@@ -45,6 +51,7 @@ from tqdm import tqdm
 from mdvae.config import ConfigBase
 from mdvae.data.synthetic_script import VISEMES
 from mdvae.errors import ConfigError, MDVAEError
+from mdvae.eval.stats import bootstrap_se, ratio_se
 from mdvae.labels import EMOTION_INDEX, EMOTIONS
 
 MODALITIES = ("visual", "audio")
@@ -298,15 +305,21 @@ def f0_semitones(f0_hz: np.ndarray) -> np.ndarray:
 
 
 def clip_labels(
-    factors: dict[str, np.ndarray], speaker: int, emotion: str | None, level: int | None = None
+    factors: dict[str, np.ndarray],
+    speaker: int,
+    emotion: str | None,
+    level: int | None = None,
+    identity: int | None = None,
 ) -> dict:
     """Judge targets of one clip from its store factors (T, ...) and labels.
 
     speaker: index into the judges' speaker list (-1 if not in it); emotion: a name or
-    None; level: its intensity. Returns per frame: mouth (class of MOUTH_CLASSES), blink
-    (0 open / 1 closed), head_pose (T, 3), voicing, f0 (semitones, NaN unvoiced); per clip:
-    speaker, emotion (index, -1 when unknown) and emotion_clear, the emotion of clips at
-    intensity CLEAR_LEVEL or more (-1 otherwise).
+    None; level: its intensity; identity: who speaks, as a number shared by the clips of
+    one speaker (default `speaker`), for speaker verification. Returns per frame: mouth
+    (class of MOUTH_CLASSES), blink (0 open / 1 closed), head_pose (T, 3), voicing, f0
+    (semitones, NaN unvoiced); per clip: speaker, identity, emotion (index, -1 when
+    unknown) and emotion_clear, the emotion of clips at intensity CLEAR_LEVEL or more (-1
+    otherwise).
     """
     emotion_index = EMOTION_INDEX[emotion] if emotion else -1
     clear = level is not None and level >= CLEAR_LEVEL
@@ -317,6 +330,7 @@ def clip_labels(
         "voicing": np.asarray(factors["voicing"], np.int64),
         "f0": f0_semitones(factors["f0"]).astype(np.float32),
         "speaker": int(speaker),
+        "identity": int(speaker if identity is None else identity),
         "emotion": emotion_index,
         "emotion_clear": emotion_index if clear else -1,
     }
@@ -453,12 +467,21 @@ def train_judge(
 # ---------------------------------------------------------------------------------------
 # Validation
 
+# What the score tables call each set of clips a judge is checked on.
+CHECKS = {
+    "held_out": "held-out clips of its training speakers",
+    "clean": "the evaluated speakers' clean clips",
+    "codec": "their VQ-VAE reconstructions",
+    "model": "their MDVAE reconstructions",
+}
+TRUST_ON = "clean"  # the check that decides trust: the speakers the scores are measured on
+
 
 @dataclass
 class HeadScore:
     head: str
-    kind: str
-    n: int  # frames (frame heads, values) or clips (clip heads) scored
+    kind: str  # "frame", "clip", "regression", "pitch", "verification"
+    n: int  # frames (frame heads, values), clips (clip heads) or probes (verification)
     accuracy: float | None = None  # classes: share of correct readings
     balanced_accuracy: float | None = None  # classes: mean recall over the classes present
     chance: float | None = None  # classes: share of the most frequent class
@@ -468,41 +491,146 @@ class HeadScore:
     units: list[str] | None = None
     trusted: bool = False
     criterion: str = ""
+    # standard errors, clips as the unit (`mdvae.eval.stats`)
+    accuracy_se: float | None = None
+    balanced_accuracy_se: float | None = None
+    within_se: list[float] | None = None
+    # what a reading that ignores the clip scores on `quality`: 1 / classes present for
+    # balanced accuracy, 0.5 for verification, the truth's median read everywhere (mean
+    # share within tolerance) for values
+    blind: float | None = None
+
+    @property
+    def quality(self) -> float | None:
+        """The one number trust and rendering are judged on."""
+        if self.kind == "verification":
+            return self.accuracy
+        if self.within is not None:
+            return float(np.mean(self.within))
+        return self.balanced_accuracy
 
 
 @dataclass
 class JudgeReport:
+    """How well a judge reads each set of clips it was checked on (CHECKS), per head."""
+
     modality: str
-    clean: dict[str, HeadScore]  # held-out clean clips: decides trust
-    codec: dict[str, HeadScore] = field(default_factory=dict)  # their VQ-VAE reconstructions
+    scores: dict[str, dict[str, HeadScore]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "modality": self.modality,
-            "clean": {k: asdict(v) for k, v in self.clean.items()},
-            "codec": {k: asdict(v) for k, v in self.codec.items()},
+            "trust_on": TRUST_ON,
+            "scores": {
+                check: {k: asdict(v) for k, v in heads.items()}
+                for check, heads in self.scores.items()
+            },
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> JudgeReport:
         return cls(
             d["modality"],
-            {k: HeadScore(**v) for k, v in d["clean"].items()},
-            {k: HeadScore(**v) for k, v in d.get("codec", {}).items()},
+            {
+                check: {k: HeadScore(**v) for k, v in heads.items()}
+                for check, heads in d["scores"].items()
+            },
         )
+
+    def trusted(self, name: str) -> bool:
+        score = self.scores.get(TRUST_ON, {}).get(name)
+        return bool(score and score.trusted)
 
 
 def balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean over the classes present in `truth` of the share of their items read right."""
     pred, truth = np.asarray(pred).ravel(), np.asarray(truth).ravel()
-    recalls = [float((pred[truth == c] == c).mean()) for c in np.unique(truth)]
-    return float(np.mean(recalls)) if recalls else float("nan")
+    if not len(truth):
+        return float("nan")
+    n = int(max(pred.max(initial=0), truth.max())) + 1
+    totals = np.bincount(truth, minlength=n)
+    right = np.bincount(truth[pred == truth], minlength=n)
+    present = totals > 0
+    return float((right[present] / totals[present]).mean())
 
 
-def score_judge(judge: Judge, data: JudgeData) -> dict[str, HeadScore]:
-    """How well every head of `judge` reads `data`, with the trust decision."""
-    media = data.frames if judge.config.modality == "visual" else data.power
-    read = judge.read(media)
+def identity_embedding(logp: np.ndarray) -> np.ndarray:
+    """Speaker-head mean log-probabilities (B, C) -> unit vectors (B, C), centred first:
+    the profile of resemblance to the training speakers that unseen speakers are compared
+    by (cosine)."""
+    e = np.asarray(logp, np.float64)
+    e = e - e.mean(-1, keepdims=True)
+    return e / (np.linalg.norm(e, axis=-1, keepdims=True) + 1e-12)
+
+
+def closer_to_b(probe: np.ndarray, ref_a: np.ndarray, ref_b: np.ndarray) -> np.ndarray:
+    """Per row, +1 when the probe's embedding is closer (cosine) to B's than to A's, -1
+    when closer to A's, 0 on a tie; inputs are speaker-head log-probabilities (B, C)."""
+    p, a, b = (identity_embedding(x) for x in (probe, ref_a, ref_b))
+    return np.sign((p * b).sum(-1) - (p * a).sum(-1)).astype(int)
+
+
+def verification_triplets(
+    identity: Sequence[int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each clip that has one: another clip of the same speaker and a clip of another
+    speaker, drawn at random. Returns (probe, same, other) index arrays."""
+    identity = np.asarray(identity)
+    probe, same, other = [], [], []
+    for i, who in enumerate(identity):
+        mates = np.flatnonzero((identity == who) & (np.arange(len(identity)) != i))
+        strangers = np.flatnonzero(identity != who)
+        if len(mates) and len(strangers):
+            probe.append(i)
+            same.append(rng.choice(mates))
+            other.append(rng.choice(strangers))
+    return np.array(probe, int), np.array(same, int), np.array(other, int)
+
+
+def score_verification(
+    logp: np.ndarray, reference_logp: np.ndarray, identity: Sequence[int], *, seed: int = 0
+) -> HeadScore:
+    """Speaker verification of clips (logp (N, C), read from the clips scored) against
+    clean references (reference_logp (N, C), the same clips clean): for each clip, is it
+    closer to another clip of its speaker than to a clip of another speaker? Works for
+    speakers the judge never saw."""
+    probe, same, other = verification_triplets(identity, np.random.default_rng(seed))
+    name = "speaker_verification"
+    criterion = f"verification accuracy >= {MIN_BALANCED_ACCURACY:g}"
+    if not len(probe):
+        return HeadScore(name, "verification", 0, criterion="needs two speakers, one with 2 clips")
+    ref = np.asarray(reference_logp)
+    right = closer_to_b(logp[probe], ref[other], ref[same]) > 0
+    acc = float(right.mean())
+    return HeadScore(
+        name,
+        "verification",
+        int(len(probe)),
+        accuracy=acc,
+        chance=0.5,
+        blind=0.5,
+        accuracy_se=ratio_se(right.astype(float), np.ones(len(right))),
+        trusted=acc >= MIN_BALANCED_ACCURACY,
+        criterion=criterion,
+    )
+
+
+def media_of(judge: Judge, data: JudgeData) -> np.ndarray:
+    return data.frames if judge.config.modality == "visual" else data.power
+
+
+def score_judge(
+    judge: Judge, data: JudgeData, *, reference_logp: np.ndarray | None = None
+) -> dict[str, HeadScore]:
+    """How well every head of `judge` reads `data`, with the trust decision, plus speaker
+    verification against `reference_logp` (the speaker-head reading of the same clips
+    clean; default: of `data` itself)."""
+    return _score_read(judge, data, judge.read(media_of(judge, data)), reference_logp)
+
+
+def _score_read(
+    judge: Judge, data: JudgeData, read: dict[str, np.ndarray], reference_logp: np.ndarray | None
+) -> dict[str, HeadScore]:
     scores = {}
     for h in judge.config.heads:
         truth, pred = data.stacked(h.name), read[h.name]
@@ -514,24 +642,46 @@ def score_judge(judge: Judge, data: JudgeData) -> dict[str, HeadScore]:
     scores["emotion_clear"] = _score_classes(
         "emotion_clear", "clip", read["emotion"], data.stacked("emotion_clear")
     )
+    ref = read["speaker_logp"] if reference_logp is None else reference_logp
+    scores["speaker_verification"] = score_verification(
+        read["speaker_logp"], ref, data.stacked("identity")
+    )
     return scores
+
+
+def _clip_of(truth: np.ndarray) -> np.ndarray:
+    """The clip (row) each item of truth (N,) or (N, T, ...) belongs to, same shape."""
+    rows = np.arange(truth.shape[0]).reshape(-1, *([1] * (truth.ndim - 1)))
+    return np.broadcast_to(rows, truth.shape)
 
 
 def _score_classes(name: str, kind: str, pred: np.ndarray, truth: np.ndarray) -> HeadScore:
     ok = truth >= 0
+    clip = _clip_of(truth)[ok]
     pred, truth = pred[ok], truth[ok]
     if not len(truth):
         return HeadScore(name, kind, 0, criterion="no labels")
     counts = np.bincount(truth)
     n_classes = int((counts > 0).sum())
     bal = balanced_accuracy(pred, truth)
+    right = (pred == truth).astype(float)
+    clips = np.unique(clip)
+    members = [np.flatnonzero(clip == c) for c in clips]
+
+    def resampled(pick: np.ndarray) -> float:
+        idx = np.concatenate([members[i] for i in pick])
+        return balanced_accuracy(pred[idx], truth[idx])
+
     return HeadScore(
         name,
         kind,
         int(len(truth)),
-        accuracy=float((pred == truth).mean()),
+        accuracy=float(right.mean()),
         balanced_accuracy=bal,
         chance=float(counts.max() / counts.sum()),
+        blind=1.0 / n_classes,
+        accuracy_se=ratio_se([right[m].sum() for m in members], [len(m) for m in members]),
+        balanced_accuracy_se=bootstrap_se(resampled, len(members)),
         trusted=n_classes >= 2 and bal >= MIN_BALANCED_ACCURACY,
         criterion=(
             f"balanced accuracy >= {MIN_BALANCED_ACCURACY:g}"
@@ -542,20 +692,30 @@ def _score_classes(name: str, kind: str, pred: np.ndarray, truth: np.ndarray) ->
 
 
 def _score_values(h: Head, pred: np.ndarray, truth: np.ndarray) -> HeadScore:
-    ok = np.isfinite(truth).all(-1)
+    ok = np.isfinite(truth).all(-1)  # (N, T)
+    clip = _clip_of(ok)[ok]
     err = np.abs(pred[ok] - truth[ok]).reshape(-1, len(h.units))
-    tol = TOLERANCES[h.name]
+    tol = np.asarray(TOLERANCES[h.name])
     if not len(err):
-        return HeadScore(h.name, h.kind, 0, tolerance=list(tol), criterion="no labels")
-    within = (err <= np.asarray(tol)).mean(0).tolist()
+        return HeadScore(h.name, h.kind, 0, tolerance=tol.tolist(), criterion="no labels")
+    hit = err <= tol  # (n, D)
+    within = hit.mean(0).tolist()
+    clips = np.unique(clip)
+    values = truth[ok].reshape(-1, len(h.units))
+    blind = (np.abs(values - np.median(values, 0)) <= tol).mean(0)
     return HeadScore(
         h.name,
         h.kind,
         int(ok.sum()),
         rmse=np.sqrt((err**2).mean(0)).tolist(),
         within=within,
-        tolerance=list(tol),
+        tolerance=tol.tolist(),
         units=list(h.units),
+        within_se=[
+            ratio_se([hit[clip == c, d].sum() for c in clips], [(clip == c).sum() for c in clips])
+            for d in range(hit.shape[1])
+        ],
+        blind=float(blind.mean()),
         trusted=all(x >= MIN_WITHIN for x in within),
         criterion=f"share within {'/'.join(f'{t:g}' for t in tol)} >= {MIN_WITHIN:g}",
     )
@@ -600,28 +760,48 @@ def load_judge(path: str | Path, key: str | None = None) -> tuple[Judge, JudgeRe
     return judge.eval(), report
 
 
+def score_checks(
+    judge: Judge,
+    checks: dict[str, JudgeData],
+    *,
+    references: dict[str, str] | None = None,
+) -> dict[str, dict[str, HeadScore]]:
+    """`score_judge` on each set of clips in `checks` (in order), reading each once.
+    references: check -> an earlier check holding the same clips clean, whose speaker-head
+    readings are the verification references (the codec's or a model's reconstructions
+    against the clean clips)."""
+    references = references or {}
+    logp: dict[str, np.ndarray] = {}
+    out = {}
+    for name, data in checks.items():
+        read = judge.read(media_of(judge, data))
+        logp[name] = read["speaker_logp"]
+        ref = references.get(name)
+        out[name] = _score_read(judge, data, read, None if ref is None else logp[ref])
+    return out
+
+
 def fit_or_load(
     path: str | Path,
     key: str,
     config: JudgeConfig,
     train: JudgeData,
-    held_out: JudgeData,
+    checks: dict[str, JudgeData],
     *,
+    references: dict[str, str] | None = None,
     settings: TrainSettings | None = None,
-    held_out_codec: JudgeData | None = None,
     show: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> tuple[Judge, JudgeReport]:
-    """The cached judge at `path` when its key matches, else a freshly trained one (saved)."""
+    """The cached judge at `path` when its key matches, else one trained on `train` and
+    scored on `checks` (`score_checks`; TRUST_ON among them decides trust), saved."""
     cached = load_judge(path, key)
     if cached is not None:
         if log:
             log(f"judge ({config.modality}): loaded from {path}")
         return cached
     judge = train_judge(config, train, settings, show=show)
-    report = JudgeReport(config.modality, score_judge(judge, held_out))
-    if held_out_codec is not None:
-        report.codec = score_judge(judge, held_out_codec)
+    report = JudgeReport(config.modality, score_checks(judge, checks, references=references))
     save_judge(path, judge, report, key)
     return judge, report
 

@@ -26,11 +26,16 @@ def protocol() -> dict[str, Any]:
             "corrupted_frames": [metrics.DENOISE_FRAMES.start, metrics.DENOISE_FRAMES.stop],
             "noise": "Gaussian, std sigma in [0, 1] pixel units, clipped; audio intact",
             "regions": "mouth_box / eyes_box factors, else metrics.TEMPLATE_BOXES",
-            "metrics": "PSNR and SSIM over the corrupted pixels, per sequence, then averaged",
+            "metrics": "PSNR and SSIM over the corrupted pixels, per sequence, then averaged; "
+            "gain: per sequence, PSNR on the noisy input minus PSNR of the same model on the "
+            "clean input, same pixels",
         },
         "emotion": "multinomial logistic regression (mdvae.model.emotion.fit_emotion_head, C=1) on "
         "posterior means of w of whole clips; subsets with fewer than 2 classes redrawn",
         "judges": {
+            "trained_on": "training speakers only (never an evaluated speaker), with their "
+            "VQ-VAE reconstructions; trust decided on the evaluated speakers' clean clips",
+            "speaker": "verification by the cosine of speaker-head embeddings (unseen speakers)",
             "mouth_classes": {k: list(v) for k, v in J.MOUTH_CLASSES.items()},
             "blink_closed_above": J.BLINK_CLOSED,
             "clear_emotion_level": J.CLEAR_LEVEL,
@@ -43,8 +48,21 @@ def protocol() -> dict[str, Any]:
             "factors": {f.name: {"judge": f.judge, "follows": f.latent} for f in D.FACTORS},
             "swaps": {k: list(v) for k, v in D.SWAPS.items()},
             "stay_target": D.STAY_TARGET,
+            "render_share": D.RENDER_SHARE,
         },
+        "standard_errors": "binomial over test clips (emotion), clustered by clip (judges) or "
+        "by swapped pair (swaps), over sequences (denoising)",
     }
+
+
+def _pm(value, se, digits=3) -> str:
+    """ "value ± se", or the value alone when there is no SE."""
+    if se is None or (isinstance(se, float) and not math.isfinite(se)):
+        return _f(value, digits)
+    return f"{_f(value, digits)} ± {_f(se, digits)}"
+
+
+NOT_RENDERED = "uninformative (not rendered)"
 
 
 def targets(results: dict) -> list[dict]:
@@ -52,35 +70,38 @@ def targets(results: dict) -> list[dict]:
     rows: list[dict] = []
 
     def add(name, target, measured, ok, note=""):
-        rows.append(
-            {
-                "name": name,
-                "target": target,
-                "measured": measured,
-                "status": "untrusted judge"
-                if note == "untrusted"
-                else ("pass" if ok else "FAIL")
-                if ok is not None
-                else "n/a",
-            }
-        )
+        if note == "untrusted":
+            status = "untrusted judge"
+        elif note == "not rendered":
+            status = NOT_RENDERED
+        else:
+            status = ("pass" if ok else "FAIL") if ok is not None else "n/a"
+        rows.append({"name": name, "target": target, "measured": measured, "status": status})
 
     emo = results.get("emotion", {}).get("models", {})
-    full = {m: r["curve"][-1]["mean"] for m, r in emo.items() if r["curve"]}
+    full = {m: r["curve"][-1] for m, r in emo.items() if r["curve"]}
     if MDVAE_MODEL in full:
+        mdvae = full[MDVAE_MODEL]["mean"]
         add(
             "emotion accuracy from w (all labels)",
             ">= 0.90",
-            f"{full[MDVAE_MODEL]:.3f}",
-            full[MDVAE_MODEL] >= 0.90,
+            _pm(mdvae, full[MDVAE_MODEL].get("se")),
+            mdvae >= 0.90,
         )
-        others = {m: v for m, v in full.items() if m != MDVAE_MODEL}
+        others = {m: p["mean"] for m, p in full.items() if m != MDVAE_MODEL}
         if others:
+            paired = results["emotion"].get("paired", {})
+            diffs = [
+                f"{ev.MODEL_TITLES[MDVAE_MODEL]} - {ev.MODEL_TITLES[m]} "
+                f"{_pm(d['difference'], d['se'])}"
+                for m, d in paired.items()
+            ]
             add(
                 "emotion: MDVAE above A-DSAE and V-DSAE",
                 "MDVAE > both",
-                ", ".join(f"{ev.MODEL_TITLES[m]} {v:.3f}" for m, v in full.items()),
-                all(full[MDVAE_MODEL] > v for v in others.values()),
+                ", ".join(f"{ev.MODEL_TITLES[m]} {p['mean']:.3f}" for m, p in full.items())
+                + (f" (paired: {'; '.join(diffs)})" if diffs else ""),
+                all(mdvae > v for v in others.values()),
             )
     den = results.get("denoising", {}).get("metric", {}).get("mouth", {})
     row = den.get(f"{results.get('denoising', {}).get('sigma', 0.2):g}", {})
@@ -90,44 +111,56 @@ def targets(results: dict) -> list[dict]:
         add(
             "mouth denoising PSNR: MDVAE > V-DSAE > VQ-VAE > noisy",
             "strictly decreasing",
-            ", ".join(f"{ev.MODEL_TITLES[m]} {v:.2f}" for m, v in zip(order, values)),
+            ", ".join(
+                f"{ev.MODEL_TITLES[m]} {_pm(row[m]['psnr'], row[m].get('psnr_se'), 2)}"
+                for m in order
+            ),
             all(a > b for a, b in zip(values, values[1:])),
         )
     dis = results.get("disentanglement")
     if dis:
         shares, trusted = dis["swaps"]["shares"], dis["trusted"]
+        rendered = {k: v["rendered"] for k, v in dis.get("rendered", {}).items()}
         for f in D.FACTORS:
             if f.follow_target is None:
                 continue
             cells = [
-                (sw, shares[sw][f.name]["follow"])
+                (sw, shares[sw][f.name])
                 for sw, g in D.SWAPS.items()
                 if f.latent in g and shares[sw][f.name]["n"]
             ]
             if not cells:
                 continue
-            sw, worst = min(cells, key=lambda c: c[1])
+            sw, worst = min(cells, key=lambda c: c[1]["follow"])
+            note = ""
+            if not trusted[f.name]:
+                note = "untrusted"
+            elif not rendered.get(f.name, True):
+                note = "not rendered"
             add(
                 f"{f.title} follows {f.latent}",
                 f">= {f.follow_target:.2f}",
-                f"{worst:.3f} (swap {sw})",
-                worst >= f.follow_target,
-                "" if trusted[f.name] else "untrusted",
+                f"{_pm(worst['follow'], worst.get('follow_se'))} (swap {sw})",
+                worst["follow"] >= f.follow_target,
+                note,
             )
         stays = [
-            (shares[sw][f.name]["stay"], sw, f)
+            (shares[sw][f.name], sw, f)
             for sw, g in D.SWAPS.items()
             for f in D.FACTORS
-            if f.latent not in g and shares[sw][f.name]["n"] and trusted[f.name]
+            if f.latent not in g
+            and shares[sw][f.name]["n"]
+            and trusted[f.name]
+            and rendered.get(f.name, True)
         ]
         name = "every factor stays with A when its latent is not swapped"
         if stays:
-            worst, sw, f = min(stays, key=lambda c: c[0])
+            worst, sw, f = min(stays, key=lambda c: c[0]["stay"])
             add(
                 name,
                 f">= {D.STAY_TARGET:.2f}",
-                f"min {worst:.3f} ({f.title}, swap {sw})",
-                worst >= D.STAY_TARGET,
+                f"min {_pm(worst['stay'], worst.get('stay_se'))} ({f.title}, swap {sw})",
+                worst["stay"] >= D.STAY_TARGET,
             )
         else:
             add(name, f">= {D.STAY_TARGET:.2f}", "no trusted judge", None, "untrusted")
@@ -146,16 +179,23 @@ def summary(results: dict) -> dict:
         for m, r in by_sigma.get(f"{den['sigma']:g}", {}).items():
             out[f"denoising_{region}_psnr_{m}"] = r["psnr"]
             out[f"denoising_{region}_ssim_{m}"] = r["ssim"]
+            if "gain" in r:
+                out[f"denoising_{region}_gain_{m}"] = r["gain"]
     for m, r in results.get("emotion", {}).get("models", {}).items():
         for point in r["curve"]:
             if point["fraction"] in (0.1, 1.0):
                 out[f"emotion_accuracy_{m}_{point['fraction']:g}"] = point["mean"]
+                out[f"emotion_accuracy_{m}_{point['fraction']:g}_se"] = point.get("se")
     dis = results.get("disentanglement")
     if dis:
         shares = dis["swaps"]["shares"]
         for f in D.FACTORS:
             if f.latent in D.SWAPS:
-                out[f"{f.name}_follows_{f.latent}"] = shares[f.latent][f.name]["follow"]
+                cell = shares[f.latent][f.name]
+                out[f"{f.name}_follows_{f.latent}"] = cell["follow"]
+                out[f"{f.name}_follows_{f.latent}_se"] = cell.get("follow_se")
+        for name, r in dis.get("rendered", {}).items():
+            out[f"{name}_rendered_by_mdvae"] = r["model"]
         out["mouth_sync_given_w"] = dis["generation"]["sync"]["given_w"]
     rows = results.get("targets", [])
     out["targets_passed"] = f"{sum(r['status'] == 'pass' for r in rows)}/{len(rows)}"
@@ -199,29 +239,40 @@ def markdown(results: dict) -> str:
             "",
             f"**Denoising** (sigma = {den['sigma']:g} in [0, 1] units on frames "
             f"{den['frames']}, audio intact; {den['n_sequences']} sequences; metrics on "
-            f"the corrupted pixels; regions from {den['regions']})",
+            f"the corrupted pixels; regions from {den['regions']}; ± SE over sequences. "
+            "Gain: the PSNR on the noisy input minus the same model's PSNR on the clean "
+            "input, same pixels: 0 is a full repair, whatever the model's reconstruction "
+            "quality; the clean-input PSNR is the model's ceiling)",
             "",
-            "| model | mouth PSNR | mouth SSIM | eyes PSNR | eyes SSIM |",
-            "|---|---|---|---|---|",
+            "| model | mouth PSNR | mouth gain | clean-input mouth PSNR | mouth SSIM "
+            "| eyes PSNR | eyes gain | clean-input eyes PSNR | eyes SSIM |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        mouth, eyes = (
-            den["metric"].get("mouth", {}).get(key, {}),
-            den["metric"].get("eyes", {}).get(key, {}),
-        )
-        for m in mouth:
-            lines.append(
-                f"| {ev.MODEL_TITLES[m]} | {_f(mouth[m]['psnr'], 2)} | "
-                f"{_f(mouth[m]['ssim'])} | {_f(eyes.get(m, {}).get('psnr'), 2)} | "
-                f"{_f(eyes.get(m, {}).get('ssim'))} |"
+        by_region = {
+            r: (den["metric"].get(r, {}).get(key, {}), den["metric"].get(r, {}).get("0", {}))
+            for r in ("mouth", "eyes")
+        }
+
+        def cells(region: str, m: str) -> str:
+            noisy, clean = by_region[region]
+            r, c = noisy.get(m, {}), clean.get(m, {})
+            return (
+                f"{_pm(r.get('psnr'), r.get('psnr_se'), 2)} | "
+                f"{_pm(r.get('gain'), r.get('gain_se'), 2)} | {_f(c.get('psnr'), 2)} | "
+                f"{_f(r.get('ssim'))}"
             )
+
+        for m in by_region["mouth"][0]:
+            lines.append(f"| {ev.MODEL_TITLES[m]} | {cells('mouth', m)} | {cells('eyes', m)} |")
     emo = results.get("emotion")
     if emo and "models" in emo:
         names = list(emo["models"])
         lines += [
             "",
             f"**Emotion recognition from w** (logistic regression; test accuracy "
-            f"on {emo['test_clips']} clips of unseen speakers, mean ± std over "
-            f"{emo['draws']} draws; majority class {emo['chance']:.3f})",
+            f"on {emo['test_clips']} clips of unseen speakers, mean over {emo['draws']} "
+            "draws of the labelled clips ± its SE over the test clips, then the std over "
+            f"draws; majority class {emo['chance']:.3f})",
             "",
             "| labelled share | clips | " + " | ".join(ev.MODEL_TITLES[m] for m in names) + " |",
             "|---|---|" + "---|" * len(names),
@@ -230,7 +281,8 @@ def markdown(results: dict) -> str:
             cells = []
             for m in names:
                 p = emo["models"][m]["curve"][i]
-                cells.append(f"{_f(p['mean'])} ± {_f(p['std'])}")
+                spread = f" (draws {_f(p['std'])})" if p.get("draws", 1) > 1 else ""
+                cells.append(f"{_pm(p['mean'], p.get('se'))}{spread}")
             n_clips = emo["models"][names[0]]["curve"][i]["n_clips"]
             lines.append(f"| {frac:g} | {n_clips} | " + " | ".join(cells) + " |")
         shipped = {
@@ -243,6 +295,17 @@ def markdown(results: dict) -> str:
                 "",
                 "The bundle's own emotion heads on the same clips: "
                 + ", ".join(f"{ev.MODEL_TITLES[m]} {v:.3f}" for m, v in shipped.items())
+                + ".",
+            ]
+        paired = emo.get("paired", {})
+        if paired:
+            lines += [
+                "",
+                "With all labels, per-clip paired differences (same test clips, ± SE): "
+                + ", ".join(
+                    f"MDVAE - {ev.MODEL_TITLES[m]} {_pm(d['difference'], d['se'])}"
+                    for m, d in paired.items()
+                )
                 + ".",
             ]
     dis = results.get("disentanglement")
@@ -263,7 +326,9 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _score_text(score: dict) -> str:
+def _score_text(score: dict | None) -> str:
+    if not score:
+        return "-"
     if score.get("n", 0) == 0:
         return "no labels"
     if score.get("rmse") is not None:
@@ -272,55 +337,102 @@ def _score_text(score: dict) -> str:
         tol = "/".join(f"{t:g}" for t in score["tolerance"])
         rmse = ", ".join(f"{_f(r, 2)} {u}" for r, u in zip(score["rmse"], units))
         return f"within ±{tol} {'/'.join(units)}: {within} (RMSE {rmse})"
-    return f"acc {_f(score.get('accuracy'))}, balanced {_f(score.get('balanced_accuracy'))}"
+    if score.get("kind") == "verification":
+        return f"acc {_pm(score.get('accuracy'), score.get('accuracy_se'))} ({score['n']} probes)"
+    return (
+        f"acc {_f(score.get('accuracy'))}, balanced "
+        f"{_pm(score.get('balanced_accuracy'), score.get('balanced_accuracy_se'))}"
+    )
 
 
 def _judge_table(dis: dict) -> list[str]:
     info = dis["judges"]
+    checks = [c for c in ("held_out", "clean", "codec", "model") if c in info["checks"]]
+    titles = {
+        "held_out": "training speakers, held-out clips",
+        "clean": "evaluated speakers, clean",
+        "codec": "evaluated, VQ-VAE reconstructions",
+        "model": "evaluated, MDVAE reconstructions",
+    }
     lines = [
         "",
-        f"**Judges** (trained on {info['train_clips']} clean clips of the evaluated "
-        f"split{' and their VQ-VAE reconstructions' if info['augment'] == 'codec' else ''}"
-        f", validated on {info['held_out_clips']} held-out clips of the same "
-        f"{info['speakers']} speakers)",
+        f"**Judges** (trained on {info['train_clips']} clean clips of "
+        f"{info['train_speakers']} training speakers"
+        f"{' and their VQ-VAE reconstructions' if info['augment'] == 'codec' else ''}, "
+        f"validated on {info['held_out_clips']} held-out clips of the same speakers; "
+        f"checked on the {info['evaluated_clips']} clips of the {info['evaluated_speakers']} "
+        "evaluated speakers, whom they never saw: clean (which decides trust), through the "
+        "VQ-VAEs (the stage-1 ceiling) and through the MDVAE. Speakers are verified, not "
+        "named: is a clip nearer to another clip of its speaker than to a clip of another "
+        "speaker (chance 0.5). ± SE with clips as the unit)",
         "",
-        "| judge | reads | clean held-out | on VQ-VAE reconstructions | chance | trusted |",
-        "|---|---|---|---|---|---|",
+        "| judge | reads | " + " | ".join(titles[c] for c in checks) + " | chance | trusted |",
+        "|---|---|" + "---|" * len(checks) + "---|---|",
     ]
     for m, rep in info["reports"].items():
-        for head, score in rep["clean"].items():
-            codec = rep["codec"].get(head)
+        scores = rep["scores"]
+        for head, score in scores[info["trust_on"]].items():
             trusted = "yes" if score["trusted"] else f"**NO** ({score['criterion']})"
+            if score.get("n", 0) == 0:
+                trusted = "-"
             lines.append(
-                f"| {m} | {head} | {_score_text(score)} | "
-                f"{_score_text(codec) if codec else '-'} | "
-                f"{_f(score.get('chance'))} | {trusted} |"
+                f"| {m} | {head} | "
+                + " | ".join(_score_text(scores.get(c, {}).get(head)) for c in checks)
+                + f" | {_f(score.get('chance'))} | {trusted} |"
             )
     return lines
 
 
 def _swap_table(dis: dict) -> list[str]:
     shares, trusted = dis["swaps"]["shares"], dis["trusted"]
+    rendered = dis.get("rendered", {})
     swaps = list(shares)
     lines = [
         "",
         f"**Latent swaps** ({dis['swaps']['pairs']} pairs of clips; each cell: share "
         "following the source B / share staying with the target A, among frames or "
-        "clips where A and B differ; the expected one in bold; "
-        "`none` is A's own reconstruction)",
+        "clips where A and B differ; the expected one in bold, ± its SE over pairs; "
+        "`none` is A's own reconstruction. *MDVAE renders*: the judge's reading of the "
+        "MDVAE's reconstructions of the evaluated clips (balanced accuracy, share within "
+        "tolerance, or speaker verification), against its reading of their VQ-VAE "
+        "reconstructions and a blind guess; a factor read less than "
+        f"{D.RENDER_SHARE:g} of the way from the guess to the VQ-VAE is not rendered, and "
+        "its swap scores are uninformative)",
         "",
-        "| factor | should follow | " + " | ".join(swaps) + " |",
-        "|---|---|" + "---|" * len(swaps),
+        "| factor | should follow | MDVAE renders (VQ-VAE, blind) | " + " | ".join(swaps) + " |",
+        "|---|---|---|" + "---|" * len(swaps),
     ]
     for f in D.FACTORS:
         cells = []
         for sw in swaps:
             c = shares[sw][f.name]
             fo, st = _f(c["follow"], 2), _f(c["stay"], 2)
-            cells.append(f"**{fo}** / {st}" if c["expected"] == "follow" else f"{fo} / **{st}**")
-        mark = "" if trusted[f.name] else " (untrusted judge)"
-        lines.append(f"| {f.title}{mark} | {f.latent} | " + " | ".join(cells) + " |")
+            if c["expected"] == "follow":
+                se = c.get("follow_se")
+                cells.append(f"**{fo}**{_se_text(se)} / {st}")
+            else:
+                se = c.get("stay_se")
+                cells.append(f"{fo} / **{st}**{_se_text(se)}")
+        r = rendered.get(f.name)
+        render = "-"
+        if r and r["model"] is not None:
+            render = (
+                f"{_f(r['model'], 2)} ({_f(r['codec'], 2)}, {_f(r['blind'], 2)})"
+                + ("" if r["rendered"] else ": **no**")
+            )
+        mark = ""
+        if not trusted[f.name]:
+            mark = " (untrusted judge)"
+        elif r and not r["rendered"]:
+            mark = " (not rendered: uninformative)"
+        lines.append(
+            f"| {f.title}{mark} | {f.latent} | {render} | " + " | ".join(cells) + " |"
+        )
     return lines
+
+
+def _se_text(se) -> str:
+    return "" if se is None or not math.isfinite(se) else f" ±{se:.2f}"
 
 
 def _generation_table(dis: dict) -> list[str]:
@@ -328,7 +440,9 @@ def _generation_table(dis: dict) -> list[str]:
     lines = [
         "",
         f"**Generation from the priors** ({g['clips']} clips; mouth shape seen = "
-        "heard, share of frames; speaker / emotion read as the clip's own, share of clips)",
+        "heard, share of frames; emotion read as the clip's own, and speaker verified as "
+        "the clip's own (nearer to another clip of its speaker than to another speaker's), "
+        "share of clips ± SE)",
         "",
         "| source | mouth sync | speaker (video) | speaker (audio) | emotion (video) "
         "| emotion (audio) |",
@@ -346,7 +460,7 @@ def _generation_table(dis: dict) -> list[str]:
         lines.append(
             f"| {title} | {_f(g['sync'].get(key))} | "
             + " | ".join(
-                _f(st.get(k))
+                _pm(st.get(k), st.get(f"{k}_se")) if st else "-"
                 for k in ("speaker_video", "speaker_audio", "emotion_video", "emotion_audio")
             )
             + " |"
@@ -373,9 +487,10 @@ def figures(
         for m, r in emo["models"].items():
             x = [p["fraction"] * 100 for p in r["curve"]]
             mean = np.array([p["mean"] for p in r["curve"]])
-            std = np.array([p["std"] for p in r["curve"]])
+            # the band: SE over the test clips (the draws' spread is smaller than it)
+            se = np.array([p.get("se", p["std"]) for p in r["curve"]], dtype=float)
             ax.plot(x, mean, marker="o", label=ev.MODEL_TITLES[m])
-            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+            ax.fill_between(x, mean - se, mean + se, alpha=0.2)
         ax.axhline(emo["chance"], color="grey", ls=":", label="majority class")
         ax.set(
             xscale="log",
