@@ -20,6 +20,8 @@ share one loop (`run_posteriors`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -122,6 +124,44 @@ class PosteriorRecurrence(nn.Module):
         return run_posteriors([self], [cond], zs=[z], noises=[noise], sample=sample)[0]
 
 
+def step_histories(
+    zs: Sequence[Tensor | None],
+    noises: Sequence[Tensor | None],
+    z_dims: Sequence[int],
+    batch: int,
+    n_frames: int,
+    *,
+    like: Tensor,
+    sample: bool,
+) -> tuple[tuple[Tensor, ...] | None, Tensor | None, tuple[Tensor, ...] | None]:
+    """Per step, what a joint posterior loop over several groups feeds back (device and
+    dtype of `like`).
+
+    Returns `given`: T x (B, sum L), the groups' fixed histories (zeros for the others),
+    with `given_mask` (sum L,) saying which entries are fixed, both None when no group is
+    fixed; `eps`: T x (B, sum L) standard-normal noise for the drawn groups (the given
+    `noises` where there are), None when nothing is drawn.
+    """
+    given = given_mask = eps = None
+    if any(z is not None for z in zs):
+        given = torch.cat(
+            [z if z is not None else like.new_zeros(batch, n_frames, d)
+             for z, d in zip(zs, z_dims)],
+            dim=-1,
+        ).unbind(1)
+        given_mask = torch.cat(
+            [torch.full((d,), z is not None, device=like.device) for z, d in zip(zs, z_dims)]
+        )
+    if sample and not all(z is not None for z in zs):
+        eps = torch.cat(
+            [n if n is not None
+             else torch.randn(batch, n_frames, d, device=like.device, dtype=like.dtype)
+             for n, d in zip(noises, z_dims)],
+            dim=-1,
+        ).unbind(1)
+    return given, given_mask, eps
+
+
 def run_posteriors(
     recurrences: list[PosteriorRecurrence],
     conds: list[Tensor],
@@ -173,26 +213,9 @@ def run_posteriors(
     )
     n_z = sum(z_dims)
 
+    given, given_mask, eps = step_histories(zs, noises, z_dims, batch, n_frames, like=c,
+                                            sample=sample)
     all_given = all(z is not None for z in zs)
-    given = given_mask = eps = None
-    if any(z is not None for z in zs):
-        given = torch.cat(
-            [z if z is not None else c.new_zeros(batch, n_frames, d) for z, d in zip(zs, z_dims)],
-            dim=-1,
-        ).unbind(1)  # T x (B, sum L)
-        given_mask = torch.cat(
-            [torch.full((d,), z is not None, device=c.device) for z, d in zip(zs, z_dims)]
-        )
-    if sample and not all_given:
-        eps = torch.cat(
-            [
-                n
-                if n is not None
-                else torch.randn(batch, n_frames, d, device=c.device, dtype=c.dtype)
-                for n, d in zip(noises, z_dims)
-            ],
-            dim=-1,
-        ).unbind(1)  # T x (B, sum L)
 
     pre = b_h[:hidden].expand(batch, hidden)  # h_1 = tanh(b_h): z_0 = 0, h_0 = 0
     z_out, means, log_stds = [], [], []

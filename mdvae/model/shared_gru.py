@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from mdvae.model.gaussian import DiagonalGaussian, at_least_float32, gaussian_head
 from mdvae.model.observation import mlp
+from mdvae.model.posteriors import step_histories
 
 
 def linear_of_blocks(linear: nn.Linear, blocks: Sequence[Tensor], start: int = 0) -> Tensor:
@@ -185,28 +186,8 @@ def run_shared_posteriors(
         1
     )  # T x (B, sum A + 3 sum H)
     all_given = all(z is not None for z in zs)
-    given = given_mask = eps = None
-    if any(z is not None for z in zs):
-        given = torch.cat(
-            [
-                z if z is not None else like.new_zeros(batch, n_frames, d)
-                for z, d in zip(zs, z_dims)
-            ],
-            dim=-1,
-        ).unbind(1)  # T x (B, sum L)
-        given_mask = torch.cat(
-            [torch.full((d,), z is not None, device=like.device) for z, d in zip(zs, z_dims)]
-        )
-    if sample and not all_given:
-        eps = torch.cat(
-            [
-                n
-                if n is not None
-                else torch.randn(batch, n_frames, d, device=like.device, dtype=like.dtype)
-                for n, d in zip(noises, z_dims)
-            ],
-            dim=-1,
-        ).unbind(1)  # T x (B, sum L)
+    given, given_mask, eps = step_histories(zs, noises, z_dims, batch, n_frames, like=like,
+                                            sample=sample)
 
     def gru_update(state: Tensor, z: Tensor, gates_ru: Tensor, gates_n: Tensor) -> Tensor:
         # PyTorch's GRU: r, u = sigmoid(.), n = tanh(i_n + r * h_n), s' = (1 - u) n + u s
