@@ -81,6 +81,16 @@ def test_kl_warmup_scales_only_the_kl_terms():
     assert stage2.kl_scale(None, 10) == 1.0 and stage2.kl_scale(0, 0) == 1.0
 
 
+def test_nested_configs_get_no_flag_and_presets_choose_them():
+    help_text = stage2.build_parser().format_help()
+    assert "--mdvae-authors-layout" not in help_text and "--mdvae-w-dim" in help_text
+    args = stage2.build_parser().parse_args(
+        ["--store", "s", "--vq-visual", "v", "--vq-audio", "a", "--out", "o", "--preset",
+         "authors", "--mdvae-w-dim", "84"])
+    _, cfg = stage2.build_model("mdvae", args, None)
+    assert cfg.authors_layout is not None and cfg.w_dim == 84
+
+
 def test_static_first_schedule_releases_the_zs_after_w():
     from mdvae.model.elbo import KLWeights
 

@@ -53,7 +53,9 @@ class TrainingDiverged(RuntimeError):
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add one ``--prefix-field`` flag per dataclass field; help text is the field comment."""
+    """Add one ``--prefix-field`` flag per dataclass field; help text is the field comment.
+    A nested config (a dataclass field, such as the authors' layout) gets no flag: a
+    preset chooses it."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__)
     for field in dataclasses.fields(cls):
@@ -63,6 +65,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "
             # an optional field takes its non-None type on the command line
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         default = None  # unset flags keep the dataclass (or preset) default
+        if dataclasses.is_dataclass(kind):
+            continue
         if kind is bool:
             group.add_argument(flag, type=_parse_bool, default=default, metavar="{true,false}")
         elif kind in (int, float, str):
