@@ -4,6 +4,7 @@ use of them on the tiny bundle (whose numbers mean nothing, only the plumbing)."
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -111,13 +112,17 @@ def test_export_adds_the_reference_to_a_bundle_and_keeps_its_weights(tiny_bundle
     from mdvae.bundle import load_bundle
     from train import export
 
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"summary": {"passed": 0}, "markdown": "**re-evaluated**"}))
     out = export.main(["--bundle", str(tiny_bundle), "--reference-store", str(tiny_store),
-                       "--out", str(tmp_path / "with_reference")])
+                       "--results", str(results), "--out", str(tmp_path / "with_reference")])
     before = load_file(str(tiny_bundle / "model.safetensors"))
     after = load_file(str(out / "model.safetensors"))
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     info = load_bundle(out).info
+    assert info["evaluation"]["markdown"] == "**re-evaluated**"  # --results applies too
+    assert "**re-evaluated**" in (out / "README.md").read_text()
     table = info["familiarity"]
     # the tiny store's one test speaker has 4 clips: every score's table counts them
     assert table["scores"] and all(s["clips"] == 4 for s in table["scores"].values())

@@ -185,10 +185,6 @@ def from_runs(args) -> tuple[dict, dict[str, Any]]:
         heads = load_bundle(args.emotion)
         components.update(heads.components)
         info["emotion"] = heads.info.get("emotion", {})
-    if args.results:
-        results = json.loads(Path(args.results).read_text())
-        info["evaluation"] = {"summary": results.get("summary", {}),
-                              "markdown": results.get("markdown", "")}
     return components, info
 
 
@@ -223,6 +219,10 @@ def main(argv: list[str] | None = None) -> Path:
         if missing:
             parser.error(f"{', '.join(missing)} required (or --bundle)")
         components, info = from_runs(args)
+    if args.results:  # with --bundle too: a re-evaluated bundle's card follows its results
+        results = json.loads(Path(args.results).read_text())
+        info["evaluation"] = {"summary": results.get("summary", {}),
+                              "markdown": results.get("markdown", "")}
     if args.reference_store:
         reference = reference_info(components, args.reference_store)
         info["familiarity"] = reference["familiarity"]
