@@ -190,9 +190,9 @@ class Familiarity:
                     f"badly as the worst of its {self.reference_clips} test clips.")
         if self.familiar:
             return (f"{_capital(what)} is familiar to the model: even on "
-                    f"{SCORE_WORDS.get(worst, worst)}, its least familiar side, the model "
-                    f"explains it better than {100 - p:.0f}% of its "
-                    f"{self.reference_clips} test clips; expect a faithful result.")
+                    f"{SCORE_WORDS.get(worst, worst)}, its least familiar side, it sits "
+                    f"among the model's {self.reference_clips} test clips ({p:.0f}% of them "
+                    f"are explained better); expect a faithful result.")
         if p >= 100.0:  # (a clip is unfamiliar only beyond every test clip)
             how = (f"less familiar than all {self.reference_clips} of its test clips "
                    f"({self.spreads[worst]:.1f} times as far from their median as the "
