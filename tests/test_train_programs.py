@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from mdvae.bundle import load_bundle
+from mdvae.errors import ConfigError
 from train import common, emotion, export, stage1, stage2
 from train.runs import load_stage2
 
@@ -137,6 +139,39 @@ def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_p
     trained = load_stage2(str(runs / "mdvae"))
     for (name, p), q in zip(trained.state_dict().items(), bundle.mdvae.state_dict().values()):
         torch.testing.assert_close(p, q, msg=name)
+
+
+@pytest.mark.slow
+def test_export_puts_new_stage2_runs_inside_a_bundles_vq_vaes(runs, tiny_store, tmp_path):
+    flags = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio"),
+             "--mdvae", str(runs / "mdvae")]
+    emotion.main(["--store", str(tiny_store), *flags, "--out", str(tmp_path / "heads")])
+    first = export.main([*flags, "--emotion", str(tmp_path / "heads"), "--out",
+                         str(tmp_path / "first")])
+    info = json.loads((first / "config.json").read_text())
+    info["info"]["runs"]["vq_visual"]["run"] = "where the shipped VQ-VAE was trained"
+    info["info"]["evaluation"] = {"summary": {"old": 1}, "markdown": "old"}
+    (first / "config.json").write_text(json.dumps(info))
+    # a new MDVAE run on the same VQ-VAEs' features replaces the old one and its heads
+    second = export.main(["--bundle", str(first), "--mdvae", str(runs / "mdvae"), "--emotion",
+                          str(tmp_path / "heads"), "--out", str(tmp_path / "second")])
+    bundle = load_bundle(second)
+    assert bundle.info["runs"]["vq_visual"]["run"] == "where the shipped VQ-VAE was trained"
+    assert bundle.info["runs"]["mdvae"]["steps"] == 40
+    assert "evaluation" not in bundle.info  # measured on the old models
+    # a run trained on other VQ-VAEs' features, or without new heads, is refused
+    other = tmp_path / "other_mdvae"
+    shutil.copytree(runs / "mdvae", other)
+    config = json.loads((other / "config.json").read_text())
+    config["feature_key"] = "0" * 16
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="other VQ-VAEs"):
+        export.main(["--bundle", str(first), "--mdvae", str(other), "--emotion",
+                     str(tmp_path / "heads"), "--out", str(tmp_path / "third")])
+    with pytest.raises(ConfigError, match="--emotion"):
+        export.main(["--bundle", str(first), "--mdvae", str(runs / "mdvae"), "--out",
+                     str(tmp_path / "third")])
+    assert not (tmp_path / "third").exists()
 
 
 @pytest.mark.slow

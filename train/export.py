@@ -7,6 +7,8 @@
     python -m train.export ... --reference-store data/synthetic   # familiarity, calibration
     python -m train.export --bundle checkpoints --reference-store data/synthetic \
         --out checkpoints                 # the same weights, the reference statistics added
+    python -m train.export --bundle checkpoints --mdvae runs/mdvae2 --dsae-audio ... \
+        --dsae-visual ... --emotion runs/emotion2 --out runs/bundle2   # new stage 2, same VQ-VAEs
 
 `--reference-store` scores the store's test clips (the familiarity table the app places
 every clip against) and fits each emotion head's temperature on its validation clips
@@ -34,10 +36,10 @@ from mdvae.components import (
     VQ_VISUAL,
 )
 from mdvae.data.store import Store
-from mdvae.errors import MDVAEError
+from mdvae.errors import ConfigError, MDVAEError
 from train import common
 from train.reference import reference_info
-from train.runs import load_stage1, load_stage2
+from train.runs import feature_key, load_stage1, load_stage2
 
 
 def run_summary(run_dir: str) -> dict[str, Any]:
@@ -188,6 +190,42 @@ def from_runs(args) -> tuple[dict, dict[str, Any]]:
     return components, info
 
 
+def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
+    """--bundle with --mdvae / --dsae-*: new stage-2 models inside the bundle's own VQ-VAEs.
+
+    The VQ-VAEs keep their weights and their training record; each new model must have
+    been trained on those VQ-VAEs' features (the run's feature key), and new emotion heads
+    must come with it, since the old ones read another model's w. What was measured on the
+    old models (evaluation, familiarity table, calibration) no longer applies and is dropped.
+    """
+    key = feature_key(components[VQ_AUDIO], components[VQ_VISUAL])
+    runs = {MDVAE_MODEL: args.mdvae, DSAE_AUDIO: args.dsae_audio, DSAE_VISUAL: args.dsae_visual}
+    for name, path in runs.items():
+        if not path:
+            continue
+        trained_on = common.RunFolder(path, writer=False).read_config().get("feature_key")
+        if trained_on != key:
+            raise ConfigError(f"{path} was trained on the features of other VQ-VAEs (key "
+                              f"{trained_on}) than the bundle's ({key})")
+        components[name] = load_stage2(path)
+        info.setdefault("runs", {})[name] = run_summary(path)
+    if not args.emotion:
+        raise ConfigError("new stage-2 models need new emotion heads: --emotion (from "
+                          "python -m train.emotion on these runs)")
+    heads = load_bundle(args.emotion)
+    components.update(heads.components)
+    info["emotion"] = heads.info.get("emotion", {})
+    for stale in ("evaluation", "familiarity", "reference_added"):
+        info.pop(stale, None)
+    if args.mdvae:
+        store = common.RunFolder(args.mdvae, writer=False).read_config()["store"]
+        try:
+            info["data"] = data_summary(store)
+        except MDVAEError as err:
+            info["data"] = {"store": store, "note": f"store not readable at export: {err}"}
+    info["exported"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -213,6 +251,10 @@ def main(argv: list[str] | None = None) -> Path:
     if args.bundle:
         source = load_bundle(args.bundle)
         components, info = dict(source.components), dict(source.info)
+        if args.vq_visual or args.vq_audio:
+            parser.error("--bundle keeps its VQ-VAEs: --vq-visual/--vq-audio go without it")
+        if args.mdvae or args.dsae_audio or args.dsae_visual or args.emotion:
+            stage2_into_bundle(args, components, info)
     else:
         missing = [f"--{n}" for n in ("vq-visual", "vq-audio", "mdvae")
                    if not getattr(args, n.replace("-", "_"))]
