@@ -62,6 +62,29 @@ def test_swap_moves_are_the_kl_between_observation_gaussians():
     assert [s.name for s in streams] == ["audio", "visual"]
 
 
+def test_sampled_elbo_is_stage2_validation_on_the_held_out_windows():
+    from train.stage2 import make_step_fn
+
+    torch.manual_seed(2)
+    model = MDVAE(MDVAEConfig(**TINY)).eval().requires_grad_(False)
+    x_a, x_v = torch.randn(5, 13, 12), torch.randn(5, 13, 20)
+    got = diag.sampled_elbo(model, x_a, x_v, window=4, batch=6, seed=3)
+    # 5 clips x 3 windows of 4 frames (each clip's 13th frame dropped), in passes of 6, 6, 3
+    a, v = x_a[:, :12].reshape(15, 4, 12), x_v[:, :12].reshape(15, 4, 20)
+    step = make_step_fn("mdvae", torch.device("cpu"), warmup=1)
+    torch.manual_seed(3)
+    rows = [(step(model, {"x_a": a[i:i + 6], "x_v": v[i:i + 6]}, None), len(a[i:i + 6]))
+            for i in range(0, 15, 6)]
+    expected = sum(float(r["negative_elbo"]) * n for r, n in rows) / 15
+    assert got["negative_elbo"] == pytest.approx(expected, rel=1e-6)
+    terms = [value for key, value in got.items() if key != "negative_elbo"]
+    assert sum(terms) == pytest.approx(got["negative_elbo"], rel=1e-6)
+    # seeded, and the caller's random state is left as it was
+    state = torch.random.get_rng_state()
+    assert diag.sampled_elbo(model, x_a, x_v, window=4, batch=6, seed=3) == got
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_swapping_with_oneself_moves_nothing():
     torch.manual_seed(1)
     model = DSAE(DSAEConfig(modality="visual", input_dim=20, w_dim=4, z_dim=3, feature_dim=8,
@@ -114,6 +137,8 @@ def test_diagnose_program_reports_every_group_of_a_bundle(tiny_bundle, tiny_stor
     assert set(result.feature_probes) == {"audio", "visual", "both"}
     text = capsys.readouterr().out
     assert "KL t=1" in text and "moves visual" in text
+    assert "sampled -ELBO per frame on held-out windows" in text
+    assert np.isfinite(result.sampled_elbo["negative_elbo"])
     assert json.loads(out.read_text())["model"] == "MDVAE"
 
 

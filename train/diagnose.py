@@ -39,22 +39,22 @@ def _stack(stream: np.ndarray, clips: list, n_frames: int) -> torch.Tensor:
 
 
 def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
-        *, show: bool = True) -> diag.Diagnostics:
+        *, show: bool = True, window: int | None = None) -> diag.Diagnostics:
     """Diagnostics of `model` on `held_clips` (cropped to the shortest; a few hundred fit in
     memory at once), with emotion probes fitted on `train_clips`."""
     n_frames = min(c.length for c in held_clips)
     speakers = [c.speaker for c in held_clips]
     # all held-out clips at once: the swaps pair each clip with another speaker's
-    groups, streams, held = diag.measure(
-        model, _stack(held_audio, held_clips, n_frames), _stack(held_visual, held_clips, n_frames),
-        partner=diag.partners(speakers))
+    x_a, x_v = _stack(held_audio, held_clips, n_frames), _stack(held_visual, held_clips, n_frames)
+    groups, streams, held = diag.measure(model, x_a, x_v, partner=diag.partners(speakers))
+    elbo = diag.sampled_elbo(model, x_a, x_v, window=min(window, n_frames)) if window else {}
     train = diag.clip_means(model, audio, visual, train_clips, show=show)
     probes = diag.probe_groups(train, [c.emotion for c in train_clips], held,
                                [c.emotion for c in held_clips], speakers)
     for g in groups:
         g.probes = probes[g.name]
     return diag.Diagnostics(type(model).__name__, groups, streams, len(held_clips),
-                            combined=probes["all"])
+                            combined=probes["all"], sampled_elbo=elbo)
 
 
 def main(argv: list[str] | None = None) -> diag.Diagnostics:
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
                         "the emotion probes")
     parser.add_argument("--held-store", help="store of the held-out clips (default --store)")
     parser.add_argument("--held-split", default="val")
+    parser.add_argument("--window", type=int, default=30,
+                        help="frames per window of the sampled -ELBO on the held-out clips "
+                             "(stage 2's training window T; 0: skip it)")
     parser.add_argument("--train-clips", type=int, default=1500,
                         help="labelled training clips for the emotion probes (random subset)")
     parser.add_argument("--feature-probes", action="store_true",
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
     if len(train_clips) > args.train_clips:
         pick = np.sort(rng.choice(len(train_clips), args.train_clips, replace=False))
         train_clips = [train_clips[i] for i in pick]
-    result = run(model, audio, visual, train_clips, held_audio, held_visual, held_clips)
+    result = run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
+                 window=args.window)
     if args.feature_probes:
         tr = feature_means(audio, visual, train_clips)
         he = feature_means(held_audio, held_visual, held_clips)

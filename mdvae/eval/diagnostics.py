@@ -63,6 +63,9 @@ class Diagnostics:
     clips: int  # held-out clips measured
     combined: dict[str, float] = field(default_factory=dict)  # probes on all groups together
     feature_probes: dict[str, float] = field(default_factory=dict)  # on stage-1 clip means
+    # the objective as stage-2 validation computes it (one posterior sample, every KL weight
+    # 1), per frame, on the held-out clips cut into windows: the ELBO terms and their sum
+    sampled_elbo: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -259,6 +262,36 @@ def probe_groups(
     return out
 
 
+@torch.no_grad()
+def sampled_elbo(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor, *, window: int,
+                 batch: int = 32, seed: int = 0) -> dict[str, float]:
+    """The negative ELBO per frame and its terms, as stage-2 validation computes them (one
+    posterior sample, every KL weight 1), on N clips x_a (N, T, Da), x_v (N, T, Dv) cut into
+    consecutive `window`-frame windows (a clip's remainder is dropped), `batch` windows per
+    forward pass; the mean over passes, weighted by their windows. Seeded: the same inputs
+    give the same figure."""
+    model.eval()
+    n, t = x_a.shape[:2]
+    if t < window:
+        raise ValueError(f"clips of {t} frames are shorter than the {window}-frame window")
+    cut = t // window * window
+    a = x_a[:, :cut].reshape(-1, window, x_a.shape[-1])
+    v = x_v[:, :cut].reshape(-1, window, x_v.shape[-1])
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        sums: dict[str, float] = {}
+        for i in range(0, len(a), batch):
+            inputs = _inputs(model, a[i:i + batch], v[i:i + batch])
+            out = model(*inputs.values())
+            for key, value in out.loss.as_dict().items():
+                if key != "total":
+                    sums[key] = sums.get(key, 0.0) + value * len(a[i:i + batch])
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return {key: total / len(a) for key, total in sums.items()}
+
+
 def format_report(d: Diagnostics) -> str:
     """The diagnostics as a plain-text table."""
     stream_names = [s.name for s in d.streams]
@@ -285,6 +318,12 @@ def format_report(d: Diagnostics) -> str:
     for s in d.streams:
         lines.append(f"{s.name:>7} {s.rec:>15.1f} {s.logvar_median:>14.2f} {s.logvar_min:>7.2f} "
                      f"{s.residual_logvar_median:>23.2f}")
+    if d.sampled_elbo:
+        terms = ", ".join(f"{k} {v:.1f}" for k, v in d.sampled_elbo.items()
+                          if k != "negative_elbo")
+        lines.append("")
+        lines.append(f"sampled -ELBO per frame on held-out windows (as stage-2 validation): "
+                     f"{d.sampled_elbo['negative_elbo']:.1f} ({terms})")
     if d.feature_probes:
         lines.append("")
         lines.append("emotion probe on the stage-1 features' clip means (the ceiling stage 2 is "
