@@ -12,6 +12,7 @@ import torch
 
 from mdvae.calibration import (
     calibrated,
+    ece_noise_floor,
     expected_calibration_error,
     fit_temperature,
     selective,
@@ -58,6 +59,13 @@ def test_temperature_scaling_recovers_an_overconfident_model():
     assert after < 0.03 < before
     stats = selective(calibrated(overconfident, t), labels, sure_from=0.5)
     assert 0 < stats["answered"] < 1 and stats["accuracy_answered"] > 0.5
+
+
+def test_the_ece_of_a_calibrated_head_on_few_clips_is_not_zero():
+    rng = np.random.default_rng(1)
+    few, many = calibrated(rng.normal(0, 1.5, (176, 8)), 1.0), calibrated(
+        rng.normal(0, 1.5, (4000, 8)), 1.0)
+    assert ece_noise_floor(few, draws=50) > 0.05 > 0.02 > ece_noise_floor(many, draws=20)
 
 
 @pytest.fixture(scope="module")
@@ -130,4 +138,8 @@ def test_export_adds_the_reference_to_a_bundle_and_keeps_its_weights(tiny_bundle
         assert score["quantiles"] == sorted(score["quantiles"])
         assert score["quantiles"][0] <= score["median"] <= score["quantiles"][-1]
     temperatures = [h["calibration"] for h in info["emotion"].values() if "calibration" in h]
-    assert temperatures, "the validation clips calibrate the emotion heads"
+    assert temperatures, "the training and validation clips calibrate the emotion heads"
+    for calibration in temperatures:  # out of fold: 3 training + 1 validation speakers x 4
+        assert calibration["out_of_fold"]["clips"] == 16
+        assert calibration["out_of_fold"]["folds"] == 4
+        assert 0 < calibration["test"]["ece_floor"] < 1
