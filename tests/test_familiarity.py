@@ -46,6 +46,43 @@ def test_familiarity_verdict_from_the_spread_beyond_the_test_clips():
     assert foreign.as_dict()["level"] == "unfamiliar"
 
 
+def test_a_foreign_voice_is_caught_by_the_audio_score_and_old_tables_still_read():
+    old = reference_table({"mdvae": np.linspace(0, 10, 50), "vq_visual": np.linspace(1, 2, 50),
+                           "vq_audio": np.linspace(1, 2, 50)})  # exported before mdvae_audio
+    new = reference_table({"mdvae": np.linspace(0, 10, 50), "vq_visual": np.linspace(1, 2, 50),
+                           "vq_audio": np.linspace(1, 2, 50),
+                           "mdvae_audio": np.linspace(600, 800, 50)})
+    # a familiar face whose voice's typical frame lies twice the worst test clip's distance out
+    scores = {"mdvae": 6.0, "vq_visual": 1.5, "vq_audio": 1.9, "mdvae_audio": 900.0}
+    on_old = Familiarity.of(scores, old)
+    assert on_old.familiar and set(on_old.spreads) == {"mdvae", "vq_visual", "vq_audio"}
+    on_new = Familiarity.of(scores, new)
+    assert on_new.familiar is False and on_new.worst == "mdvae_audio"
+    assert on_new.spreads["mdvae_audio"] == pytest.approx(2.0)
+    assert "the voice is less familiar" in on_new.sentence()
+
+
+def test_the_audio_score_is_the_median_frame_of_the_audio_terms(pipe):
+    from mdvae.familiarity import clip_scores
+    from mdvae.model.gaussian import kl_divergence
+
+    clip = pipe.load(CLIP_A, aligned=True)
+    x_a, x_v = pipe.codec.encode(clip.frames[None], clip.power[None])
+    scores = clip_scores(pipe.mdvae, pipe.codec, clip.frames, clip.power, x_a, x_v)
+    mdvae = pipe.mdvae
+    with torch.no_grad():
+        latents, posterior = mdvae.infer(x_a, x_v, sample=False)
+        prior = mdvae.priors(latents)
+        x_a_hat, x_v_hat = mdvae.decode(latents)
+        terms = mdvae.elbo(x_a, x_v, x_a_hat, x_v_hat, posterior, prior)
+        frames = (mdvae.decoder_x_a.frame_negative_log_likelihood(x_a, x_a_hat)
+                  + kl_divergence(posterior.z_a, prior.z_a))[0]  # (T,)
+    # per frame, the audio terms of the bound: their mean is the clip's audio part
+    assert float(frames.mean()) == pytest.approx(float(terms.rec_audio + terms.kl_za), rel=1e-4)
+    assert scores["mdvae_audio"] == pytest.approx(float(np.median(frames.numpy())), rel=1e-5)
+    assert scores["mdvae"] == pytest.approx(float(terms.negative_elbo), rel=1e-5)
+
+
 def test_temperature_scaling_recovers_an_overconfident_model():
     rng = np.random.default_rng(0)
     n, classes = 4000, 8
@@ -76,7 +113,7 @@ def pipe(tiny_bundle):
 
 def test_every_encoding_carries_its_familiarity(pipe):
     enc = pipe.encode(pipe.load(CLIP_A, aligned=True))
-    assert set(enc.familiarity.scores) == {"mdvae", "vq_visual", "vq_audio"}
+    assert set(enc.familiarity.scores) == {"mdvae", "mdvae_audio", "vq_visual", "vq_audio"}
     assert all(np.isfinite(v) for v in enc.familiarity.scores.values())
     assert enc.familiarity.level == "unknown"  # the tiny bundle has no reference table
     # The same clip placed against a table of its own scores is familiar.
