@@ -12,6 +12,7 @@ import torch
 
 from mdvae.calibration import (
     calibrated,
+    ece_noise_floor,
     expected_calibration_error,
     fit_temperature,
     selective,
@@ -45,6 +46,43 @@ def test_familiarity_verdict_from_the_spread_beyond_the_test_clips():
     assert foreign.as_dict()["level"] == "unfamiliar"
 
 
+def test_a_foreign_voice_is_caught_by_the_audio_score_and_old_tables_still_read():
+    old = reference_table({"mdvae": np.linspace(0, 10, 50), "vq_visual": np.linspace(1, 2, 50),
+                           "vq_audio": np.linspace(1, 2, 50)})  # exported before mdvae_audio
+    new = reference_table({"mdvae": np.linspace(0, 10, 50), "vq_visual": np.linspace(1, 2, 50),
+                           "vq_audio": np.linspace(1, 2, 50),
+                           "mdvae_audio": np.linspace(600, 800, 50)})
+    # a familiar face whose voice's typical frame lies twice the worst test clip's distance out
+    scores = {"mdvae": 6.0, "vq_visual": 1.5, "vq_audio": 1.9, "mdvae_audio": 900.0}
+    on_old = Familiarity.of(scores, old)
+    assert on_old.familiar and set(on_old.spreads) == {"mdvae", "vq_visual", "vq_audio"}
+    on_new = Familiarity.of(scores, new)
+    assert on_new.familiar is False and on_new.worst == "mdvae_audio"
+    assert on_new.spreads["mdvae_audio"] == pytest.approx(2.0)
+    assert "the voice is less familiar" in on_new.sentence()
+
+
+def test_the_audio_score_is_the_median_frame_of_the_audio_terms(pipe):
+    from mdvae.familiarity import clip_scores
+    from mdvae.model.gaussian import kl_divergence
+
+    clip = pipe.load(CLIP_A, aligned=True)
+    x_a, x_v = pipe.codec.encode(clip.frames[None], clip.power[None])
+    scores = clip_scores(pipe.mdvae, pipe.codec, clip.frames, clip.power, x_a, x_v)
+    mdvae = pipe.mdvae
+    with torch.no_grad():
+        latents, posterior = mdvae.infer(x_a, x_v, sample=False)
+        prior = mdvae.priors(latents)
+        x_a_hat, x_v_hat = mdvae.decode(latents)
+        terms = mdvae.elbo(x_a, x_v, x_a_hat, x_v_hat, posterior, prior)
+        frames = (mdvae.decoder_x_a.frame_negative_log_likelihood(x_a, x_a_hat)
+                  + kl_divergence(posterior.z_a, prior.z_a))[0]  # (T,)
+    # per frame, the audio terms of the bound: their mean is the clip's audio part
+    assert float(frames.mean()) == pytest.approx(float(terms.rec_audio + terms.kl_za), rel=1e-4)
+    assert scores["mdvae_audio"] == pytest.approx(float(np.median(frames.numpy())), rel=1e-5)
+    assert scores["mdvae"] == pytest.approx(float(terms.negative_elbo), rel=1e-5)
+
+
 def test_temperature_scaling_recovers_an_overconfident_model():
     rng = np.random.default_rng(0)
     n, classes = 4000, 8
@@ -60,6 +98,13 @@ def test_temperature_scaling_recovers_an_overconfident_model():
     assert 0 < stats["answered"] < 1 and stats["accuracy_answered"] > 0.5
 
 
+def test_the_ece_of_a_calibrated_head_on_few_clips_is_not_zero():
+    rng = np.random.default_rng(1)
+    few, many = calibrated(rng.normal(0, 1.5, (176, 8)), 1.0), calibrated(
+        rng.normal(0, 1.5, (4000, 8)), 1.0)
+    assert ece_noise_floor(few, draws=50) > 0.05 > 0.02 > ece_noise_floor(many, draws=20)
+
+
 @pytest.fixture(scope="module")
 def pipe(tiny_bundle):
     with Pipeline(tiny_bundle, device="cpu", max_seconds=4.0) as p:
@@ -68,7 +113,7 @@ def pipe(tiny_bundle):
 
 def test_every_encoding_carries_its_familiarity(pipe):
     enc = pipe.encode(pipe.load(CLIP_A, aligned=True))
-    assert set(enc.familiarity.scores) == {"mdvae", "vq_visual", "vq_audio"}
+    assert set(enc.familiarity.scores) == {"mdvae", "mdvae_audio", "vq_visual", "vq_audio"}
     assert all(np.isfinite(v) for v in enc.familiarity.scores.values())
     assert enc.familiarity.level == "unknown"  # the tiny bundle has no reference table
     # The same clip placed against a table of its own scores is familiar.
@@ -130,4 +175,8 @@ def test_export_adds_the_reference_to_a_bundle_and_keeps_its_weights(tiny_bundle
         assert score["quantiles"] == sorted(score["quantiles"])
         assert score["quantiles"][0] <= score["median"] <= score["quantiles"][-1]
     temperatures = [h["calibration"] for h in info["emotion"].values() if "calibration" in h]
-    assert temperatures, "the validation clips calibrate the emotion heads"
+    assert temperatures, "the training and validation clips calibrate the emotion heads"
+    for calibration in temperatures:  # out of fold: 3 training + 1 validation speakers x 4
+        assert calibration["out_of_fold"]["clips"] == 16
+        assert calibration["out_of_fold"]["folds"] == 4
+        assert 0 < calibration["test"]["ece_floor"] < 1

@@ -69,3 +69,16 @@ def test_observation_nll_matches_log_prob_and_its_gradients():
     reference = -DiagonalGaussian(mean, logvar.expand_as(mean)).log_prob(x).sum(1)  # (B,)
     torch.testing.assert_close(GaussianNLL.apply(x, mean, logvar), reference)
     assert torch.autograd.gradcheck(GaussianNLL.apply, (x, mean, logvar))
+
+
+def test_decoder_frame_nll_sums_to_the_sequence_nll():
+    from mdvae.model.observation import GaussianDecoder
+
+    decoder = GaussianDecoder(4, 8, 5, logvar_min=-2.0).eval()
+    with torch.no_grad():
+        decoder.logvar.copy_(torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0]))  # one below the floor
+    gen = torch.Generator().manual_seed(5)
+    x, mean = torch.randn(3, 6, 5, generator=gen), torch.randn(3, 6, 5, generator=gen)
+    frames = decoder.frame_negative_log_likelihood(x, mean)
+    assert frames.shape == (3, 6)
+    torch.testing.assert_close(frames.sum(1), decoder.negative_log_likelihood(x, mean))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 
 from mdvae.bundle import load_bundle
 from mdvae.eval.metrics import psnr
+from mdvae.media.audio import samples_for_frames
+from mdvae.media.video import normalize_clip, write_video
 from mdvae.pipeline import Pipeline
 from train.figures import reconstructions
 
@@ -59,3 +62,22 @@ def test_examples_reconstruct_above_the_mean_face(pipeline):
     assert np.mean(margins_vq) > 9.0, margins_vq
     assert min(margins_mdvae) > 4.0, margins_mdvae
     assert np.mean(margins_mdvae) > 7.0, margins_mdvae
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_an_example_face_with_real_speech_is_unfamiliar_by_its_voice(pipeline, tmp_path):
+    """A familiar face cannot hide a foreign voice: the example is familiar, and with
+    espeak-ng speech for its voice the MDVAE's audio score calls it unfamiliar, where the
+    scores without it (the whole bound, the VQ-VAEs') all called it familiar."""
+    from train.familiarity_check import N_FRAMES, speech
+
+    example = ROOT / "examples" / "spk02_happy.mp4"
+    assert pipeline.encode(pipeline.load(example, aligned=True)).familiarity.familiar
+    frames = normalize_clip(example).frames[:N_FRAMES]
+    voice = speech(0, tmp_path)[:samples_for_frames(len(frames))]
+    mixed = write_video(tmp_path / "mixed.mp4", frames, voice, scale=1)
+    familiarity = pipeline.encode(pipeline.load(mixed, aligned=True)).familiarity
+    assert familiarity.familiar is False and familiarity.worst == "mdvae_audio"
+    others = {n: s for n, s in familiarity.spreads.items() if n != "mdvae_audio"}
+    assert max(others.values()) <= familiarity.threshold, others

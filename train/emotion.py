@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
             if split not in means:  # the training clips were encoded for the fit already
                 means[split] = clip_means(model, audio, visual, clips, show=False)
             scores[split] = accuracy(head, means[split]["w"], clips)
-        report[head_name] = {"reads": model_name, "accuracy": scores, "clips": len(train_clips)}
+        report[head_name] = {"reads": model_name, "accuracy": scores, "clips": len(train_clips),
+                             "c": args.c}
         print(f"{head_name:>22}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         if args.probe_groups and "test" in means:
             groups = probe_groups(means["train"], train_clips, means["test"], test_clips,

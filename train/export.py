@@ -11,8 +11,9 @@
         --dsae-visual ... --emotion runs/emotion2 --out runs/bundle2   # new stage 2, same VQ-VAEs
 
 `--reference-store` scores the store's test clips (the familiarity table the app places
-every clip against) and fits each emotion head's temperature on its validation clips
-(`train/reference.py`); both go into the bundle's info, so the app computes neither.
+every clip against) and fits each emotion head's temperature on out-of-fold logits of its
+training and validation speakers' clips (`train/reference.py`); both go into the bundle's
+info, so the app computes neither.
 
 Training checkpoints (optimiser state, RNG, pickled) never leave the run folders: the
 bundle holds only config.json, model.safetensors and the card.
@@ -132,16 +133,18 @@ def model_card(info: dict[str, Any]) -> str:
                                       for s in ("train", "val", "test")) + " |")
     calibrated = {name: e for name, e in emotion.items() if "calibration" in e}
     if calibrated:
-        lines += ["", "## Emotion calibration (temperature fitted on validation clips; test "
-                  "clips)", "",
-                  "| head | temperature | ECE before | ECE after | answered (p >= "
+        lines += ["", "## Emotion calibration (temperature fitted out of fold on training and "
+                  "validation speakers; test clips)", "",
+                  "| head | temperature | ECE before | ECE after | ECE of a calibrated head | "
+                  "answered (p >= "
                   f"{next(iter(calibrated.values()))['calibration']['test']['sure_from']}) | "
-                  "accuracy when answered |", "|---|---|---|---|---|---|"]
+                  "accuracy when answered |", "|---|---|---|---|---|---|---|"]
         for name, e in calibrated.items():
             c = e["calibration"]
             t = c["test"]
             lines.append(f"| {name} | {c['temperature']:.2f} | {t['ece_before']:.3f} | "
-                         f"{t['ece_after']:.3f} | {t['after']['answered']:.0%} | "
+                         f"{t['ece_after']:.3f} | {_number(t.get('ece_floor'))} | "
+                         f"{t['after']['answered']:.0%} | "
                          f"{_number(t['after']['accuracy_answered'])} |")
     familiarity = info.get("familiarity")
     if familiarity:
@@ -243,7 +246,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--emotion", help="folder written by python -m train.emotion")
     parser.add_argument("--results", help="results.json written by python -m train.evaluate")
     parser.add_argument("--reference-store", help="store whose test clips give the familiarity "
-                        "table and whose validation clips calibrate the emotion heads")
+                        "table and whose training and validation clips calibrate the emotion "
+                        "heads (out of fold)")
     parser.add_argument("--out", required=True, help="bundle folder (replaced if it is one)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload to the Hub")
     args = parser.parse_args(argv)
@@ -266,7 +270,8 @@ def main(argv: list[str] | None = None) -> Path:
         info["evaluation"] = {"summary": results.get("summary", {}),
                               "markdown": results.get("markdown", "")}
     if args.reference_store:
-        reference = reference_info(components, args.reference_store)
+        reference = reference_info(components, args.reference_store,
+                                   emotion=info.get("emotion"))
         info["familiarity"] = reference["familiarity"]
         for head, calibration in reference["calibration"].items():
             reads = next(r.model for r in EMOTION_READERS.values() if r.head == head)

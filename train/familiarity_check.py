@@ -9,7 +9,8 @@ what ships in the dependencies and written as mp4 files the app reads like uploa
   (espeak-ng, when installed; otherwise a voiced tone);
 - the photograph held still with silence; a face-shaped test pattern with speech; colour
   bars with silence; a cat (scikit-image's chelsea) with speech.
-Apart, neither familiar nor foreign: three example faces with real speech for their voices.
+Apart, neither familiar nor foreign: the six example faces, each with real speech (six
+espeak-ng voices) for its voice.
 Prints each clip's verdict, the share of familiar clips per group and the ROC AUC of the
 least familiar score's percentile (familiar 0, foreign 1); `--out` writes them as JSON.
 
@@ -134,7 +135,7 @@ def mixed_clips(folder: Path) -> list[tuple[str, str, Path, bool]]:
     """The app's synthetic example faces with real speech instead of their voices: neither
     side of the ROC, reported apart (how much does the voice alone tell?)."""
     made = []
-    for i, example in enumerate(sorted(EXAMPLES.glob("*.mp4"))[:3]):
+    for i, example in enumerate(sorted(EXAMPLES.glob("*.mp4"))):  # voices 5, 0, 1, ..., 4
         frames = normalize_clip(example).frames[:N_FRAMES]
         path = write_video(folder / f"mixed_{example.stem}.mp4", frames,
                            speech(i + 11, folder)[:samples_for_frames(len(frames))], scale=1)

@@ -3,13 +3,16 @@
 - Familiarity: the three scores of `mdvae.familiarity.clip_scores` on every TEST clip of the
   store (whole clips, from the store's frames and spectrograms, as the app computes them
   for an upload), summarised as percentiles.
-- Emotion: for each emotion head, the temperature fitted on the VALIDATION clips' logits,
-  and on the test clips the expected calibration error before and after, the accuracy, and
-  what abstaining below `mdvae.calibration.SURE_FROM` gives.
+- Emotion: for each emotion head, the temperature fitted on out-of-fold logits of the
+  TRAINING and VALIDATION speakers' clips (the head refitted without each fold of speakers),
+  and on the test clips the expected calibration error before and after (beside what a
+  calibrated head would read on as many clips), the accuracy, and what abstaining below
+  `mdvae.calibration.SURE_FROM` gives.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,7 @@ from tqdm import tqdm
 from mdvae.calibration import (
     SURE_FROM,
     calibrated,
+    ece_noise_floor,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
@@ -28,8 +32,11 @@ from mdvae.components import EMOTION_READERS, MDVAE_MODEL, VQ_AUDIO, VQ_VISUAL
 from mdvae.data.store import Store
 from mdvae.eval.diagnostics import clip_means, labelled
 from mdvae.familiarity import clip_scores, reference_table
+from mdvae.model.emotion import out_of_fold_logits
 from mdvae.stage1.codec import AVCodec
 from train.runs import cached_features
+
+CALIBRATION_FOLDS = 5
 
 
 @torch.no_grad()
@@ -50,49 +57,77 @@ def familiarity_table(components: dict, store: Store, split: str = "test", *,
 
 
 @torch.no_grad()
-def emotion_calibration(components: dict, store: Store, *, show: bool = True
+def emotion_calibration(components: dict, store: Store, *, c: Mapping[str, float] | None = None,
+                        folds: int = CALIBRATION_FOLDS, show: bool = True
                         ) -> dict[str, dict[str, Any]]:
-    """Per emotion head in `components`: {"temperature", "fitted_on", "test": {...}}."""
+    """Per emotion head in `components`: {"temperature", "fitted_on", "out_of_fold",
+    "test": {...}}.
+
+    The temperature is fitted on out-of-fold logits: the training and validation speakers'
+    clips, each read by the head refitted (`out_of_fold_logits`, inverse L2 strength
+    c[head], default 1.0 as `train.emotion`'s) on the other folds of speakers; the shipped
+    head is then scored with it on the test clips.
+    """
     audio, visual, _ = cached_features(store, components[VQ_AUDIO], components[VQ_VISUAL],
                                        write=False)
-    clips = {split: labelled(store.split_clips(split)) for split in ("val", "test")}
+    clips = {split: labelled(store.split_clips(split)) for split in ("train", "val", "test")}
+    fit_clips = clips["train"] + clips["val"]
+    speakers = np.array([info.speaker for info in fit_clips])
     out = {}
     for reader in EMOTION_READERS.values():
         if reader.model not in components or reader.head not in components:
             continue
         head = components[reader.head]
-        logits, labels = {}, {}
-        for split, chosen in clips.items():
-            w = clip_means(components[reader.model], audio, visual, chosen, show=show)["w"]
-            logits[split] = head(torch.from_numpy(w)).double().numpy()  # (N, 8)
-            labels[split] = np.array([head.config.labels.index(c.emotion) for c in chosen])
-        t = fit_temperature(logits["val"], labels["val"])
-        before = calibrated(logits["test"], 1.0)
-        after = calibrated(logits["test"], t)
+        labels = {split: np.array([head.config.labels.index(info.emotion) for info in chosen])
+                  for split, chosen in clips.items()}
+        w = {split: clip_means(components[reader.model], audio, visual, chosen, show=show)["w"]
+             for split, chosen in clips.items()}  # (N, Lw) each
+        features = np.concatenate([w["train"], w["val"]])
+        fit_labels = np.concatenate([labels["train"], labels["val"]])
+        oof = out_of_fold_logits(features, [head.config.labels[i] for i in fit_labels],
+                                 speakers, folds=folds, label_names=head.config.labels,
+                                 c=(c or {}).get(reader.head, 1.0))  # (N, 8)
+        t = fit_temperature(oof, fit_labels)
+        logits = head(torch.from_numpy(w["test"])).double().numpy()  # (N_test, 8)
+        y = labels["test"]
+        before, after = calibrated(logits, 1.0), calibrated(logits, t)
+        n_folds = min(folds, len(set(speakers)))
         out[reader.head] = {
             "temperature": t,
-            "fitted_on": f"{len(labels['val'])} validation clips (NLL "
-                         f"{negative_log_likelihood(logits['val'], labels['val']):.3f} -> "
-                         f"{negative_log_likelihood(logits['val'], labels['val'], t):.3f})",
+            "fitted_on": f"out-of-fold logits of {len(fit_labels)} clips of "
+                         f"{len(set(speakers))} training and validation speakers ({n_folds} "
+                         f"folds by speaker; NLL {negative_log_likelihood(oof, fit_labels):.3f}"
+                         f" -> {negative_log_likelihood(oof, fit_labels, t):.3f})",
+            "out_of_fold": {
+                "clips": int(len(fit_labels)),
+                "folds": n_folds,
+                "accuracy": float((oof.argmax(1) == fit_labels).mean()),
+                "ece_before": expected_calibration_error(calibrated(oof, 1.0), fit_labels),
+                "ece_after": expected_calibration_error(calibrated(oof, t), fit_labels),
+            },
             "test": {
-                "clips": int(len(labels["test"])),
-                "accuracy": float((after.argmax(1) == labels["test"]).mean()),
-                "ece_before": expected_calibration_error(before, labels["test"]),
-                "ece_after": expected_calibration_error(after, labels["test"]),
-                "nll_before": negative_log_likelihood(logits["test"], labels["test"]),
-                "nll_after": negative_log_likelihood(logits["test"], labels["test"], t),
+                "clips": int(len(y)),
+                "accuracy": float((after.argmax(1) == y).mean()),
+                "ece_before": expected_calibration_error(before, y),
+                "ece_after": expected_calibration_error(after, y),
+                # what a perfectly calibrated head would read on as many clips
+                "ece_floor": ece_noise_floor(after),
+                "nll_before": negative_log_likelihood(logits, y),
+                "nll_after": negative_log_likelihood(logits, y, t),
                 "sure_from": SURE_FROM,
-                "before": selective(before, labels["test"]),
-                "after": selective(after, labels["test"]),
+                "before": selective(before, y),
+                "after": selective(after, y),
             },
         }
     return out
 
 
-def reference_info(components: dict, store_path: str, *, show: bool = True
-                   ) -> dict[str, Any]:
+def reference_info(components: dict, store_path: str, *, emotion: Mapping | None = None,
+                   show: bool = True) -> dict[str, Any]:
     """The info entries `--reference-store` adds: "familiarity", and per head the
-    calibration (to merge into info["emotion"][head])."""
+    calibration (to merge into info["emotion"][head]); `emotion`: the bundle's
+    info["emotion"], whose "c" (the heads' L2 strength, when recorded) the refits reuse."""
     store = Store(store_path)
+    c = {head: float(entry["c"]) for head, entry in (emotion or {}).items() if "c" in entry}
     return {"familiarity": familiarity_table(components, store, show=show),
-            "calibration": emotion_calibration(components, store, show=show)}
+            "calibration": emotion_calibration(components, store, c=c, show=show)}

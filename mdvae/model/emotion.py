@@ -3,6 +3,9 @@
 It is fitted with scikit-learn (``fit_emotion_head``) and stored as a small torch module so
 that it travels in a bundle's safetensors like every other component. The input is
 standardised with the training set's statistics, folded into the module's buffers.
+``out_of_fold_logits`` refits the same head on all but one group of speakers at a time, so
+each clip gets logits from a head that never saw its speaker: what calibrating the shipped
+head needs (`train/reference.py`).
 """
 
 from __future__ import annotations
@@ -96,3 +99,34 @@ def fit_emotion_head(
         head.mean.copy_(torch.from_numpy(mean))
         head.std.copy_(torch.from_numpy(std))
     return head
+
+
+def out_of_fold_logits(
+    features: np.ndarray,
+    labels: list[str] | np.ndarray,
+    groups: list[str] | np.ndarray,
+    *,
+    folds: int = 5,
+    label_names: tuple[str, ...] = EMOTIONS,
+    c: float = 1.0,
+) -> np.ndarray:
+    """Logits (N, n_classes) of every clip from a head refitted without its group.
+
+    features (N, D), labels N names, groups N speaker names: the clips are split into
+    `folds` folds of whole speakers (scikit-learn's GroupKFold, fewer folds when there are
+    fewer speakers), and each fold is read by ``fit_emotion_head(..., c=c)`` fitted on the
+    others. Needs at least two speakers.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    features = np.asarray(features, np.float64)
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise MDVAEError(f"out-of-fold logits need clips of at least two speakers, got {n_groups}")
+    logits = np.zeros((len(features), len(label_names)))
+    for seen, held_out in GroupKFold(min(folds, n_groups)).split(features, labels, groups):
+        head = fit_emotion_head(features[seen], labels[seen], label_names=label_names, c=c)
+        with torch.no_grad():
+            logits[held_out] = head(torch.from_numpy(features[held_out])).double().numpy()
+    return logits

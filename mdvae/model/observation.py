@@ -95,6 +95,15 @@ class GaussianDecoder(nn.Module):
             return GaussianNLL.apply(x, mean, logvar)
 
     @torch.no_grad()
+    def frame_negative_log_likelihood(self, x: Tensor, mean: Tensor) -> Tensor:
+        """-log p(x_t | latents_t) of every frame, summed over dimensions: (B, T), at the
+        evaluation variances (for scores; training uses `negative_log_likelihood`)."""
+        x, mean = at_least_float32(x), at_least_float32(mean)
+        logvar = self.logvar.clamp(min=self.logvar_min)
+        return 0.5 * ((mean - x).square() @ torch.exp(-logvar)
+                      + logvar.sum() + x.shape[-1] * LOG_2PI)
+
+    @torch.no_grad()
     def _fit_logvar(self, x: Tensor, mean: Tensor) -> Tensor:
         """The batch's maximum-likelihood log-variances (D,) (floored), folded into the
         running average kept in `logvar`."""
