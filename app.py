@@ -1,7 +1,8 @@
 """Gradio demo of VQ-MDVAE: swap latent factors, interpolate w, denoise, read the emotion.
 
 UI only: the components, the events and thin functions that call `mdvae.pipeline.Pipeline`,
-which owns the models and turns bad input into clear errors (shown here as gr.Error).
+which owns the models and turns bad input into clear errors (shown here as gr.Error, and
+kept in a status line under the tab's button until its next success).
 
     python app.py          # MDVAE_BUNDLE=folder-or-hub-id, GRADIO_SERVER_NAME / _PORT
 
@@ -16,11 +17,13 @@ default 2000).
 
 from __future__ import annotations
 
+import functools
 import html
 import os
 import signal
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -95,12 +98,82 @@ def _pipe() -> Pipeline:
 
 @contextmanager
 def _user_errors(what: str = ""):
-    """The pipeline's messages for bad input, as a Gradio error popup that stays until closed."""
+    """The pipeline's messages for bad input, as a Gradio error popup (which fades; the
+    tab's status line keeps the reason, see `_keeps_reason`)."""
     try:
         yield
     except MDVAEError as err:
-        raise gr.Error(f"{what}: {err}" if what else str(err), duration=None,
+        raise gr.Error(f"{what}: {err}" if what else str(err),
                        print_exception=False) from err
+
+
+class _Reasons:
+    """The last error's reason per (session, tab), read once by the tab's status line.
+
+    A failed event has no outputs, so the reason waits here for the `failure` event that
+    writes it under the tab's inputs. Bounded: API callers' failures, which no status line
+    reads, are forgotten oldest first.
+    """
+
+    def __init__(self, capacity: int):
+        self._items: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def keep(self, tab: str, session: str, reason: str) -> None:
+        with self._lock:
+            self._items[(session, tab)] = reason
+            self._items.move_to_end((session, tab))
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+    def take(self, tab: str, session: str) -> str | None:
+        with self._lock:
+            return self._items.pop((session, tab), None)
+
+
+_REASONS = _Reasons(capacity=4 * MAX_SESSIONS)
+
+
+def _keeps_reason(tab: str):
+    """Decorator for a thin function with a `request: gr.Request` parameter: the reason of
+    a gr.Error it raises is kept for `tab`'s status line (`_status_line`)."""
+    def decorate(fn):
+        @functools.wraps(fn)  # Gradio reads fn's signature through it
+        def wrapped(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error as err:
+                request = next((a for a in (*args, *kwargs.values())
+                                if isinstance(a, gr.Request)), None)
+                if request is not None and request.session_hash:
+                    _REASONS.keep(tab, request.session_hash, str(err.message))
+                raise
+        return wrapped
+    return decorate
+
+
+def _status_html(reason: str | None) -> str:
+    text = (html.escape(reason) if reason else
+            "the server gave no reason (a message may have shown in the corner); try again")
+    return (f"<div class='status-error' style='color:#b91c1c;border-left:3px solid #dc2626;"
+            f"padding:2px 8px'><b>Not done:</b> {text}</div>")
+
+
+def _status_line(event, tab: str, status: gr.HTML) -> None:
+    """After `event` (a Dependency): its failure's reason in `status`, which stays after
+    the toast has faded; a success empties it."""
+    def reason(request: gr.Request):
+        return _status_html(_REASONS.take(tab, request.session_hash))
+
+    event.success(lambda: "", None, status, queue=False, api_visibility="private")
+    event.failure(reason, None, status, queue=False, api_visibility="private")
+
+
+def _cleared_by(examples: gr.Examples, status: gr.HTML) -> None:
+    """A clicked example (shipped clips, which run) empties the status line too."""
+    examples.load_input_event.then(lambda: "", None, status, queue=False,
+                                   api_visibility="private")
 
 
 def _notes(*sources) -> str:
@@ -167,7 +240,9 @@ PROGRESS = gr.Progress()
 
 
 @gpu
-def swap(video_a, video_b, groups, aligned, progress=PROGRESS, enc_a=None, enc_b=None):
+@_keeps_reason("swap")
+def swap(video_a, video_b, groups, aligned, progress=PROGRESS, enc_a=None, enc_b=None,
+         request: gr.Request = None):
     """Clip A rebuilt with the chosen latent groups taken from clip B."""
     pipe = _pipe()
     enc_a, enc_b = _encode_pair(video_a, video_b, aligned, enc_a, enc_b, progress)
@@ -189,8 +264,9 @@ def _alpha(toward_b) -> float:
 
 
 @gpu
+@_keeps_reason("interpolate")
 def interpolate(video_a, video_b, toward_b, sweep, aligned, progress=PROGRESS, enc_a=None,
-                enc_b=None):
+                enc_b=None, request: gr.Request = None):
     """Clip A with w moved towards clip B's (toward_b: 0 is A's w, 1 is B's), or the sweep."""
     pipe = _pipe()
     enc_a, enc_b = _encode_pair(video_a, video_b, aligned, enc_a, enc_b, progress)
@@ -205,8 +281,9 @@ def interpolate(video_a, video_b, toward_b, sweep, aligned, progress=PROGRESS, e
 
 
 @gpu
+@_keeps_reason("interpolate")
 def interpolate_alpha(video_a, video_b, toward_b, sweep, aligned, progress=PROGRESS, enc_a=None,
-                      enc_b=None):
+                      enc_b=None, request: gr.Request = None):
     """The slider's event: with both clips encoded in the session, only decodes; the strip
     is redrawn too, so it always shows the current pair."""
     pipe = _pipe()
@@ -222,7 +299,9 @@ def interpolate_alpha(video_a, video_b, toward_b, sweep, aligned, progress=PROGR
 
 
 @gpu
-def denoise(video, region, sigma, percent, aligned, progress=PROGRESS, enc=None):
+@_keeps_reason("denoise")
+def denoise(video, region, sigma, percent, aligned, progress=PROGRESS, enc=None,
+            request: gr.Request = None):
     """Noise on the mouth or eyes of the central frames; VQ-VAE, V-DSAE and MDVAE repair it."""
     pipe = _pipe()
     if not pipe.reusable(video, enc, aligned=aligned):
@@ -278,7 +357,8 @@ def _emotion_verdict(readings) -> str:
 
 
 @gpu
-def emotion(video, aligned, progress=PROGRESS, enc=None):
+@_keeps_reason("emotion")
+def emotion(video, aligned, progress=PROGRESS, enc=None, request: gr.Request = None):
     """The 8 emotions' calibrated probabilities from w (the MDVAE's and the unimodal models'),
     each model's answer or "not sure", and the clip's familiarity."""
     pipe = _pipe()
@@ -351,6 +431,10 @@ def _state() -> gr.State:
     return gr.State(time_to_live=SESSION_TTL_S)
 
 
+def _status(elem_id: str) -> gr.HTML:
+    return gr.HTML(elem_id=elem_id, render=False)
+
+
 def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
     """The Blocks app around `pipeline` (default: Pipeline(), i.e. $MDVAE_BUNDLE or
     checkpoints/)."""
@@ -384,8 +468,10 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
             swap_inputs = [swap_a, swap_b, swap_groups, aligned]
             # The button's event first, so the API names go to it, not to the examples.
             swap_button = gr.Button("Swap", variant="primary", render=False)
-            swap_button.click(swap, [*swap_inputs, *swap_state], swap_outputs, api_name="swap")
-            gr.Examples(
+            swap_status = _status("swap-status")
+            _status_line(swap_button.click(swap, [*swap_inputs, *swap_state], swap_outputs,
+                                           api_name="swap"), "swap", swap_status)
+            examples = gr.Examples(
                 [[_example("spk02_happy.mp4"), _example("spk05_sad.mp4"), ["z_av"], True],
                  [_example("spk07_angry.mp4"), _example("spk21_surprised.mp4"), ["w"], True],
                  [_example("spk49_disgusted.mp4"), _example("spk37_neutral.mp4"),
@@ -393,11 +479,13 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                 swap_inputs, swap_outputs, fn=swap, run_on_click=True, cache_examples=False,
                 example_labels=["lips of B (z_av)", "identity and emotion of B (w)",
                                 "head motion and blinks of B (z_v)"])
+            _cleared_by(examples, swap_status)
             with gr.Row():
                 swap_a.render()
                 swap_b.render()
             swap_groups.render()
             swap_button.render()
+            swap_status.render()
             swap_fam.render()
             with gr.Row():
                 swap_video.render()
@@ -425,15 +513,18 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
             interp_inputs = [interp_a, interp_b, toward_b, sweep, aligned]
             # The button's event first, so the API names go to it, not to the examples.
             interp_button = gr.Button("Interpolate", variant="primary", render=False)
-            interp_button.click(interpolate, [*interp_inputs, *interp_state], interp_outputs,
-                                api_name="interpolate")
-            gr.Examples(
+            interp_status = _status("interp-status")
+            _status_line(interp_button.click(interpolate, [*interp_inputs, *interp_state],
+                                             interp_outputs, api_name="interpolate"),
+                         "interpolate", interp_status)
+            examples = gr.Examples(
                 [[_example("spk02_happy.mp4"), _example("spk07_angry.mp4"), 0.5, False, True],
                  [_example("spk05_sad.mp4"), _example("spk21_surprised.mp4"), 0.5, True, True]],
                 interp_inputs, interp_outputs, fn=interpolate, run_on_click=True,
                 cache_examples=False,
                 example_labels=["happy speaker 2 halfway to angry speaker 7",
                                 "sad speaker 5 sweeping to surprised speaker 21"])
+            _cleared_by(examples, interp_status)
             with gr.Row():
                 interp_a.render()
                 interp_b.render()
@@ -441,16 +532,18 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                 toward_b.render()
                 sweep.render()
             interp_button.render()
+            interp_status.render()
             interp_fam.render()
             with gr.Row():
                 interp_video.render()
                 interp_strip.render()
             interp_notes.render()
             interp_fam_json.render()
-            gr.on([toward_b.release, sweep.input], interpolate_alpha,
-                  [*interp_inputs, *interp_state],
-                  [interp_video, interp_strip, interp_notes, *interp_state],
-                  api_visibility="private", trigger_mode="always_last")
+            _status_line(gr.on([toward_b.release, sweep.input], interpolate_alpha,
+                               [*interp_inputs, *interp_state],
+                               [interp_video, interp_strip, interp_notes, *interp_state],
+                               api_visibility="private", trigger_mode="always_last"),
+                         "interpolate", interp_status)
             # A new clip A or B: the results of the old pair go, so none describes it.
             gr.on([interp_a.change, interp_b.change], lambda: (None, None, "", ""), None,
                   [interp_video, interp_strip, interp_fam, interp_notes],
@@ -480,12 +573,15 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
             den_inputs = [den_video_in, region, sigma, percent, aligned]
             # The button's event first, so the API names go to it, not to the examples.
             den_button = gr.Button("Corrupt and denoise", variant="primary", render=False)
-            den_button.click(denoise, [*den_inputs, den_state], den_outputs, api_name="denoise")
-            gr.Examples(
+            den_status = _status("den-status")
+            _status_line(den_button.click(denoise, [*den_inputs, den_state], den_outputs,
+                                          api_name="denoise"), "denoise", den_status)
+            examples = gr.Examples(
                 [[_example("spk21_surprised.mp4"), "mouth", 0.3, 60, True],
                  [_example("spk05_sad.mp4"), "eyes", 0.5, 60, True]],
                 den_inputs, den_outputs, fn=denoise, run_on_click=True, cache_examples=False,
                 example_labels=["noisy mouth", "noisy eyes"])
+            _cleared_by(examples, den_status)
             with gr.Row():
                 den_video_in.render()
                 with gr.Column():
@@ -493,6 +589,7 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                     sigma.render()
                     percent.render()
             den_button.render()
+            den_status.render()
             gr.Markdown("**Clean | noisy | each model's repair**, with the clip's own sound; "
                         "the first half second holds the middle corrupted frame.")
             den_video.render()
@@ -516,18 +613,22 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
             emo_inputs = [emo_video_in, aligned]
             # The button's event first, so the API names go to it, not to the examples.
             emo_button = gr.Button("Predict the emotion", variant="primary", render=False)
-            emo_button.click(emotion, [*emo_inputs, emo_state], emo_outputs, api_name="emotion")
+            emo_status = _status("emo-status")
+            _status_line(emo_button.click(emotion, [*emo_inputs, emo_state], emo_outputs,
+                                          api_name="emotion"), "emotion", emo_status)
             with gr.Row():
                 emo_video_in.render()
                 with gr.Column():
-                    gr.Examples(
+                    examples = gr.Examples(
                         [[_example(name), True]
                          for name in ("spk02_happy.mp4", "spk05_sad.mp4", "spk07_angry.mp4",
                                       "spk49_disgusted.mp4")],
                         emo_inputs, emo_outputs, fn=emotion, run_on_click=True,
                         cache_examples=False,
                         example_labels=["happy", "sad", "angry", "disgusted"])
+                    _cleared_by(examples, emo_status)
                     emo_button.render()
+                    emo_status.render()
                     emo_fam.render()
                     emo_verdict.render()
             gr.Markdown(

@@ -184,8 +184,9 @@ class DenoiseResult:
 class EmotionReading:
     """One model's emotion for a clip: calibrated probabilities, and its answer or none.
 
-    probabilities: label -> softmax(logits / temperature), the temperature fitted on the
-    bundle's validation clips (1 when the bundle has none); answer: the top label, or None
+    probabilities: label -> softmax(logits / temperature), the temperature stored in the
+    bundle (fitted out of fold on its training and validation speakers; 1 when the bundle
+    has none); answer: the top label, or None
     ("not sure") when the clip is unfamiliar or the top probability is below `sure_from`;
     reason: why there is no answer ("" when there is one).
     """
@@ -697,7 +698,7 @@ class Pipeline:
 
         model: "mdvae" (w of q(w | x_a, x_v)), "audio" or "visual" (w of the A-DSAE or the
         V-DSAE, with their own heads), when the bundle has them. The logits are divided by
-        the head's temperature fitted on the validation clips (see `emotion_reading`).
+        the head's temperature from the bundle (see `emotion_reading`).
         """
         return self.emotion_reading(enc, model).probabilities
 

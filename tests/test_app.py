@@ -105,7 +105,8 @@ def test_swap_endpoint_matches_a_direct_render(client, served):
     # The tiny bundle has no reference table: the page and the API say so.
     assert set(familiarity) == {"Clip A", "Clip B"} and "Clip A" in gauge
     assert familiarity["Clip A"]["level"] == "unknown"
-    assert set(familiarity["Clip A"]["scores"]) == {"mdvae", "vq_visual", "vq_audio"}
+    assert set(familiarity["Clip A"]["scores"]) == {"mdvae", "mdvae_audio", "vq_visual",
+                                                    "vq_audio"}
     # Every group from B: B's reconstruction, as the pipeline renders it directly.
     enc_b = pipe.encode(pipe.load(CLIP_B, aligned=True))
     direct = pipe.render(pipe.reconstruct(enc_b), "direct")
@@ -174,6 +175,24 @@ def test_bad_inputs_refused_with_the_pipeline_message(client, bad_inputs, case, 
         client.predict(handle_file(str(bad_inputs[case])), aligned, api_name="/emotion")
 
 
+def test_an_error_reason_waits_for_its_tab_status_line(served, bad_inputs):
+    """A failed event writes no outputs: the reason is kept per session and tab, read once
+    by the status line's failure event, escaped, and bounded in number."""
+    request = gr.Request(session_hash="visitor-1")
+    with pytest.raises(gr.Error, match="has no audio track"):
+        app.emotion(str(bad_inputs["no_audio"]), True, app.PROGRESS, None, request)
+    assert app._REASONS.take("swap", "visitor-1") is None  # another tab's line stays empty
+    reason = app._REASONS.take("emotion", "visitor-1")
+    assert "has no audio track" in reason
+    assert app._REASONS.take("emotion", "visitor-1") is None  # read once
+    assert "has no audio track" in app._status_html(reason)
+    assert "&lt;b&gt;" in app._status_html("<b>file</b>")
+    reasons = app._Reasons(capacity=2)
+    for i in range(3):
+        reasons.keep("emotion", f"s{i}", f"reason {i}")
+    assert reasons.take("emotion", "s0") is None and reasons.take("emotion", "s2") == "reason 2"
+
+
 def test_long_clip_trimmed_and_huge_clip_handled(client, bad_inputs):
     text, *_ = client.predict(handle_file(str(bad_inputs["long"])), True,
                               api_name="/emotion")
@@ -195,7 +214,8 @@ def test_upload_over_the_size_cap_refused(client, tmp_path):
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"{CHROMIUM} is not installed")
 def test_page_in_headless_chromium_swap_slider_and_error(served, tmp_path, bad_inputs):
     """A visitor's path: a swap example, the interpolation slider, then a bad upload whose
-    reason is still on screen after Gradio's usual toast time (10 s) has passed."""
+    reason stays in the tab's status line after Gradio's toast has faded (10 s), until an
+    example runs."""
     from playwright.sync_api import sync_playwright
 
     shots = []
@@ -206,6 +226,7 @@ def test_page_in_headless_chromium_swap_slider_and_error(served, tmp_path, bad_i
             page.goto(served[0], wait_until="load")
             page.wait_for_selector("#intro", timeout=60_000)
             example = page.get_by_text("lips of B (z_av)", exact=True).first
+            example.wait_for(timeout=60_000)  # the page may still be drawing on a busy machine
             assert example.is_visible() and example.bounding_box()["y"] < 900  # no scrolling
             example.click()
             page.wait_for_selector("#swap-result video[src]", timeout=120_000)
@@ -233,12 +254,23 @@ def test_page_in_headless_chromium_swap_slider_and_error(served, tmp_path, bad_i
             page.locator("#emo-input input[type=file]").set_input_files(
                 str(bad_inputs["no_audio"]))
             page.get_by_role("button", name="Predict the emotion").click()
-            toast = page.get_by_text("has no audio track").first
-            toast.wait_for(timeout=60_000)
-            page.wait_for_timeout(11_000)
-            assert toast.is_visible()  # still readable after the usual toast time
+            toast = page.get_by_test_id("toast-body").filter(has_text="has no audio track")
+            toast.first.wait_for(timeout=60_000)
+            status = page.locator("#emo-status")
+            status.get_by_text("has no audio track").wait_for(timeout=30_000)
+            page.wait_for_timeout(1_000)  # the toast's fade-in, for a readable picture
             shots.append(tmp_path / "error.png")
             page.screenshot(path=str(shots[-1]))
+            toast.first.wait_for(state="detached", timeout=30_000)  # the toast has faded...
+            assert toast.count() == 0
+            # ... and the reason is still on the page, under the tab's button
+            assert "has no audio track" in status.inner_text() and status.is_visible()
+            shots.append(tmp_path / "error_after_toast.png")
+            page.screenshot(path=str(shots[-1]))
+            page.get_by_text("happy", exact=True).filter(visible=True).first.click()  # cleared
+            page.wait_for_function(
+                "() => !document.querySelector('#emo-status').innerText.includes('Not done')",
+                timeout=120_000)
         finally:
             browser.close()
     from PIL import Image

@@ -1,6 +1,6 @@
 """What a bundle knows about its own held-out clips, for `train.export --reference-store`.
 
-- Familiarity: the three scores of `mdvae.familiarity.clip_scores` on every TEST clip of the
+- Familiarity: the four scores of `mdvae.familiarity.clip_scores` on every TEST clip of the
   store (whole clips, from the store's frames and spectrograms, as the app computes them
   for an upload), summarised as percentiles.
 - Emotion: for each emotion head, the temperature fitted on out-of-fold logits of the
