@@ -165,6 +165,16 @@ def model_card(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def training_data(mdvae_run: str) -> dict[str, Any]:
+    """`data_summary` of the store the MDVAE run trained on, or a note where it is not
+    readable (the store may live elsewhere than where it was trained)."""
+    store = common.RunFolder(mdvae_run, writer=False).read_config()["store"]
+    try:
+        return data_summary(store)
+    except MDVAEError as err:
+        return {"store": store, "note": f"store not readable at export: {err}"}
+
+
 def from_runs(args) -> tuple[dict, dict[str, Any]]:
     """Components and info from the run folders named on the command line."""
     components = {
@@ -181,11 +191,7 @@ def from_runs(args) -> tuple[dict, dict[str, Any]]:
         "runs": {name: run_summary(path) for name, path in runs.items()},
         "exported": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    store = common.RunFolder(args.mdvae, writer=False).read_config()["store"]
-    try:
-        info["data"] = data_summary(store)
-    except MDVAEError as err:  # the store may live elsewhere than where it was trained
-        info["data"] = {"store": store, "note": f"store not readable at export: {err}"}
+    info["data"] = training_data(args.mdvae)
     if args.emotion:
         heads = load_bundle(args.emotion)
         components.update(heads.components)
@@ -221,11 +227,7 @@ def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
     for stale in ("evaluation", "familiarity", "reference_added"):
         info.pop(stale, None)
     if args.mdvae:
-        store = common.RunFolder(args.mdvae, writer=False).read_config()["store"]
-        try:
-            info["data"] = data_summary(store)
-        except MDVAEError as err:
-            info["data"] = {"store": store, "note": f"store not readable at export: {err}"}
+        info["data"] = training_data(args.mdvae)
     info["exported"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 

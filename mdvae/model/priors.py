@@ -7,6 +7,8 @@ by one frame; only ancestral sampling steps through time in Python.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -55,16 +57,30 @@ class AutoregressivePrior(nn.Module):
         self, batch: int, n_frames: int, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, DiagonalGaussian]:
         """Ancestral sampling z_t ~ p(z_t | z_1:t-1): z (B, T, L) and the priors it used."""
-        weight = self.head[0].weight
-        z_prev = weight.new_zeros(batch, 1, self.z_dim)  # (B, 1, L)
-        state = None
-        zs, means, logvars = [], [], []
-        for _ in range(n_frames):
-            h, state = self.rnn(z_prev, state)  # (B, 1, H)
-            step = DiagonalGaussian.from_params(self.head(h[:, 0]))
-            z_t = step.rsample(generator=generator)  # (B, L)
-            zs.append(z_t)
-            means.append(step.mean)
-            logvars.append(step.logvar)
-            z_prev = z_t.unsqueeze(1)
-        return torch.stack(zs, 1), DiagonalGaussian(torch.stack(means, 1), torch.stack(logvars, 1))
+        z_0 = self.head[0].weight.new_zeros(batch, 1, self.z_dim)
+        return ancestral_sample(self.rnn, lambda h: DiagonalGaussian.from_params(self.head(h)),
+                                z_0, n_frames, generator=generator)
+
+
+def ancestral_sample(
+    rnn: nn.Module,
+    step_prior: Callable[[Tensor], DiagonalGaussian],
+    z_0: Tensor,
+    n_frames: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, DiagonalGaussian]:
+    """z_t ~ p(z_t | z_1:t-1) for t = 1..n_frames, starting from z_0 (B, 1, L): `rnn` (a
+    batch-first torch RNN) reads the last draw, `step_prior` turns its output (B, H) into
+    p(z_t | z_1:t-1). Returns z (B, T, L) and the priors it used."""
+    z_prev, state = z_0, None
+    zs, means, logvars = [], [], []
+    for _ in range(n_frames):
+        h, state = rnn(z_prev, state)  # (B, 1, H)
+        step = step_prior(h[:, 0])
+        z_t = step.rsample(generator=generator)  # (B, L)
+        zs.append(z_t)
+        means.append(step.mean)
+        logvars.append(step.logvar)
+        z_prev = z_t.unsqueeze(1)
+    return torch.stack(zs, 1), DiagonalGaussian(torch.stack(means, 1), torch.stack(logvars, 1))

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from mdvae.model.gaussian import DiagonalGaussian, at_least_float32, gaussian_head
 from mdvae.model.observation import mlp
 from mdvae.model.posteriors import step_histories
+from mdvae.model.priors import ancestral_sample
 
 
 def linear_of_blocks(linear: nn.Linear, blocks: Sequence[Tensor], start: int = 0) -> Tensor:
@@ -91,18 +92,9 @@ class SharedGRULatent(nn.Module):
         self, batch: int, n_frames: int, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, DiagonalGaussian]:
         """Ancestral sampling z_t ~ p(z_t | z_1:t-1): z (B, T, L) and the priors it used."""
-        z_prev = self.prior_head[0].weight.new_zeros(batch, 1, self.z_dim)  # (B, 1, L)
-        state = None
-        zs, means, logvars = [], [], []
-        for _ in range(n_frames):
-            s, state = self.rnn(z_prev, state)  # (B, 1, H)
-            step = self.prior_from_states(s[:, 0])
-            z_t = step.rsample(generator=generator)  # (B, L)
-            zs.append(z_t)
-            means.append(step.mean)
-            logvars.append(step.logvar)
-            z_prev = z_t.unsqueeze(1)
-        return torch.stack(zs, 1), DiagonalGaussian(torch.stack(means, 1), torch.stack(logvars, 1))
+        z_0 = self.prior_head[0].weight.new_zeros(batch, 1, self.z_dim)
+        return ancestral_sample(self.rnn, self.prior_from_states, z_0, n_frames,
+                                generator=generator)
 
 
 def _gate_blocks(weights: Sequence[Tensor], n_gates: int) -> Tensor:
