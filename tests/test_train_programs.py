@@ -338,3 +338,33 @@ def test_dsae_baselines_can_copy_the_mdvae_they_are_compared_with(tmp_path):
     assert stage2.build_model("dsae-audio", args, None)[1].beta_w == 0.25
     with pytest.raises(ConfigError, match="like-mdvae"):
         stage2.main([*base, "--model", "mdvae", "--like-mdvae", str(tmp_path / "mdvae")])
+
+
+@pytest.mark.slow
+def test_stage2_init_from_fine_tunes_a_runs_weights_with_a_new_floor(runs, tiny_store, tmp_path):
+    flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
+             "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",
+             "--val-every", "5", "--kl-warmup", "0", *FAST]
+    out = tmp_path / "fine"
+    # learning rate 0: the fine-tune's weights must be exactly the source run's
+    stage2.main([*flags, "--lr", "0", "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+                 "--out", str(out), "--steps", "5", "--mdvae-obs-logvar-min", "-1.5"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["obs_logvar_min"] == -1.5
+    assert config["model"]["w_dim"] == 8  # the source run's sizes, not the preset's
+    assert config["init_from"]["run"] == str(runs / "mdvae") and config["init_from"]["step"] == 40
+    source, tuned = load_stage2(str(runs / "mdvae")), load_stage2(str(out))
+    for (name, p), q in zip(source.state_dict().items(), tuned.state_dict().values()):
+        torch.testing.assert_close(p, q, msg=name)
+    assert tuned.decoder_x_v.logvar_min == -1.5
+    assert "fine-tuned from" in export.trained_on(export.run_summary(str(out)))
+    # what cannot be fine-tuned is refused before anything is trained
+    with pytest.raises(ConfigError, match="do not fit"):
+        stage2.main([*flags, "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+                     "--out", str(tmp_path / "wider"), "--steps", "5", "--mdvae-w-dim", "16"])
+    with pytest.raises(ConfigError, match="not a stage-2 mdvae"):
+        stage2.main([*flags, "--model", "mdvae", "--init-from", str(runs / "dsae_audio"),
+                     "--out", str(tmp_path / "kind"), "--steps", "5"])
+    with pytest.raises(ConfigError, match="give one"):
+        stage2.main([*flags, "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+                     "--out", str(out), "--steps", "10", "--resume"])

@@ -68,6 +68,8 @@ def run_summary(run_dir: str) -> dict[str, Any]:
                      if k not in ("step", "split", "time")} if val_rows else {},
         "model": config["model"],
     }
+    if "init_from" in config:  # a fine-tune: where its starting weights came from
+        summary["init_from"] = {k: config["init_from"][k] for k in ("run", "step")}
     if len(times) > 1:
         summary["logged_wall_seconds"] = round(times[-1] - times[0], 1)
     return summary
@@ -87,10 +89,14 @@ def data_summary(store_path: str) -> dict[str, Any]:
 
 
 def trained_on(run: dict[str, Any]) -> str:
-    """"`a` (train split)", or for a run resumed on other stores "`a` to step N, then `b`"."""
+    """"`a` (train split)", or for a run resumed on other stores "`a` to step N, then `b`";
+    a fine-tune (stage 2 --init-from) names the run and step it started from."""
     parts = [f"`{e['store']}` to step {e['until_step']}" for e in run.get("earlier_stores", [])]
     parts.append(f"`{run.get('store', '?')}`")
-    return ", then ".join(parts) + " (train split)"
+    text = ", then ".join(parts) + " (train split)"
+    if "init_from" in run:
+        text += f"; fine-tuned from `{run['init_from']['run']}` (step {run['init_from']['step']})"
+    return text
 
 
 def model_card(info: dict[str, Any]) -> str:

@@ -13,6 +13,12 @@ every stage-2 run on the same VQ-VAEs reuses them.
 A DSAE's sizes default to those of the --preset's MDVAE; --like-mdvae takes them (w, z =
 z_av + z_a or z_av + z_v, widths, beta_w) from a trained MDVAE's run folder instead, so
 the baseline matches the model it is compared with; --dsae-* flags still override.
+
+--init-from RUN fine-tunes: a new run folder starts from a finished run's weights with a
+fresh optimiser and learning-rate schedule, e.g. with a higher decoder floor:
+
+    python -m train.stage2 ... --model mdvae --init-from runs/mdvae --out runs/mdvae_ft \
+        --steps 4000 --kl-warmup 0 --mdvae-obs-logvar-min -3
 """
 
 from __future__ import annotations
@@ -63,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DSAE only: take its sizes and beta_w from this MDVAE run "
                              "folder's config (DSAEConfig.from_mdvae), for a like-for-like "
                              "baseline; --dsae-* flags still override")
+    parser.add_argument("--init-from", default=None, metavar="RUN",
+                        help="a fine-tune: start a new run from this stage-2 run's weights (same "
+                             "model kind, same VQ-VAE features) with a fresh optimiser and "
+                             "schedule; the model config is that run's, and --mdvae-*/--dsae-* "
+                             "flags may change what does not change the weights' shapes (the "
+                             "decoder floor, the betas)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--device", default=None)
     common.add_config_flags(parser, common.RunConfig)
@@ -71,7 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_model(kind: str, args: argparse.Namespace, saved: dict | None):
+def build_model(kind: str, args: argparse.Namespace, saved: dict | None,
+                base: dict | None = None):
+    """The model and its config: a resumed run's ``saved`` config as it is; otherwise the
+    preset's (or ``base``, a run's config to fine-tune from) with the flags applied."""
+    if base is not None:
+        cls = MDVAEConfig if kind == "mdvae" else DSAEConfig
+        cfg = common.config_from_flags(args, cls.from_dict(base),
+                                       prefix="mdvae_" if kind == "mdvae" else "dsae_")
+        return (MDVAE(cfg) if kind == "mdvae" else DSAE(cfg)), cfg
     if kind == "mdvae":
         cfg = (MDVAEConfig.from_dict(saved) if saved is not None
                else common.config_from_flags(args, MDVAEConfig.preset(args.preset),
@@ -83,6 +103,20 @@ def build_model(kind: str, args: argparse.Namespace, saved: dict | None):
     else:
         cfg = common.config_from_flags(args, dsae_base(args, modality), prefix="dsae_")
     return DSAE(cfg), cfg
+
+
+def read_init_run(path: str, kind: str) -> dict:
+    """A finished stage-2 run to fine-tune from: its config, weights and a summary for the
+    new run's config (where it came from, at which step)."""
+    source = common.RunFolder(path, writer=False)
+    config = source.read_config()
+    if config.get("program") != "stage2" or config.get("model_kind") != kind:
+        raise ConfigError(f"--init-from {path} is a {config.get('model_kind') or config.get('program')} "
+                          f"run, not a stage-2 {kind} one")
+    checkpoint = source.load_checkpoint(required=True)
+    return {"config": config, "weights": checkpoint["model"],
+            "summary": {"run": str(path), "step": int(checkpoint["step"]),
+                        "model": config["model"]}}
 
 
 def dsae_base(args: argparse.Namespace, modality: str) -> DSAEConfig:
@@ -186,6 +220,9 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     if args.like_mdvae and args.model == "mdvae":
         raise ConfigError("--like-mdvae is for the DSAE baselines (--model dsae-audio or "
                           "dsae-visual)")
+    if args.init_from and args.resume:
+        raise ConfigError("--init-from starts a new run; --resume continues one: give one")
+    init = read_init_run(args.init_from, args.model) if args.init_from else None
     d = common.setup_distributed(args.device)
     run = common.RunFolder(args.out, writer=d.is_main)
     saved_model = None
@@ -218,8 +255,20 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     if not d.is_main:
         audio, visual, key = cached_features(store, vq_audio, vq_visual, write=False)
 
-    model, model_cfg = build_model(args.model, args, saved_model)
-    obs_init = saved.get("obs_init", "config") if args.resume else args.obs_init
+    if init is not None and init["config"].get("feature_key") != key:
+        raise ConfigError(
+            f"--init-from {args.init_from} was trained on features {init['config'].get('feature_key')} "
+            f"and these VQ-VAEs give {key}: fine-tune inside the VQ-VAEs it was trained in")
+    model, model_cfg = build_model(args.model, args, saved_model,
+                                   init["config"]["model"] if init is not None else None)
+    if init is not None:
+        try:
+            model.load_state_dict(init["weights"])
+        except RuntimeError as error:
+            raise ConfigError(f"--init-from {args.init_from}: its weights do not fit this "
+                              f"config (a size flag changed?): {error}") from None
+    obs_init = (saved.get("obs_init", "config") if args.resume
+                else "run" if init is not None else args.obs_init)
     if not args.resume and obs_init == "data" and model_cfg.learn_obs_variance:
         frames = store.window_starts("train", 1)  # every training frame
         medians = init_obs_variance(model, audio, visual, frames, seed=cfg.seed)
@@ -242,6 +291,9 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         "static_first": args.static_first,
         "z_warmup": args.z_warmup,
         "obs_init": obs_init,
+        **({"init_from": init["summary"]} if init is not None
+           else {"init_from": saved["init_from"]} if args.resume and "init_from" in saved
+           else {}),
         "run": cfg.to_dict(),
         "model": model_cfg.to_dict(),
     })
