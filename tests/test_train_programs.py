@@ -365,6 +365,9 @@ def test_stage2_init_from_fine_tunes_a_runs_weights_with_a_new_floor(runs, tiny_
     with pytest.raises(ConfigError, match="not a stage-2 mdvae"):
         stage2.main([*flags, "--model", "mdvae", "--init-from", str(runs / "dsae_audio"),
                      "--out", str(tmp_path / "kind"), "--steps", "5"])
+    with pytest.raises(ConfigError, match="from scratch"):
+        stage2.main([*flags, "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+                     "--out", str(tmp_path / "obs"), "--steps", "5", "--obs-init", "data"])
     with pytest.raises(ConfigError, match="give one"):
         stage2.main([*flags, "--model", "mdvae", "--init-from", str(runs / "mdvae"),
                      "--out", str(out), "--steps", "10", "--resume"])

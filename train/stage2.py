@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
                           "dsae-visual)")
     if args.init_from and args.resume:
         raise ConfigError("--init-from starts a new run; --resume continues one: give one")
+    if args.init_from and args.obs_init != "config":
+        raise ConfigError("--init-from keeps the run's trained decoder variances; "
+                          "--obs-init applies to a model trained from scratch")
     init = read_init_run(args.init_from, args.model) if args.init_from else None
     d = common.setup_distributed(args.device)
     run = common.RunFolder(args.out, writer=d.is_main)
