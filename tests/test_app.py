@@ -81,7 +81,9 @@ def client(served):
 def test_examples_are_small_held_out_clips_with_sound():
     index = json.loads((EXAMPLES / "index.json").read_text())
     files = [EXAMPLES / c["name"] for c in index["clips"]]
-    assert sum(f.stat().st_size for f in files) < 400 * 1024
+    # ~460 KB: sound at 128 kb/s AAC keeps their voices among the test clips on the familiarity
+    # score (make_examples.py)
+    assert sum(f.stat().st_size for f in files) < 500 * 1024
     for f in files:
         assert_playable_with_sound(f)
     offered = set(re.findall(r'_example\("([^"]+)"\)', Path(app.__file__).read_text()))
