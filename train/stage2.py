@@ -111,8 +111,8 @@ def read_init_run(path: str, kind: str) -> dict:
     source = common.RunFolder(path, writer=False)
     config = source.read_config()
     if config.get("program") != "stage2" or config.get("model_kind") != kind:
-        raise ConfigError(f"--init-from {path} is a {config.get('model_kind') or config.get('program')} "
-                          f"run, not a stage-2 {kind} one")
+        what = config.get("model_kind") or config.get("program")
+        raise ConfigError(f"--init-from {path} is a {what} run, not a stage-2 {kind} one")
     checkpoint = source.load_checkpoint(required=True)
     return {"config": config, "weights": checkpoint["model"],
             "summary": {"run": str(path), "step": int(checkpoint["step"]),
@@ -260,8 +260,9 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
 
     if init is not None and init["config"].get("feature_key") != key:
         raise ConfigError(
-            f"--init-from {args.init_from} was trained on features {init['config'].get('feature_key')} "
-            f"and these VQ-VAEs give {key}: fine-tune inside the VQ-VAEs it was trained in")
+            f"--init-from {args.init_from} was trained on features "
+            f"{init['config'].get('feature_key')} and these VQ-VAEs give {key}: fine-tune "
+            "inside the VQ-VAEs it was trained in")
     model, model_cfg = build_model(args.model, args, saved_model,
                                    init["config"]["model"] if init is not None else None)
     if init is not None:
