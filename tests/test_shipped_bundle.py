@@ -69,7 +69,9 @@ def test_examples_reconstruct_above_the_mean_face(pipeline):
 def test_an_example_face_with_real_speech_is_unfamiliar_by_its_voice(pipeline, tmp_path):
     """A familiar face cannot hide a foreign voice: the example is familiar, and with
     espeak-ng speech for its voice the MDVAE's audio score calls it unfamiliar, where the
-    scores without it (the whole bound, the VQ-VAEs') all called it familiar."""
+    VQ-VAEs' scores call it familiar. (Before the session-8 bundle the whole bound did too;
+    with the decoder's log-variance floored at -3 its visual nats vary less over the test
+    clips, and it lies beyond the threshold as well, at a spread of about 3.)"""
     from train.familiarity_check import N_FRAMES, speech
 
     example = ROOT / "examples" / "spk02_happy.mp4"
@@ -79,5 +81,5 @@ def test_an_example_face_with_real_speech_is_unfamiliar_by_its_voice(pipeline, t
     mixed = write_video(tmp_path / "mixed.mp4", frames, voice, scale=1)
     familiarity = pipeline.encode(pipeline.load(mixed, aligned=True)).familiarity
     assert familiarity.familiar is False and familiarity.worst == "mdvae_audio"
-    others = {n: s for n, s in familiarity.spreads.items() if n != "mdvae_audio"}
-    assert max(others.values()) <= familiarity.threshold, others
+    vq = {n: s for n, s in familiarity.spreads.items() if n.startswith("vq_")}
+    assert max(vq.values()) <= familiarity.threshold, vq
