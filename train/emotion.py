@@ -66,7 +66,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also report emotion probes on every latent group's clip means "
                              "and on the stage-1 features' (test split): does the emotion "
                              "sit in w or in the z's, and how much of it did stage 2 keep?")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: all cores; give 1 when other "
+                             "jobs share the machine, or they slow each other down many times)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     store = Store(args.store)
     audio, visual, _ = cached_features(store, load_stage1(args.vq_audio),

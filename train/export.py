@@ -258,7 +258,14 @@ def main(argv: list[str] | None = None) -> Path:
                         "heads (out of fold)")
     parser.add_argument("--out", required=True, help="bundle folder (replaced if it is one)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload to the Hub")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: all cores; give 1 when other "
+                             "jobs share the machine, or they slow each other down many times)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     if args.bundle:
         source = load_bundle(args.bundle)
