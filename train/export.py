@@ -69,7 +69,7 @@ def run_summary(run_dir: str) -> dict[str, Any]:
         "model": config["model"],
     }
     if "init_from" in config:  # a fine-tune: where its starting weights came from
-        summary["init_from"] = {k: config["init_from"][k] for k in ("run", "step")}
+        summary["init_from"] = config["init_from"]
     if len(times) > 1:
         summary["logged_wall_seconds"] = round(times[-1] - times[0], 1)
     return summary

@@ -115,8 +115,7 @@ def read_init_run(path: str, kind: str) -> dict:
         raise ConfigError(f"--init-from {path} is a {what} run, not a stage-2 {kind} one")
     checkpoint = source.load_checkpoint(required=True)
     return {"config": config, "weights": checkpoint["model"],
-            "summary": {"run": str(path), "step": int(checkpoint["step"]),
-                        "model": config["model"]}}
+            "summary": {"run": str(path), "step": int(checkpoint["step"])}}
 
 
 def dsae_base(args: argparse.Namespace, modality: str) -> DSAEConfig:
