@@ -44,7 +44,8 @@ def test_swap_moves_are_the_kl_between_observation_gaussians():
     x_a = torch.randn(4, 6, 12, dtype=torch.float64)
     x_v = torch.randn(4, 6, 20, dtype=torch.float64)
     partner = np.array([1, 0, 3, 2])
-    groups, streams, means = diag.measure(model, x_a, x_v, partner=partner)
+    measured = diag.measure(model, x_a, x_v, partner=partner)
+    groups, streams, means = measured.groups, measured.streams, measured.means
     by_name = {g.name: g for g in groups}
     assert list(by_name) == ["w", "z_av", "z_a", "z_v"]
     # recompute the move of w on the visual stream from the definition
@@ -59,6 +60,9 @@ def test_swap_moves_are_the_kl_between_observation_gaussians():
     assert by_name["z_v"].moves["audio"] == 0.0 and by_name["z_a"].moves["visual"] == 0.0
     assert all(g.kl_first >= 0 and g.kl_later >= 0 for g in groups)
     assert means["w"].shape == (4, 6) and means["z_av"].shape == (4, 3)
+    assert measured.frames["z_av"].shape == (4, 6, 3) and "w" not in measured.frames
+    np.testing.assert_allclose(measured.frames["z_av"].mean(1), means["z_av"], rtol=1e-12)
+    assert measured.readings == {}  # no reader given
     assert [s.name for s in streams] == ["audio", "visual"]
 
 
@@ -89,8 +93,9 @@ def test_swapping_with_oneself_moves_nothing():
     torch.manual_seed(1)
     model = DSAE(DSAEConfig(modality="visual", input_dim=20, w_dim=4, z_dim=3, feature_dim=8,
                             hidden_dim=8, rnn_dim=8, z_rnn_dim=8)).eval()
-    groups, streams, _ = diag.measure(model, torch.randn(3, 5, 12), torch.randn(3, 5, 20),
-                                      partner=np.arange(3))
+    measured = diag.measure(model, torch.randn(3, 5, 12), torch.randn(3, 5, 20),
+                            partner=np.arange(3))
+    groups, streams = measured.groups, measured.streams
     assert [g.name for g in groups] == ["w", "z"]
     assert all(v == 0.0 for g in groups for v in g.moves.values())
     assert [s.name for s in streams] == ["visual"]
@@ -122,6 +127,127 @@ def test_feature_means_average_each_clip_over_its_own_frames():
     np.testing.assert_allclose(means["visual"][:, 0], [-1.5, -14.5])
 
 
+def test_frame_targets_are_the_judges_mouth_classes_blinks_and_head_pose():
+    from mdvae.eval.judges import MOUTH_OF_VISEME
+
+    viseme = np.arange(9, dtype=np.int16)[None].repeat(2, 0)  # (2, 9): every viseme
+    blink = np.array([[0.0, 0.49, 0.51, 1.0]], np.float32)
+    pose = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    out = diag.frame_targets({"viseme": viseme, "blink": blink, "head_pose": pose,
+                              "f0": np.zeros(4, np.float32)})
+    assert set(out) == {"mouth", "blink", "head_pose"}
+    np.testing.assert_array_equal(out["mouth"], MOUTH_OF_VISEME[viseme])
+    assert set(out["mouth"].ravel()) == set(range(6))  # nine visemes, six mouth classes
+    np.testing.assert_array_equal(out["blink"], [[0, 0, 1, 1]])  # closed above 0.5
+    np.testing.assert_array_equal(out["head_pose"], pose)
+    assert diag.frame_targets({"f0": np.zeros(4)}) == {}  # MEAD-like: nothing to read
+
+
+def _frame_world(rng: np.random.Generator, shape: tuple[int, ...]):
+    """Per frame of `shape`, factors and 8-dim features that carry them linearly: a head pose
+    (dims 0-2, exactly), a 3-class mouth (dims 3-4: a class centre 4 apart + noise 0.1),
+    a blink (dim 5: +-3 + noise 0.1), two dims of pure noise."""
+    pose = rng.uniform(-5, 5, (*shape, 3))
+    mouth = rng.integers(0, 3, shape)
+    blink = (rng.random(shape) < 0.1).astype(np.int64)
+    centres = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    x = np.concatenate([pose, centres[mouth] + 0.1 * rng.normal(size=(*shape, 2)),
+                        (6.0 * blink - 3.0 + 0.1 * rng.normal(size=shape))[..., None],
+                        rng.normal(size=(*shape, 2))], -1)
+    return x, {"mouth": mouth, "blink": blink, "head_pose": pose}
+
+
+def test_frame_readout_follows_the_group_that_carries_a_factor_and_no_other():
+    rng = np.random.default_rng(0)
+    train_x, train_y = _frame_world(rng, (3000,))
+    held_x, held_y = _frame_world(rng, (12, 40))  # 12 clips of 40 frames
+    partner = diag.partners([f"s{i // 2}" for i in range(12)])
+    readout = diag.fit_readout(train_x, train_y)
+    assert readout.basis.shape == (8, 8)  # every component is well above the floor
+    # a swap that takes the mouth's dims from B and leaves the rest of A's
+    mouth_from_b = held_x.copy()
+    mouth_from_b[..., 3:5] = held_x[partner][..., 3:5]
+    readings = {"input": readout.predict(held_x), "reconstruction": readout.predict(held_x),
+                "carrier": readout.predict(mouth_from_b), "ignored": readout.predict(held_x)}
+    scores = diag.frame_factor_scores(held_y, partner, readings)
+    assert set(scores) == {"mouth", "blink", "head_pose"}
+    # the classes lie 20 noise SDs from their boundaries: read without error
+    assert scores["mouth"]["input"] == 1.0 and scores["blink"]["input"] == 1.0
+    assert scores["head_pose"]["input"] > 0.999  # linear and noise-free: R^2 ~ 1
+    mouth = scores["mouth"]["swaps"]
+    assert mouth["carrier"]["follow"] == 1.0 and mouth["carrier"]["stay"] == 0.0
+    assert mouth["ignored"]["follow"] == 0.0 and mouth["ignored"]["stay"] == 1.0
+    # ~2/3 of frames have another mouth class than the partner's, ~18 % another blink
+    assert mouth["carrier"]["n"] > 0.5 * 12 * 40
+    for other in ("blink", "head_pose"):  # the carrier swap left these with A
+        swap = scores[other]["swaps"]["carrier"]
+        assert swap["follow"] == 0.0 and swap["stay"] == 1.0 and swap["n"] > 0
+
+
+def test_frame_probes_find_where_a_factor_lives():
+    rng = np.random.default_rng(1)
+    train_x, train_y = _frame_world(rng, (3000,))
+    held_x, held_y = _frame_world(rng, (10, 60))
+    # "z_av" holds the mouth and the pose, "z_v" only noise, "z_a" collapsed to a constant
+    train = {"z_av": train_x[:, :5], "z_v": rng.normal(size=(3000, 4)), "z_a": np.ones((3000, 2))}
+    held = {"z_av": held_x[..., :5], "z_v": rng.normal(size=(10, 60, 4)),
+            "z_a": np.ones((10, 60, 2))}
+    probes = diag.probe_frames(train, train_y, held, held_y)
+    assert all(set(p) == {"z_av", "z_v"} for p in probes.values())  # a constant reads nothing
+    assert probes["mouth"]["z_av"] == 1.0 and probes["head_pose"]["z_av"] > 0.999
+    # noise: balanced accuracy near 1 / 3 (600 frames: SD ~0.02), R^2 near 0 (or below)
+    assert abs(probes["mouth"]["z_v"] - 1 / 3) < 0.1
+    assert probes["head_pose"]["z_v"] < 0.05
+    assert abs(probes["blink"]["z_v"] - 0.5) < 0.15  # ~60 closed frames: SD ~0.04
+
+
+def test_a_group_the_visual_decoder_ignores_leaves_frame_readings_with_a():
+    torch.manual_seed(3)
+    model = MDVAE(MDVAEConfig(**TINY)).eval().requires_grad_(False)
+    x_a, x_v = torch.randn(6, 8, 12), torch.randn(6, 8, 20)
+    partner = diag.partners(["a", "a", "b", "b", "c", "c"])
+    _, v_hat = model.decode(model.encode(x_a, x_v))
+    # an untrained decoder's means vary little: read them in units of their own spread
+    centre, spread = v_hat.median(1).values.median(0).values, v_hat.std((0, 1))
+
+    def read(v: torch.Tensor) -> dict[str, np.ndarray]:  # any function of the visual means
+        z = ((v - centre) / spread).numpy().astype(np.float64)
+        return {"mouth": (z[..., 0] > 0).astype(np.int64) + (z[..., 1] > 0),
+                "head_pose": 5.0 * z[..., 2:5]}
+
+    measured = diag.measure(model, x_a, x_v, partner=partner, read_visual=read)
+    assert set(measured.readings) == {"reconstruction", "w", "z_av", "z_a", "z_v"}
+    np.testing.assert_array_equal(measured.readings["reconstruction"]["mouth"],
+                                  read(v_hat)["mouth"])
+    # a model that renders perfectly: the truth is what the reconstruction reads
+    truth = measured.readings["reconstruction"]
+    scores = diag.frame_factor_scores(truth, partner, measured.readings)
+    assert scores["mouth"]["reconstruction"] == 1.0
+    assert scores["head_pose"]["reconstruction"] == pytest.approx(1.0)
+    for name in ("mouth", "head_pose"):
+        ignored = scores[name]["swaps"]["z_a"]  # p(x_v | z_av, z_v, w) never reads z_a
+        assert ignored["n"] > 0 and ignored["follow"] == 0.0 and ignored["stay"] == 1.0
+
+
+def test_frame_factor_table_lists_each_swap_and_probe():
+    frame_factors = {
+        "mouth": {"kind": "class", "input": 0.7, "reconstruction": 0.6,
+                  "swaps": {"z_av": {"follow": 0.62, "stay": 0.1, "n": 10}},
+                  "latents": {"z_av": 0.9}},
+        "head_pose": {"kind": "value", "latents": {"z_av": 0.25}},
+    }
+    lines = diag.format_frame_factors(frame_factors)
+    head = next(i for i, line in enumerate(lines) if line.split()[0] == "factor")
+    assert lines[head].split() == ["factor", "input", "recon", "swap", "z_av", "probe", "z_av"]
+    assert lines[head + 2].split() == ["mouth", "0.700", "0.600", "0.62/0.10", "0.900"]
+    assert lines[head + 3].split() == ["head_pose", "nan", "nan", "-", "0.250"]
+    # no read-out (an audio model): its columns go, the probes stay
+    probes_only = {"mouth": {"kind": "class", "latents": {"z": 0.5}}}
+    lines = diag.format_frame_factors(probes_only)
+    assert "no visual stream" in "\n".join(lines)
+    assert lines[-1].split() == ["mouth", "0.500"]
+
+
 def test_diagnose_program_reports_every_group_of_a_bundle(tiny_bundle, tiny_store, tmp_path,
                                                           capsys):
     from train import diagnose
@@ -140,6 +266,47 @@ def test_diagnose_program_reports_every_group_of_a_bundle(tiny_bundle, tiny_stor
     assert "sampled -ELBO per frame on held-out windows" in text
     assert np.isfinite(result.sampled_elbo["negative_elbo"])
     assert json.loads(out.read_text())["model"] == "MDVAE"
+    # the synthetic store has the per-frame factors: all four groups swapped, z's probed
+    mouth = result.frame_factors["mouth"]
+    assert 0.0 <= mouth["input"] <= 1.0 and 0.0 <= mouth["reconstruction"] <= 1.0
+    assert set(mouth["swaps"]) == {"w", "z_av", "z_a", "z_v"}
+    assert set(mouth["latents"]) == {"z_av", "z_a", "z_v"}
+    assert "head_pose" in result.frame_factors and "probe z_av" in text
+    assert json.loads(out.read_text())["frame_factors"]["mouth"]["kind"] == "class"
+
+
+def _store_without_factors(folder) -> None:
+    """Like MEAD: labelled clips, no per-frame ground truth."""
+    from mdvae.data.store import StoreWriter
+
+    rng = np.random.default_rng(0)
+    with StoreWriter(folder, source_kind="test") as writer:
+        for i in range(6):
+            writer.add(f"c{i}", rng.integers(0, 255, (12, 64, 64, 3), dtype=np.uint8),
+                       rng.random((12, 513), dtype=np.float32), speaker=f"s{i // 2}",
+                       emotion="happy" if i % 2 else "sad", level=2, source="test",
+                       split="train" if i < 4 else "val")
+
+
+def test_diagnose_skips_visual_read_outs_for_audio_models_and_stores_without_factors(
+        tiny_bundle, tiny_store, tmp_path, capsys):
+    from train import diagnose
+
+    result = diagnose.main(["--bundle", str(tiny_bundle), "--component", "dsae_audio",
+                            "--store", str(tiny_store), "--held-split", "test", "--window", "0"])
+    # no visual stream: no read-out of it, but the audio z is still probed per frame
+    assert result.frame_factors
+    assert all(set(r) == {"kind", "latents"} and set(r["latents"]) == {"z"}
+               for r in result.frame_factors.values())
+    _store_without_factors(tmp_path / "mead_like")
+    capsys.readouterr()
+    result = diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),
+                            "--held-store", str(tmp_path / "mead_like"), "--window", "0"])
+    assert result.frame_factors == {} and result.clips == 2
+    assert "per-frame factor probes skipped" in capsys.readouterr().err
+    result = diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),
+                            "--held-split", "test", "--window", "0", "--no-frame-probes"])
+    assert result.frame_factors == {}
 
 
 def test_diagnose_refuses_an_unknown_split(tiny_bundle, tiny_store):

@@ -5,7 +5,12 @@ each dimension's variance, how far each decoder's output moves (nats per frame) 
 group alone is swapped with another speaker's clip, and linear probes of emotion (fitted
 on training speakers, scored on held-out ones) and speaker (within held-out speakers) on
 the group's clip means; per stream, the reconstruction term and the learned
-log-variances against the residuals'. See `mdvae/eval/diagnostics.py` for the definitions.
+log-variances against the residuals'. Where both stores hold the synthetic per-frame factors
+(mouth shape, blink, head pose), also: a linear read-out of each from the stage-1 visual
+features, fitted on training frames, scored on the held-out clips' features, on the model's
+reconstructions and after swapping each group alone (does the reading follow the partner
+clip?), and per-frame probes of each factor from each dynamical group's posterior means
+(`--no-frame-probes` skips them). See `mdvae/eval/diagnostics.py` for the definitions.
 
     python -m train.diagnose --bundle checkpoints --store data/synth200
     python -m train.diagnose --run runs/mdvae --vq-visual runs/vq_visual \\
@@ -39,22 +44,48 @@ def _stack(stream: np.ndarray, clips: list, n_frames: int) -> torch.Tensor:
 
 
 def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
-        *, show: bool = True, window: int | None = None) -> diag.Diagnostics:
+        *, show: bool = True, window: int | None = None, train_factors=None,
+        held_factors=None, frames_per_clip: int = 16, seed: int = 0) -> diag.Diagnostics:
     """Diagnostics of `model` on `held_clips` (cropped to the shortest; a few hundred fit in
-    memory at once), with emotion probes fitted on `train_clips`."""
+    memory at once), with emotion probes fitted on `train_clips`. With both stores' factor
+    arrays ({name: (frames, ...)}), per-frame factor probes too, their read-outs and
+    probes fitted on `frames_per_clip` random frames of each training clip."""
     n_frames = min(c.length for c in held_clips)
     speakers = [c.speaker for c in held_clips]
+    partner = diag.partners(speakers)
     # all held-out clips at once: the swaps pair each clip with another speaker's
     x_a, x_v = _stack(held_audio, held_clips, n_frames), _stack(held_visual, held_clips, n_frames)
-    groups, streams, held = diag.measure(model, x_a, x_v, partner=diag.partners(speakers))
+    picks = train_targets = held_targets = readout = None
+    if train_factors is not None and held_factors is not None:
+        picks = diag.frame_picks(train_clips, frames_per_clip, np.random.default_rng(seed))
+        rows = np.concatenate([c.start + p for c, p in zip(train_clips, picks)])
+        held_rows = np.stack([np.arange(c.start, c.start + n_frames) for c in held_clips])
+        train_targets = diag.frame_targets({k: v[rows] for k, v in train_factors.items()})
+        held_targets = diag.frame_targets({k: v[held_rows] for k, v in held_factors.items()})
+        both = train_targets.keys() & held_targets.keys()
+        train_targets = {k: v for k, v in train_targets.items() if k in both}
+        held_targets = {k: v for k, v in held_targets.items() if k in both}
+        if "visual" in diag.streams_of(model):
+            readout = diag.fit_readout(np.asarray(visual[rows], np.float32), train_targets)
+    measured = diag.measure(model, x_a, x_v, partner=partner,
+                            read_visual=readout.predict if readout else None)
     elbo = diag.sampled_elbo(model, x_a, x_v, window=min(window, n_frames)) if window else {}
-    train = diag.clip_means(model, audio, visual, train_clips, show=show)
-    probes = diag.probe_groups(train, [c.emotion for c in train_clips], held,
+    train, train_frames = diag.encode_clips(model, audio, visual, train_clips, frames=picks,
+                                            show=show)
+    probes = diag.probe_groups(train, [c.emotion for c in train_clips], measured.means,
                                [c.emotion for c in held_clips], speakers)
-    for g in groups:
+    for g in measured.groups:
         g.probes = probes[g.name]
-    return diag.Diagnostics(type(model).__name__, groups, streams, len(held_clips),
-                            combined=probes["all"], sampled_elbo=elbo)
+    frame_factors = {}
+    if train_targets:
+        readings = dict(measured.readings)
+        if readout:
+            readings = {"input": readout.predict(x_v), **readings}
+        latents = diag.probe_frames(train_frames, train_targets, measured.frames, held_targets)
+        frame_factors = diag.frame_factor_scores(held_targets, partner, readings, latents)
+    return diag.Diagnostics(type(model).__name__, measured.groups, measured.streams,
+                            len(held_clips), combined=probes["all"], sampled_elbo=elbo,
+                            frame_factors=frame_factors)
 
 
 def main(argv: list[str] | None = None) -> diag.Diagnostics:
@@ -78,6 +109,11 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
                         help="labelled training clips for the emotion probes (random subset)")
     parser.add_argument("--feature-probes", action="store_true",
                         help="also probe the stage-1 features' clip means (the ceiling)")
+    parser.add_argument("--no-frame-probes", action="store_true",
+                        help="skip the per-frame factor probes (mouth, blink, head pose)")
+    parser.add_argument("--frames-per-clip", type=int, default=16,
+                        help="random frames of each training clip that fit the per-frame "
+                             "read-outs and probes")
     parser.add_argument("--json", help="write the diagnostics here too")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
@@ -110,8 +146,17 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
     if len(train_clips) > args.train_clips:
         pick = np.sort(rng.choice(len(train_clips), args.train_clips, replace=False))
         train_clips = [train_clips[i] for i in pick]
+    train_factors = held_factors = None
+    if not args.no_frame_probes:
+        if any(source in store.factors and source in held_store.factors
+               for source in diag.FRAME_SOURCES.values()):
+            train_factors, held_factors = store.factors, held_store.factors
+        else:
+            print("per-frame factor probes skipped: the stores do not both have the mouth "
+                  "(viseme), blink or head_pose factors", file=sys.stderr)
     result = run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
-                 window=args.window)
+                 window=args.window, train_factors=train_factors, held_factors=held_factors,
+                 frames_per_clip=args.frames_per_clip, seed=args.seed)
     if args.feature_probes:
         tr = feature_means(audio, visual, train_clips)
         he = feature_means(held_audio, held_visual, held_clips)

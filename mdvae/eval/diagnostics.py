@@ -16,20 +16,39 @@ means, each latent group gets:
   fitted on half of each held-out speaker's clips and scored on the other half.
 
 And per stream: the reconstruction term (nats per frame) and the decoder's learned
-log-variances against the residuals' own. Everything is measured, nothing is trained
-but the probes.
+log-variances against the residuals' own.
+
+Per-frame factors (`frame_factors`; the synthetic benchmark's mouth shape, blink and head
+pose, as the image-space judges of `mdvae.eval.judges` define them) are measured in feature
+space: a linear read-out from the stage-1 visual features, fitted on training frames,
+reads each factor from the held-out clips' own features (`input`, the ceiling), from the
+model's visual reconstructions (`reconstruction`: does it render the factor?) and from
+reconstructions with one latent group swapped with the partner clip's (`swaps`: follow /
+stay shares, as `mdvae.eval.disentanglement` scores the judges' readings); and a linear
+probe reads it from each dynamical group's own per-frame posterior means (`latents`:
+where the information lives, whatever the decoder does with it). Everything is
+measured, nothing is trained but the probes and read-outs.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from mdvae.eval.disentanglement import (
+    FollowStay,
+    follow_stay_categorical,
+    follow_stay_continuous,
+)
 from mdvae.eval.experiments import encode_either
+from mdvae.eval.judges import BLINK_CLOSED, MARGINS, MOUTH_OF_VISEME
 from mdvae.model.dsae import DSAE
 from mdvae.model.gaussian import kl_divergence
 from mdvae.model.mdvae import MDVAE
@@ -66,6 +85,10 @@ class Diagnostics:
     # the objective as stage-2 validation computes it (one posterior sample, every KL weight
     # 1), per frame, on the held-out clips cut into windows: the ELBO terms and their sum
     sampled_elbo: dict[str, float] = field(default_factory=dict)
+    # per-frame factor -> {"kind", "input", "reconstruction", "swaps": {group: {"follow",
+    # "stay", "n"}}, "latents": {group: score}} (`frame_factor_scores`); scores are balanced
+    # accuracies for classes, R^2 averaged over the values for values
+    frame_factors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,20 +140,34 @@ def between_clip_share(z: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def clip_means(model: MDVAE | DSAE, audio: np.ndarray, visual: np.ndarray,
-               clips: list, *, show: bool = True) -> dict[str, np.ndarray]:
+def encode_clips(
+    model: MDVAE | DSAE, audio: np.ndarray, visual: np.ndarray, clips: list, *,
+    frames: list[np.ndarray] | None = None, show: bool = True,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per whole clip (store rows), each latent group's posterior mean: w as it is, the
-    dynamical groups (z_av, z_a, z_v; a DSAE's z) averaged over time. {group: (N, L)}."""
-    out: dict[str, list[np.ndarray]] = {}
-    for clip in tqdm(clips, desc="encoding", disable=not show, leave=False):
+    dynamical groups (z_av, z_a, z_v; a DSAE's z) averaged over time, {group: (N, L)}; and,
+    where `frames[i]` lists frame offsets into clip i, the dynamical groups' posterior means
+    at those frames, stacked clip after clip, {group: (M, L)} ({} without `frames`)."""
+    means: dict[str, list[np.ndarray]] = {}
+    picked: dict[str, list[np.ndarray]] = {}
+    for i, clip in enumerate(tqdm(clips, desc="encoding", disable=not show, leave=False)):
         rows = slice(clip.start, clip.start + clip.length)
         x_a = torch.from_numpy(np.asarray(audio[rows], np.float32))[None]  # (1, T, 512)
         x_v = torch.from_numpy(np.asarray(visual[rows], np.float32))[None]  # (1, T, 2048)
         latents = encode_either(model, x_a, x_v)
         for name in latents.group_names():
             value = getattr(latents, name)[0]
-            out.setdefault(name, []).append((value if name == "w" else value.mean(0)).numpy())
-    return {name: np.stack(values) for name, values in out.items()}
+            means.setdefault(name, []).append((value if name == "w" else value.mean(0)).numpy())
+            if frames is not None and name != "w":
+                picked.setdefault(name, []).append(value[torch.as_tensor(frames[i])].numpy())
+    return ({name: np.stack(v) for name, v in means.items()},
+            {name: np.concatenate(v) for name, v in picked.items()})
+
+
+def clip_means(model: MDVAE | DSAE, audio: np.ndarray, visual: np.ndarray,
+               clips: list, *, show: bool = True) -> dict[str, np.ndarray]:
+    """Per whole clip, each latent group's posterior mean (`encode_clips`): {group: (N, L)}."""
+    return encode_clips(model, audio, visual, clips, show=show)[0]
 
 
 def feature_means(audio: np.ndarray, visual: np.ndarray, clips: list) -> dict[str, np.ndarray]:
@@ -147,15 +184,27 @@ def labelled(clips: list) -> list:
     return [c for c in clips if c.emotion]
 
 
+@dataclass
+class Measured:
+    groups: list[GroupDiagnostics]  # without probes
+    streams: list[StreamDiagnostics]
+    means: dict[str, np.ndarray]  # group -> clip means (N, L): w itself, the z's over time
+    frames: dict[str, np.ndarray]  # dynamical group -> posterior means per frame (N, T, L)
+    # `read_visual` of the visual reconstruction ("reconstruction") and of the reconstruction
+    # with each group alone swapped (by group name); {} without a reader or a visual stream
+    readings: dict[str, Any] = field(default_factory=dict)
+
+
 @torch.no_grad()
 def measure(
-    model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor, *, partner: np.ndarray
-) -> tuple[list[GroupDiagnostics], list[StreamDiagnostics], dict[str, np.ndarray]]:
+    model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor, *, partner: np.ndarray,
+    read_visual: Callable[[Tensor], Any] | None = None,
+) -> Measured:
     """Diagnostics on N clips of equal length, x_a (N, T, Da), x_v (N, T, Dv).
 
     `partner[i]` is the clip whose latents replace clip i's in the swap measurement
-    (another speaker's, ideally). Returns the groups (without probes), the streams, and
-    each group's clip means {name: (N, L)} for the probes.
+    (another speaker's, ideally). `read_visual`, given decoded visual means (N, T, Dv),
+    returns what is kept of them in `Measured.readings` (a frame read-out's predictions).
     """
     model.eval()
     latents, posterior = _infer(model, x_a, x_v)
@@ -165,8 +214,10 @@ def measure(
     inputs = _inputs(model, x_a, x_v)
     n_frames = x_a.shape[1]
     other = type(latents)(**{g: getattr(latents, g)[partner] for g in latents.group_names()})
+    reading = read_visual is not None and "visual" in decoded
+    readings = {"reconstruction": read_visual(decoded["visual"])} if reading else {}
 
-    groups, means = [], {}
+    groups, means, frames = [], {}, {}
     for name in latents.group_names():
         value = getattr(latents, name)  # (N, L) or (N, T, L)
         q, p = getattr(posterior, name), getattr(prior, name)
@@ -179,7 +230,10 @@ def measure(
             kl_later = float(kl[:, 1:].mean()) if n_frames > 1 else 0.0
             share = between_clip_share(value).tolist()
             means[name] = value.mean(1).numpy()
+            frames[name] = value.numpy()
         swapped = _decode(model, latents.swap(other, name))
+        if reading:
+            readings[name] = read_visual(swapped["visual"])
         moves = {}
         for stream, mean in decoded.items():
             precision = torch.exp(-decoders[stream].logvar.clamp(min=decoders[stream].logvar_min))
@@ -198,7 +252,7 @@ def measure(
             stream, rec, float(logvar.median()), float(logvar.min()),
             float(torch.log(residual.clamp_min(1e-12)).median()),
         ))
-    return groups, streams, means
+    return Measured(groups, streams, means, frames, readings)
 
 
 def linear_probe(train_x: np.ndarray, train_y: list, test_x: np.ndarray, test_y: list,
@@ -260,6 +314,204 @@ def probe_groups(
                                     spk[score]),
         }
     return out
+
+
+# ---- per-frame factors --------------------------------------------------------------------
+
+# The per-frame factors the visual stream shows, as the image-space judges define them
+# (`judges.clip_labels`): classes are scored by balanced accuracy (blink is closed on a
+# few percent of frames), values by R^2, averaged over the values. Each is read from one
+# store factor (FRAME_SOURCES).
+FRAME_FACTORS: dict[str, str] = {"mouth": "class", "blink": "class", "head_pose": "value"}
+FRAME_SOURCES: dict[str, str] = {"mouth": "viseme", "blink": "blink", "head_pose": "head_pose"}
+# Smallest difference between A's and B's values for a frame's value to count in a swap:
+# the judges' margins (head pose dx, dy in pixels, roll in degrees).
+FRAME_MARGINS: dict[str, tuple[float, ...]] = {"head_pose": MARGINS["head_pose"]}
+
+
+def frame_targets(factors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """FRAME_FACTORS from a store's factor arrays, indexed alike (any leading shape S):
+    mouth, a class of `judges.MOUTH_CLASSES` (S); blink, 1 closed or 0 open (S); head_pose,
+    dx, dy, roll (S, 3). Only those whose store factors are there."""
+    convert = {
+        "mouth": lambda viseme: MOUTH_OF_VISEME[np.asarray(viseme, np.int64)],
+        "blink": lambda blink: (np.asarray(blink) > BLINK_CLOSED).astype(np.int64),
+        "head_pose": lambda pose: np.asarray(pose, np.float64),
+    }
+    return {name: convert[name](factors[source]) for name, source in FRAME_SOURCES.items()
+            if source in factors}
+
+
+def frame_picks(clips: list, per_clip: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per clip, `per_clip` frame offsets drawn without replacement (all the frames of a
+    shorter clip), sorted."""
+    return [np.sort(rng.choice(c.length, min(per_clip, c.length), replace=False))
+            for c in clips]
+
+
+@dataclass
+class FrameReadout:
+    """Linear read-outs of FRAME_FACTORS from per-frame features x (..., D), each on the
+    training features' leading principal components, standardised."""
+
+    mean: np.ndarray  # (D,)
+    basis: np.ndarray  # (D, K): principal directions over their standard deviations
+    heads: dict[str, Any]  # factor -> fitted sklearn estimator (its kind's)
+
+    def predict(self, x: Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """{factor: classes (...) or values (..., V)} for features x (..., D)."""
+        x = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
+        z = flat @ self.basis - self.mean @ self.basis  # (M, K); x - mean would copy x
+        out = {}
+        for name, head in self.heads.items():
+            pred = head.predict(z)
+            out[name] = pred.reshape(*lead, *pred.shape[1:])
+        return out
+
+
+def fit_readout(x: np.ndarray, targets: Mapping[str, np.ndarray], *,
+                components: int | None = 512, c: float = 1.0,
+                alpha: float = 1.0) -> FrameReadout:
+    """Read-outs fitted on training frames x (M, D) with targets {factor: classes (M,) or
+    values (M, V)}: a multinomial logistic regression (inverse penalty `c`, classes weighted
+    to balance) per class factor, a ridge regression (penalty `alpha`) per value factor,
+    on the `components` leading principal components of x (all of them when None; none
+    whose variance is below 1e-6 of the largest), each scaled to unit variance.
+
+    Standardised principal components rather than standardised features: on the stage-1
+    visual features (2048 correlated dimensions, about 500 of them above that floor) the
+    logistic regression then converges in tens of iterations instead of thousands (seconds
+    instead of minutes on one core). A class factor with a single class among the training
+    frames gets no head, nor does any factor when x never varies."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    x = np.asarray(x, np.float32)
+    mean = x.mean(0)
+    centred = x - mean
+    variance, vectors = np.linalg.eigh((centred.T @ centred).astype(np.float64) / len(x))
+    order = np.argsort(variance)[::-1][:components]
+    order = order[variance[order] > 1e-6 * max(variance.max(), 1e-30)]
+    basis = (vectors[:, order] / np.sqrt(variance[order])).astype(np.float32)
+    z = centred @ basis  # (M, K)
+    heads = {}
+    for name, y in targets.items():
+        if not len(order):  # features that never vary (a collapsed group) read nothing
+            continue
+        if FRAME_FACTORS[name] == "value":
+            heads[name] = Ridge(alpha=alpha).fit(z, y)
+        elif len(np.unique(y)) >= 2:
+            heads[name] = LogisticRegression(C=c, max_iter=1000,
+                                             class_weight="balanced").fit(z, y)
+    return FrameReadout(mean, basis, heads)
+
+
+def frame_score(kind: str, pred: np.ndarray, truth: np.ndarray) -> float:
+    """Readings against the truth, alike in shape: balanced accuracy (the mean recall over
+    the classes present in the truth) for "class"; for "value" (..., V), R^2 of each value
+    over all frames, averaged over the values."""
+    from sklearn.metrics import balanced_accuracy_score, r2_score
+
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"readings {pred.shape} and truth {truth.shape} differ in shape")
+    if kind == "class":
+        with warnings.catch_warnings():  # a reading of a class the truth lacks is just wrong
+            warnings.simplefilter("ignore")
+            return float(balanced_accuracy_score(truth.reshape(-1), pred.reshape(-1)))
+    v = truth.shape[-1]
+    return float(r2_score(truth.reshape(-1, v), pred.reshape(-1, v)))
+
+
+def frame_follow(name: str, pred: np.ndarray, truth_a: np.ndarray,
+                 truth_b: np.ndarray) -> FollowStay:
+    """Follow / stay of readings of frames of A decoded with a group taken from B: a class
+    follows B when read as B's, stays when read as A's, on frames where A's and B's
+    differ; a value element follows B when it is closer to B's than to A's, on elements
+    where they differ by FRAME_MARGINS (`mdvae.eval.disentanglement`)."""
+    if FRAME_FACTORS[name] == "class":
+        return follow_stay_categorical(pred, truth_a, truth_b)
+    return follow_stay_continuous(pred, truth_a, truth_b, FRAME_MARGINS[name])
+
+
+def probe_frames(
+    train_frames: Mapping[str, np.ndarray], train_targets: Mapping[str, np.ndarray],
+    held_frames: Mapping[str, np.ndarray], held_targets: Mapping[str, np.ndarray],
+) -> dict[str, dict[str, float]]:
+    """{factor: {group: score}}: a read-out (`fit_readout`, all components) of each factor
+    from each group's per-frame posterior means, fitted on training frames
+    ({group: (M, L)}, {factor: (M, ...)}) and scored (`frame_score`) on held-out ones
+    ({group: (..., L)}, {factor: (..., ...)})."""
+    out: dict[str, dict[str, float]] = {}
+    for group, x in train_frames.items():
+        pred = fit_readout(x, train_targets, components=None).predict(held_frames[group])
+        for name, p in pred.items():
+            out.setdefault(name, {})[group] = frame_score(FRAME_FACTORS[name], p,
+                                                          held_targets[name])
+    return out
+
+
+def frame_factor_scores(
+    targets: Mapping[str, np.ndarray], partner: np.ndarray,
+    readings: Mapping[str, Mapping[str, np.ndarray]],
+    latents: Mapping[str, Mapping[str, float]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per factor of N held-out clips' `targets` {factor: (N, T, ...)}, from a read-out's
+    `readings` {source: {factor: (N, T, ...)}}: "input" and "reconstruction", its score on
+    the readings of those sources (`frame_score`); "swaps", for every other source (a group
+    swapped alone, partner[i] the source B of clip i), the follow / stay shares against
+    the partner's targets (`frame_follow`); "latents", the probes of `probe_frames`."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, truth in targets.items():
+        kind = FRAME_FACTORS[name]
+        row: dict[str, Any] = {"kind": kind}
+        for source in ("input", "reconstruction"):
+            if name in readings.get(source, {}):
+                row[source] = frame_score(kind, readings[source][name], truth)
+        swaps = {g: frame_follow(name, r[name], truth, truth[partner]).to_dict()
+                 for g, r in readings.items()
+                 if g not in ("input", "reconstruction") and name in r}
+        if swaps:
+            row["swaps"] = swaps
+        if latents and name in latents:
+            row["latents"] = dict(latents[name])
+        if len(row) > 1:  # a factor nothing could read (one class in training) is left out
+            out[name] = row
+    return out
+
+
+def format_frame_factors(frame_factors: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The per-frame factor scores as table lines (columns only for what was measured)."""
+    rows = frame_factors.values()
+    read = [k for k in ("input", "reconstruction") if any(k in r for r in rows)]
+    swapped = list(dict.fromkeys(g for r in rows for g in r.get("swaps", {})))
+    probed = list(dict.fromkeys(g for r in rows for g in r.get("latents", {})))
+    nan = float("nan")
+    lines = ["per-frame factors on the held-out frames (classes: balanced accuracy; head pose: "
+             "R^2 averaged over dx, dy, roll)"]
+    if read:
+        lines += ["  input / recon: a linear read-out (fitted on training frames) of the stage-1 "
+                  "visual features",
+                  "    of the clips themselves / of the model's reconstructions",
+                  "  swap g: shares of the frames read as B's / as A's when g alone comes from B "
+                  "(where they differ)"]
+    else:
+        lines.append("  (the model has no visual stream: no read-out of its reconstructions)")
+    lines.append("  probe g: a linear probe of the factor from g's own per-frame posterior means")
+    head = (f"{'factor':>9}" + "".join(f" {'recon' if k == 'reconstruction' else k:>6}"
+                                       for k in read)
+            + "".join(f" {'swap ' + g:>11}" for g in swapped)
+            + "".join(f" {'probe ' + g:>10}" for g in probed))
+    lines += [head, "-" * len(head)]
+    for name, r in frame_factors.items():
+        swaps = r.get("swaps", {})
+        cells = [f"{swaps[g]['follow']:.2f}/{swaps[g]['stay']:.2f}" if g in swaps else "-"
+                 for g in swapped]
+        lines.append(f"{name:>9}" + "".join(f" {r.get(k, nan):>6.3f}" for k in read)
+                     + "".join(f" {c:>11}" for c in cells)
+                     + "".join(f" {r.get('latents', {}).get(g, nan):>10.3f}" for g in probed))
+    return lines
 
 
 @torch.no_grad()
@@ -328,4 +580,7 @@ def format_report(d: Diagnostics) -> str:
         lines.append("")
         lines.append("emotion probe on the stage-1 features' clip means (the ceiling stage 2 is "
                      "given): " + ", ".join(f"{k} {v:.3f}" for k, v in d.feature_probes.items()))
+    if d.frame_factors:
+        lines.append("")
+        lines += format_frame_factors(d.frame_factors)
     return "\n".join(lines)
