@@ -371,3 +371,30 @@ def test_stage2_init_from_fine_tunes_a_runs_weights_with_a_new_floor(runs, tiny_
     with pytest.raises(ConfigError, match="give one"):
         stage2.main([*flags, "--model", "mdvae", "--init-from", str(runs / "mdvae"),
                      "--out", str(out), "--steps", "10", "--resume"])
+
+
+def test_stage2_freeze_w_encoder_trains_all_but_the_posterior_of_w(runs, tiny_store, tmp_path):
+    flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
+             "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",
+             "--val-every", "5", "--kl-warmup", "0", *FAST]
+    source = load_stage2(str(runs / "mdvae"))
+    frozen = {n for n, p in source.named_parameters()
+              if any(p is q for q in stage2.w_encoder_parameters(source))}
+    # q(w) reads the per-frame features and their summaries: those and its own head
+    assert {n.split(".")[0] for n in frozen} == {
+        "features_x_a", "features_x_v", "summary_x_a", "summary_x_v", "posterior_w"}
+    out = tmp_path / "frozen"
+    stage2.main([*flags, "--lr", "1e-2", "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+                 "--out", str(out), "--steps", "5", "--freeze-w-encoder"])
+    assert json.loads((out / "config.json").read_text())["freeze_w_encoder"] is True
+    tuned = dict(load_stage2(str(out)).named_parameters())
+    moved = {n for n, p in source.named_parameters() if not torch.equal(p, tuned[n])}
+    assert moved and not moved & frozen  # the rest trained, q(w) did not move
+    # a resumed run keeps the freeze (its optimiser state holds only the trained weights)
+    stage2.main([*flags, "--model", "mdvae", "--out", str(out), "--steps", "8", "--resume"])
+    resumed = dict(load_stage2(str(out)).named_parameters())
+    for n in frozen:
+        torch.testing.assert_close(resumed[n], dict(source.named_parameters())[n], msg=n)
+    with pytest.raises(ConfigError, match="--init-from"):
+        stage2.main([*flags, "--model", "mdvae", "--out", str(tmp_path / "scratch"),
+                     "--steps", "5", "--freeze-w-encoder"])

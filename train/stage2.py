@@ -19,6 +19,10 @@ fresh optimiser and learning-rate schedule, e.g. with a higher decoder floor:
 
     python -m train.stage2 ... --model mdvae --init-from runs/mdvae --out runs/mdvae_ft \
         --steps 4000 --kl-warmup 0 --mdvae-obs-logvar-min -3
+
+--freeze-w-encoder (with --init-from) keeps q(w) exactly as the source run learnt it: every
+weight the posterior of w depends on is frozen, and the rest (the z's, the priors, the
+decoders) trains, e.g. the decoders again with the floor back at -6.
 """
 
 from __future__ import annotations
@@ -75,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "schedule; the model config is that run's, and --mdvae-*/--dsae-* "
                              "flags may change what does not change the weights' shapes (the "
                              "decoder floor, the betas)")
+    parser.add_argument("--freeze-w-encoder", action="store_true",
+                        help="with --init-from: keep q(w) as the source run learnt it (every "
+                             "weight the posterior of w depends on is frozen) and train the "
+                             "rest, e.g. the decoders again with another floor")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--device", default=None)
     common.add_config_flags(parser, common.RunConfig)
@@ -116,6 +124,27 @@ def read_init_run(path: str, kind: str) -> dict:
     checkpoint = source.load_checkpoint(required=True)
     return {"config": config, "weights": checkpoint["model"],
             "summary": {"run": str(path), "step": int(checkpoint["step"])}}
+
+
+def w_encoder_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters the posterior q(w | x) depends on, in any layout: those that receive
+    a gradient from its mean and log-variance on a small random input."""
+    c = model.config
+    x = torch.randn(2, 3, c.audio_dim if isinstance(model, MDVAE) else c.input_dim)
+    inputs = ((x, torch.randn(2, 3, c.visual_dim)) if isinstance(model, MDVAE) else (x,))
+    params = list(model.parameters())
+    trainable = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            _, posterior = model.infer(*inputs, sample=False)
+            reach = posterior.w.mean.sum() + posterior.w.logvar.sum()
+            grads = torch.autograd.grad(reach, params, allow_unused=True)
+    finally:
+        for p, flag in zip(params, trainable):
+            p.requires_grad_(flag)
+    return [p for p, g in zip(params, grads) if g is not None]
 
 
 def dsae_base(args: argparse.Namespace, modality: str) -> DSAEConfig:
@@ -221,6 +250,9 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
                           "dsae-visual)")
     if args.init_from and args.resume:
         raise ConfigError("--init-from starts a new run; --resume continues one: give one")
+    if args.freeze_w_encoder and not args.init_from:
+        raise ConfigError("--freeze-w-encoder keeps a trained q(w): fine-tune with --init-from "
+                          "(a resumed run keeps its own setting)")
     if args.init_from and args.obs_init != "config":
         raise ConfigError("--init-from keeps the run's trained decoder variances; "
                           "--obs-init applies to a model trained from scratch")
@@ -239,6 +271,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         args.kl_warmup = saved["kl_warmup"]
         args.static_first = saved.get("static_first", 0)
         args.z_warmup = saved.get("z_warmup", 0)
+        args.freeze_w_encoder = saved.get("freeze_w_encoder", False)
         earlier = run.store_history(saved, args.store)
     else:
         earlier = []
@@ -270,6 +303,13 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         except RuntimeError as error:
             raise ConfigError(f"--init-from {args.init_from}: its weights do not fit this "
                               f"config (a size flag changed?): {error}") from None
+    if args.freeze_w_encoder:
+        frozen = w_encoder_parameters(model)
+        for p in frozen:
+            p.requires_grad_(False)
+        if d.is_main:
+            print(f"q(w) frozen: {sum(p.numel() for p in frozen):,} of "
+                  f"{sum(p.numel() for p in model.parameters()):,} weights", file=sys.stderr)
     obs_init = (saved.get("obs_init", "config") if args.resume
                 else "run" if init is not None else args.obs_init)
     if not args.resume and obs_init == "data" and model_cfg.learn_obs_variance:
@@ -294,6 +334,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         "static_first": args.static_first,
         "z_warmup": args.z_warmup,
         "obs_init": obs_init,
+        **({"freeze_w_encoder": True} if args.freeze_w_encoder else {}),
         **({"init_from": init["summary"]} if init is not None
            else {"init_from": saved["init_from"]} if args.resume and "init_from" in saved
            else {}),
