@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from mdvae.bundle import load_bundle
-from mdvae.components import EMOTION_READERS, MDVAE_MODEL
+from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, EMOTION_READERS, MDVAE_MODEL, reconstruct
 from mdvae.data.store import ClipInfo, Store
 from mdvae.errors import MDVAEError
 from mdvae.eval import disentanglement as D
@@ -422,6 +422,26 @@ def mdvae_reconstruction(
     return np.concatenate(out_v), np.concatenate(out_a)
 
 
+@torch.no_grad()
+def dsae_reconstruction(
+    models, reader: FeatureReader, clips: list[ClipInfo], n_frames: int, batch: int = 8
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first n_frames of clips as the baselines render them (posterior means): the
+    V-DSAE's frames and the A-DSAE's power, each through its VQ-VAE decoder; None unless
+    the bundle has both DSAEs."""
+    if models.dsae_visual is None or models.dsae_audio is None:
+        return None
+    out_v, out_a = [], []
+    for i in tqdm(range(0, len(clips), batch), desc="DSAE reconstructions", leave=False):
+        x_a, x_v = reader(clips[i : i + batch], n_frames)
+        _, v_hat = reconstruct(DSAE_VISUAL, models.components, x_a, x_v)
+        a_hat, _ = reconstruct(DSAE_AUDIO, models.components, x_a, x_v)
+        v, a = ev.decode_features(models, a_hat, v_hat)
+        out_v.append(v)
+        out_a.append(a)
+    return np.concatenate(out_v), np.concatenate(out_a)
+
+
 def fit_judges(
     store, models, reader, clips, n_frames, s, out_dir
 ) -> tuple[dict[str, J.Judge], dict[str, J.JudgeReport], dict]:
@@ -459,6 +479,13 @@ def fit_judges(
                 train.with_media(*vq_reconstruction(models, reader, chosen, n_train))
             )
     model_check = evaluated.with_media(*mdvae_reconstruction(models, reader, clips, n_frames))
+    # what the baselines render, read by the same judges (the visual judges read the
+    # V-DSAE's faces, the audio judges the A-DSAE's voices): a mouth PSNR cannot tell an
+    # average mouth from the right one
+    dsae_media = dsae_reconstruction(models, reader, clips, n_frames)
+    later = {"model": model_check}
+    if dsae_media is not None:
+        later["dsae"] = evaluated.with_media(*dsae_media)
     judges, reports = {}, {}
     for m in J.MODALITIES:
         judge, report = J.fit_or_load(
@@ -473,9 +500,10 @@ def fit_judges(
         )
         judge = judge.to(models.device)
         scored = J.score_checks(
-            judge, {"clean": evaluated, "model": model_check}, references={"model": "clean"}
+            judge, {"clean": evaluated, **later}, references={k: "clean" for k in later}
         )
-        report.scores["model"] = scored["model"]
+        for check in later:
+            report.scores[check] = scored[check]
         judges[m], reports[m] = judge, report
     info = {
         "speakers": {"judges": classes, "evaluated": identities},  # disjoint (checked above)

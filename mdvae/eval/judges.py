@@ -473,6 +473,7 @@ CHECKS = {
     "clean": "the evaluated speakers' clean clips",
     "codec": "their VQ-VAE reconstructions",
     "model": "their MDVAE reconstructions",
+    "dsae": "their DSAE reconstructions (V-DSAE faces, A-DSAE voices)",
 }
 TRUST_ON = "clean"  # the check that decides trust: the speakers the scores are measured on
 

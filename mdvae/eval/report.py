@@ -347,12 +347,18 @@ def _score_text(score: dict | None) -> str:
 
 def _judge_table(dis: dict) -> list[str]:
     info = dis["judges"]
-    checks = [c for c in ("held_out", "clean", "codec", "model") if c in info["checks"]]
+    scored = {c for rep in info["reports"].values() for c in rep["scores"]}
+    checks = [
+        c
+        for c in ("held_out", "clean", "codec", "model", "dsae")
+        if c in info["checks"] and c in scored
+    ]
     titles = {
         "held_out": "training speakers, held-out clips",
         "clean": "evaluated speakers, clean",
         "codec": "evaluated, VQ-VAE reconstructions",
         "model": "evaluated, MDVAE reconstructions",
+        "dsae": "evaluated, DSAE reconstructions (face: V-DSAE, voice: A-DSAE)",
     }
     lines = [
         "",
@@ -362,7 +368,8 @@ def _judge_table(dis: dict) -> list[str]:
         f"validated on {info['held_out_clips']} held-out clips of the same speakers; "
         f"checked on the {info['evaluated_clips']} clips of the {info['evaluated_speakers']} "
         "evaluated speakers, whom they never saw: clean (which decides trust), through the "
-        "VQ-VAEs (the stage-1 ceiling) and through the MDVAE. Speakers are verified, not "
+        "VQ-VAEs (the stage-1 ceiling), through the MDVAE, and through the DSAEs where the "
+        "bundle has them. Speakers are verified, not "
         "named: is a clip nearer to another clip of its speaker than to a clip of another "
         "speaker (chance 0.5). ± SE with clips as the unit)",
         "",
