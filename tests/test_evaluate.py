@@ -125,7 +125,8 @@ def test_end_to_end_quick_run_on_the_tiny_store(tiny_bundle, tiny_store, tmp_pat
     assert not set(judges["speakers"]["judges"]) & set(judges["speakers"]["evaluated"])
     # ... and read the DSAEs' reconstructions too (the bundle has both)
     for m in ("visual", "audio"):
-        assert set(judges["reports"][m]["scores"]) == {"held_out", "clean", "codec", "model", "dsae"}
+        checks = set(judges["reports"][m]["scores"])
+        assert checks == {"held_out", "clean", "codec", "model", "dsae"}
     assert "DSAE reconstructions" in results["markdown"]
     assert set(saved["disentanglement"]["rendered"]) == {f.name for f in D.FACTORS}
     for p in saved["emotion"]["models"]["mdvae"]["curve"]:
