@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from mdvae.bundle import load_bundle
-from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, EMOTION_READERS, MDVAE_MODEL, reconstruct
+from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, EMOTION_READERS, MDVAE_MODEL
 from mdvae.data.store import ClipInfo, Store
 from mdvae.errors import MDVAEError
 from mdvae.eval import disentanglement as D
@@ -433,12 +433,10 @@ def dsae_reconstruction(
         return None
     out_v, out_a = [], []
     for i in tqdm(range(0, len(clips), batch), desc="DSAE reconstructions", leave=False):
-        x_a, x_v = reader(clips[i : i + batch], n_frames)
-        _, v_hat = reconstruct(DSAE_VISUAL, models.components, x_a, x_v)
-        a_hat, _ = reconstruct(DSAE_AUDIO, models.components, x_a, x_v)
-        v, a = ev.decode_features(models, a_hat, v_hat)
-        out_v.append(v)
-        out_a.append(a)
+        out = ev.model_outputs(models, *reader(clips[i : i + batch], n_frames),
+                               [DSAE_VISUAL, DSAE_AUDIO])
+        out_v.append(out[DSAE_VISUAL][0])
+        out_a.append(out[DSAE_AUDIO][1])
     return np.concatenate(out_v), np.concatenate(out_a)
 
 
