@@ -35,7 +35,7 @@ def test_class_scores_carry_clustered_standard_errors_and_a_blind_baseline():
     # two clips of 10 frames, two classes; the judge reads clip 0 right, clip 1 wrong
     truth = np.array([[0] * 5 + [1] * 5, [0] * 5 + [1] * 5])
     pred = np.array([[0] * 5 + [1] * 5, [1] * 5 + [0] * 5])
-    score = J._score_classes("blink", "frame", pred, truth)
+    score = J.score_classes("blink", "frame", pred, truth)
     assert score.accuracy == 0.5 and score.balanced_accuracy == 0.5
     assert score.accuracy_se == pytest.approx(0.5)  # two clips, not 20 frames
     assert score.blind == 0.5 and score.quality == 0.5 and not score.trusted

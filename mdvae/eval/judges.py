@@ -638,9 +638,9 @@ def _score_read(
         if h.kind in ("regression", "pitch"):
             scores[h.name] = _score_values(h, pred, truth.reshape(*pred.shape))
         else:
-            scores[h.name] = _score_classes(h.name, h.kind, pred, truth)
+            scores[h.name] = score_classes(h.name, h.kind, pred, truth)
     # the emotion head read on clear emotions only, as the swap scores count them
-    scores["emotion_clear"] = _score_classes(
+    scores["emotion_clear"] = score_classes(
         "emotion_clear", "clip", read["emotion"], data.stacked("emotion_clear")
     )
     ref = read["speaker_logp"] if reference_logp is None else reference_logp
@@ -656,7 +656,9 @@ def _clip_of(truth: np.ndarray) -> np.ndarray:
     return np.broadcast_to(rows, truth.shape)
 
 
-def _score_classes(name: str, kind: str, pred: np.ndarray, truth: np.ndarray) -> HeadScore:
+def score_classes(name: str, kind: str, pred: np.ndarray, truth: np.ndarray) -> HeadScore:
+    """Class readings `pred` against `truth` (same shapes, (N,) or (N, T); negative truth:
+    unknown, not scored), with the trust decision; SEs take the row (clip) as the unit."""
     ok = truth >= 0
     clip = _clip_of(truth)[ok]
     pred, truth = pred[ok], truth[ok]
