@@ -330,6 +330,90 @@ def test_denoising_gain_is_against_the_models_own_clean_reconstruction():
     assert out["gain_se"] == pytest.approx(np.std([-1.0, -3.0, -1.0], ddof=1) / np.sqrt(3))
 
 
+def test_mouth_reading_scores_balanced_and_plain_accuracy_over_sequences():
+    # 3 sequences x 4 frames; shapes 0 (8 frames) and 1 (4 frames)
+    truth = np.array([[0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 1, 1]])
+    pred = np.array([[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 0]])
+    out = ev.mouth_reading(pred, truth)
+    assert out["accuracy"] == pytest.approx(7 / 12)  # right: 4 + 1 + 2 frames
+    # the sequence is the unit: equal lengths make it the SE of the per-sequence means
+    per_sequence = np.array([4, 1, 2]) / 4
+    assert out["accuracy_se"] == pytest.approx(per_sequence.std(ddof=1) / np.sqrt(3))
+    # recall of shape 0: 5 of 8, of shape 1: 2 of 4
+    assert out["balanced_accuracy"] == pytest.approx((5 / 8 + 2 / 4) / 2)
+    assert out["blind"] == 0.5 and (out["frames"], out["sequences"]) == (12, 3)
+    # a perfect reading: nothing to resample away
+    perfect = ev.mouth_reading(truth, truth)
+    assert perfect["balanced_accuracy"] == 1 and perfect["balanced_accuracy_se"] == 0
+    # every sequence holds each of 6 shapes once: the balanced accuracy of any resample is
+    # the mean of its sequences' accuracies, so its bootstrap SE is that mean's,
+    # std / sqrt(N) (population std), within the bootstrap's own error (200 resamples:
+    # about 5%; the tolerance is 4 of those)
+    rng = np.random.default_rng(0)
+    truth = np.tile(np.arange(6), (60, 1))
+    pred = np.where(rng.random(truth.shape) < 0.6, truth, (truth + 1) % 6)
+    out = ev.mouth_reading(pred, truth)
+    per_sequence = (pred == truth).mean(1)
+    assert out["balanced_accuracy"] == pytest.approx(per_sequence.mean())
+    assert out["balanced_accuracy_se"] == pytest.approx(per_sequence.std() / np.sqrt(60), rel=0.2)
+    with pytest.raises(ValueError, match="differ"):
+        ev.mouth_reading(pred[:, :3], truth)
+
+
+def test_denoising_keeps_the_frames_it_scored_for_the_judge(tiny_bundle, tiny_store):
+    from mdvae.bundle import load_bundle
+    from mdvae.data.store import Store
+    from mdvae.eval import metrics
+
+    models = ev.Models.from_bundle(load_bundle(tiny_bundle, device="cpu"))
+    batch = Store(tiny_store).sample_windows("test", 10, 3, np.random.default_rng(0))
+    masks, _ = evaluate.region_masks(batch["factors"], 3, 10)
+    args = (models, batch["frames"], batch["power"], masks, [0.2])
+    result = ev.denoising(*args, keep=("mouth",), show=False)
+    hit = metrics.DENOISE_FRAMES
+    assert set(result.outputs) == {"mouth"} and set(result.outputs["mouth"]) == {"0", "0.2"}
+    assert np.array_equal(result.clean, batch["frames"][:, hit])
+    kept = result.outputs["mouth"]["0.2"]
+    assert set(kept) == {"noisy", "vqvae", "dsae_visual", "mdvae"}
+    assert "noisy" not in result.outputs["mouth"]["0"]
+    mask = np.asarray(masks["mouth"], bool)[:, hit]
+    for name, frames in kept.items():
+        assert frames.shape == (3, 6, 64, 64, 3)
+        # the very frames the PSNR was taken on
+        psnr = np.mean([metrics.psnr(result.clean[i], frames[i], mask[i]) for i in range(3)])
+        assert psnr == pytest.approx(result.metric["mouth"]["0.2"][name]["psnr"])
+    none = ev.denoising(*args, show=False)
+    assert none.outputs == {} and none.clean is None
+    assert "skipped" in ev.read_denoised_mouths(None, none, np.zeros((3, 6), int))
+
+
+def test_the_judge_reads_each_models_own_denoised_frames():
+    class PixelJudge:  # reads as the mouth shape the first pixel's red value
+        def read(self, frames):
+            return {"mouth": frames[..., 0, 0, 0].astype(np.int64)}
+
+    truth = np.array([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]])
+
+    def frames_reading(labels):
+        out = np.zeros((2, 6, 64, 64, 3), np.uint8)
+        out[..., 0, 0, 0] = labels
+        return out
+
+    wrong = (truth + 1) % 6
+    half = np.where(np.arange(6) < 3, truth, wrong)  # the first 3 frames right
+    result = ev.DenoisingResult([0.0, 0.2], 2, clean=frames_reading(truth))
+    result.outputs["mouth"] = {
+        "0": {"mdvae": frames_reading(truth)},
+        "0.2": {"noisy": frames_reading(wrong), "mdvae": frames_reading(half)},
+    }
+    read = ev.read_denoised_mouths(PixelJudge(), result, truth)
+    assert read["clean"]["accuracy"] == 1 and read["clean"]["balanced_accuracy"] == 1
+    assert read["sigmas"]["0"]["mdvae"]["accuracy"] == 1
+    assert read["sigmas"]["0.2"]["noisy"]["accuracy"] == 0
+    assert read["sigmas"]["0.2"]["mdvae"]["accuracy"] == 0.5
+    assert read["sigmas"]["0.2"]["mdvae"]["accuracy_se"] == 0  # both sequences at 3 of 6
+
+
 def test_emotion_accuracies_carry_their_se_over_test_clips():
     rng = np.random.default_rng(0)
     y = [("happy", "sad")[i % 2] for i in range(40)]

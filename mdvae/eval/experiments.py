@@ -4,6 +4,8 @@ on arrays, so a notebook can run one on its own.
 - `reconstruction`: held-out clips through the VQ-VAEs alone, the MDVAE and the DSAEs.
 - `denoising`: Gaussian noise on a face region of the 6 central frames of 10-frame
   sequences, audio intact; encode, decode, PSNR / SSIM on the corrupted pixels.
+  `read_denoised_mouths`: a judge's mouth head reads the frames `denoising` kept, as a PSNR
+  cannot tell an average mouth from the right one.
 - `emotion_curve`: logistic regression on the posterior mean of w against the share of
   labelled training clips.
 
@@ -35,6 +37,7 @@ from mdvae.components import (
     reconstruct,
 )
 from mdvae.errors import MDVAEError
+from mdvae.eval import judges as J
 from mdvae.eval import metrics
 from mdvae.eval.stats import binomial_se
 from mdvae.labels import EMOTIONS
@@ -176,12 +179,19 @@ class DenoisingResult:
     "ssim_std", "ssim_se"} and, for the models at sigma > 0, "gain" (mean over sequences of
     the PSNR of the output on the noisy input minus the PSNR of the same model's output on
     the clean input, same pixels) and "gain_se": how much of what the noise took the model
-    gives back, apart from how well it rebuilds a clean clip."""
+    gives back, apart from how well it rebuilds a clean clip.
+
+    outputs[region][sigma][model]: the corrupted frames of every sequence (N, 6, 64, 64, 3)
+    as each model decoded them ("noisy": the input, absent at sigma 0), for the regions
+    `denoising` was asked to keep; `clean` the same frames clean (None when none is kept).
+    They stay in memory, not in `to_dict`, for a judge to read later."""
 
     sigmas: list[float]
     n_sequences: int
     metric: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
     examples: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
+    outputs: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
+    clean: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         return {"sigmas": self.sigmas, "n_sequences": self.n_sequences, "metric": self.metric}
@@ -196,6 +206,7 @@ def denoising(
     *,
     seed: int = 0,
     batch: int = 16,
+    keep: Sequence[str] = (),
     show: bool = True,
 ) -> DenoisingResult:
     """The seed's protocol on sequences frames (N, 10, 64, 64, 3), power (N, 10, 513).
@@ -206,7 +217,8 @@ def denoising(
     posterior means; PSNR and SSIM against the clean frames are computed over the corrupted
     pixels (those frames x the region) per sequence, then averaged. The noisy input itself
     is scored as the floor; sigma = 0 scores the models on clean input, their ceiling, and
-    is always run (the gains are measured against it).
+    is always run (the gains are measured against it). The decoded frames of the regions in
+    `keep` are kept in `DenoisingResult.outputs` (200 sequences: 15 MB per model and sigma).
     """
     sigmas = sorted({float(s) for s in sigmas} | {0.0})
     names = available(DENOISERS, models.components)
@@ -214,6 +226,8 @@ def denoising(
     result = DenoisingResult(sigmas, len(frames))
     clean_psnr: dict[tuple[str, str], np.ndarray] = {}  # (region, model): per sequence
     clean = frames[:, hit_frames]  # (N, 6, 64, 64, 3): only these frames are scored
+    if any(region in masks for region in keep):
+        result.clean = clean
     steps = [(r, i, s) for r in masks for i, s in enumerate(sigmas)]
     for region, si, sigma in tqdm(steps, desc="denoising", disable=not show):
         mask = masks[region]
@@ -251,9 +265,53 @@ def denoising(
             elif (region, name) in clean_psnr:
                 row[name].update(denoising_gain(np.asarray(p), clean_psnr[region, name]))
             result.examples.setdefault(region, {}).setdefault(f"{sigma:g}", {})[name] = est[0]
+            if region in keep:
+                result.outputs.setdefault(region, {}).setdefault(f"{sigma:g}", {})[name] = est
         result.examples[region][f"{sigma:g}"]["clean"] = clean[0]
         result.metric.setdefault(region, {})[f"{sigma:g}"] = row
     return result
+
+
+def mouth_reading(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Mouth shapes read from the frames of N sequences, pred (N, F), against their truth
+    (N, F) (classes of `judges.MOUTH_CLASSES`; negative: unknown): the balanced accuracy
+    (mean recall over the shapes present, the number the judges' trust and the "MDVAE
+    renders" scores use), its SE bootstrapped over sequences, the plain accuracy and its SE
+    with the sequence as the unit, and "blind", what a reading that ignores the frames
+    scores (1 / shapes present)."""
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape or pred.ndim != 2:
+        raise MDVAEError(f"mouth readings {pred.shape} and truth {truth.shape} differ")
+    score = J.score_classes("mouth", "frame", pred, truth)
+    return {
+        "balanced_accuracy": score.balanced_accuracy,
+        "balanced_accuracy_se": score.balanced_accuracy_se,
+        "accuracy": score.accuracy,
+        "accuracy_se": score.accuracy_se,
+        "blind": score.blind,
+        "frames": score.n,
+        "sequences": len(truth),
+    }
+
+
+def read_denoised_mouths(
+    judge: J.Judge, result: DenoisingResult, truth: np.ndarray, region: str = "mouth"
+) -> dict[str, Any]:
+    """A visual judge's mouth head on the corrupted frames of `region` that `denoising`
+    kept, against the mouth shapes truth (N, 6) of those frames (`mouth_reading` each):
+    "clean", the clean frames (the judge's own ceiling on these sequences), and
+    sigmas[sigma][model] for the noisy input and every model's output (at sigma 0 the
+    models' clean-input ceiling)."""
+    kept = result.outputs.get(region)
+    if not kept or result.clean is None:
+        return {"skipped": f"the decoded frames of the {region} region were not kept"}
+    return {
+        "clean": mouth_reading(judge.read(result.clean)["mouth"], truth),
+        "sigmas": {
+            sigma: {name: mouth_reading(judge.read(v)["mouth"], truth) for name, v in row.items()}
+            for sigma, row in kept.items()
+        },
+    }
 
 
 def denoising_gain(psnr_denoised: np.ndarray, psnr_clean_input: np.ndarray) -> dict[str, float]:
