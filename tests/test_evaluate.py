@@ -119,6 +119,37 @@ def test_end_to_end_quick_run_on_the_tiny_store(tiny_bundle, tiny_store, tmp_pat
         assert mouth[m]["gain"] == pytest.approx(mouth[m]["psnr"] - clean[m]["psnr"], abs=1e-9)
         assert "gain" not in clean[m] and mouth[m]["psnr_se"] >= 0
     assert "gain" not in mouth["noisy"]
+    # the visual judge read the denoised mouths of every model, the input and the clean frames
+    read = saved["denoising"]["mouth_read"]
+    assert read["trusted"] == saved["disentanglement"]["trusted"]["mouth"]
+    assert set(read["sigmas"]) == {"0", "0.2"}
+    assert set(read["sigmas"]["0.2"]) == {"noisy", "vqvae", "dsae_visual", "mdvae"}
+    assert set(read["sigmas"]["0"]) == {"vqvae", "dsae_visual", "mdvae"}
+    for score in [read["clean"]] + [r for row in read["sigmas"].values() for r in row.values()]:
+        assert 0 <= score["balanced_accuracy"] <= 1 and 0 <= score["accuracy"] <= 1
+        assert score["sequences"] == 4 and score["frames"] == 4 * 6
+    # ... and "clean" is the judge's reading of the clean corrupted frames, recomputed here
+    # from the same draw of sequences (the study's random stream) and the saved judge
+    from mdvae.data.store import Store
+    from mdvae.eval import judges as J
+    from mdvae.eval import metrics
+
+    batch = Store(tiny_store).sample_windows("test", 10, 4, np.random.default_rng([0, 20]))
+    judge, _ = J.load_judge(out / "judge_visual.safetensors")
+    hit = metrics.DENOISE_FRAMES
+    again = ev.mouth_reading(
+        judge.read(batch["frames"][:, hit])["mouth"],
+        J.MOUTH_OF_VISEME[batch["factors"]["viseme"][:, hit].astype(np.int64)],
+    )
+    assert read["clean"] == pytest.approx(again, nan_ok=True)
+    summary = saved["summary"]
+    assert summary["denoising_mouth_read_mdvae"] == read["sigmas"]["0.2"]["mdvae"][
+        "balanced_accuracy"
+    ]
+    assert summary["denoising_mouth_read_clean"] == read["clean"]["balanced_accuracy"]
+    assert "**Mouth shapes read from the denoised mouths**" in printed
+    target = next(r for r in saved["targets"] if r["name"].startswith("mouth denoising, judge"))
+    assert target["status"] in ({"pass", "FAIL"} if read["trusted"] else {"untrusted judge"})
     # the judges learnt other speakers than those they score
     judges = saved["disentanglement"]["judges"]
     assert judges["speakers"]["judges"] and judges["speakers"]["evaluated"]
@@ -155,8 +186,11 @@ def test_bad_settings_are_refused():
 # ---- the report: targets, summary and tables from a results dictionary ----------------
 
 
-def report_results(emotion=0.95, psnr=(30.0, 28.0, 25.0, 20.0), follow=0.97, stay=0.95):
-    """Results as `train.evaluate` writes them, with only what the targets read."""
+def report_results(
+    emotion=0.95, psnr=(30.0, 28.0, 25.0, 20.0), follow=0.97, stay=0.95, read=(0.6, 0.45)
+):
+    """Results as `train.evaluate` writes them, with only what the targets read; `read`:
+    the balanced accuracies of the MDVAE's and the V-DSAE's denoised mouths."""
 
     def curve(mean):
         return {"curve": [{"fraction": 0.1, "mean": mean / 2}, {"fraction": 1.0, "mean": mean}]}
@@ -174,10 +208,23 @@ def report_results(emotion=0.95, psnr=(30.0, 28.0, 25.0, 20.0), follow=0.97, sta
         for sw, groups in D.SWAPS.items()
     }
     mouth = dict(zip(("mdvae", "dsae_visual", "vqvae", "noisy"), ({"psnr": p} for p in psnr)))
+
+    def score(value):
+        return {"balanced_accuracy": value, "balanced_accuracy_se": 0.01, "accuracy": value,
+                "blind": 1 / 6, "sequences": 8}  # fmt: skip
+
+    mouth_read = {
+        "trusted": True,
+        "clean": score(0.9),
+        "sigmas": {"0": {"mdvae": score(0.7), "dsae_visual": score(0.5)},
+                   "0.2": {"noisy": score(0.3), "mdvae": score(read[0]),
+                           "dsae_visual": score(read[1])}},
+    }  # fmt: skip
     return {
         "emotion": {"models": {"mdvae": curve(emotion), "dsae_audio": curve(0.5),
                                "dsae_visual": curve(0.6)}},
-        "denoising": {"sigma": 0.2, "metric": {"mouth": {"0.2": mouth}}},
+        "denoising": {"sigma": 0.2, "metric": {"mouth": {"0.2": mouth}},
+                      "mouth_read": mouth_read},
         "disentanglement": {"swaps": {"shares": shares},
                             "trusted": {f.name: True for f in D.FACTORS}},
     }  # fmt: skip
@@ -190,11 +237,12 @@ def statuses(rows):
 def test_targets_pass_when_every_measure_meets_its_target():
     rows = report.targets(report_results())
     followed = [f for f in D.FACTORS if f.follow_target is not None]
-    assert len(rows) == 2 + 1 + len(followed) + 1
+    assert len(rows) == 2 + 2 + len(followed) + 1
     assert set(statuses(rows).values()) == {"pass"}
     names = statuses(rows)
     assert "emotion: MDVAE above A-DSAE and V-DSAE" in names
     assert "mouth denoising PSNR: MDVAE > V-DSAE > VQ-VAE > noisy" in names
+    assert "mouth denoising, judge: MDVAE > V-DSAE" in names
     assert all(f"{f.title} follows {f.latent}" in names for f in followed)
     assert report.summary({"targets": rows})["targets_passed"] == f"{len(rows)}/{len(rows)}"
 
@@ -205,6 +253,8 @@ def test_targets_fail_on_each_shortfall_and_report_the_worst_cell():
     assert rows["emotion: MDVAE above A-DSAE and V-DSAE"] == "pass"
     rows = statuses(report.targets(report_results(psnr=(30.0, 25.0, 28.0, 20.0))))
     assert rows["mouth denoising PSNR: MDVAE > V-DSAE > VQ-VAE > noisy"] == "FAIL"
+    rows = statuses(report.targets(report_results(read=(0.45, 0.6))))
+    assert rows["mouth denoising, judge: MDVAE > V-DSAE"] == "FAIL"
 
     results = report_results()
     results["disentanglement"]["swaps"]["shares"]["z_av+z_v"]["mouth"]["follow"] = 0.5
@@ -214,6 +264,27 @@ def test_targets_fail_on_each_shortfall_and_report_the_worst_cell():
     assert row["status"] == "FAIL" and row["measured"] == "0.500 (swap z_av+z_v)"
     summary = report.summary({"targets": list(rows.values())})
     assert summary["targets_passed"] == f"{len(rows) - 1}/{len(rows)}"
+
+
+def test_the_denoised_mouths_read_by_an_untrusted_judge_are_flagged():
+    results = report_results(read=(0.45, 0.6))
+    results["denoising"]["mouth_read"]["trusted"] = False
+    assert statuses(report.targets(results))["mouth denoising, judge: MDVAE > V-DSAE"] == (
+        "untrusted judge"
+    )
+    text = "\n".join(report._mouth_read_table(results["denoising"]))
+    assert "**untrusted judge**" in text
+    # the input row: the clean frames at sigma 0, the noisy input above it
+    assert "| noisy input | 0.900 ± 0.010 (0.900) | 0.300 ± 0.010 (0.300) |" in text
+    assert "| V-DSAE | 0.500 ± 0.010 (0.500) | 0.600 ± 0.010 (0.600) |" in text
+    summary = report.summary({"denoising": {**results["denoising"], "metric": {}}})
+    assert summary["denoising_mouth_read_mdvae"] == 0.45
+    assert summary["denoising_mouth_read_clean"] == 0.9
+    # a store without ground truth: skipped, with the reason
+    skipped = {"sigma": 0.2, "metric": {}, "mouth_read": {"skipped": "no ground truth"}}
+    assert "not read: no ground truth" in "\n".join(report._mouth_read_table(skipped))
+    assert not any(k.startswith("denoising_mouth_read") for k in report.summary(
+        {"denoising": skipped}))
 
 
 def test_untrusted_judges_are_flagged_not_scored():

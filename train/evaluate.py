@@ -9,7 +9,10 @@ disentanglement scores.
 2. Denoising (the seed's protocol): Gaussian noise of std --sigma (in [0, 1] pixel units)
    on the mouth, or the eyes, of the 6 central frames of 10-frame sequences, audio intact;
    PSNR / SSIM on the corrupted pixels, and each model's gain against its own
-   reconstruction of the clean sequence; a sweep over --sigmas for the figure.
+   reconstruction of the clean sequence; a sweep over --sigmas for the figure. On stores
+   with ground-truth factors, the visual judge (study 4) also reads the mouth shapes of the
+   denoised mouths, each model's output at every sigma, the noisy input and the clean
+   frames, against the truth ("mouth_read"; trusted only where its mouth head is).
 3. Emotion recognition: logistic regression on the posterior mean of w against the share
    of labelled training clips, tested on the evaluated split's unseen speakers.
 4. On stores with ground-truth factors: judges trained on training speakers (never the
@@ -246,19 +249,47 @@ def run_reconstruction(store, models, clips, s, rng) -> dict:
     return {"clips": len(chosen), "frames": n_frames, "regions": source, "models": rows}
 
 
-def run_denoising(store, models, s, rng) -> tuple[dict, ev.DenoisingResult]:
+def run_denoising(
+    store, models, s, rng
+) -> tuple[dict, ev.DenoisingResult, np.ndarray | None]:
+    """The denoising study, and on stores with ground truth the mouth shapes (N, 6) of the
+    corrupted frames, with the mouth region's decoded frames kept for the judge to read
+    (`run_mouth_reading`, once the judges exist)."""
     n = metrics.DENOISE_LENGTH
     batch = store.sample_windows(s.split, n, s.denoise_sequences, rng)
     masks, source = region_masks(batch["factors"], len(batch["frames"]), n)
     sigmas = sorted(set(s.sigmas) | {s.sigma})
-    result = ev.denoising(models, batch["frames"], batch["power"], masks, sigmas, seed=s.seed)
+    mouths = None
+    if J.has_ground_truth(store.factors):
+        viseme = np.asarray(batch["factors"]["viseme"], np.int64)[:, metrics.DENOISE_FRAMES]
+        mouths = J.MOUTH_OF_VISEME[viseme]
+    result = ev.denoising(
+        models,
+        batch["frames"],
+        batch["power"],
+        masks,
+        sigmas,
+        seed=s.seed,
+        keep=("mouth",) if mouths is not None else (),
+    )
     out = result.to_dict()
     out.update(
         sigma=s.sigma,
         regions=source,
         frames=f"{metrics.DENOISE_FRAMES.start}..{metrics.DENOISE_FRAMES.stop - 1} of {n}",
     )
-    return out, result
+    return out, result, mouths
+
+
+def run_mouth_reading(
+    judge: J.Judge, trusted: bool, denoise: ev.DenoisingResult, mouths: np.ndarray
+) -> dict:
+    """The visual judge's mouth head on the denoised mouths (`ev.read_denoised_mouths`),
+    with its trust decision on the evaluated speakers' clean clips."""
+    out = ev.read_denoised_mouths(judge, denoise, mouths)
+    if "skipped" not in out:
+        out = {"judge": "visual", "head": "mouth", "trusted": bool(trusted), **out}
+    return out
 
 
 def run_emotion(store, models, reader, s, rng) -> dict:
@@ -533,7 +564,9 @@ def fit_judges(
     return judges, reports, info
 
 
-def run_disentanglement(store, models, reader, clips, s, rng, out_dir) -> tuple[dict, dict]:
+def run_disentanglement(
+    store, models, reader, clips, s, rng, out_dir
+) -> tuple[dict, dict, dict[str, J.Judge]]:
     n_frames = common_length(clips, s.max_frames)
     judges, reports, judge_info = fit_judges(store, models, reader, clips, n_frames, s, out_dir)
     trusted = {f.name: reports[f.judge].trusted(f.score) for f in D.FACTORS}
@@ -583,7 +616,7 @@ def run_disentanglement(store, models, reader, clips, s, rng, out_dir) -> tuple[
         "swaps": swaps,
         "generation": generation,
     }
-    return out, example
+    return out, example, judges
 
 
 # ---------------------------------------------------------------------------------------
@@ -691,19 +724,25 @@ def evaluate(args: argparse.Namespace, s: EvalSettings, out_dir: Path) -> dict:
     results["reconstruction"] = timed(
         "reconstruction", lambda: run_reconstruction(store, models, clips, s, rng(10))
     )
-    results["denoising"], denoise = timed(
+    results["denoising"], denoise, mouths = timed(
         "denoising", lambda: run_denoising(store, models, s, rng(20))
     )
     reader = timed("features", lambda: FeatureReader(store, models, fill_cache=not args.quick))
     results["emotion"] = timed("emotion", lambda: run_emotion(store, models, reader, s, rng(30)))
     swap_example = None
     if J.has_ground_truth(store.factors):
-        results["disentanglement"], swap_example = timed(
+        results["disentanglement"], swap_example, judges = timed(
             "disentanglement",
             lambda: run_disentanglement(store, models, reader, clips, s, rng(40), out_dir),
         )
+        trusted = results["disentanglement"]["trusted"]["mouth"]
+        results["denoising"]["mouth_read"] = timed(
+            "denoised mouths read",
+            lambda: run_mouth_reading(judges["visual"], trusted, denoise, mouths),
+        )
     else:
         results["disentanglement_skipped"] = "the store has no ground-truth factors"
+        results["denoising"]["mouth_read"] = {"skipped": "the store has no ground-truth factors"}
     results["targets"] = targets(results)
     results["summary"] = summary(results)
     results["markdown"] = markdown(results)
