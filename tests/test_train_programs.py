@@ -255,6 +255,22 @@ def test_a_run_resumed_on_another_store_keeps_its_earlier_store(runs, tiny_store
         f"`{tiny_store}` to step 40, then `{more}` (train split)")
 
 
+@pytest.mark.slow
+def test_a_dsae_run_resumes_as_a_dsae_without_model(runs, tiny_store, tmp_path):
+    run = tmp_path / "dsae_visual"
+    shutil.copytree(runs / "dsae_visual", run)
+    flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
+             "--vq-audio", str(runs / "vq_audio"), "--out", str(run), "--resume"]
+    with pytest.raises(ConfigError, match="dsae-visual run"):
+        stage2.main([*flags, "--model", "mdvae", "--steps", "14"])
+    assert common.RunFolder(run).load_checkpoint(required=True)["step"] == 10
+    result = stage2.main([*flags, "--steps", "14"])  # no --model: the run's own kind
+    assert result.step == 14
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["model_kind"], saved["model_class"]) == ("dsae-visual", "DSAE")
+    assert saved["model"]["z_dim"] == 4
+
+
 def test_emotion_group_probes_find_the_group_that_holds_the_emotion():
     from types import SimpleNamespace
 

@@ -28,7 +28,9 @@ decoders) trains, e.g. the decoders again with the floor back at -6.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", required=True)
     parser.add_argument("--vq-visual", required=True, help="stage-1 visual run folder")
     parser.add_argument("--vq-audio", required=True, help="stage-1 audio run folder")
-    parser.add_argument("--model", default="mdvae", choices=MODELS)
+    parser.add_argument("--model", default=None, choices=MODELS,
+                        help="default mdvae; a resumed run keeps its own")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--preset", default="synthetic", choices=["synthetic", "mead", "authors"],
                         help="config preset; \"authors\": every width of the authors' code")
@@ -243,8 +246,24 @@ def make_step_fn(kind: str, device: torch.device, warmup: int, static_first: int
     return step_fn
 
 
+def resolved_model_kind(args: argparse.Namespace) -> str:
+    """--model, or with --resume the kind the run folder was trained as (a DSAE run resumed
+    without --model is a DSAE run; a different --model is refused)."""
+    if not args.resume:
+        return args.model or "mdvae"
+    config = Path(args.out) / "config.json"
+    saved = json.loads(config.read_text()).get("model_kind") if config.exists() else None
+    if saved is None:  # no run there: the checkpoint check reports it
+        return args.model or "mdvae"
+    if args.model is not None and args.model != saved:
+        raise ConfigError(f"{args.out} is a {saved} run: it resumes as one (--model {args.model} "
+                          "was given)")
+    return saved
+
+
 def main(argv: list[str] | None = None) -> common.TrainResult:
     args = build_parser().parse_args(argv)
+    args.model = resolved_model_kind(args)
     if args.like_mdvae and args.model == "mdvae":
         raise ConfigError("--like-mdvae is for the DSAE baselines (--model dsae-audio or "
                           "dsae-visual)")
