@@ -522,3 +522,13 @@ def test_several_seeds_report_mean_and_spread():
         ["--bundle", "b", "--data", "d", "--out", "o", "--seeds", "0", "1"]
     )
     assert args.seeds == [0, 1]
+
+
+def test_the_swap_figure_shows_a_pair_of_two_speakers_and_the_pairs_stay_the_same():
+    speakers = ["s1", "s1", "s2", "s2"]
+    a, b = np.array([0, 2, 1, 3]), np.array([1, 3, 2, 0])  # pairs 0, 1 within a speaker
+    a2, b2 = evaluate.example_first(a, b, speakers)
+    assert speakers[a2[0]] != speakers[b2[0]] and (a2[0], b2[0]) == (1, 2)
+    assert sorted(zip(a2.tolist(), b2.tolist())) == sorted(zip(a.tolist(), b.tolist()))
+    same = np.array([0, 2]), np.array([1, 3])
+    assert all((x == y).all() for x, y in zip(evaluate.example_first(*same, speakers), same))

@@ -564,6 +564,18 @@ def fit_judges(
     return judges, reports, info
 
 
+def example_first(
+    a_idx: np.ndarray, b_idx: np.ndarray, speakers: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (a_idx[i], b_idx[i]) of clip indices, the first pair of two different
+    speakers moved to the front (the swap figure shows the first pair); the same pairs, so
+    the same scores. Unchanged when every pair is of one speaker."""
+    k = next((i for i in range(len(a_idx)) if speakers[a_idx[i]] != speakers[b_idx[i]]), 0)
+    order = np.arange(len(a_idx))
+    order[[0, k]] = order[[k, 0]]
+    return a_idx[order], b_idx[order]
+
+
 def run_disentanglement(
     store, models, reader, clips, s, rng, out_dir
 ) -> tuple[dict, dict, dict[str, J.Judge]]:
@@ -583,6 +595,7 @@ def run_disentanglement(
     # pairs of distinct clips, drawn uniformly: target A, source B
     a_idx = rng.integers(0, n, size=s.swap_pairs)
     b_idx = (a_idx + rng.integers(1, n, size=s.swap_pairs)) % n
+    a_idx, b_idx = example_first(a_idx, b_idx, [c.speaker for c in clips])
     clips_a, clips_b = [clips[i] for i in a_idx], [clips[i] for i in b_idx]
     t = np.arange(0, n_frames, s.visual_stride)
     a = labelled_windows(store, clips_a, n_frames, identities=identities)
