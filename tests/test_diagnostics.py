@@ -171,6 +171,16 @@ def test_clip_views_are_the_judges_contour_and_level_on_voiced_frames():
     assert np.isnan(diag.clip_view("contour", x, few)).all()
 
 
+def test_factor_targets_are_each_factors_view_of_a_whole_clip():
+    f0 = np.array([0.0, 1.0, 2.0, np.nan, 4.0, 5.0])[:, None]  # (T, 1), frame 3 unvoiced
+    mouth = np.arange(6)
+    out = diag.factor_targets({"f0": f0, "mouth": mouth})
+    assert set(out) == {"mouth", "f0_contour", "f0_level"}
+    assert out["mouth"] is mouth
+    np.testing.assert_array_equal(out["f0_contour"][:, 0], [-2.0, -1.0, 0.0, np.nan, 2.0, 3.0])
+    np.testing.assert_array_equal(out["f0_level"], np.full((6, 1), 2.0))  # every frame
+
+
 def _frame_world(rng: np.random.Generator, shape: tuple[int, ...]):
     """Per frame of `shape`, factors and 8-dim features that carry them linearly: a head pose
     (dims 0-2, exactly), a 3-class mouth (dims 3-4: a class centre 4 apart + noise 0.1),
@@ -262,6 +272,31 @@ def test_f0_readout_recovers_the_contour_and_level_and_follows_their_carriers():
     # counted: frames voiced in both where the contours differ by 1.5; clips whose levels do
     assert contour["swaps"]["z_a"]["n"] > 0.2 * 16 * 60
     assert level["swaps"]["w"]["n"] == 16  # every partner is another speaker, 16 st away
+
+
+def test_f0_probes_find_the_contour_and_the_level_in_their_groups():
+    rng = np.random.default_rng(5)
+    train_x, train_y = _f0_world(rng, 100, 40)
+    held_x, held_y = _f0_world(rng, 16, 60)
+    # probes are fitted on each factor's view of the training clips, frame by frame
+    per_clip = [diag.factor_targets({"f0": f0}) for f0 in train_y["f0"]]
+    targets = {k: np.concatenate([t[k] for t in per_clip]) for k in per_clip[0]}
+    # "z_a" holds the contour (and junk where unvoiced), "w_like" the level
+    train = {"z_a": train_x[..., :1].reshape(-1, 1), "w_like": train_x[..., 1:2].reshape(-1, 1)}
+    held = {"z_a": held_x[..., :1], "w_like": held_x[..., 1:2]}
+    probes = diag.probe_frames(train, targets, held, held_y)
+    assert set(probes) == {"f0_contour", "f0_level"}
+    # noise 0.1 costs 0.01 / 4.5 of R^2, as for the read-out above; and the targets' clip
+    # medians, which one frame cannot know, flatten the fitted slope by about
+    # var(median) / var(contour) (~0.5 / 4.5 here), which costs about its square, ~0.01
+    assert probes["f0_contour"]["z_a"] > 0.98
+    # the level is the median of f0, the contour's median included, which dim 1 lacks:
+    # R^2 = 1 - var(the contour's median) / var(level) ~ 1 - 0.5 / 86
+    assert probes["f0_level"]["w_like"] > 0.99
+    # a clip constant has no contour (R^2 0: the contour read is 0); a contour's median
+    # says nothing of the level (R^2 <= 0 but for chance, 16 clips)
+    assert abs(probes["f0_contour"]["w_like"]) < 0.01
+    assert probes["f0_level"]["z_a"] < 0.3
 
 
 def test_frame_probes_find_where_a_factor_lives():

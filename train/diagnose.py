@@ -44,6 +44,11 @@ def _stack(stream: np.ndarray, clips: list, n_frames: int) -> torch.Tensor:
         [np.asarray(stream[c.start:c.start + n_frames], np.float32) for c in clips]))
 
 
+def _at(per_clip: list[dict[str, np.ndarray]], picks: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per key of the clips' arrays {key: (T, ...)}, the picked frames, clip after clip."""
+    return {k: np.concatenate([d[k][p] for d, p in zip(per_clip, picks)]) for k in per_clip[0]}
+
+
 def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
         *, show: bool = True, window: int | None = None, train_factors=None,
         held_factors=None, frames_per_clip: int = 16, seed: int = 0) -> diag.Diagnostics:
@@ -57,19 +62,24 @@ def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
     partner = diag.partners(speakers)
     # all held-out clips at once: the swaps pair each clip with another speaker's
     x_a, x_v = _stack(held_audio, held_clips, n_frames), _stack(held_visual, held_clips, n_frames)
-    picks = train_targets = held_targets = None
+    picks = train_targets = held_targets = probe_targets = None
     readouts: dict[str, diag.FrameReadout] = {}  # stream -> read-out of its features
     if train_factors is not None and held_factors is not None:
         picks = diag.frame_picks(train_clips, frames_per_clip, np.random.default_rng(seed))
         rows = np.concatenate([c.start + p for c, p in zip(train_clips, picks)])
         held_rows = np.stack([np.arange(c.start, c.start + n_frames) for c in held_clips])
-        train_targets = diag.frame_targets({k: v[rows] for k, v in train_factors.items()})
         held_targets = diag.frame_targets({k: v[held_rows] for k, v in held_factors.items()})
+        # whole training clips: a view of a clip (f0's contour and level) needs all its frames
+        clip_readings = [diag.frame_targets({k: v[c.start:c.start + c.length]
+                                             for k, v in train_factors.items()})
+                         for c in train_clips]
         streams = diag.streams_of(model)
         wanted = {f.reads for f in diag.frame_factors_for(streams)}
-        both = train_targets.keys() & held_targets.keys() & wanted
-        train_targets = {k: v for k, v in train_targets.items() if k in both}
+        both = clip_readings[0].keys() & held_targets.keys() & wanted
         held_targets = {k: v for k, v in held_targets.items() if k in both}
+        clip_readings = [{k: r[k] for k in both} for r in clip_readings]
+        train_targets = _at(clip_readings, picks)  # {reading: (M, ...)}, for the read-outs
+        probe_targets = _at([diag.factor_targets(r) for r in clip_readings], picks)  # by factor
         features = {"audio": audio, "visual": visual}
         for stream in streams:
             own = {k: v for k, v in train_targets.items()
@@ -93,7 +103,7 @@ def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
             inputs = {"audio": x_a, "visual": x_v}
             readings = {"input": {k: v for s, r in readouts.items()
                                   for k, v in r.predict(inputs[s]).items()}, **readings}
-        latents = diag.probe_frames(train_frames, train_targets, measured.frames, held_targets)
+        latents = diag.probe_frames(train_frames, probe_targets, measured.frames, held_targets)
         frame_factors = diag.frame_factor_scores(held_targets, partner, readings, latents)
     return diag.Diagnostics(type(model).__name__, measured.groups, measured.streams,
                             len(held_clips), combined=probes["all"], sampled_elbo=elbo,

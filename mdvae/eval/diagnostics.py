@@ -27,8 +27,10 @@ stream (`reconstruction`: does it render the factor?) and from reconstructions w
 latent group swapped with the partner clip's (`swaps`: follow / stay shares, as
 `mdvae.eval.disentanglement` scores the judges' readings); and a linear probe reads it
 from each dynamical group's own per-frame posterior means (`latents`: where the
-information lives, whatever the decoder does with it). Everything is measured, nothing
-is trained but the probes and read-outs.
+information lives, whatever the decoder does with it). The read-outs read f0 itself, as
+the stage-1 features show it, and the contour and level are taken from their readings;
+the probes are fitted on the contour and the level, which the latents are to split.
+Everything is measured, nothing is trained but the probes and read-outs.
 """
 
 from __future__ import annotations
@@ -415,10 +417,10 @@ class FrameReadout:
 
     mean: np.ndarray  # (D,)
     basis: np.ndarray  # (D, K): principal directions over their standard deviations
-    heads: dict[str, Any]  # reading -> fitted sklearn estimator (its kind's)
+    heads: dict[str, Any]  # target -> fitted sklearn estimator (its kind's)
 
     def predict(self, x: Tensor | np.ndarray) -> dict[str, np.ndarray]:
-        """{reading: classes (...) or values (..., V)} for features x (..., D)."""
+        """{target: classes (...) or values (..., V)} for features x (..., D)."""
         x = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
@@ -426,7 +428,7 @@ class FrameReadout:
         out = {}
         for name, head in self.heads.items():
             pred = head.predict(z)  # a ridge fitted on one value per frame returns (M,)
-            value = FRAME_READINGS[name].kind == "value"
+            value = np.issubdtype(pred.dtype, np.floating)
             out[name] = pred.reshape(*lead, -1) if value else pred.reshape(lead)
         return out
 
@@ -434,19 +436,19 @@ class FrameReadout:
 def fit_readout(x: np.ndarray, targets: Mapping[str, np.ndarray], *,
                 components: int | None = 512, c: float = 1.0,
                 alpha: float = 1.0) -> FrameReadout:
-    """Read-outs fitted on training frames x (M, D) with targets {reading: classes (M,) or
-    values (M, V)}: a multinomial logistic regression (inverse penalty `c`, classes weighted
-    to balance) per class reading, a ridge regression (penalty `alpha`, on the frames whose
-    values are all finite: f0 on voiced frames) per value reading, on the `components`
-    leading principal components of x (all of them when None; none whose variance is below
-    1e-6 of the largest), each scaled to unit variance.
+    """Read-outs fitted on training frames x (M, D) with targets {name: classes (M,),
+    integers, or values (M, V), floats}: a multinomial logistic regression (inverse penalty
+    `c`, classes weighted to balance) per class target, a ridge regression (penalty
+    `alpha`, on the frames whose values are all finite: f0 on voiced frames) per value
+    target, on the `components` leading principal components of x (all of them when None;
+    none whose variance is below 1e-6 of the largest), each scaled to unit variance.
 
     Standardised principal components rather than standardised features: on the stage-1
     visual features (2048 correlated dimensions, about 500 of them above that floor) the
     logistic regression then converges in tens of iterations instead of thousands (seconds
-    instead of minutes on one core). A class reading with a single class among the training
-    frames gets no head, nor does a value reading with fewer than two finite frames, nor
-    any reading when x never varies."""
+    instead of minutes on one core). A class target with a single class among the training
+    frames gets no head, nor does a value target with fewer than two finite frames, nor
+    any target when x never varies."""
     from sklearn.linear_model import LogisticRegression, Ridge
 
     x = np.asarray(x, np.float32)
@@ -461,7 +463,7 @@ def fit_readout(x: np.ndarray, targets: Mapping[str, np.ndarray], *,
     for name, y in targets.items():
         if not len(order):  # features that never vary (a collapsed group) read nothing
             continue
-        if FRAME_READINGS[name].kind == "value":
+        if np.issubdtype(y.dtype, np.floating):
             finite = np.isfinite(y).reshape(len(y), -1).all(1)
             if finite.sum() >= 2:
                 heads[name] = Ridge(alpha=alpha).fit(z[finite], y[finite])
@@ -484,6 +486,24 @@ def clip_view(view: str, x: np.ndarray, voiced: np.ndarray) -> np.ndarray:
         level = np.nanmedian(x, axis=1)  # (N, V)
     level[voiced.sum(1) < MIN_VOICED_FRAMES] = np.nan
     return level if view == "level" else x - level[:, None]
+
+
+def factor_targets(readings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each FRAME_FACTORS' view (`clip_view`) of one clip's readings {reading: (T, ...)},
+    frame by frame (T, ...): the reading itself, its contour (NaN on unvoiced frames) or its
+    level repeated over the clip's frames. What a probe of the latents is fitted on: a group
+    is to hold the factor (z_a the contour, w the level), not the reading."""
+    out = {}
+    for factor in FRAME_FACTORS:
+        if factor.reads not in readings:
+            continue
+        x = np.asarray(readings[factor.reads])
+        if factor.view == "frame":
+            out[factor.name] = x
+            continue
+        view = clip_view(factor.view, x[None], np.isfinite(x).all(-1)[None])[0]
+        out[factor.name] = view if factor.view == "contour" else np.repeat(view[None], len(x), 0)
+    return out
 
 
 def frame_score(factor: FrameFactor, pred: np.ndarray, truth: np.ndarray) -> float:
@@ -530,18 +550,18 @@ def probe_frames(
     train_frames: Mapping[str, np.ndarray], train_targets: Mapping[str, np.ndarray],
     held_frames: Mapping[str, np.ndarray], held_targets: Mapping[str, np.ndarray],
 ) -> dict[str, dict[str, float]]:
-    """{factor: {group: score}}: a read-out (`fit_readout`, all components) of each reading
+    """{factor: {group: score}}: a read-out (`fit_readout`, all components) of each factor
     from each group's per-frame posterior means, fitted on training frames
-    ({group: (M, L)}, {reading: (M, ...)}), read on N held-out clips ({group: (N, T, L)})
-    and scored (`frame_score`) for each factor of the reading against their targets
+    ({group: (M, L)}, {factor: (M, ...)}, `factor_targets`), read on N held-out clips
+    ({group: (N, T, L)}) and scored (`frame_score`) against their readings
     ({reading: (N, T, ...)})."""
     out: dict[str, dict[str, float]] = {}
     for group, x in train_frames.items():
         pred = fit_readout(x, train_targets, components=None).predict(held_frames[group])
         for factor in FRAME_FACTORS:
-            if factor.reads in pred:
+            if factor.name in pred:
                 out.setdefault(factor.name, {})[group] = frame_score(
-                    factor, pred[factor.reads], held_targets[factor.reads])
+                    factor, pred[factor.name], held_targets[factor.reads])
     return out
 
 
