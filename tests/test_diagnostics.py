@@ -127,20 +127,58 @@ def test_feature_means_average_each_clip_over_its_own_frames():
     np.testing.assert_allclose(means["visual"][:, 0], [-1.5, -14.5])
 
 
-def test_frame_targets_are_the_judges_mouth_classes_blinks_and_head_pose():
+def test_frame_targets_are_the_judges_mouth_classes_blinks_head_pose_and_f0():
     from mdvae.eval.judges import MOUTH_OF_VISEME
 
     viseme = np.arange(9, dtype=np.int16)[None].repeat(2, 0)  # (2, 9): every viseme
     blink = np.array([[0.0, 0.49, 0.51, 1.0]], np.float32)
     pose = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
-    out = diag.frame_targets({"viseme": viseme, "blink": blink, "head_pose": pose,
-                              "f0": np.zeros(4, np.float32)})
-    assert set(out) == {"mouth", "blink", "head_pose"}
+    f0 = np.array([[100.0, 0.0, 200.0, 50.0]], np.float32)  # Hz, 0 unvoiced
+    out = diag.frame_targets({"viseme": viseme, "blink": blink, "head_pose": pose, "f0": f0,
+                              "phone": viseme})
+    assert set(out) == {"mouth", "blink", "head_pose", "f0"}
     np.testing.assert_array_equal(out["mouth"], MOUTH_OF_VISEME[viseme])
     assert set(out["mouth"].ravel()) == set(range(6))  # nine visemes, six mouth classes
     np.testing.assert_array_equal(out["blink"], [[0, 0, 1, 1]])  # closed above 0.5
     np.testing.assert_array_equal(out["head_pose"], pose)
-    assert diag.frame_targets({"f0": np.zeros(4)}) == {}  # MEAD-like: nothing to read
+    # semitones re 100 Hz, one value per frame, NaN when unvoiced
+    np.testing.assert_allclose(out["f0"], [[[0.0], [np.nan], [12.0], [-12.0]]])
+    assert diag.frame_targets({"phone": viseme}) == {}  # MEAD-like: nothing to read
+
+
+def test_the_factors_of_a_model_follow_its_streams():
+    def names(streams):
+        return [f.name for f in diag.frame_factors_for(streams)]
+
+    visual = ["mouth", "blink", "head_pose"]
+    assert names(["audio", "visual"]) == visual + ["f0_contour", "f0_level"]
+    assert names(["visual"]) == visual  # the face shows no pitch
+    assert names(["audio"]) == visual + ["f0_contour", "f0_level"]  # visual ones: probes only
+    assert {f.name: f.stream for f in diag.FRAME_FACTORS}["f0_contour"] == "audio"
+
+
+def test_clip_views_are_the_judges_contour_and_level_on_voiced_frames():
+    x = np.array([0.0, 1.0, 2.0, 100.0, 4.0, 5.0])[None, :, None]  # (1, 6, 1)
+    voiced = np.array([[True, True, True, False, True, True]])
+    # the median of the five voiced frames is 2; the unvoiced 100 counts nowhere
+    np.testing.assert_array_equal(diag.clip_view("level", x, voiced), [[2.0]])
+    np.testing.assert_array_equal(diag.clip_view("contour", x, voiced)[0, :, 0],
+                                  [-2.0, -1.0, 0.0, np.nan, 2.0, 3.0])
+    assert diag.clip_view("frame", x, voiced) is x
+    # fewer than MIN_VOICED_FRAMES (5) voiced frames: no contour, no level
+    few = voiced & (np.arange(6) != 0)
+    assert np.isnan(diag.clip_view("level", x, few)).all()
+    assert np.isnan(diag.clip_view("contour", x, few)).all()
+
+
+def test_factor_targets_are_each_factors_view_of_a_whole_clip():
+    f0 = np.array([0.0, 1.0, 2.0, np.nan, 4.0, 5.0])[:, None]  # (T, 1), frame 3 unvoiced
+    mouth = np.arange(6)
+    out = diag.factor_targets({"f0": f0, "mouth": mouth})
+    assert set(out) == {"mouth", "f0_contour", "f0_level"}
+    assert out["mouth"] is mouth
+    np.testing.assert_array_equal(out["f0_contour"][:, 0], [-2.0, -1.0, 0.0, np.nan, 2.0, 3.0])
+    np.testing.assert_array_equal(out["f0_level"], np.full((6, 1), 2.0))  # every frame
 
 
 def _frame_world(rng: np.random.Generator, shape: tuple[int, ...]):
@@ -184,6 +222,83 @@ def test_frame_readout_follows_the_group_that_carries_a_factor_and_no_other():
         assert swap["follow"] == 0.0 and swap["stay"] == 1.0 and swap["n"] > 0
 
 
+def _f0_world(rng: np.random.Generator, clips: int, frames: int, unvoiced: float = 0.3):
+    """Clips of a few speakers whose f0 (semitones, NaN unvoiced) is a level per clip plus a
+    contour per frame, and 4-dim features that carry it linearly: dim 0, the contour plus
+    noise 0.1 on voiced frames and 50 on unvoiced ones (so a reading that let unvoiced
+    frames in would be thrown); dim 1, the level; two dims of pure noise. Eight speakers
+    (pairs of clips) 4 semitones apart: `partners` pairs clip i with i + N / 2, whose
+    level is 16 away, beyond what contours (+-3) move a median."""
+    level = 4.0 * (np.arange(clips) // 2 % 8) + rng.uniform(-0.5, 0.5, clips)
+    t = np.arange(frames)
+    contour = 3.0 * np.sin(2 * np.pi * (t / rng.uniform(8, 30, (clips, 1))
+                                        + rng.random((clips, 1))))  # (N, T)
+    voiced = rng.random((clips, frames)) >= unvoiced
+    f0 = np.where(voiced, level[:, None] + contour, np.nan)[..., None]  # (N, T, 1)
+    x = np.stack([np.where(voiced, contour + 0.1 * rng.normal(size=contour.shape), 50.0),
+                  np.broadcast_to(level[:, None], contour.shape),
+                  *rng.normal(size=(2, clips, frames))], -1)
+    return x, {"f0": f0}
+
+
+def test_f0_readout_recovers_the_contour_and_level_and_follows_their_carriers():
+    rng = np.random.default_rng(4)
+    train_x, train_y = _f0_world(rng, 100, 40)
+    held_x, held_y = _f0_world(rng, 16, 60)
+    # training frames as the program draws them: a flat (M, D), unvoiced ones among them
+    readout = diag.fit_readout(train_x.reshape(-1, 4), {"f0": train_y["f0"].reshape(-1, 1)})
+    assert set(readout.heads) == {"f0"}
+    partner = diag.partners([f"s{i // 2}" for i in range(16)])
+    contour_from_b, level_from_b = held_x.copy(), held_x.copy()
+    contour_from_b[..., 0] = held_x[partner][..., 0]
+    level_from_b[..., 1] = held_x[partner][..., 1]
+    readings = {"input": readout.predict(held_x), "reconstruction": readout.predict(held_x),
+                "z_a": readout.predict(contour_from_b), "w": readout.predict(level_from_b),
+                "z_v": readout.predict(held_x)}
+    assert readings["input"]["f0"].shape == (16, 60, 1)
+    scores = diag.frame_factor_scores(held_y, partner, readings)
+    assert set(scores) == {"f0_contour", "f0_level"}
+    contour, level = scores["f0_contour"], scores["f0_level"]
+    assert contour["kind"] == "value" and contour["stream"] == "audio"
+    # the reading is f0 + noise 0.1 (SD): R^2 = 1 - 0.01 / var(contour) = 1 - 0.01 / 4.5
+    # ~0.998, less a little for the medians; the levels' spread (var ~80) dwarfs all that
+    assert contour["input"] > 0.99 and level["input"] > 0.999
+    # dim 0 from B: its contour comes with it (exactly: the level shifts every frame
+    # alike), the level stays A's (B's contour moves the median by less than 6 < 16 / 2)
+    assert contour["swaps"]["z_a"]["follow"] == 1.0 and level["swaps"]["z_a"]["stay"] == 1.0
+    # dim 1 from B: the level follows, the contour stays
+    assert level["swaps"]["w"]["follow"] == 1.0 and contour["swaps"]["w"]["stay"] == 1.0
+    assert contour["swaps"]["z_v"]["stay"] == 1.0 and level["swaps"]["z_v"]["stay"] == 1.0
+    # counted: frames voiced in both where the contours differ by 1.5; clips whose levels do
+    assert contour["swaps"]["z_a"]["n"] > 0.2 * 16 * 60
+    assert level["swaps"]["w"]["n"] == 16  # every partner is another speaker, 16 st away
+
+
+def test_f0_probes_find_the_contour_and_the_level_in_their_groups():
+    rng = np.random.default_rng(5)
+    train_x, train_y = _f0_world(rng, 100, 40)
+    held_x, held_y = _f0_world(rng, 16, 60)
+    # probes are fitted on each factor's view of the training clips, frame by frame
+    per_clip = [diag.factor_targets({"f0": f0}) for f0 in train_y["f0"]]
+    targets = {k: np.concatenate([t[k] for t in per_clip]) for k in per_clip[0]}
+    # "z_a" holds the contour (and junk where unvoiced), "w_like" the level
+    train = {"z_a": train_x[..., :1].reshape(-1, 1), "w_like": train_x[..., 1:2].reshape(-1, 1)}
+    held = {"z_a": held_x[..., :1], "w_like": held_x[..., 1:2]}
+    probes = diag.probe_frames(train, targets, held, held_y)
+    assert set(probes) == {"f0_contour", "f0_level"}
+    # noise 0.1 costs 0.01 / 4.5 of R^2, as for the read-out above; and the targets' clip
+    # medians, which one frame cannot know, flatten the fitted slope by about
+    # var(median) / var(contour) (~0.5 / 4.5 here), which costs about its square, ~0.01
+    assert probes["f0_contour"]["z_a"] > 0.98
+    # the level is the median of f0, the contour's median included, which dim 1 lacks:
+    # R^2 = 1 - var(the contour's median) / var(level) ~ 1 - 0.5 / 86
+    assert probes["f0_level"]["w_like"] > 0.99
+    # a clip constant has no contour (R^2 0: the contour read is 0); a contour's median
+    # says nothing of the level (R^2 <= 0 but for chance, 16 clips)
+    assert abs(probes["f0_contour"]["w_like"]) < 0.01
+    assert probes["f0_level"]["z_a"] < 0.3
+
+
 def test_frame_probes_find_where_a_factor_lives():
     rng = np.random.default_rng(1)
     train_x, train_y = _frame_world(rng, (3000,))
@@ -201,7 +316,7 @@ def test_frame_probes_find_where_a_factor_lives():
     assert abs(probes["blink"]["z_v"] - 0.5) < 0.15  # ~60 closed frames: SD ~0.04
 
 
-def test_a_group_the_visual_decoder_ignores_leaves_frame_readings_with_a():
+def test_a_group_a_decoder_ignores_leaves_its_readings_with_a():
     torch.manual_seed(3)
     model = MDVAE(MDVAEConfig(**TINY)).eval().requires_grad_(False)
     x_a, x_v = torch.randn(6, 8, 12), torch.randn(6, 8, 20)
@@ -215,18 +330,32 @@ def test_a_group_the_visual_decoder_ignores_leaves_frame_readings_with_a():
         return {"mouth": (z[..., 0] > 0).astype(np.int64) + (z[..., 1] > 0),
                 "head_pose": 5.0 * z[..., 2:5]}
 
-    measured = diag.measure(model, x_a, x_v, partner=partner, read_visual=read)
+    a_hat, _ = model.decode(model.encode(x_a, x_v))
+    a_centre, a_spread = a_hat.mean((0, 1)), a_hat.std((0, 1))
+
+    def hear(a: torch.Tensor) -> dict[str, np.ndarray]:  # and of the audio means
+        return {"f0": 10.0 * ((a - a_centre) / a_spread).numpy().astype(np.float64)[..., :1]}
+
+    measured = diag.measure(model, x_a, x_v, partner=partner,
+                            read={"visual": read, "audio": hear})
     assert set(measured.readings) == {"reconstruction", "w", "z_av", "z_a", "z_v"}
+    assert set(measured.readings["z_a"]) == {"mouth", "head_pose", "f0"}  # streams merged
     np.testing.assert_array_equal(measured.readings["reconstruction"]["mouth"],
                                   read(v_hat)["mouth"])
+    np.testing.assert_allclose(measured.readings["reconstruction"]["f0"], hear(a_hat)["f0"])
     # a model that renders perfectly: the truth is what the reconstruction reads
     truth = measured.readings["reconstruction"]
     scores = diag.frame_factor_scores(truth, partner, measured.readings)
     assert scores["mouth"]["reconstruction"] == 1.0
-    assert scores["head_pose"]["reconstruction"] == pytest.approx(1.0)
-    for name in ("mouth", "head_pose"):
-        ignored = scores[name]["swaps"]["z_a"]  # p(x_v | z_av, z_v, w) never reads z_a
+    for name in ("head_pose", "f0_contour", "f0_level"):
+        assert scores[name]["reconstruction"] == pytest.approx(1.0)
+    for name, group in (("mouth", "z_a"), ("head_pose", "z_a"), ("f0_contour", "z_v"),
+                        ("f0_level", "z_v")):
+        # p(x_v | z_av, z_v, w) never reads z_a, nor p(x_a | z_av, z_a, w) z_v
+        ignored = scores[name]["swaps"][group]
         assert ignored["n"] > 0 and ignored["follow"] == 0.0 and ignored["stay"] == 1.0
+    # and a group that the audio decoder reads moves its readings (n counts them)
+    assert scores["f0_contour"]["swaps"]["z_a"]["stay"] < 1.0
 
 
 def test_frame_factor_table_lists_each_swap_and_probe():
@@ -242,10 +371,18 @@ def test_frame_factor_table_lists_each_swap_and_probe():
     assert lines[head + 2].split() == ["mouth", "0.700", "0.600", "0.62/0.10", "0.900"]
     assert lines[head + 3].split() == ["head_pose", "nan", "nan", "-", "0.250"]
     # no read-out (an audio model): its columns go, the probes stay
-    probes_only = {"mouth": {"kind": "class", "latents": {"z": 0.5}}}
+    probes_only = {"mouth": {"kind": "class", "stream": "visual", "latents": {"z": 0.5}}}
     lines = diag.format_frame_factors(probes_only)
-    assert "no visual stream" in "\n".join(lines)
+    assert "mouth: the model has no visual stream" in "\n".join(lines)
     assert lines[-1].split() == ["mouth", "0.500"]
+    # an audio model: f0 read out, the visual factors probed only
+    mixed = {**probes_only, "f0_contour": {
+        "kind": "value", "stream": "audio", "input": 0.9, "reconstruction": 0.5,
+        "swaps": {"z": {"follow": 0.7, "stay": 0.2, "n": 5}}, "latents": {"z": 0.4}}}
+    lines = diag.format_frame_factors(mixed)
+    assert "mouth: the model has no visual stream" in "\n".join(lines)
+    assert lines[-2].split() == ["mouth", "nan", "nan", "-", "0.500"]
+    assert lines[-1].split() == ["f0_contour", "0.900", "0.500", "0.70/0.20", "0.400"]
 
 
 def test_diagnose_program_reports_every_group_of_a_bundle(tiny_bundle, tiny_store, tmp_path,
@@ -273,6 +410,14 @@ def test_diagnose_program_reports_every_group_of_a_bundle(tiny_bundle, tiny_stor
     assert set(mouth["latents"]) == {"z_av", "z_a", "z_v"}
     assert "head_pose" in result.frame_factors and "probe z_av" in text
     assert json.loads(out.read_text())["frame_factors"]["mouth"]["kind"] == "class"
+    # and the audio stream's: f0 read from the audio features, swapped, probed
+    for name in ("f0_contour", "f0_level"):
+        row = result.frame_factors[name]
+        assert row["stream"] == "audio" and np.isfinite(row["input"])
+        assert row["reconstruction"] <= 1.0 and set(row["swaps"]) == {"w", "z_av", "z_a", "z_v"}
+        assert set(row["latents"]) == {"z_av", "z_a", "z_v"}
+    assert "f0_contour" in text and "f0_level" in text
+    assert json.loads(out.read_text())["frame_factors"]["f0_contour"]["stream"] == "audio"
 
 
 def _store_without_factors(folder) -> None:
@@ -295,9 +440,19 @@ def test_diagnose_skips_visual_read_outs_for_audio_models_and_stores_without_fac
     result = diagnose.main(["--bundle", str(tiny_bundle), "--component", "dsae_audio",
                             "--store", str(tiny_store), "--held-split", "test", "--window", "0"])
     # no visual stream: no read-out of it, but the audio z is still probed per frame
-    assert result.frame_factors
-    assert all(set(r) == {"kind", "latents"} and set(r["latents"]) == {"z"}
-               for r in result.frame_factors.values())
+    factors = result.frame_factors
+    assert set(factors) == {"mouth", "blink", "head_pose", "f0_contour", "f0_level"}
+    assert all(set(factors[n]) == {"kind", "stream", "latents"} and set(factors[n]["latents"])
+               == {"z"} for n in ("mouth", "blink", "head_pose"))
+    # its own stream's f0 is read out and swapped
+    assert set(factors["f0_contour"]) == {"kind", "stream", "input", "reconstruction", "swaps",
+                                          "latents"}
+    assert set(factors["f0_contour"]["swaps"]) == {"w", "z"}
+    # the V-DSAE: visual factors only, all read out
+    result = diagnose.main(["--bundle", str(tiny_bundle), "--component", "dsae_visual",
+                            "--store", str(tiny_store), "--held-split", "test", "--window", "0"])
+    assert set(result.frame_factors) == {"mouth", "blink", "head_pose"}
+    assert set(result.frame_factors["head_pose"]["swaps"]) == {"w", "z"}
     _store_without_factors(tmp_path / "mead_like")
     capsys.readouterr()
     result = diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),

@@ -6,11 +6,12 @@ group alone is swapped with another speaker's clip, and linear probes of emotion
 on training speakers, scored on held-out ones) and speaker (within held-out speakers) on
 the group's clip means; per stream, the reconstruction term and the learned
 log-variances against the residuals'. Where both stores hold the synthetic per-frame factors
-(mouth shape, blink, head pose), also: a linear read-out of each from the stage-1 visual
-features, fitted on training frames, scored on the held-out clips' features, on the model's
-reconstructions and after swapping each group alone (does the reading follow the partner
-clip?), and per-frame probes of each factor from each dynamical group's posterior means
-(`--no-frame-probes` skips them). See `mdvae/eval/diagnostics.py` for the definitions.
+(mouth shape, blink, head pose; with an audio stream, the f0 contour and level), also: a
+linear read-out of each from the stage-1 features of its stream, fitted on training frames,
+scored on the held-out clips' features, on the model's reconstructions and after swapping
+each group alone (does the reading follow the partner clip?), and per-frame probes of each
+factor from each dynamical group's posterior means (`--no-frame-probes` skips them). See
+`mdvae/eval/diagnostics.py` for the definitions.
 
     python -m train.diagnose --bundle checkpoints --store data/synth200
     python -m train.diagnose --run runs/mdvae --vq-visual runs/vq_visual \\
@@ -43,32 +44,51 @@ def _stack(stream: np.ndarray, clips: list, n_frames: int) -> torch.Tensor:
         [np.asarray(stream[c.start:c.start + n_frames], np.float32) for c in clips]))
 
 
+def _at(per_clip: list[dict[str, np.ndarray]], picks: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per key of the clips' arrays {key: (T, ...)}, the picked frames, clip after clip."""
+    return {k: np.concatenate([d[k][p] for d, p in zip(per_clip, picks)]) for k in per_clip[0]}
+
+
 def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
         *, show: bool = True, window: int | None = None, train_factors=None,
         held_factors=None, frames_per_clip: int = 16, seed: int = 0) -> diag.Diagnostics:
     """Diagnostics of `model` on `held_clips` (cropped to the shortest; a few hundred fit in
     memory at once), with emotion probes fitted on `train_clips`. With both stores' factor
-    arrays ({name: (frames, ...)}), per-frame factor probes too, their read-outs and
-    probes fitted on `frames_per_clip` random frames of each training clip."""
+    arrays ({name: (frames, ...)}), per-frame factor probes too (`diag.frame_factors_for`
+    the model's streams), their read-outs (one per observed stream) and probes fitted on
+    `frames_per_clip` random frames of each training clip."""
     n_frames = min(c.length for c in held_clips)
     speakers = [c.speaker for c in held_clips]
     partner = diag.partners(speakers)
     # all held-out clips at once: the swaps pair each clip with another speaker's
     x_a, x_v = _stack(held_audio, held_clips, n_frames), _stack(held_visual, held_clips, n_frames)
-    picks = train_targets = held_targets = readout = None
+    picks = train_targets = held_targets = probe_targets = None
+    readouts: dict[str, diag.FrameReadout] = {}  # stream -> read-out of its features
     if train_factors is not None and held_factors is not None:
         picks = diag.frame_picks(train_clips, frames_per_clip, np.random.default_rng(seed))
         rows = np.concatenate([c.start + p for c, p in zip(train_clips, picks)])
         held_rows = np.stack([np.arange(c.start, c.start + n_frames) for c in held_clips])
-        train_targets = diag.frame_targets({k: v[rows] for k, v in train_factors.items()})
         held_targets = diag.frame_targets({k: v[held_rows] for k, v in held_factors.items()})
-        both = train_targets.keys() & held_targets.keys()
-        train_targets = {k: v for k, v in train_targets.items() if k in both}
+        # whole training clips: a view of a clip (f0's contour and level) needs all its frames
+        clip_readings = [diag.frame_targets({k: v[c.start:c.start + c.length]
+                                             for k, v in train_factors.items()})
+                         for c in train_clips]
+        streams = diag.streams_of(model)
+        wanted = {f.reads for f in diag.frame_factors_for(streams)}
+        both = clip_readings[0].keys() & held_targets.keys() & wanted
         held_targets = {k: v for k, v in held_targets.items() if k in both}
-        if "visual" in diag.streams_of(model):
-            readout = diag.fit_readout(np.asarray(visual[rows], np.float32), train_targets)
+        clip_readings = [{k: r[k] for k in both} for r in clip_readings]
+        train_targets = _at(clip_readings, picks)  # {reading: (M, ...)}, for the read-outs
+        probe_targets = _at([diag.factor_targets(r) for r in clip_readings], picks)  # by factor
+        features = {"audio": audio, "visual": visual}
+        for stream in streams:
+            own = {k: v for k, v in train_targets.items()
+                   if diag.FRAME_READINGS[k].stream == stream}
+            if own:
+                readouts[stream] = diag.fit_readout(np.asarray(features[stream][rows],
+                                                               np.float32), own)
     measured = diag.measure(model, x_a, x_v, partner=partner,
-                            read_visual=readout.predict if readout else None)
+                            read={s: r.predict for s, r in readouts.items()})
     elbo = diag.sampled_elbo(model, x_a, x_v, window=min(window, n_frames)) if window else {}
     train, train_frames = diag.encode_clips(model, audio, visual, train_clips, frames=picks,
                                             show=show)
@@ -79,9 +99,11 @@ def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
     frame_factors = {}
     if train_targets:
         readings = dict(measured.readings)
-        if readout:
-            readings = {"input": readout.predict(x_v), **readings}
-        latents = diag.probe_frames(train_frames, train_targets, measured.frames, held_targets)
+        if readouts:
+            inputs = {"audio": x_a, "visual": x_v}
+            readings = {"input": {k: v for s, r in readouts.items()
+                                  for k, v in r.predict(inputs[s]).items()}, **readings}
+        latents = diag.probe_frames(train_frames, probe_targets, measured.frames, held_targets)
         frame_factors = diag.frame_factor_scores(held_targets, partner, readings, latents)
     return diag.Diagnostics(type(model).__name__, measured.groups, measured.streams,
                             len(held_clips), combined=probes["all"], sampled_elbo=elbo,
@@ -110,7 +132,8 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
     parser.add_argument("--feature-probes", action="store_true",
                         help="also probe the stage-1 features' clip means (the ceiling)")
     parser.add_argument("--no-frame-probes", action="store_true",
-                        help="skip the per-frame factor probes (mouth, blink, head pose)")
+                        help="skip the per-frame factor probes (mouth, blink, head pose, "
+                             "f0)")
     parser.add_argument("--frames-per-clip", type=int, default=16,
                         help="random frames of each training clip that fit the per-frame "
                              "read-outs and probes")
@@ -148,12 +171,12 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
         train_clips = [train_clips[i] for i in pick]
     train_factors = held_factors = None
     if not args.no_frame_probes:
-        if any(source in store.factors and source in held_store.factors
-               for source in diag.FRAME_SOURCES.values()):
+        if any(r.source in store.factors and r.source in held_store.factors
+               for r in diag.FRAME_READINGS.values()):
             train_factors, held_factors = store.factors, held_store.factors
         else:
             print("per-frame factor probes skipped: the stores do not both have the mouth "
-                  "(viseme), blink or head_pose factors", file=sys.stderr)
+                  "(viseme), blink, head_pose or f0 factors", file=sys.stderr)
     result = run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
                  window=args.window, train_factors=train_factors, held_factors=held_factors,
                  frames_per_clip=args.frames_per_clip, seed=args.seed)

@@ -19,15 +19,18 @@ And per stream: the reconstruction term (nats per frame) and the decoder's learn
 log-variances against the residuals' own.
 
 Per-frame factors (`frame_factors`; the synthetic benchmark's mouth shape, blink and head
-pose, as the image-space judges of `mdvae.eval.judges` define them) are measured in feature
-space: a linear read-out from the stage-1 visual features, fitted on training frames,
-reads each factor from the held-out clips' own features (`input`, the ceiling), from the
-model's visual reconstructions (`reconstruction`: does it render the factor?) and from
-reconstructions with one latent group swapped with the partner clip's (`swaps`: follow /
-stay shares, as `mdvae.eval.disentanglement` scores the judges' readings); and a linear
-probe reads it from each dynamical group's own per-frame posterior means (`latents`:
-where the information lives, whatever the decoder does with it). Everything is
-measured, nothing is trained but the probes and read-outs.
+pose, seen, and its f0 contour and level, heard, as the judges of `mdvae.eval.judges`
+define them) are measured in feature space: a linear read-out from the stage-1 features
+of the factor's stream, fitted on training frames, reads each factor from the held-out
+clips' own features (`input`, the ceiling), from the model's reconstructions of that
+stream (`reconstruction`: does it render the factor?) and from reconstructions with one
+latent group swapped with the partner clip's (`swaps`: follow / stay shares, as
+`mdvae.eval.disentanglement` scores the judges' readings); and a linear probe reads it
+from each dynamical group's own per-frame posterior means (`latents`: where the
+information lives, whatever the decoder does with it). The read-outs read f0 itself, as
+the stage-1 features show it, and the contour and level are taken from their readings;
+the probes are fitted on the contour and the level, which the latents are to split.
+Everything is measured, nothing is trained but the probes and read-outs.
 """
 
 from __future__ import annotations
@@ -43,12 +46,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from mdvae.eval.disentanglement import (
+    MIN_VOICED_FRAMES,
     FollowStay,
     follow_stay_categorical,
     follow_stay_continuous,
 )
 from mdvae.eval.experiments import encode_either
-from mdvae.eval.judges import BLINK_CLOSED, MARGINS, MOUTH_OF_VISEME
+from mdvae.eval.judges import BLINK_CLOSED, MARGINS, MOUTH_OF_VISEME, f0_semitones
 from mdvae.model.dsae import DSAE
 from mdvae.model.gaussian import kl_divergence
 from mdvae.model.mdvae import MDVAE
@@ -85,9 +89,9 @@ class Diagnostics:
     # the objective as stage-2 validation computes it (one posterior sample, every KL weight
     # 1), per frame, on the held-out clips cut into windows: the ELBO terms and their sum
     sampled_elbo: dict[str, float] = field(default_factory=dict)
-    # per-frame factor -> {"kind", "input", "reconstruction", "swaps": {group: {"follow",
-    # "stay", "n"}}, "latents": {group: score}} (`frame_factor_scores`); scores are balanced
-    # accuracies for classes, R^2 averaged over the values for values
+    # per-frame factor -> {"kind", "stream", "input", "reconstruction", "swaps": {group:
+    # {"follow", "stay", "n"}}, "latents": {group: score}} (`frame_factor_scores`); scores
+    # are balanced accuracies for classes, R^2 averaged over the values for values
     frame_factors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -190,21 +194,23 @@ class Measured:
     streams: list[StreamDiagnostics]
     means: dict[str, np.ndarray]  # group -> clip means (N, L): w itself, the z's over time
     frames: dict[str, np.ndarray]  # dynamical group -> posterior means per frame (N, T, L)
-    # `read_visual` of the visual reconstruction ("reconstruction") and of the reconstruction
-    # with each group alone swapped (by group name); {} without a reader or a visual stream
+    # the readers' readings of the reconstruction ("reconstruction") and of the reconstruction
+    # with each group alone swapped (by group name), the streams' merged; {} without readers
     readings: dict[str, Any] = field(default_factory=dict)
 
 
 @torch.no_grad()
 def measure(
     model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor, *, partner: np.ndarray,
-    read_visual: Callable[[Tensor], Any] | None = None,
+    read: Mapping[str, Callable[[Tensor], dict[str, Any]]] | None = None,
 ) -> Measured:
     """Diagnostics on N clips of equal length, x_a (N, T, Da), x_v (N, T, Dv).
 
     `partner[i]` is the clip whose latents replace clip i's in the swap measurement
-    (another speaker's, ideally). `read_visual`, given decoded visual means (N, T, Dv),
-    returns what is kept of them in `Measured.readings` (a frame read-out's predictions).
+    (another speaker's, ideally). `read` {stream: reader}: a reader, given the decoded
+    means of its stream (N, T, D), returns {reading: values} (a frame read-out's
+    predictions), kept in `Measured.readings` (readers of streams the model lacks are
+    unused).
     """
     model.eval()
     latents, posterior = _infer(model, x_a, x_v)
@@ -214,8 +220,12 @@ def measure(
     inputs = _inputs(model, x_a, x_v)
     n_frames = x_a.shape[1]
     other = type(latents)(**{g: getattr(latents, g)[partner] for g in latents.group_names()})
-    reading = read_visual is not None and "visual" in decoded
-    readings = {"reconstruction": read_visual(decoded["visual"])} if reading else {}
+    readers = {s: r for s, r in (read or {}).items() if s in decoded}
+
+    def read_all(outputs: dict[str, Tensor]) -> dict[str, Any]:
+        return {k: v for s, r in readers.items() for k, v in r(outputs[s]).items()}
+
+    readings = {"reconstruction": read_all(decoded)} if readers else {}
 
     groups, means, frames = [], {}, {}
     for name in latents.group_names():
@@ -232,8 +242,8 @@ def measure(
             means[name] = value.mean(1).numpy()
             frames[name] = value.numpy()
         swapped = _decode(model, latents.swap(other, name))
-        if reading:
-            readings[name] = read_visual(swapped["visual"])
+        if readers:
+            readings[name] = read_all(swapped)
         moves = {}
         for stream, mean in decoded.items():
             precision = torch.exp(-decoders[stream].logvar.clamp(min=decoders[stream].logvar_min))
@@ -318,28 +328,79 @@ def probe_groups(
 
 # ---- per-frame factors --------------------------------------------------------------------
 
-# The per-frame factors the visual stream shows, as the image-space judges define them
-# (`judges.clip_labels`): classes are scored by balanced accuracy (blink is closed on a
-# few percent of frames), values by R^2, averaged over the values. Each is read from one
-# store factor (FRAME_SOURCES).
-FRAME_FACTORS: dict[str, str] = {"mouth": "class", "blink": "class", "head_pose": "value"}
-FRAME_SOURCES: dict[str, str] = {"mouth": "viseme", "blink": "blink", "head_pose": "head_pose"}
-# Smallest difference between A's and B's values for a frame's value to count in a swap:
-# the judges' margins (head pose dx, dy in pixels, roll in degrees).
-FRAME_MARGINS: dict[str, tuple[float, ...]] = {"head_pose": MARGINS["head_pose"]}
+
+@dataclass(frozen=True)
+class FrameReading:
+    """What a linear read-out reads from one frame's stage-1 features, from one store factor."""
+
+    name: str
+    stream: str  # whose features show it: "visual" or "audio"
+    kind: str  # "class" or "value" (..., V)
+    source: str  # the store factor
+
+
+@dataclass(frozen=True)
+class FrameFactor:
+    """A per-frame factor as the judges define and score it (`judges.clip_labels`,
+    `disentanglement.score_factor`): a reading, seen through a view of each clip."""
+
+    name: str
+    reads: str  # its FRAME_READINGS entry
+    # values: the smallest |A - B| for an element to count in a swap (the judges' MARGINS)
+    margin: tuple[float, ...] = ()
+    # "frame": the reading itself; "contour": minus the clip's median over its voiced
+    # frames (those whose truth is finite); "level": that median, one value per clip
+    view: str = "frame"
+
+    @property
+    def stream(self) -> str:
+        return FRAME_READINGS[self.reads].stream
+
+    @property
+    def kind(self) -> str:
+        return FRAME_READINGS[self.reads].kind
+
+
+# The per-frame readings of the synthetic benchmark, in the judges' terms: mouth, a class of
+# `judges.MOUTH_CLASSES`; blink, closed (1) or open (0); head_pose, dx, dy, roll (3 values);
+# f0, semitones re 100 Hz (1 value, NaN on unvoiced frames).
+FRAME_READINGS: dict[str, FrameReading] = {r.name: r for r in (
+    FrameReading("mouth", "visual", "class", "viseme"),
+    FrameReading("blink", "visual", "class", "blink"),
+    FrameReading("head_pose", "visual", "value", "head_pose"),
+    FrameReading("f0", "audio", "value", "f0"),
+)}
+# Classes are scored by balanced accuracy (blink is closed on a few percent of frames),
+# values by R^2, averaged over the values. f0 as the judges score it: its contour (the
+# intonation, z_a's) and its level (the speaker's and the emotion's pitch, w's).
+FRAME_FACTORS: tuple[FrameFactor, ...] = (
+    FrameFactor("mouth", "mouth"),
+    FrameFactor("blink", "blink"),
+    FrameFactor("head_pose", "head_pose", MARGINS["head_pose"]),
+    FrameFactor("f0_contour", "f0", MARGINS["f0"], "contour"),
+    FrameFactor("f0_level", "f0", MARGINS["f0"], "level"),
+)
+
+
+def frame_factors_for(streams: list[str]) -> list[FrameFactor]:
+    """The factors measured on a model that observes `streams`: those of its streams, and
+    the visual ones on any model (an audio model's latents are probed for them: the mouth
+    is heard too). The face shows no pitch, so f0 needs the audio stream."""
+    return [f for f in FRAME_FACTORS if f.stream in streams or f.stream == "visual"]
 
 
 def frame_targets(factors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """FRAME_FACTORS from a store's factor arrays, indexed alike (any leading shape S):
-    mouth, a class of `judges.MOUTH_CLASSES` (S); blink, 1 closed or 0 open (S); head_pose,
-    dx, dy, roll (S, 3). Only those whose store factors are there."""
+    """FRAME_READINGS from a store's factor arrays, indexed alike (any leading shape S):
+    mouth (S), blink (S), head_pose (S, 3), f0 (S, 1). Only those whose store factors are
+    there."""
     convert = {
         "mouth": lambda viseme: MOUTH_OF_VISEME[np.asarray(viseme, np.int64)],
         "blink": lambda blink: (np.asarray(blink) > BLINK_CLOSED).astype(np.int64),
         "head_pose": lambda pose: np.asarray(pose, np.float64),
+        "f0": lambda f0_hz: f0_semitones(f0_hz)[..., None],
     }
-    return {name: convert[name](factors[source]) for name, source in FRAME_SOURCES.items()
-            if source in factors}
+    return {name: convert[name](factors[r.source]) for name, r in FRAME_READINGS.items()
+            if r.source in factors}
 
 
 def frame_picks(clips: list, per_clip: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -351,40 +412,43 @@ def frame_picks(clips: list, per_clip: int, rng: np.random.Generator) -> list[np
 
 @dataclass
 class FrameReadout:
-    """Linear read-outs of FRAME_FACTORS from per-frame features x (..., D), each on the
+    """Linear read-outs of FRAME_READINGS from per-frame features x (..., D), each on the
     training features' leading principal components, standardised."""
 
     mean: np.ndarray  # (D,)
     basis: np.ndarray  # (D, K): principal directions over their standard deviations
-    heads: dict[str, Any]  # factor -> fitted sklearn estimator (its kind's)
+    heads: dict[str, Any]  # target -> fitted sklearn estimator (its kind's)
 
     def predict(self, x: Tensor | np.ndarray) -> dict[str, np.ndarray]:
-        """{factor: classes (...) or values (..., V)} for features x (..., D)."""
+        """{target: classes (...) or values (..., V)} for features x (..., D)."""
         x = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
         z = flat @ self.basis - self.mean @ self.basis  # (M, K); x - mean would copy x
         out = {}
         for name, head in self.heads.items():
-            pred = head.predict(z)
-            out[name] = pred.reshape(*lead, *pred.shape[1:])
+            pred = head.predict(z)  # a ridge fitted on one value per frame returns (M,)
+            value = np.issubdtype(pred.dtype, np.floating)
+            out[name] = pred.reshape(*lead, -1) if value else pred.reshape(lead)
         return out
 
 
 def fit_readout(x: np.ndarray, targets: Mapping[str, np.ndarray], *,
                 components: int | None = 512, c: float = 1.0,
                 alpha: float = 1.0) -> FrameReadout:
-    """Read-outs fitted on training frames x (M, D) with targets {factor: classes (M,) or
-    values (M, V)}: a multinomial logistic regression (inverse penalty `c`, classes weighted
-    to balance) per class factor, a ridge regression (penalty `alpha`) per value factor,
-    on the `components` leading principal components of x (all of them when None; none
-    whose variance is below 1e-6 of the largest), each scaled to unit variance.
+    """Read-outs fitted on training frames x (M, D) with targets {name: classes (M,),
+    integers, or values (M, V), floats}: a multinomial logistic regression (inverse penalty
+    `c`, classes weighted to balance) per class target, a ridge regression (penalty
+    `alpha`, on the frames whose values are all finite: f0 on voiced frames) per value
+    target, on the `components` leading principal components of x (all of them when None;
+    none whose variance is below 1e-6 of the largest), each scaled to unit variance.
 
     Standardised principal components rather than standardised features: on the stage-1
     visual features (2048 correlated dimensions, about 500 of them above that floor) the
     logistic regression then converges in tens of iterations instead of thousands (seconds
-    instead of minutes on one core). A class factor with a single class among the training
-    frames gets no head, nor does any factor when x never varies."""
+    instead of minutes on one core). A class target with a single class among the training
+    frames gets no head, nor does a value target with fewer than two finite frames, nor
+    any target when x never varies."""
     from sklearn.linear_model import LogisticRegression, Ridge
 
     x = np.asarray(x, np.float32)
@@ -399,40 +463,87 @@ def fit_readout(x: np.ndarray, targets: Mapping[str, np.ndarray], *,
     for name, y in targets.items():
         if not len(order):  # features that never vary (a collapsed group) read nothing
             continue
-        if FRAME_FACTORS[name] == "value":
-            heads[name] = Ridge(alpha=alpha).fit(z, y)
+        if np.issubdtype(y.dtype, np.floating):
+            finite = np.isfinite(y).reshape(len(y), -1).all(1)
+            if finite.sum() >= 2:
+                heads[name] = Ridge(alpha=alpha).fit(z[finite], y[finite])
         elif len(np.unique(y)) >= 2:
             heads[name] = LogisticRegression(C=c, max_iter=1000,
                                              class_weight="balanced").fit(z, y)
     return FrameReadout(mean, basis, heads)
 
 
-def frame_score(kind: str, pred: np.ndarray, truth: np.ndarray) -> float:
-    """Readings against the truth, alike in shape: balanced accuracy (the mean recall over
-    the classes present in the truth) for "class"; for "value" (..., V), R^2 of each value
-    over all frames, averaged over the values."""
+def clip_view(view: str, x: np.ndarray, voiced: np.ndarray) -> np.ndarray:
+    """Values x (N, T, V) of N clips as a factor's `view` sees them, given the frames that
+    count, `voiced` (N, T): "frame", x itself; "contour", x minus each clip's median over
+    its voiced frames, NaN on the others (N, T, V); "level", that median (N, V). A clip with
+    fewer than MIN_VOICED_FRAMES voiced frames has neither (NaN), as for the judges."""
+    if view == "frame":
+        return x
+    x = np.where(voiced[..., None], np.asarray(x, np.float64), np.nan)
+    with warnings.catch_warnings():  # a clip without voiced frames has a NaN median
+        warnings.simplefilter("ignore", RuntimeWarning)
+        level = np.nanmedian(x, axis=1)  # (N, V)
+    level[voiced.sum(1) < MIN_VOICED_FRAMES] = np.nan
+    return level if view == "level" else x - level[:, None]
+
+
+def factor_targets(readings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each FRAME_FACTORS' view (`clip_view`) of one clip's readings {reading: (T, ...)},
+    frame by frame (T, ...): the reading itself, its contour (NaN on unvoiced frames) or its
+    level repeated over the clip's frames. What a probe of the latents is fitted on: a group
+    is to hold the factor (z_a the contour, w the level), not the reading."""
+    out = {}
+    for factor in FRAME_FACTORS:
+        if factor.reads not in readings:
+            continue
+        x = np.asarray(readings[factor.reads])
+        if factor.view == "frame":
+            out[factor.name] = x
+            continue
+        view = clip_view(factor.view, x[None], np.isfinite(x).all(-1)[None])[0]
+        out[factor.name] = view if factor.view == "contour" else np.repeat(view[None], len(x), 0)
+    return out
+
+
+def frame_score(factor: FrameFactor, pred: np.ndarray, truth: np.ndarray) -> float:
+    """Readings of N clips against their truth, alike in shape (N, T, ...): balanced
+    accuracy (the mean recall over the classes present in the truth) for a class factor;
+    for a value factor, R^2 of each value of its view (`clip_view`, on the frames whose
+    truth is finite) over all frames (clips, for a level), averaged over the values; NaN
+    with fewer than two to score."""
     from sklearn.metrics import balanced_accuracy_score, r2_score
 
     pred, truth = np.asarray(pred), np.asarray(truth)
     if pred.shape != truth.shape:
         raise ValueError(f"readings {pred.shape} and truth {truth.shape} differ in shape")
-    if kind == "class":
+    if factor.kind == "class":
         with warnings.catch_warnings():  # a reading of a class the truth lacks is just wrong
             warnings.simplefilter("ignore")
             return float(balanced_accuracy_score(truth.reshape(-1), pred.reshape(-1)))
+    voiced = np.isfinite(truth).all(-1)
     v = truth.shape[-1]
-    return float(r2_score(truth.reshape(-1, v), pred.reshape(-1, v)))
+    pred = clip_view(factor.view, pred, voiced).reshape(-1, v)
+    truth = clip_view(factor.view, truth, voiced).reshape(-1, v)
+    ok = np.isfinite(truth).all(1) & np.isfinite(pred).all(1)
+    if ok.sum() < 2:
+        return float("nan")
+    return float(r2_score(truth[ok], pred[ok]))
 
 
-def frame_follow(name: str, pred: np.ndarray, truth_a: np.ndarray,
+def frame_follow(factor: FrameFactor, pred: np.ndarray, truth_a: np.ndarray,
                  truth_b: np.ndarray) -> FollowStay:
-    """Follow / stay of readings of frames of A decoded with a group taken from B: a class
-    follows B when read as B's, stays when read as A's, on frames where A's and B's
-    differ; a value element follows B when it is closer to B's than to A's, on elements
-    where they differ by FRAME_MARGINS (`mdvae.eval.disentanglement`)."""
-    if FRAME_FACTORS[name] == "class":
+    """Follow / stay of readings of N clips A (N, T, ...) decoded with a group taken from
+    their B: a class follows B when read as B's, stays when read as A's, on frames where A's
+    and B's differ; a value element of the factor's view (`clip_view`, on the frames voiced
+    in both A and B, as the judges score f0) follows B when it is closer to B's than to
+    A's, on elements where they differ by the factor's margin."""
+    if factor.kind == "class":
         return follow_stay_categorical(pred, truth_a, truth_b)
-    return follow_stay_continuous(pred, truth_a, truth_b, FRAME_MARGINS[name])
+    voiced = np.isfinite(truth_a).all(-1) & np.isfinite(truth_b).all(-1)
+    pred, truth_a, truth_b = (clip_view(factor.view, x, voiced)
+                              for x in (pred, truth_a, truth_b))
+    return follow_stay_continuous(pred, truth_a, truth_b, factor.margin)
 
 
 def probe_frames(
@@ -441,14 +552,16 @@ def probe_frames(
 ) -> dict[str, dict[str, float]]:
     """{factor: {group: score}}: a read-out (`fit_readout`, all components) of each factor
     from each group's per-frame posterior means, fitted on training frames
-    ({group: (M, L)}, {factor: (M, ...)}) and scored (`frame_score`) on held-out ones
-    ({group: (..., L)}, {factor: (..., ...)})."""
+    ({group: (M, L)}, {factor: (M, ...)}, `factor_targets`), read on N held-out clips
+    ({group: (N, T, L)}) and scored (`frame_score`) against their readings
+    ({reading: (N, T, ...)})."""
     out: dict[str, dict[str, float]] = {}
     for group, x in train_frames.items():
         pred = fit_readout(x, train_targets, components=None).predict(held_frames[group])
-        for name, p in pred.items():
-            out.setdefault(name, {})[group] = frame_score(FRAME_FACTORS[name], p,
-                                                          held_targets[name])
+        for factor in FRAME_FACTORS:
+            if factor.name in pred:
+                out.setdefault(factor.name, {})[group] = frame_score(
+                    factor, pred[factor.name], held_targets[factor.reads])
     return out
 
 
@@ -457,26 +570,29 @@ def frame_factor_scores(
     readings: Mapping[str, Mapping[str, np.ndarray]],
     latents: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per factor of N held-out clips' `targets` {factor: (N, T, ...)}, from a read-out's
-    `readings` {source: {factor: (N, T, ...)}}: "input" and "reconstruction", its score on
-    the readings of those sources (`frame_score`); "swaps", for every other source (a group
-    swapped alone, partner[i] the source B of clip i), the follow / stay shares against
-    the partner's targets (`frame_follow`); "latents", the probes of `probe_frames`."""
+    """Per factor whose reading N held-out clips' `targets` {reading: (N, T, ...)} hold,
+    from read-outs' `readings` {source: {reading: (N, T, ...)}}: "input" and
+    "reconstruction", its score on the readings of those sources (`frame_score`); "swaps",
+    for every other source (a group swapped alone, partner[i] the source B of clip i), the
+    follow / stay shares against the partner's targets (`frame_follow`); "latents", the
+    probes of `probe_frames`. Each row names the factor's "kind" and "stream"."""
     out: dict[str, dict[str, Any]] = {}
-    for name, truth in targets.items():
-        kind = FRAME_FACTORS[name]
-        row: dict[str, Any] = {"kind": kind}
+    for factor in FRAME_FACTORS:
+        if factor.reads not in targets:
+            continue
+        name, reads, truth = factor.name, factor.reads, targets[factor.reads]
+        row: dict[str, Any] = {"kind": factor.kind, "stream": factor.stream}
         for source in ("input", "reconstruction"):
-            if name in readings.get(source, {}):
-                row[source] = frame_score(kind, readings[source][name], truth)
-        swaps = {g: frame_follow(name, r[name], truth, truth[partner]).to_dict()
+            if reads in readings.get(source, {}):
+                row[source] = frame_score(factor, readings[source][reads], truth)
+        swaps = {g: frame_follow(factor, r[reads], truth, truth[partner]).to_dict()
                  for g, r in readings.items()
-                 if g not in ("input", "reconstruction") and name in r}
+                 if g not in ("input", "reconstruction") and reads in r}
         if swaps:
             row["swaps"] = swaps
         if latents and name in latents:
             row["latents"] = dict(latents[name])
-        if len(row) > 1:  # a factor nothing could read (one class in training) is left out
+        if len(row) > 2:  # a factor nothing could read (one class in training) is left out
             out[name] = row
     return out
 
@@ -487,20 +603,28 @@ def format_frame_factors(frame_factors: Mapping[str, Mapping[str, Any]]) -> list
     read = [k for k in ("input", "reconstruction") if any(k in r for r in rows)]
     swapped = list(dict.fromkeys(g for r in rows for g in r.get("swaps", {})))
     probed = list(dict.fromkeys(g for r in rows for g in r.get("latents", {})))
+    unread: dict[str, list[str]] = {}
+    for name, r in frame_factors.items():
+        if not any(k in r for k in ("input", "reconstruction", "swaps")):
+            unread.setdefault(r.get("stream", "visual"), []).append(name)
     nan = float("nan")
-    lines = ["per-frame factors on the held-out frames (classes: balanced accuracy; head pose: "
-             "R^2 averaged over dx, dy, roll)"]
+    lines = ["per-frame factors on the held-out frames (classes: balanced accuracy; values: "
+             "R^2, head pose averaged over dx, dy, roll;",
+             "  f0 in semitones on voiced frames: contour, relative to the clip's median; "
+             "level, that median, per clip)"]
     if read:
         lines += ["  input / recon: a linear read-out (fitted on training frames) of the stage-1 "
-                  "visual features",
-                  "    of the clips themselves / of the model's reconstructions",
-                  "  swap g: shares of the frames read as B's / as A's when g alone comes from B "
-                  "(where they differ)"]
-    else:
-        lines.append("  (the model has no visual stream: no read-out of its reconstructions)")
+                  "features of the factor's stream",
+                  "    (visual; audio for f0) of the clips themselves / of the model's "
+                  "reconstructions",
+                  "  swap g: shares of the frames (f0 level: clips) read as B's / as A's when g "
+                  "alone comes from B (where they differ)"]
+    for stream, names in unread.items():
+        lines.append(f"  ({', '.join(names)}: the model has no {stream} stream, no read-out "
+                     "of its reconstructions)")
     lines.append("  probe g: a linear probe of the factor from g's own per-frame posterior means")
-    head = (f"{'factor':>9}" + "".join(f" {'recon' if k == 'reconstruction' else k:>6}"
-                                       for k in read)
+    head = (f"{'factor':>10}" + "".join(f" {'recon' if k == 'reconstruction' else k:>6}"
+                                        for k in read)
             + "".join(f" {'swap ' + g:>11}" for g in swapped)
             + "".join(f" {'probe ' + g:>10}" for g in probed))
     lines += [head, "-" * len(head)]
@@ -508,7 +632,7 @@ def format_frame_factors(frame_factors: Mapping[str, Mapping[str, Any]]) -> list
         swaps = r.get("swaps", {})
         cells = [f"{swaps[g]['follow']:.2f}/{swaps[g]['stay']:.2f}" if g in swaps else "-"
                  for g in swapped]
-        lines.append(f"{name:>9}" + "".join(f" {r.get(k, nan):>6.3f}" for k in read)
+        lines.append(f"{name:>10}" + "".join(f" {r.get(k, nan):>6.3f}" for k in read)
                      + "".join(f" {c:>11}" for c in cells)
                      + "".join(f" {r.get('latents', {}).get(g, nan):>10.3f}" for g in probed))
     return lines
