@@ -47,7 +47,13 @@ import torch
 from tqdm import tqdm
 
 from mdvae.bundle import load_bundle
-from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, EMOTION_READERS, MDVAE_MODEL
+from mdvae.components import (
+    DSAE_AUDIO,
+    DSAE_VISUAL,
+    EMOTION_READERS,
+    MDVAE_MODEL,
+    VQVAE_ALONE,
+)
 from mdvae.data.store import ClipInfo, Store
 from mdvae.errors import MDVAEError
 from mdvae.eval import disentanglement as D
@@ -425,49 +431,27 @@ def labelled_windows(
     return J.JudgeData(w["frames"], w["power"], labels)
 
 
-def vq_reconstruction(
-    models, reader: FeatureReader, clips: list[ClipInfo], n_frames: int, batch: int = 8
-) -> tuple[np.ndarray, np.ndarray]:
-    """The first n_frames of clips through the VQ-VAEs alone (from cached features when
-    the store has them: only the decoders run)."""
-    out_v, out_a = [], []
-    for i in tqdm(range(0, len(clips), batch), desc="VQ-VAE reconstructions", leave=False):
-        v, a = ev.decode_features(models, *reader(clips[i : i + batch], n_frames))
-        out_v.append(v)
-        out_a.append(a)
-    return np.concatenate(out_v), np.concatenate(out_a)
-
-
 @torch.no_grad()
-def mdvae_reconstruction(
-    models, reader: FeatureReader, clips: list[ClipInfo], n_frames: int, batch: int = 8
+def rendered(
+    models,
+    reader: FeatureReader,
+    clips: list[ClipInfo],
+    n_frames: int,
+    face: str,
+    voice: str | None = None,
+    batch: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The first n_frames of clips through the MDVAE (posterior means) and the VQ-VAE
-    decoders: what the model renders of a clip it is given whole."""
+    """The first n_frames of clips as compared models render them (`ev.model_outputs`:
+    posterior means, then the VQ-VAE decoders): the frames of model `face` and the power of
+    model `voice` (the same model when None). "vqvae" is the VQ-VAEs alone (from cached
+    features when the store has them: only the decoders run)."""
+    voice = voice or face
+    names = list(dict.fromkeys([face, voice]))
     out_v, out_a = [], []
-    for i in tqdm(range(0, len(clips), batch), desc="MDVAE reconstructions", leave=False):
-        latents = models.mdvae.encode(*reader(clips[i : i + batch], n_frames))
-        v, a = ev.decode_features(models, *models.mdvae.decode(latents))
-        out_v.append(v)
-        out_a.append(a)
-    return np.concatenate(out_v), np.concatenate(out_a)
-
-
-@torch.no_grad()
-def dsae_reconstruction(
-    models, reader: FeatureReader, clips: list[ClipInfo], n_frames: int, batch: int = 8
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The first n_frames of clips as the baselines render them (posterior means): the
-    V-DSAE's frames and the A-DSAE's power, each through its VQ-VAE decoder; None unless
-    the bundle has both DSAEs."""
-    if models.dsae_visual is None or models.dsae_audio is None:
-        return None
-    out_v, out_a = [], []
-    for i in tqdm(range(0, len(clips), batch), desc="DSAE reconstructions", leave=False):
-        out = ev.model_outputs(models, *reader(clips[i : i + batch], n_frames),
-                               [DSAE_VISUAL, DSAE_AUDIO])
-        out_v.append(out[DSAE_VISUAL][0])
-        out_a.append(out[DSAE_AUDIO][1])
+    for i in tqdm(range(0, len(clips), batch), desc=f"{'/'.join(names)} renders", leave=False):
+        out = ev.model_outputs(models, *reader(clips[i : i + batch], n_frames), names)
+        out_v.append(out[face][0])
+        out_a.append(out[voice][1])
     return np.concatenate(out_v), np.concatenate(out_a)
 
 
@@ -501,20 +485,22 @@ def fit_judges(
     ]
     checks: dict[str, J.JudgeData] = {"held_out": pool.subset(held), "clean": evaluated}
     if need:  # VQ-VAE reconstructions: augmentation, and the codec check
-        checks["codec"] = evaluated.with_media(*vq_reconstruction(models, reader, clips, n_frames))
+        codec = rendered(models, reader, clips, n_frames, VQVAE_ALONE)
+        checks["codec"] = evaluated.with_media(*codec)
         if s.judge_augment == "codec":
             chosen = [c for c, h in zip(train_clips, held) if not h]
             train = train.concat(
-                train.with_media(*vq_reconstruction(models, reader, chosen, n_train))
+                train.with_media(*rendered(models, reader, chosen, n_train, VQVAE_ALONE))
             )
-    model_check = evaluated.with_media(*mdvae_reconstruction(models, reader, clips, n_frames))
+    model_check = evaluated.with_media(*rendered(models, reader, clips, n_frames, MDVAE_MODEL))
     # what the baselines render, read by the same judges (the visual judges read the
     # V-DSAE's faces, the audio judges the A-DSAE's voices): a mouth PSNR cannot tell an
     # average mouth from the right one
-    dsae_media = dsae_reconstruction(models, reader, clips, n_frames)
     later = {"model": model_check}
-    if dsae_media is not None:
-        later["dsae"] = evaluated.with_media(*dsae_media)
+    if models.dsae_visual is not None and models.dsae_audio is not None:
+        later["dsae"] = evaluated.with_media(
+            *rendered(models, reader, clips, n_frames, DSAE_VISUAL, DSAE_AUDIO)
+        )
     judges, reports = {}, {}
     for m in J.MODALITIES:
         judge, report = J.fit_or_load(
