@@ -136,13 +136,14 @@ def test_frame_targets_are_the_judges_mouth_classes_blinks_head_pose_and_f0():
     f0 = np.array([[100.0, 0.0, 200.0, 50.0]], np.float32)  # Hz, 0 unvoiced
     out = diag.frame_targets({"viseme": viseme, "blink": blink, "head_pose": pose, "f0": f0,
                               "phone": viseme})
-    assert set(out) == {"mouth", "blink", "head_pose", "f0"}
+    assert set(out) == {"mouth", "blink", "head_pose", "f0", "voicing"}
     np.testing.assert_array_equal(out["mouth"], MOUTH_OF_VISEME[viseme])
     assert set(out["mouth"].ravel()) == set(range(6))  # nine visemes, six mouth classes
     np.testing.assert_array_equal(out["blink"], [[0, 0, 1, 1]])  # closed above 0.5
     np.testing.assert_array_equal(out["head_pose"], pose)
     # semitones re 100 Hz, one value per frame, NaN when unvoiced
     np.testing.assert_allclose(out["f0"], [[[0.0], [np.nan], [12.0], [-12.0]]])
+    np.testing.assert_array_equal(out["voicing"], [[1, 0, 1, 1]])
     assert diag.frame_targets({"phone": viseme}) == {}  # MEAD-like: nothing to read
 
 
@@ -151,9 +152,10 @@ def test_the_factors_of_a_model_follow_its_streams():
         return [f.name for f in diag.frame_factors_for(streams)]
 
     visual = ["mouth", "blink", "head_pose"]
-    assert names(["audio", "visual"]) == visual + ["f0_contour", "f0_level"]
+    heard = ["f0_contour", "f0_level", "voicing"]
+    assert names(["audio", "visual"]) == visual + heard
     assert names(["visual"]) == visual  # the face shows no pitch
-    assert names(["audio"]) == visual + ["f0_contour", "f0_level"]  # visual ones: probes only
+    assert names(["audio"]) == visual + heard  # visual ones: probes only
     assert {f.name: f.stream for f in diag.FRAME_FACTORS}["f0_contour"] == "audio"
 
 
@@ -245,8 +247,10 @@ def test_f0_readout_recovers_the_contour_and_level_and_follows_their_carriers():
     rng = np.random.default_rng(4)
     train_x, train_y = _f0_world(rng, 100, 40)
     held_x, held_y = _f0_world(rng, 16, 60)
-    # training frames as the program draws them: a flat (M, D), unvoiced ones among them
-    readout = diag.fit_readout(train_x.reshape(-1, 4), {"f0": train_y["f0"].reshape(-1, 1)})
+    # training frames as the program draws them: a flat (M, D), unvoiced ones among them;
+    # one frame's reading, not averaged over its neighbours (see the test below)
+    readout = diag.fit_readout(train_x.reshape(-1, 4), {"f0": train_y["f0"].reshape(-1, 1)},
+                               smooth={})
     assert set(readout.heads) == {"f0"}
     partner = diag.partners([f"s{i // 2}" for i in range(16)])
     contour_from_b, level_from_b = held_x.copy(), held_x.copy()
@@ -272,6 +276,62 @@ def test_f0_readout_recovers_the_contour_and_level_and_follows_their_carriers():
     # counted: frames voiced in both where the contours differ by 1.5; clips whose levels do
     assert contour["swaps"]["z_a"]["n"] > 0.2 * 16 * 60
     assert level["swaps"]["w"]["n"] == 16  # every partner is another speaker, 16 st away
+
+
+def test_moving_average_is_centred_and_shrinks_at_the_ends():
+    x = np.array([[0.0, 1.0, 2.0, 3.0, 10.0]])  # (1, 5)
+    np.testing.assert_allclose(diag.moving_average(x, 3, axis=1),
+                               [[0.5, 1.0, 2.0, 5.0, 6.5]])
+    # an even window reaches one further back: frames t - 2 .. t + 1
+    np.testing.assert_allclose(diag.moving_average(x, 4, axis=1),
+                               [[0.5, 1.0, 1.5, 4.0, 5.0]])
+    np.testing.assert_array_equal(diag.moving_average(x, 1, axis=1), x)
+    y = np.arange(12.0).reshape(2, 3, 2)  # along the middle axis, each column alone
+    np.testing.assert_allclose(diag.moving_average(y, 3, axis=1)[1, :, 1],
+                               [(7 + 9) / 2, (7 + 9 + 11) / 3, (9 + 11) / 2])
+
+
+def test_f0_readings_are_averaged_over_the_frames_read_as_voiced():
+    rng = np.random.default_rng(6)
+
+    def world(clips, frames):
+        # a slow contour (period 60 to 90 frames, amplitude 3) read with noise 1 (SD) on
+        # voiced frames; on unvoiced frames dim 0 is junk (noise 30, SD), which dim 1 tells
+        # apart; 30 % of frames unvoiced
+        t = np.arange(frames)
+        contour = 3.0 * np.sin(2 * np.pi * (t / rng.uniform(60, 90, (clips, 1))
+                                            + rng.random((clips, 1))))
+        voiced = rng.random((clips, frames)) >= 0.3
+        f0 = np.where(voiced, contour, np.nan)[..., None]
+        x = np.stack([np.where(voiced, contour + rng.normal(size=contour.shape),
+                               30.0 * rng.normal(size=contour.shape)),
+                      np.where(voiced, 1.0, -1.0), rng.normal(size=contour.shape)], -1)
+        return x, f0
+
+    train_x, train_f0 = world(200, 40)
+    held_x, held_f0 = world(40, 90)
+    targets = {"f0": train_f0.reshape(-1, 1),
+               "voicing": np.isfinite(train_f0).reshape(-1).astype(np.int64)}
+    contour = {f.name: f for f in diag.FRAME_FACTORS}["f0_contour"]
+
+    def score(**smooth):
+        readout = diag.fit_readout(train_x.reshape(-1, 3), targets, **smooth)
+        return diag.frame_score(contour, readout.predict(held_x)["f0"], held_f0)
+
+    # the default averages f0 over the frames read as voiced among 5 (the voicing head
+    # reads dim 1 exactly); noise variance 1 over about 3.5 voiced frames against the
+    # contour's 4.5: R^2 ~ 1 - 0.29 / 4.5 ~ 0.94, where one frame gives ~ 1 - 1 / 4.5 ~
+    # 0.78 (and a 5-frame average of a period of 60 or more keeps 0.99 of the contour)
+    one, averaged = score(smooth={}), score()
+    assert 0.72 < one < 0.84 and averaged > 0.9
+    # averaged over every frame, the unvoiced frames' junk swamps it: each brings a reading
+    # of variance ~ (0.8 * 30)^2, ~1.5 of them in 5 frames: ~ 35 against the contour's 4.5
+    assert score(smooth={"f0": (5, "")}) < 0.0
+    # the voicing itself is a class reading, never averaged
+    readout = diag.fit_readout(train_x.reshape(-1, 3), targets)
+    assert readout.smooth == {"f0": (5, "voicing")}
+    np.testing.assert_array_equal(readout.predict(held_x)["voicing"],
+                                  np.isfinite(held_f0[..., 0]))
 
 
 def test_f0_probes_find_the_contour_and_the_level_in_their_groups():
@@ -441,7 +501,8 @@ def test_diagnose_skips_visual_read_outs_for_audio_models_and_stores_without_fac
                             "--store", str(tiny_store), "--held-split", "test", "--window", "0"])
     # no visual stream: no read-out of it, but the audio z is still probed per frame
     factors = result.frame_factors
-    assert set(factors) == {"mouth", "blink", "head_pose", "f0_contour", "f0_level"}
+    assert set(factors) == {"mouth", "blink", "head_pose", "f0_contour", "f0_level",
+                            "voicing"}
     assert all(set(factors[n]) == {"kind", "stream", "latents"} and set(factors[n]["latents"])
                == {"z"} for n in ("mouth", "blink", "head_pose"))
     # its own stream's f0 is read out and swapped
