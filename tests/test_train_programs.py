@@ -18,8 +18,8 @@ import torch
 
 from mdvae.bundle import load_bundle
 from mdvae.errors import ConfigError
-from train import common, emotion, export, stage1, stage2
-from train.runs import load_stage2
+from train import common, emotion, export, stage1, stage2, unpack
+from train.runs import load_stage1, load_stage2
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VQ_FLAGS = ["--model-channels", "8", "16", "16", "--model-res-blocks", "1",
@@ -173,6 +173,47 @@ def test_export_puts_new_stage2_runs_inside_a_bundles_vq_vaes(runs, tiny_store, 
                      str(tmp_path / "third")])
     assert not (tmp_path / "third").exists()
 
+
+
+@pytest.mark.slow
+def test_an_unpacked_bundle_trains_on_as_run_folders(runs, tiny_store, tmp_path):
+    flags = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio"),
+             "--mdvae", str(runs / "mdvae"), "--dsae-audio", str(runs / "dsae_audio")]
+    emotion.main(["--store", str(tiny_store), *flags, "--out", str(tmp_path / "heads")])
+    bundle_dir = export.main([*flags, "--emotion", str(tmp_path / "heads"),
+                              "--out", str(tmp_path / "bundle")])
+    folders = unpack.main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "unpacked")])
+    assert set(folders) == {"vq_visual", "vq_audio", "mdvae", "dsae_audio"}  # those it has
+    bundle = load_bundle(bundle_dir)
+    for name, path in folders.items():  # every weight as the bundle holds it
+        model = (load_stage1 if name.startswith("vq") else load_stage2)(str(path))
+        for (key, p), q in zip(bundle.components[name].state_dict().items(),
+                               model.state_dict().values()):
+            assert torch.equal(p, q), (name, key)
+    # a fine-tune starts from the unpacked MDVAE inside the unpacked VQ-VAEs (the feature
+    # keys agree) and names the bundle it came from
+    out = tmp_path / "more"
+    stage2.main(["--store", str(tiny_store), "--vq-visual", str(folders["vq_visual"]),
+                 "--vq-audio", str(folders["vq_audio"]), "--seq-len", "12", "--batch-size", "8",
+                 "--val-every", "5", "--kl-warmup", "0", *FAST, "--lr", "0", "--model", "mdvae",
+                 "--init-from", str(folders["mdvae"]), "--out", str(out), "--steps", "5"])
+    for (key, p), q in zip(bundle.mdvae.state_dict().items(),
+                           load_stage2(str(out)).state_dict().values()):
+        assert torch.equal(p, q), key
+    text = export.trained_on(export.run_summary(str(out)))
+    assert f"bundle `{bundle_dir}`" in text and f"`{runs / 'mdvae'}`" in text
+    # the --like-mdvae baselines copy its sizes
+    args = stage2.build_parser().parse_args(
+        ["--store", "s", "--vq-visual", "v", "--vq-audio", "a", "--out", "o",
+         "--model", "dsae-visual", "--like-mdvae", str(folders["mdvae"])])
+    assert stage2.build_model("dsae-visual", args, None)[1].w_dim == bundle.mdvae.config.w_dim
+    # weights only: no optimiser state to resume from, and an unpack never overwrites
+    with pytest.raises(common.CheckpointError, match="--init-from"):
+        stage2.main(["--store", str(tiny_store), "--vq-visual", str(folders["vq_visual"]),
+                     "--vq-audio", str(folders["vq_audio"]), "--out", str(folders["mdvae"]),
+                     "--steps", "10", "--resume", *FAST])
+    with pytest.raises(ConfigError, match="already exist"):
+        unpack.main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "unpacked")])
 
 @pytest.mark.slow
 def test_stage2_killed_mid_run_resumes_to_the_same_step_count(runs, tiny_store, tmp_path):

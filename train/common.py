@@ -219,6 +219,9 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 CHECKPOINT_KEYS = ("model", "optimizer", "step", "rng")
+# What a run folder unpacked from a bundle holds (train.unpack): weights to read, evaluate
+# or fine-tune from, but no optimiser state or RNG to resume from.
+WEIGHTS_KEYS = ("model", "step")
 
 
 class RunFolder:
@@ -294,9 +297,15 @@ class RunFolder:
         if self.writer:
             atomic_torch_save(state, self.checkpoint_path)
 
-    def load_checkpoint(self, *, required: bool) -> dict[str, Any] | None:
+    def load_checkpoint(self, *, required: bool, weights_only: bool = False
+                        ) -> dict[str, Any] | None:
         """The checkpoint as saved (tensors and plain data only: never a pickle that runs
-        code); CheckpointError when it is missing (if required), unreadable or incomplete."""
+        code); CheckpointError when it is missing (if required), unreadable or incomplete.
+
+        ``weights_only`` is for readers of the trained model (evaluation, export, a
+        fine-tune's start): they also accept a run folder unpacked from a bundle, which
+        holds the weights and step only and so can never be resumed.
+        """
         path = self.checkpoint_path
         if not path.exists():
             if required:
@@ -312,8 +321,13 @@ class RunFolder:
                 f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err}); "
                 "delete it to start over"
             ) from err
-        missing = [k for k in CHECKPOINT_KEYS if not isinstance(checkpoint, dict)
-                   or k not in checkpoint]
+        needed = WEIGHTS_KEYS if weights_only else CHECKPOINT_KEYS
+        missing = [k for k in needed if not isinstance(checkpoint, dict) or k not in checkpoint]
+        if missing and isinstance(checkpoint, dict) and all(k in checkpoint for k in WEIGHTS_KEYS):
+            raise CheckpointError(
+                f"{path} holds trained weights only (a run folder unpacked from a bundle): "
+                "it cannot be resumed; start a new run from it with --init-from"
+            )
         if missing:
             raise CheckpointError(
                 f"checkpoint {path} is not a training checkpoint (it lacks "

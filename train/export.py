@@ -52,7 +52,7 @@ def run_summary(run_dir: str) -> dict[str, Any]:
     run = common.RunFolder(run_dir, writer=False)
     config = run.read_config()
     rows = run.read_log()
-    checkpoint = run.load_checkpoint(required=True)
+    checkpoint = run.load_checkpoint(required=True, weights_only=True)
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
     times = [r["time"] for r in rows]
@@ -95,7 +95,12 @@ def trained_on(run: dict[str, Any]) -> str:
     parts.append(f"`{run.get('store', '?')}`")
     text = ", then ".join(parts) + " (train split)"
     if "init_from" in run:
-        text += f"; fine-tuned from `{run['init_from']['run']}` (step {run['init_from']['step']})"
+        start = run["init_from"]
+        text += f"; fine-tuned from `{start['run']}` (step {start['step']})"
+        if "bundle" in start:  # a run folder unpacked from a bundle (train.unpack)
+            origin = start["bundle"]
+            text += (f", the `{origin['component']}` of bundle `{origin['bundle']}` "
+                     f"(trained as `{origin['run']}`)")
     return text
 
 

@@ -30,7 +30,7 @@ def load_model(run_dir: str, program: str, device: str | torch.device = "cpu") -
             f"{run_dir} is not a {program.replace('stage', 'stage-')} run folder"
         )
     model = build_component(saved["model_class"], saved["model"])
-    model.load_state_dict(run.load_checkpoint(required=True)["model"])
+    model.load_state_dict(run.load_checkpoint(required=True, weights_only=True)["model"])
     return model.to(device).eval().requires_grad_(False)
 
 

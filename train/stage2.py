@@ -124,9 +124,13 @@ def read_init_run(path: str, kind: str) -> dict:
     if config.get("program") != "stage2" or config.get("model_kind") != kind:
         what = config.get("model_kind") or config.get("program")
         raise ConfigError(f"--init-from {path} is a {what} run, not a stage-2 {kind} one")
-    checkpoint = source.load_checkpoint(required=True)
-    return {"config": config, "weights": checkpoint["model"],
-            "summary": {"run": str(path), "step": int(checkpoint["step"])}}
+    checkpoint = source.load_checkpoint(required=True, weights_only=True)
+    summary = {"run": str(path), "step": int(checkpoint["step"])}
+    if "unpacked_from" in config:  # train.unpack: the bundle and the run it was trained as
+        origin = config["unpacked_from"]
+        summary["bundle"] = {"bundle": origin.get("bundle"), "component": origin.get("component"),
+                             "run": origin.get("record", {}).get("run")}
+    return {"config": config, "weights": checkpoint["model"], "summary": summary}
 
 
 def w_encoder_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
