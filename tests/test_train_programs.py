@@ -202,6 +202,15 @@ def test_an_unpacked_bundle_trains_on_as_run_folders(runs, tiny_store, tmp_path)
         assert torch.equal(p, q), key
     text = export.trained_on(export.run_summary(str(out)))
     assert f"bundle `{bundle_dir}`" in text and f"`{runs / 'mdvae'}`" in text
+    # a fine-tune of that fine-tune still names the bundle, through its source's config
+    stage2.main(["--store", str(tiny_store), "--vq-visual", str(folders["vq_visual"]),
+                 "--vq-audio", str(folders["vq_audio"]), "--seq-len", "12", "--batch-size", "8",
+                 "--val-every", "5", "--kl-warmup", "0", *FAST, "--lr", "0", "--model", "mdvae",
+                 "--init-from", str(out), "--out", str(tmp_path / "again"), "--steps", "5"])
+    text = export.trained_on(export.run_summary(str(tmp_path / "again")))
+    assert text.index(f"`{out}` (step 5)") < text.index(f"itself fine-tuned from "
+                                                        f"`{folders['mdvae']}` (step 40)")
+    assert f"bundle `{bundle_dir}`" in text
     # the --like-mdvae baselines copy its sizes
     args = stage2.build_parser().parse_args(
         ["--store", "s", "--vq-visual", "v", "--vq-audio", "a", "--out", "o",

@@ -69,10 +69,27 @@ def run_summary(run_dir: str) -> dict[str, Any]:
         "model": config["model"],
     }
     if "init_from" in config:  # a fine-tune: where its starting weights came from
-        summary["init_from"] = config["init_from"]
+        summary["init_from"] = {**config["init_from"],
+                                "earlier": earlier_fine_tunes(config["init_from"])}
     if len(times) > 1:
         summary["logged_wall_seconds"] = round(times[-1] - times[0], 1)
     return summary
+
+
+def earlier_fine_tunes(start: dict[str, Any], limit: int = 10) -> list[dict[str, Any]]:
+    """Where a fine-tune's source run started in turn, back to a run trained from scratch
+    or unpacked from a bundle: the `init_from` of each source run's config, as far as the
+    run folders can still be read (a chain stops at one that is gone)."""
+    chain: list[dict[str, Any]] = []
+    while "bundle" not in start and len(chain) < limit:
+        try:
+            start = common.RunFolder(start["run"], writer=False).read_config().get("init_from")
+        except (common.CheckpointError, OSError, ValueError):
+            break
+        if not start:
+            break
+        chain.append(start)
+    return chain
 
 
 def data_summary(store_path: str) -> dict[str, Any]:
@@ -95,12 +112,13 @@ def trained_on(run: dict[str, Any]) -> str:
     parts.append(f"`{run.get('store', '?')}`")
     text = ", then ".join(parts) + " (train split)"
     if "init_from" in run:
-        start = run["init_from"]
-        text += f"; fine-tuned from `{start['run']}` (step {start['step']})"
-        if "bundle" in start:  # a run folder unpacked from a bundle (train.unpack)
-            origin = start["bundle"]
-            text += (f", the `{origin['component']}` of bundle `{origin['bundle']}` "
-                     f"(trained as `{origin['run']}`)")
+        for i, start in enumerate([run["init_from"], *run["init_from"].get("earlier", [])]):
+            text += "; fine-tuned from" if i == 0 else ", itself fine-tuned from"
+            text += f" `{start['run']}` (step {start['step']})"
+            if "bundle" in start:  # a run folder unpacked from a bundle (train.unpack)
+                origin = start["bundle"]
+                text += (f", the `{origin['component']}` of bundle `{origin['bundle']}` "
+                         f"(trained as `{origin['run']}`)")
     return text
 
 
