@@ -323,7 +323,7 @@ class RunFolder:
             ) from err
         needed = WEIGHTS_KEYS if weights_only else CHECKPOINT_KEYS
         missing = [k for k in needed if not isinstance(checkpoint, dict) or k not in checkpoint]
-        if missing and isinstance(checkpoint, dict) and all(k in checkpoint for k in WEIGHTS_KEYS):
+        if missing and isinstance(checkpoint, dict) and set(checkpoint) == set(WEIGHTS_KEYS):
             raise CheckpointError(
                 f"{path} holds trained weights only (a run folder unpacked from a bundle): "
                 "it cannot be resumed; start a new run from it with --init-from"
