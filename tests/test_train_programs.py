@@ -174,7 +174,6 @@ def test_export_puts_new_stage2_runs_inside_a_bundles_vq_vaes(runs, tiny_store, 
     assert not (tmp_path / "third").exists()
 
 
-
 @pytest.mark.slow
 def test_an_unpacked_bundle_trains_on_as_run_folders(runs, tiny_store, tmp_path):
     flags = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio"),
@@ -223,6 +222,7 @@ def test_an_unpacked_bundle_trains_on_as_run_folders(runs, tiny_store, tmp_path)
                      "--steps", "10", "--resume", *FAST])
     with pytest.raises(ConfigError, match="already exist"):
         unpack.main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "unpacked")])
+
 
 @pytest.mark.slow
 def test_stage2_killed_mid_run_resumes_to_the_same_step_count(runs, tiny_store, tmp_path):

@@ -87,9 +87,7 @@ def unpack(bundle_path: str, out: str | Path) -> dict[str, Path]:
         record = records.get(name, {})
         run = common.RunFolder(out / name)
         run.write_config(run_config(name, module, record, key, source))
-        state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        common.atomic_torch_save({"model": state, "step": int(record.get("steps", 0))},
-                                 run.checkpoint_path)
+        run.save_checkpoint({"model": module.state_dict(), "step": int(record.get("steps", 0))})
         folders[name] = run.path
     return folders
 
