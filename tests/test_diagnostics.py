@@ -478,6 +478,18 @@ def test_diagnose_program_reports_every_group_of_a_bundle(tiny_bundle, tiny_stor
         assert set(row["latents"]) == {"z_av", "z_a", "z_v"}
     assert "f0_contour" in text and "f0_level" in text
     assert json.loads(out.read_text())["frame_factors"]["f0_contour"]["stream"] == "audio"
+    # the pitch heard in the decoded audio: both clips through the codec, the reconstruction
+    # and each swap, over the same pairs (which count depends on the truth alone)
+    heard = result.pitch_heard
+    assert list(heard) == ["B itself (codec)", "A itself (codec)", "reconstruction",
+                           "w", "z_av", "z_a", "z_v"]
+    for factor in ("level", "contour"):
+        assert len({row[factor]["n"] for row in heard.values()}) == 1
+        for row in heard.values():
+            if row[factor]["n"]:
+                assert row[factor]["follow"] + row[factor]["stay"] == pytest.approx(1.0)
+    assert "pitch heard in the decoded audio" in text and "swap z_av" in text
+    assert set(json.loads(out.read_text())["pitch_heard"]["w"]) == {"level", "contour"}
 
 
 def _store_without_factors(folder) -> None:
@@ -509,16 +521,19 @@ def test_diagnose_skips_visual_read_outs_for_audio_models_and_stores_without_fac
     assert set(factors["f0_contour"]) == {"kind", "stream", "input", "reconstruction", "swaps",
                                           "latents"}
     assert set(factors["f0_contour"]["swaps"]) == {"w", "z"}
+    assert set(result.pitch_heard) == {"B itself (codec)", "A itself (codec)",
+                                       "reconstruction", "w", "z"}
     # the V-DSAE: visual factors only, all read out
     result = diagnose.main(["--bundle", str(tiny_bundle), "--component", "dsae_visual",
                             "--store", str(tiny_store), "--held-split", "test", "--window", "0"])
     assert set(result.frame_factors) == {"mouth", "blink", "head_pose"}
     assert set(result.frame_factors["head_pose"]["swaps"]) == {"w", "z"}
+    assert result.pitch_heard == {}  # no audio, no pitch
     _store_without_factors(tmp_path / "mead_like")
     capsys.readouterr()
     result = diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),
                             "--held-store", str(tmp_path / "mead_like"), "--window", "0"])
-    assert result.frame_factors == {} and result.clips == 2
+    assert result.frame_factors == {} and result.pitch_heard == {} and result.clips == 2
     assert "per-frame factor probes skipped" in capsys.readouterr().err
     result = diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),
                             "--held-split", "test", "--window", "0", "--no-frame-probes"])

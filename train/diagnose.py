@@ -10,8 +10,11 @@ log-variances against the residuals'. Where both stores hold the synthetic per-f
 linear read-out of each from the stage-1 features of its stream, fitted on training frames,
 scored on the held-out clips' features, on the model's reconstructions and after swapping
 each group alone (does the reading follow the partner clip?), and per-frame probes of each
-factor from each dynamical group's posterior means (`--no-frame-probes` skips them). See
-`mdvae/eval/diagnostics.py` for the definitions.
+factor from each dynamical group's posterior means (`--no-frame-probes` skips them). With
+an audio stream and f0, also the pitch heard in the decoded audio after each swap (a
+harmonic comb on the audio VQ-VAE's output, `mdvae/eval/pitch.py`): whose level and contour
+it has. The f0 read-out's swap shares can read the voice's timbre as its pitch; these read
+the harmonics. See `mdvae/eval/diagnostics.py` for the definitions.
 
     python -m train.diagnose --bundle checkpoints --store data/synth200
     python -m train.diagnose --run runs/mdvae --vq-visual runs/vq_visual \\
@@ -35,6 +38,7 @@ from mdvae.bundle import load_bundle
 from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
 from mdvae.eval import diagnostics as diag
+from mdvae.eval import pitch
 from mdvae.eval.diagnostics import feature_means, labelled
 from train.runs import cached_features, load_stage1, load_stage2
 
@@ -49,14 +53,25 @@ def _at(per_clip: list[dict[str, np.ndarray]], picks: list[np.ndarray]) -> dict[
     return {k: np.concatenate([d[k][p] for d, p in zip(per_clip, picks)]) for k in per_clip[0]}
 
 
+@torch.no_grad()
+def decode_power(vq_audio, features: torch.Tensor, chunk: int = 4096) -> np.ndarray:
+    """Audio features (N, T, D) -> the audio VQ-VAE's power spectrograms (N, T, 513)."""
+    flat = features.reshape(-1, features.shape[-1])
+    out = torch.cat([vq_audio.decode_features(c) for c in flat.split(chunk)])
+    return out.reshape(*features.shape[:-1], -1).float().numpy()
+
+
 def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
         *, show: bool = True, window: int | None = None, train_factors=None,
-        held_factors=None, frames_per_clip: int = 16, seed: int = 0) -> diag.Diagnostics:
+        held_factors=None, frames_per_clip: int = 16, seed: int = 0,
+        vq_audio=None) -> diag.Diagnostics:
     """Diagnostics of `model` on `held_clips` (cropped to the shortest; a few hundred fit in
     memory at once), with emotion probes fitted on `train_clips`. With both stores' factor
     arrays ({name: (frames, ...)}), per-frame factor probes too (`diag.frame_factors_for`
     the model's streams), their read-outs (one per observed stream) and probes fitted on
-    `frames_per_clip` random frames of each training clip."""
+    `frames_per_clip` random frames of each training clip. With the audio VQ-VAE
+    (`vq_audio`) and the f0 factor, the pitch heard in the decoded audio of each swap too
+    (`mdvae.eval.pitch`)."""
     n_frames = min(c.length for c in held_clips)
     speakers = [c.speaker for c in held_clips]
     partner = diag.partners(speakers)
@@ -87,8 +102,18 @@ def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
             if own:
                 readouts[stream] = diag.fit_readout(np.asarray(features[stream][rows],
                                                                np.float32), own)
-    measured = diag.measure(model, x_a, x_v, partner=partner,
-                            read={s: r.predict for s, r in readouts.items()})
+    read = {s: r.predict for s, r in readouts.items()}
+    hear = None
+    if vq_audio is not None and held_targets is not None and "f0" in held_targets \
+            and "audio" in diag.streams_of(model):
+        f0_a = held_targets["f0"][..., 0]
+
+        def hear(features: torch.Tensor) -> np.ndarray:
+            return pitch.heard_tracks(decode_power(vq_audio, features), f0_a, f0_a[partner])
+
+        own = read.get("audio", lambda _: {})
+        read["audio"] = lambda features: {**own(features), "pitch": hear(features)}
+    measured = diag.measure(model, x_a, x_v, partner=partner, read=read)
     elbo = diag.sampled_elbo(model, x_a, x_v, window=min(window, n_frames)) if window else {}
     train, train_frames = diag.encode_clips(model, audio, visual, train_clips, frames=picks,
                                             show=show)
@@ -105,9 +130,16 @@ def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
                                   for k, v in r.predict(inputs[s]).items()}, **readings}
         latents = diag.probe_frames(train_frames, probe_targets, measured.frames, held_targets)
         frame_factors = diag.frame_factor_scores(held_targets, partner, readings, latents)
+    heard = {}
+    if hear is not None:
+        f0_a = held_targets["f0"][..., 0]
+        tracks = {"B itself (codec)": hear(x_a[partner]), "A itself (codec)": hear(x_a)}
+        tracks |= {k: v["pitch"] for k, v in measured.readings.items() if "pitch" in v}
+        heard = {k: {f: c.to_dict() for f, c in pitch.heard_follow(t, f0_a, f0_a[partner]).items()}
+                 for k, t in tracks.items()}
     return diag.Diagnostics(type(model).__name__, measured.groups, measured.streams,
                             len(held_clips), combined=probes["all"], sampled_elbo=elbo,
-                            frame_factors=frame_factors)
+                            frame_factors=frame_factors, pitch_heard=heard)
 
 
 def main(argv: list[str] | None = None) -> diag.Diagnostics:
@@ -179,7 +211,7 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
                   "(viseme), blink, head_pose or f0 factors", file=sys.stderr)
     result = run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
                  window=args.window, train_factors=train_factors, held_factors=held_factors,
-                 frames_per_clip=args.frames_per_clip, seed=args.seed)
+                 frames_per_clip=args.frames_per_clip, seed=args.seed, vq_audio=vq_audio)
     if args.feature_probes:
         tr = feature_means(audio, visual, train_clips)
         he = feature_means(held_audio, held_visual, held_clips)

@@ -93,6 +93,10 @@ class Diagnostics:
     # {"follow", "stay", "n"}}, "latents": {group: score}} (`frame_factor_scores`); scores
     # are balanced accuracies for classes, R^2 averaged over the values for values
     frame_factors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the pitch heard in the decoded audio (`mdvae.eval.pitch`): source ("B itself (codec)",
+    # "A itself (codec)", "reconstruction" or a swapped group) -> {"level", "contour"} ->
+    # {"follow", "stay", "n"}: pairs whose decoding has B's / A's level or contour
+    pitch_heard: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -757,4 +761,25 @@ def format_report(d: Diagnostics) -> str:
     if d.frame_factors:
         lines.append("")
         lines += format_frame_factors(d.frame_factors)
+    if d.pitch_heard:
+        lines.append("")
+        lines += format_pitch_heard(d.pitch_heard)
     return "\n".join(lines)
+
+
+def format_pitch_heard(heard: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
+    """The pitch heard in the decoded audio as table lines."""
+    lines = ["pitch heard in the decoded audio (harmonic comb on the audio VQ-VAE's output, "
+             "mdvae.eval.pitch): shares of the pairs",
+             "  whose decoding has B's / A's level (contour), among pairs whose levels differ by "
+             "1.5 st or more (contours by 1 st on average);",
+             "  the f0 read-out's swap shares above can read the voice's timbre as its pitch: "
+             "for where the pitch goes, trust these",
+             f"{'source':>17} {'level':>17} {'contour':>17}",
+             "-" * 53]
+    for source, row in heard.items():
+        cells = [f"{row[f]['follow']:.2f}/{row[f]['stay']:.2f} ({row[f]['n']:>3})"
+                 if row[f]["n"] else "-" for f in ("level", "contour")]
+        name = f"swap {source}" if source in ("w", "z_av", "z_a", "z_v", "z") else source
+        lines.append(f"{name:>17} {cells[0]:>17} {cells[1]:>17}")
+    return lines
