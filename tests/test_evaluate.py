@@ -47,6 +47,28 @@ def test_f0_contour_and_level_are_scored_on_frames_voiced_in_both():
     assert (fs.n, fs.stay) == (1, 1)
 
 
+def test_the_pitch_heard_counts_a_pair_where_levels_or_contours_differ():
+    nan = np.nan
+    shape = np.array([0.0, 3.0, 0.0, -3.0, 0.0, 3.0, 1.0, nan])
+    label_a = {"f0": 10.0 + shape}
+    # heard: B's level (1), A's contour (0), as `pitch.heard_tracks` decides it
+    reading = {"audio": {"heard": np.array([1.0, 0.0])}}
+    contour = next(f for f in D.FACTORS if f.name == "f0_contour_heard")
+    level = next(f for f in D.FACTORS if f.name == "f0_level_heard")
+    assert (contour.latent, level.latent) == ("z_a", "w")
+    label_b = {"f0": 20.0 - shape}  # 10 st higher, the contour mirrored: both count
+    fs = D.score_factor(level, reading, label_a, label_b)
+    assert (fs.follow, fs.stay, fs.n) == (1, 0, 1)
+    fs = D.score_factor(contour, reading, label_a, label_b)
+    assert (fs.follow, fs.stay, fs.n) == (0, 1, 1)
+    label_b = {"f0": 10.5 + shape}  # level within the margin, the same contour: neither
+    assert D.score_factor(level, reading, label_a, label_b).n == 0
+    assert D.score_factor(contour, reading, label_a, label_b).n == 0
+    # no tracks read (too few frames voiced in both): nothing counts
+    unread = {"audio": {"heard": np.array([nan, nan])}}
+    assert D.score_factor(level, unread, label_a, {"f0": 20.0 - shape}).n == 0
+
+
 def test_expected_direction_follows_the_swapped_groups():
     mouth = next(f for f in D.FACTORS if f.name == "mouth")
     assert D.expected(mouth, ("z_av", "z_v")) == "follow"

@@ -40,6 +40,7 @@ from mdvae.errors import MDVAEError
 from mdvae.eval import diagnostics as diag
 from mdvae.eval import pitch
 from mdvae.eval.diagnostics import feature_means, labelled
+from mdvae.eval.disentanglement import FollowStay
 from train.runs import cached_features, load_stage1, load_stage2
 
 
@@ -135,7 +136,8 @@ def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
         f0_a = held_targets["f0"][..., 0]
         tracks = {"B itself (codec)": hear(x_a[partner]), "A itself (codec)": hear(x_a)}
         tracks |= {k: v["pitch"] for k, v in measured.readings.items() if "pitch" in v}
-        heard = {k: {f: c.to_dict() for f, c in pitch.heard_follow(t, f0_a, f0_a[partner]).items()}
+        heard = {k: {f: FollowStay(*c).to_dict()
+                     for f, c in pitch.heard_counts(t, f0_a, f0_a[partner]).items()}
                  for k, t in tracks.items()}
     return diag.Diagnostics(type(model).__name__, measured.groups, measured.streams,
                             len(held_clips), combined=probes["all"], sampled_elbo=elbo,

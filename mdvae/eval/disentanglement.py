@@ -31,8 +31,10 @@ from torch import Tensor
 from tqdm import tqdm
 
 from mdvae.errors import MDVAEError
+from mdvae.eval import pitch
 from mdvae.eval.experiments import Models, chunks, decode_features
 from mdvae.eval.judges import MARGINS, HeadScore, Judge, closer_to_b, verification_triplets
+from mdvae.eval.pitch import MIN_VOICED_FRAMES
 from mdvae.eval.stats import binomial_se, ratio_se
 
 # ---------------------------------------------------------------------------------------
@@ -115,7 +117,8 @@ class Factor:
     head: str  # the judge head that reads it
     latent: str  # the latent group it should follow: "w", "z_av", "z_a" or "z_v"
     # "frame", "clip", "pose", "contour" (f0 minus its median), "level" (median f0),
-    # "identity" (speaker, by embedding: nearer to A's or to B's clip)
+    # "identity" (speaker, by embedding: nearer to A's or to B's clip), "heard_contour" and
+    # "heard_level" (whose contour / level the harmonics of the decoded audio have)
     kind: str
     follow_target: float | None = None  # required follow share when its latent is swapped
     label: str = ""  # the ground truth (`clip_labels` key) it is scored on; default `head`
@@ -137,6 +140,12 @@ FACTORS: tuple[Factor, ...] = (
     Factor("head_pose", "head pose (video)", "visual", "head_pose", "z_v", "pose", 0.90),
     Factor("f0_contour", "f0 contour (audio)", "audio", "f0", "z_a", "contour"),
     Factor("f0_level", "f0 level (audio)", "audio", "f0", "w", "level"),
+    # the same two, heard in the harmonics of the decoded power spectrogram rather than read
+    # by the judge (`mdvae.eval.pitch`: a judge trained on natural voices can take a swapped
+    # voice's timbre for its pitch); rendered and trusted as the judge's f0
+    Factor("f0_contour_heard", "f0 contour, harmonics (audio)", "audio", "f0", "z_a",
+           "heard_contour"),
+    Factor("f0_level_heard", "f0 level, harmonics (audio)", "audio", "f0", "w", "heard_level"),
     Factor(
         "speaker_video",
         "speaker (video)",
@@ -190,7 +199,6 @@ SWAPS: dict[str, tuple[str, ...]] = {
     "z_a": ("z_a",),
     "z_av+z_v": ("z_av", "z_v"),
 }
-MIN_VOICED_FRAMES = 5  # f0 contour / level need this many frames voiced in both clips
 # A factor is rendered when the judge reads it on the model's reconstructions at least
 # this share of the way from a blind guess to its reading of the VQ-VAE reconstructions.
 RENDER_SHARE = 0.5
@@ -226,6 +234,10 @@ def score_factor(
             label_b["reference"][factor.judge][logp][None],
         )[0]
         return FollowStay(int(side > 0), int(side < 0), 1)
+    if factor.kind in ("heard_contour", "heard_level"):
+        counts = pitch.heard_counts(reading["audio"]["heard"][None], label_a["f0"][None],
+                                    label_b["f0"][None])
+        return FollowStay(*counts[factor.kind.removeprefix("heard_")])
     pred = reading[factor.judge][factor.head]
     t = reading[factor.judge].get("t", slice(None))  # the frames the judge read
     if factor.kind == "frame":
@@ -330,8 +342,14 @@ def swap_study(
             frames, power = decode_features(models, *models.mdvae.decode(lat), t)
             if part.start == 0:
                 example[swap] = frames[0]
+            heard = pitch.heard_tracks(
+                power,
+                np.stack([data.labels_a[i]["f0"] for i in range(part.start, part.stop)]),
+                np.stack([data.labels_b[i]["f0"] for i in range(part.start, part.stop)]),
+            )
             for j, reading in enumerate(read_media(judges, frames, power, t)):
                 la, lb = data.labels_a[part.start + j], data.labels_b[part.start + j]
+                reading["audio"]["heard"] = heard[j]
                 for f in FACTORS:
                     per_pair[swap][f.name].append(score_factor(f, reading, la, lb))
     shares = {

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from mdvae.eval.disentanglement import MIN_VOICED_FRAMES, FollowStay
 from mdvae.eval.judges import F0_REFERENCE_HZ, MARGINS
 from mdvae.media.audio import N_BINS, N_FFT, SAMPLE_RATE
 
 SEMITONES = np.arange(-8.0, 28.0, 0.05)  # candidate f0, semitones re F0_REFERENCE_HZ
 COMB_MAX_HZ = 3000.0  # harmonics above this are too weak and too blurred to count
+MIN_VOICED_FRAMES = 5  # f0 contour / level need this many frames voiced in both clips
 LEVEL_MARGIN = MARGINS["f0"][0]  # semitones between A's and B's levels for a pair to count
 CONTOUR_MARGIN = 1.0  # mean |contour A - contour B|, semitones, for a pair to count
 
@@ -99,17 +99,22 @@ def heard_tracks(power: np.ndarray, f0_a: np.ndarray, f0_b: np.ndarray) -> np.nd
     return out
 
 
-def heard_follow(tracks: np.ndarray, f0_a: np.ndarray, f0_b: np.ndarray) -> dict[str, FollowStay]:
-    """{"level", "contour"}: follow / stay counts of `heard_tracks` over the pairs whose
+def heard_counts(tracks: np.ndarray, f0_a: np.ndarray,
+                 f0_b: np.ndarray) -> dict[str, tuple[int, int, int]]:
+    """{"level", "contour"}: (follow, stay, n) of `heard_tracks` over the pairs whose
     levels differ by LEVEL_MARGIN or more (contours by CONTOUR_MARGIN on average)."""
-    out = {"level": FollowStay(), "contour": FollowStay()}
-    for i, (level, contour) in enumerate(np.asarray(tracks)):
-        if not np.isfinite(level):
+    out = {"level": [0, 0, 0], "contour": [0, 0, 0]}
+    for i, chosen in enumerate(np.asarray(tracks)):
+        if not np.isfinite(chosen).all():
             continue
         both = np.isfinite(f0_a[i]) & np.isfinite(f0_b[i])
         a, b = f0_a[i][both], f0_b[i][both]
-        if abs(np.median(a) - np.median(b)) >= LEVEL_MARGIN:
-            out["level"] = out["level"] + FollowStay(int(level == 1), int(level == 0), 1)
-        if np.mean(np.abs((a - np.median(a)) - (b - np.median(b)))) >= CONTOUR_MARGIN:
-            out["contour"] = out["contour"] + FollowStay(int(contour == 1), int(contour == 0), 1)
-    return out
+        differ = {"level": abs(np.median(a) - np.median(b)) >= LEVEL_MARGIN,
+                  "contour": np.mean(np.abs((a - np.median(a)) - (b - np.median(b))))
+                  >= CONTOUR_MARGIN}
+        for k, (name, counts) in enumerate(out.items()):
+            if differ[name]:
+                counts[0] += int(chosen[k] == 1)
+                counts[1] += int(chosen[k] == 0)
+                counts[2] += 1
+    return {k: tuple(v) for k, v in out.items()}

@@ -16,6 +16,7 @@ from mdvae.eval import disentanglement as D
 from mdvae.eval import experiments as ev
 from mdvae.eval import judges as J
 from mdvae.eval import metrics
+from mdvae.eval import pitch as P
 
 
 def protocol() -> dict[str, Any]:
@@ -53,6 +54,10 @@ def protocol() -> dict[str, Any]:
             "swaps": {k: list(v) for k, v in D.SWAPS.items()},
             "stay_target": D.STAY_TARGET,
             "render_share": D.RENDER_SHARE,
+            "heard": "f0_*_heard: no judge; the harmonic comb of mdvae.eval.pitch on the decoded "
+            "power spectrogram picks the best of four tracks (A's or B's contour at A's or B's "
+            f"level) on the frames voiced in both; pairs whose levels differ by "
+            f"{P.LEVEL_MARGIN} st or more (contours by {P.CONTOUR_MARGIN} st on average)",
         },
         "standard_errors": "binomial over test clips (emotion), clustered by clip (judges) or "
         "by swapped pair (swaps), over sequences (denoising)",
