@@ -615,7 +615,10 @@ class Pipeline:
         one_frame = Latents(
             w, *(getattr(la, g)[:, t : t + 1].expand(n, -1, -1) for g in ("z_av", "z_a", "z_v"))
         )  # (n, 1, L) each
-        _, x_v_hat = self.mdvae.decode(_move(one_frame, self.device))  # (n, 1, Dv)
+        # a frame of a clip: a decoder that reads centred z's takes the clip's time means
+        _, x_v_hat = self.mdvae.decode(
+            _move(one_frame, self.device), reference=_move(la, self.device)
+        )  # (n, 1, Dv)
         frames = _upscale(self.codec.decode_visual(x_v_hat[:, 0]), scale)  # (n, H, W, 3)
         panels = [f[None] for f in frames]
         names = ["A" if a == 1 else "B" if a == 0 else f"{1 - a:.0%} B" for a in alphas.tolist()]

@@ -214,6 +214,53 @@ def test_decoders_read_the_latents_of_their_own_frame_and_w_only(layout):
             assert torch.all(found[ignores] == 0)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_centred_decoders_ignore_a_constant_added_to_any_z(layout):
+    """centre_z: an offset constant over time, added to a z sequence, changes neither
+    reconstruction (in float64 only rounding: the offset cancels exactly in z - mean);
+    without it the same offset moves them, so the check can fail."""
+    x_a, x_v = inputs()
+    for centre in (True, False):
+        model = tiny_model(layout=layout, centre_z=centre)
+        with torch.no_grad():
+            latents = model.encode(x_a, x_v, sample=True)
+            base = model.decode(latents)
+            for group in ("z_av", "z_a", "z_v"):
+                z = getattr(latents, group)
+                offset = 3.0 * torch.randn(B, 1, z.shape[-1], dtype=z.dtype)  # per clip
+                moved = model.decode(dataclasses.replace(latents, **{group: z + offset}))
+                for out, out0 in zip(moved, base):
+                    if centre:
+                        torch.testing.assert_close(out, out0, rtol=0, atol=1e-10)
+                # the offset reaches (at least) the decoder(s) that read this group
+                assert changed(torch.cat(moved, -1), torch.cat(base, -1)) is not centre
+
+
+def test_centred_decoders_read_deviations_from_the_clip_mean():
+    """Each frame decodes as the uncentred model would at z_t minus the time mean; a few
+    frames of a clip decoded with the clip as `reference` equal the whole clip's frames."""
+    centred = tiny_model(centre_z=True)
+    plain = tiny_model(centre_z=False)  # same seed: the same weights
+    x_a, x_v = inputs()
+    with torch.no_grad():
+        latents = centred.encode(x_a, x_v, sample=True)
+        shifted = dataclasses.replace(
+            latents,
+            **{g: getattr(latents, g) - getattr(latents, g).mean(1, keepdim=True)
+               for g in ("z_av", "z_a", "z_v")},
+        )
+        for got, want in zip(centred.decode(latents), plain.decode(shifted)):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        whole = centred.decode(latents)
+        frames = dataclasses.replace(
+            latents, **{g: getattr(latents, g)[:, 2:4] for g in ("z_av", "z_a", "z_v")}
+        )
+        for got, want in zip(centred.decode(frames, reference=latents), whole):
+            torch.testing.assert_close(got, want[:, 2:4], rtol=0, atol=1e-12)
+        # without the reference the two frames are centred on their own mean: different
+        assert changed(centred.decode(frames)[1], whole[1][:, 2:4])
+
+
 # ---- inference, ELBO ---------------------------------------------------------------------
 
 

@@ -32,6 +32,11 @@ ReLU, q(w) from a bidirectional GRU, and for each z one GRU over its sampled pas
 by its posterior and its prior (`shared_gru.py`); with posterior="smoothing" the z
 posteriors read backward LSTM summaries of x_t:T in place of x_t.
 
+A departure, off by default (`centre_z`, issue 13): the decoders read each z_t minus its
+time mean over the decoded window, so a constant over the window reaches them only
+through w. The posteriors, priors and KLs are the seed's; only what the decoders see
+changes, and an offset added to a z sequence leaves both reconstructions as they were.
+
 ELBO normalisation (`elbo.py`, shared with DSAE). Every term of `ELBOTerms` is in nats per
 frame: the per-sequence sum (over frames and dimensions) averaged over the batch, divided by
 T. The KL of w, which occurs once per sequence, is divided by T too, so the `rec` and `kl`
@@ -155,6 +160,10 @@ class MDVAEConfig(ConfigBase):
     beta_z_av: float = 1.0
     beta_z_a: float = 1.0
     beta_z_v: float = 1.0
+    # a departure (issue 13): True decodes each dynamical latent with its mean over the
+    # decoded frames removed, so whatever is constant over a window (a clip's pitch level,
+    # its speaker) can reach the decoders only through w; False is the seed's model
+    centre_z: bool = False
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim, audio_hidden, visual_hidden unused)
     authors_layout: AuthorsLayout | None = None
@@ -468,17 +477,34 @@ class MDVAE(nn.Module):
             z_v=self.prior_z_v(latents.z_v),
         )
 
-    def decode(self, latents: Latents) -> tuple[Tensor, Tensor]:
+    def decode(
+        self, latents: Latents, *, reference: Latents | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Means of p(x_a_t | z_av_t, z_a_t, w) and p(x_v_t | z_av_t, z_v_t, w), every t.
 
         `latents.w` may be (B, Lw) or per frame (B, T, Lw) (see `interpolate_w`).
+        With `centre_z` the decoders read each z_t minus the z's mean over time, taken over
+        these latents' frames or over `reference`'s (the whole clip a few frames come from).
         Returns x_a_hat (B, T, Da), x_v_hat (B, T, Dv).
         """
         n_frames = latents.z_av.shape[1]
         w_t = frames_of_w(latents.w, n_frames)  # (B, T, Lw)
-        x_a_hat = self.decoder_x_a(torch.cat([latents.z_av, latents.z_a, w_t], dim=-1))
-        x_v_hat = self.decoder_x_v(torch.cat([latents.z_av, latents.z_v, w_t], dim=-1))
+        z_av, z_a, z_v = self.decoded_z(latents, reference)
+        x_a_hat = self.decoder_x_a(torch.cat([z_av, z_a, w_t], dim=-1))
+        x_v_hat = self.decoder_x_v(torch.cat([z_av, z_v, w_t], dim=-1))
         return x_a_hat, x_v_hat
+
+    def decoded_z(
+        self, latents: Latents, reference: Latents | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """z_av, z_a, z_v as the decoders read them (B, T, L): as they are, or with
+        `centre_z` minus their time means over `reference` (default: `latents`)."""
+        groups = ("z_av", "z_a", "z_v")
+        zs = tuple(getattr(latents, g) for g in groups)
+        if not self.config.centre_z:
+            return zs
+        ref = latents if reference is None else reference
+        return tuple(z - getattr(ref, g).mean(dim=1, keepdim=True) for z, g in zip(zs, groups))
 
     def generate(
         self,
