@@ -467,15 +467,15 @@ def test_diagnose_program_reports_every_group_of_a_bundle(tiny_bundle, tiny_stor
     mouth = result.frame_factors["mouth"]
     assert 0.0 <= mouth["input"] <= 1.0 and 0.0 <= mouth["reconstruction"] <= 1.0
     assert set(mouth["swaps"]) == {"w", "z_av", "z_a", "z_v"}
-    assert set(mouth["latents"]) == {"z_av", "z_a", "z_v"}
-    assert "head_pose" in result.frame_factors and "probe z_av" in text
+    assert set(mouth["latents"]) == {"w", "z_av", "z_a", "z_v"}
+    assert "head_pose" in result.frame_factors and "probe z_av" in text and "probe w" in text
     assert json.loads(out.read_text())["frame_factors"]["mouth"]["kind"] == "class"
     # and the audio stream's: f0 read from the audio features, swapped, probed
     for name in ("f0_contour", "f0_level"):
         row = result.frame_factors[name]
         assert row["stream"] == "audio" and np.isfinite(row["input"])
         assert row["reconstruction"] <= 1.0 and set(row["swaps"]) == {"w", "z_av", "z_a", "z_v"}
-        assert set(row["latents"]) == {"z_av", "z_a", "z_v"}
+        assert set(row["latents"]) == {"w", "z_av", "z_a", "z_v"}
     assert "f0_contour" in text and "f0_level" in text
     assert json.loads(out.read_text())["frame_factors"]["f0_contour"]["stream"] == "audio"
     # the pitch heard in the decoded audio: both clips through the codec, the reconstruction
@@ -516,7 +516,7 @@ def test_diagnose_skips_visual_read_outs_for_audio_models_and_stores_without_fac
     assert set(factors) == {"mouth", "blink", "head_pose", "f0_contour", "f0_level",
                             "voicing"}
     assert all(set(factors[n]) == {"kind", "stream", "latents"} and set(factors[n]["latents"])
-               == {"z"} for n in ("mouth", "blink", "head_pose"))
+               == {"w", "z"} for n in ("mouth", "blink", "head_pose"))
     # its own stream's f0 is read out and swapped
     assert set(factors["f0_contour"]) == {"kind", "stream", "input", "reconstruction", "swaps",
                                           "latents"}

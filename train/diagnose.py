@@ -129,7 +129,13 @@ def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
             inputs = {"audio": x_a, "visual": x_v}
             readings = {"input": {k: v for s, r in readouts.items()
                                   for k, v in r.predict(inputs[s]).items()}, **readings}
-        latents = diag.probe_frames(train_frames, probe_targets, measured.frames, held_targets)
+        # w too, repeated over each clip's frames: whether a clip-level factor (the f0 level)
+        # is in w at all, apart from whether the decoders render it from there
+        train_w = np.concatenate([np.repeat(w[None], len(p), 0)
+                                  for w, p in zip(train["w"], picks)])
+        held_w = np.repeat(measured.means["w"][:, None], n_frames, 1)
+        latents = diag.probe_frames({"w": train_w, **train_frames}, probe_targets,
+                                    {"w": held_w, **measured.frames}, held_targets)
         frame_factors = diag.frame_factor_scores(held_targets, partner, readings, latents)
     heard = {}
     if hear is not None:

@@ -26,10 +26,11 @@ clips' own features (`input`, the ceiling), from the model's reconstructions of 
 stream (`reconstruction`: does it render the factor?) and from reconstructions with one
 latent group swapped with the partner clip's (`swaps`: follow / stay shares, as
 `mdvae.eval.disentanglement` scores the judges' readings); and a linear probe reads it
-from each dynamical group's own per-frame posterior means (`latents`: where the
-information lives, whatever the decoder does with it). The read-outs read f0 itself, as
-the stage-1 features show it, and the contour and level are taken from their readings;
-the probes are fitted on the contour and the level, which the latents are to split.
+from each group's own per-frame posterior means (`latents`: where the information
+lives, whatever the decoder does with it; w is the clip's on each of its frames, so it can
+hold a clip-level factor such as the f0 level, not a per-frame one). The read-outs read
+f0 itself, as the stage-1 features show it, and the contour and level are taken from their
+readings; the probes are fitted on the contour and the level, which the latents are to split.
 Everything is measured, nothing is trained but the probes and read-outs.
 """
 
@@ -676,7 +677,8 @@ def format_frame_factors(frame_factors: Mapping[str, Mapping[str, Any]]) -> list
     for stream, names in unread.items():
         lines.append(f"  ({', '.join(names)}: the model has no {stream} stream, no read-out "
                      "of its reconstructions)")
-    lines.append("  probe g: a linear probe of the factor from g's own per-frame posterior means")
+    lines.append("  probe g: a linear probe of the factor from g's own per-frame posterior means "
+                 "(w: the clip's, on each of its frames)")
     head = (f"{'factor':>10}" + "".join(f" {'recon' if k == 'reconstruction' else k:>6}"
                                         for k in read)
             + "".join(f" {'swap ' + g:>11}" for g in swapped)
