@@ -261,6 +261,40 @@ def test_centred_decoders_read_deviations_from_the_clip_mean():
         assert changed(centred.decode(frames)[1], whole[1][:, 2:4])
 
 
+def test_aux_clip_means_adds_a_likelihood_of_the_window_means_given_w_outside_the_elbo():
+    """aux_clip_means: the loss gains weight * (-log N(mean_t x | head(w), diag exp(logvar)))
+    per stream, per sequence / T; the ELBO terms are those of the same model without it,
+    and the term's gradient reaches q(w) but no z posterior."""
+    weight = 2.5
+    model = tiny_model(aux_clip_means=weight)
+    plain = tiny_model(aux_clip_means=0.0)
+    assert not hasattr(plain, "aux_x_a") and set(plain.state_dict()) < set(model.state_dict())
+    plain.load_state_dict(model.state_dict(), strict=False)
+    x_a, x_v = inputs()
+    torch.manual_seed(3)
+    out = model(x_a, x_v)
+    torch.manual_seed(3)
+    ref = plain(x_a, x_v)
+    for field in ("rec_audio", "rec_visual", "kl_w", "kl_zav", "kl_za", "kl_zv"):
+        torch.testing.assert_close(getattr(out.loss, field), getattr(ref.loss, field))
+    w = out.latents.w
+    expected = 0.0
+    for head, x in ((model.aux_x_a, x_a), (model.aux_x_v, x_v)):
+        mean, logvar = head.mean_net(w), head.logvar.clamp(min=head.logvar_min)
+        resid = x.mean(1) - mean
+        nll = 0.5 * (math.log(2 * math.pi) + logvar + resid.square() / logvar.exp()).sum(-1)
+        expected = expected + nll.mean() / T
+    torch.testing.assert_close(out.loss.total, ref.loss.total + weight * expected)
+    torch.testing.assert_close(out.loss.negative_elbo, ref.loss.negative_elbo)
+    aux = model.aux_clip_means_term(x_a, x_v, model.encode(x_a, x_v).w)
+    grads_w = torch.autograd.grad(aux, list(model.posterior_w.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads_w)
+    grads_z = torch.autograd.grad(
+        model.aux_clip_means_term(x_a, x_v, model.encode(x_a, x_v).w),
+        list(model.posterior_z_av.parameters()), allow_unused=True)
+    assert all(g is None or g.abs().sum() == 0 for g in grads_z)
+
+
 # ---- inference, ELBO ---------------------------------------------------------------------
 
 

@@ -36,6 +36,9 @@ A departure, off by default (`centre_z`, issue 13): the decoders read each z_t m
 time mean over the decoded window, so a constant over the window reaches them only
 through w. The posteriors, priors and KLs are the seed's; only what the decoders see
 changes, and an offset added to a z sequence leaves both reconstructions as they were.
+A second, also off by default (`aux_clip_means`): an auxiliary likelihood of each
+window's time-averaged features given w alone, added to the training loss and left out of
+the ELBO.
 
 ELBO normalisation (`elbo.py`, shared with DSAE). Every term of `ELBOTerms` is in nats per
 frame: the per-sequence sum (over frames and dimensions) averaged over the batch, divided by
@@ -164,6 +167,12 @@ class MDVAEConfig(ConfigBase):
     # decoded frames removed, so whatever is constant over a window (a clip's pitch level,
     # its speaker) can reach the decoders only through w; False is the seed's model
     centre_z: bool = False
+    # a departure (issue 13): > 0 adds this weight times an auxiliary likelihood of each
+    # sequence's time-averaged features given w alone (a Gaussian decoder per stream from w,
+    # nats per sequence divided by T, as the ELBO's terms) to the training loss, so w is
+    # taught what is constant over a window however little the frame decoders use it; it is
+    # not part of the ELBO (`negative_elbo` leaves it out). 0 is the seed's model
+    aux_clip_means: float = 0.0
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim, audio_hidden, visual_hidden unused)
     authors_layout: AuthorsLayout | None = None
@@ -287,6 +296,14 @@ class MDVAE(nn.Module):
         self.decoder_x_v = GaussianDecoder(
             c.z_av_dim + c.z_v_dim + c.w_dim, c.visual_hidden, c.visual_dim, **obs
         )
+        self._build_aux_heads(c, obs)
+
+    def _build_aux_heads(self, c: MDVAEConfig, obs: dict) -> None:
+        """With `aux_clip_means`: p(mean_t x_a | w) and p(mean_t x_v | w), the compact
+        layout's widths in either layout."""
+        if c.aux_clip_means > 0:
+            self.aux_x_a = GaussianDecoder(c.w_dim, c.audio_hidden, c.audio_dim, **obs)
+            self.aux_x_v = GaussianDecoder(c.w_dim, c.visual_hidden, c.visual_dim, **obs)
 
     def _build_authors_layout(self, c: MDVAEConfig, a: AuthorsLayout) -> None:
         """The authors' networks (`AuthorsLayout`), under the names of the compact layout
@@ -347,6 +364,7 @@ class MDVAE(nn.Module):
             activation="relu",
             **obs,
         )
+        self._build_aux_heads(c, obs)
 
     # ---- inference -------------------------------------------------------------------
 
@@ -548,7 +566,20 @@ class MDVAE(nn.Module):
             decoded = dataclasses.replace(latents, **zeros)
         x_a_hat, x_v_hat = self.decode(decoded)
         loss = self.elbo(x_a, x_v, x_a_hat, x_v_hat, posterior, prior, kl_weight=weights)
+        if self.config.aux_clip_means > 0:
+            aux = self.aux_clip_means_term(x_a, x_v, latents.w)
+            loss = dataclasses.replace(loss, total=loss.total + self.config.aux_clip_means * aux)
         return MDVAEOutput(x_a_hat, x_v_hat, latents, posterior, prior, loss)
+
+    def aux_clip_means_term(self, x_a: Tensor, x_v: Tensor, w: Tensor) -> Tensor:
+        """-log p(mean_t x_a | w) - log p(mean_t x_v | w) in nats per frame (per sequence,
+        averaged over the batch, divided by T): the `aux_clip_means` departure's term."""
+        n_frames = x_a.shape[1]
+        total = x_a.new_zeros(())
+        for head, x in ((self.aux_x_a, x_a), (self.aux_x_v, x_v)):
+            mean_x = x.mean(1, keepdim=True)  # (B, 1, D)
+            total = total + head.negative_log_likelihood(mean_x, head(w[:, None])).mean()
+        return total / n_frames
 
     def elbo(
         self,
