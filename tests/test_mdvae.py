@@ -295,6 +295,54 @@ def test_aux_clip_means_adds_a_likelihood_of_the_window_means_given_w_outside_th
     assert all(g is None or g.abs().sum() == 0 for g in grads_z)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_swap_cycle_adds_the_nll_of_the_swapped_w_under_a_fixed_q_w_outside_the_elbo(layout):
+    """swap_cycle: the loss gains weight * (-log q(w of the next sequence | decoding of this
+    sequence's z's with that w)) per sequence / T; the ELBO terms are the plain model's;
+    the term's gradient reaches the decoders and the z posteriors, and q(w)'s weights only
+    through the w decoded, never through q(w) judging."""
+    weight = 0.7
+    model = tiny_model(layout=layout, swap_cycle=weight)
+    plain = tiny_model(layout=layout, swap_cycle=0.0)  # same seed: the same weights
+    x_a, x_v = inputs()
+    torch.manual_seed(3)
+    out = model(x_a, x_v)
+    torch.manual_seed(3)
+    ref = plain(x_a, x_v)
+    for field in ("rec_audio", "rec_visual", "kl_w", "kl_zav", "kl_za", "kl_zv", "negative_elbo"):
+        torch.testing.assert_close(getattr(out.loss, field), getattr(ref.loss, field))
+    lat = out.latents
+    w_other = torch.cat([lat.w[-1:], lat.w[:-1]])  # sequence b gets sequence b-1's w
+    x_a_sw, x_v_sw = model.decode(Latents(w_other, lat.z_av, lat.z_a, lat.z_v))
+    q_w = model.infer(x_a_sw, x_v_sw, sample=False)[1].w
+    nll = 0.5 * (math.log(2 * math.pi) + q_w.logvar
+                 + (w_other - q_w.mean).square() / q_w.logvar.exp()).sum(-1)
+    torch.testing.assert_close(out.loss.total, ref.loss.total + weight * nll.mean() / T)
+
+    def grads(module, latents):
+        if not list(module.parameters()):  # the authors' x_a features: x_a as it is
+            return []
+        term = model.swap_cycle_term(latents)
+        return torch.autograd.grad(term, list(module.parameters()), allow_unused=True,
+                                   retain_graph=True)
+
+    # q(w) judging the swapped decoding learns nothing from it (latents held fixed, that is
+    # the only path); through the w it decodes, w's encoder does learn
+    fixed = Latents(*(getattr(lat, g).detach() for g in GROUPS))
+    for judge in (model.features_x_a, model.features_x_v, model.posterior_w):
+        assert all(g is None or g.abs().sum() == 0 for g in grads(judge, fixed))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(model.posterior_w, lat))
+    z_a_net = model.posterior_z_a if layout == "compact" else model.z_a
+    for learner in (model.decoder_x_a, model.decoder_x_v, z_a_net):
+        assert any(g is not None and g.abs().sum() > 0 for g in grads(learner, lat))
+
+
+def test_swap_cycle_and_aux_weights_must_not_be_negative():
+    for name in ("swap_cycle", "aux_clip_means"):
+        with pytest.raises(ConfigError, match=name):
+            tiny_model(**{name: -1.0})
+
+
 # ---- inference, ELBO ---------------------------------------------------------------------
 
 

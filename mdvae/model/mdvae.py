@@ -38,7 +38,9 @@ through w. The posteriors, priors and KLs are the seed's; only what the decoders
 changes, and an offset added to a z sequence leaves both reconstructions as they were.
 A second, also off by default (`aux_clip_means`): an auxiliary likelihood of each
 window's time-averaged features given w alone, added to the training loss and left out of
-the ELBO.
+the ELBO. A third (`swap_cycle`): each sequence's z's decoded with another sequence's w
+must give features in which q(w), held fixed as a judge, finds that w; also outside the
+ELBO.
 
 ELBO normalisation (`elbo.py`, shared with DSAE). Every term of `ELBOTerms` is in nats per
 frame: the per-sequence sum (over frames and dimensions) averaged over the batch, divided by
@@ -173,12 +175,22 @@ class MDVAEConfig(ConfigBase):
     # taught what is constant over a window however little the frame decoders use it; it is
     # not part of the ELBO (`negative_elbo` leaves it out). 0 is the seed's model
     aux_clip_means: float = 0.0
+    # a departure (issue 13): > 0 adds this weight times a swap-cycle term to the training
+    # loss: each sequence's z's are decoded with the next sequence's w (the batch rolled by
+    # one), and the negative log-density of that w under q(w | the swapped decoding), the
+    # encoder's weights held fixed, per sequence / T. The decoders are taught to render
+    # w's content over whatever the z's carry, and the z's that what w holds is of no use
+    # to them; not part of the ELBO. 0 is the seed's model
+    swap_cycle: float = 0.0
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim, audio_hidden, visual_hidden unused)
     authors_layout: AuthorsLayout | None = None
 
     def __post_init__(self):
         check_stage2_config(self)
+        for name in ("aux_clip_means", "swap_cycle"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key '{name}' must be >= 0, got {getattr(self, name)}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> MDVAEConfig:
@@ -569,6 +581,9 @@ class MDVAE(nn.Module):
         if self.config.aux_clip_means > 0:
             aux = self.aux_clip_means_term(x_a, x_v, latents.w)
             loss = dataclasses.replace(loss, total=loss.total + self.config.aux_clip_means * aux)
+        if self.config.swap_cycle > 0 and x_a.shape[0] > 1:
+            cycle = self.swap_cycle_term(decoded)
+            loss = dataclasses.replace(loss, total=loss.total + self.config.swap_cycle * cycle)
         return MDVAEOutput(x_a_hat, x_v_hat, latents, posterior, prior, loss)
 
     def aux_clip_means_term(self, x_a: Tensor, x_v: Tensor, w: Tensor) -> Tensor:
@@ -580,6 +595,29 @@ class MDVAE(nn.Module):
             mean_x = x.mean(1, keepdim=True)  # (B, 1, D)
             total = total + head.negative_log_likelihood(mean_x, head(w[:, None])).mean()
         return total / n_frames
+
+    def swap_cycle_term(self, latents: Latents) -> Tensor:
+        """-log q(w_other | decode(w_other, z's)) in nats per frame (per sequence, averaged
+        over the batch, divided by T), w_other the batch's w rolled by one sequence, q(w)
+        with its weights detached: the `swap_cycle` departure's term. Its gradient reaches
+        the decoders, the z's and the w decoded, not q(w) as the judge."""
+        w_other = latents.w.roll(1, dims=0)
+        x_a_hat, x_v_hat = self.decode(dataclasses.replace(latents, w=w_other))
+        q_w = self._posterior_w_fixed(x_a_hat, x_v_hat)
+        return -q_w.log_prob(w_other.detach()).mean() / latents.z_av.shape[1]
+
+    def _posterior_w_fixed(self, x_a: Tensor, x_v: Tensor) -> DiagonalGaussian:
+        """q(w | x_a, x_v) computed with detached copies of its networks' weights."""
+
+        def fixed(module: nn.Module, *args):
+            weights = {k: v.detach() for k, v in module.named_parameters()}
+            return torch.func.functional_call(module, weights, args)
+
+        f_a, f_v = fixed(self.features_x_a, x_a), fixed(self.features_x_v, x_v)
+        if self.config.authors_layout is not None:
+            return fixed(self.posterior_w, [f_v, f_a])
+        g_a, g_v = fixed(self.summary_x_a, f_a), fixed(self.summary_x_v, f_v)
+        return fixed(self.posterior_w, [g_a, g_v], [f_a, f_v])
 
     def elbo(
         self,
