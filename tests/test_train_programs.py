@@ -145,8 +145,10 @@ def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_p
 def test_export_puts_new_stage2_runs_inside_a_bundles_vq_vaes(runs, tiny_store, tmp_path):
     flags = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio"),
              "--mdvae", str(runs / "mdvae")]
+    dsaes = ["--dsae-audio", str(runs / "dsae_audio"), "--dsae-visual", str(runs / "dsae_visual")]
     emotion.main(["--store", str(tiny_store), *flags, "--out", str(tmp_path / "heads")])
-    first = export.main([*flags, "--emotion", str(tmp_path / "heads"), "--out",
+    emotion.main(["--store", str(tiny_store), *flags, *dsaes, "--out", str(tmp_path / "all")])
+    first = export.main([*flags, *dsaes, "--emotion", str(tmp_path / "all"), "--out",
                          str(tmp_path / "first")])
     info = json.loads((first / "config.json").read_text())
     info["info"]["runs"]["vq_visual"]["run"] = "where the shipped VQ-VAE was trained"
@@ -159,6 +161,18 @@ def test_export_puts_new_stage2_runs_inside_a_bundles_vq_vaes(runs, tiny_store, 
     assert bundle.info["runs"]["vq_visual"]["run"] == "where the shipped VQ-VAE was trained"
     assert bundle.info["runs"]["mdvae"]["steps"] == 40
     assert "evaluation" not in bundle.info  # measured on the old models
+    # the MDVAE's head is the new one; the kept DSAEs keep theirs, with what was measured
+    old = load_bundle(first)
+    assert bundle.info["emotion"]["emotion"] == load_bundle(tmp_path / "heads").info["emotion"][
+        "emotion"]
+    for head in ("emotion_dsae_audio", "emotion_dsae_visual"):
+        assert bundle.info["emotion"][head] == old.info["emotion"][head]
+        torch.testing.assert_close(bundle.components[head].state_dict(),
+                                   old.components[head].state_dict())
+    # a new DSAE needs its own head: the MDVAE-only heads do not hold one
+    with pytest.raises(ConfigError, match="no emotion head for the new dsae_audio"):
+        export.main(["--bundle", str(first), "--dsae-audio", str(runs / "dsae_audio"),
+                     "--emotion", str(tmp_path / "heads"), "--out", str(tmp_path / "third")])
     # a run trained on other VQ-VAEs' features, or without new heads, is refused
     other = tmp_path / "other_mdvae"
     shutil.copytree(runs / "mdvae", other)

@@ -233,8 +233,9 @@ def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
 
     The VQ-VAEs keep their weights and their training record; each new model must have
     been trained on those VQ-VAEs' features (the run's feature key), and new emotion heads
-    must come with it, since the old ones read another model's w. What was measured on the
-    old models (evaluation, familiarity table, calibration) no longer applies and is dropped.
+    must come with it, since the old ones read another model's w (the heads of the models
+    kept stay as they were). What was measured on the old models (evaluation, familiarity
+    table) no longer applies and is dropped.
     """
     key = feature_key(components[VQ_AUDIO], components[VQ_VISUAL])
     runs = {MDVAE_MODEL: args.mdvae, DSAE_AUDIO: args.dsae_audio, DSAE_VISUAL: args.dsae_visual}
@@ -251,8 +252,16 @@ def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
         raise ConfigError("new stage-2 models need new emotion heads: --emotion (from "
                           "python -m train.emotion on these runs)")
     heads = load_bundle(args.emotion)
+    missing = [r.model for r in EMOTION_READERS.values()
+               if runs[r.model] and r.head not in heads.components]
+    if missing:
+        raise ConfigError(f"{args.emotion} has no emotion head for the new {', '.join(missing)} "
+                          "(python -m train.emotion with that run gives one)")
     components.update(heads.components)
-    info["emotion"] = heads.info.get("emotion", {})
+    # the heads of the models kept stay, with what was measured of them
+    new = heads.info.get("emotion", {})
+    kept = {k: v for k, v in info.get("emotion", {}).items() if k in components and k not in new}
+    info["emotion"] = {**kept, **new}
     for stale in ("evaluation", "familiarity", "reference_added"):
         info.pop(stale, None)
     if args.mdvae:
