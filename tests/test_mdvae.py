@@ -341,6 +341,63 @@ def test_swap_cycle_and_aux_weights_must_not_be_negative():
     for name in ("swap_cycle", "aux_clip_means"):
         with pytest.raises(ConfigError, match=name):
             tiny_model(**{name: -1.0})
+    with pytest.raises(ConfigError, match="swap_cycle_judge"):
+        tiny_model(swap_cycle=1.0, swap_cycle_judge="visual")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_audio_judge_learns_w_from_real_audio_and_judges_the_decoded_voice_alone(layout):
+    """swap_cycle_judge="audio": the loss gains -log r(q(w)'s mean | x_a) (the judge's own
+    training, reaching the judge alone) plus weight * -log r(w of the next sequence | the
+    audio decoded with it), r held fixed there; the ELBO terms are the plain model's and
+    the visual decoder is not asked."""
+    weight = 0.7
+    model = tiny_model(layout=layout, swap_cycle=weight, swap_cycle_judge="audio")
+    plain = tiny_model(layout=layout, swap_cycle=0.0)  # the judge is built after the model
+    x_a, x_v = inputs()
+    torch.manual_seed(3)
+    out = model(x_a, x_v)
+    torch.manual_seed(3)
+    ref = plain(x_a, x_v)
+    for field in ("rec_audio", "rec_visual", "kl_w", "kl_zav", "kl_za", "kl_zv", "negative_elbo"):
+        torch.testing.assert_close(getattr(out.loss, field), getattr(ref.loss, field))
+
+    def judge(x):  # r(w | x_a), written out
+        f = model.judge_features_x_a(x)
+        g = model.judge_summary_x_a(f)
+        return model.judge_w([g], [f])
+
+    def nll(q, w):
+        return 0.5 * (math.log(2 * math.pi) + q.logvar
+                      + (w - q.mean).square() / q.logvar.exp()).sum(-1).mean() / T
+
+    lat = out.latents
+    own = nll(judge(x_a), out.posterior.w.mean)
+    w_other = torch.cat([lat.w[-1:], lat.w[:-1]])
+    x_a_sw, _ = model.decode(Latents(w_other, lat.z_av, lat.z_a, lat.z_v))
+    cycle = nll(judge(x_a_sw), w_other)
+    torch.testing.assert_close(out.extra["audio_judge"], own)
+    torch.testing.assert_close(out.extra["swap_cycle"], cycle)
+    torch.testing.assert_close(out.loss.total, ref.loss.total + own + weight * cycle)
+
+    def reaches(term, module):
+        params = list(module.parameters())
+        if not params:
+            return False
+        grads = torch.autograd.grad(term(), params, allow_unused=True, retain_graph=True)
+        return any(g is not None and g.abs().sum() > 0 for g in grads)
+
+    judge_nets = (model.judge_features_x_a, model.judge_summary_x_a, model.judge_w)
+    enc = model.encode(x_a, x_v, sample=True)
+    own_term = lambda: model.audio_judge_term(x_a, model.encode(x_a, x_v).w)  # noqa: E731
+    assert all(reaches(own_term, m) for m in judge_nets)
+    assert not reaches(own_term, model.posterior_w)
+    assert not reaches(own_term, model.decoder_x_a)
+    cycle_term = lambda: model.swap_cycle_term(enc)  # noqa: E731
+    assert not any(reaches(cycle_term, m) for m in judge_nets)
+    assert not reaches(cycle_term, model.decoder_x_v)
+    z_a_net = model.posterior_z_a if layout == "compact" else model.z_a
+    assert reaches(cycle_term, model.decoder_x_a) and reaches(cycle_term, z_a_net)
 
 
 # ---- inference, ELBO ---------------------------------------------------------------------

@@ -243,6 +243,8 @@ def make_step_fn(kind: str, device: torch.device, warmup: int, static_first: int
         for name, value in vars(terms).items():
             if name != "total" and torch.is_tensor(value) and value.dim() == 0:
                 losses[name] = value.detach()
+        for name, value in getattr(out, "extra", {}).items():  # the departures' own terms
+            losses[name] = value.detach()
         if step is None:
             losses["negative_elbo"] = terms.negative_elbo.detach()
         return losses

@@ -40,7 +40,8 @@ A second, also off by default (`aux_clip_means`): an auxiliary likelihood of eac
 window's time-averaged features given w alone, added to the training loss and left out of
 the ELBO. A third (`swap_cycle`): each sequence's z's decoded with another sequence's w
 must give features in which q(w), held fixed as a judge, finds that w; also outside the
-ELBO.
+ELBO. Its judge can instead be one of its own that reads the audio alone
+(`swap_cycle_judge="audio"`), trained beside the model on real audio.
 
 ELBO normalisation (`elbo.py`, shared with DSAE). Every term of `ELBOTerms` is in nats per
 frame: the per-sequence sum (over frames and dimensions) averaged over the batch, divided by
@@ -133,6 +134,9 @@ class AuthorsLayout(ConfigBase):
             raise ConfigError("z_a_posterior_widths and z_v_posterior_widths need as many layers")
 
 
+SWAP_CYCLE_JUDGES = ("joint", "audio")
+
+
 @dataclass
 class MDVAEConfig(ConfigBase):
     # observed per-frame features: the stage-1 VQ-VAE encoder outputs before quantisation
@@ -182,6 +186,14 @@ class MDVAEConfig(ConfigBase):
     # w's content over whatever the z's carry, and the z's that what w holds is of no use
     # to them; not part of the ELBO. 0 is the seed's model
     swap_cycle: float = 0.0
+    # who judges the swapped decoding of `swap_cycle`: "joint", q(w | x_a, x_v) itself
+    # (which reads mostly the face); "audio", a judge of its own, r(w | x_a) (the compact
+    # layout's audio feature MLP, backward summary and q(w) head, on the audio alone),
+    # trained beside the model to find q(w)'s mean in real audio (its negative
+    # log-likelihood added to the training loss, its gradient reaching the judge alone) and
+    # held fixed in the cycle, which then asks the decoded voice alone to carry what a real
+    # voice tells of w
+    swap_cycle_judge: str = "joint"
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim, audio_hidden, visual_hidden unused)
     authors_layout: AuthorsLayout | None = None
@@ -191,6 +203,9 @@ class MDVAEConfig(ConfigBase):
         for name in ("aux_clip_means", "swap_cycle"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key '{name}' must be >= 0, got {getattr(self, name)}")
+        if self.swap_cycle_judge not in SWAP_CYCLE_JUDGES:
+            raise ConfigError(f"config key 'swap_cycle_judge': {self.swap_cycle_judge!r} is not "
+                              f"one of {SWAP_CYCLE_JUDGES}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> MDVAEConfig:
@@ -260,6 +275,8 @@ class MDVAEOutput:
     posterior: LatentDistributions
     prior: LatentDistributions  # p(w) = N(0, I); the z priors given the sampled past
     loss: ELBOTerms
+    # terms of the training loss outside the ELBO (the departures'), unweighted, for logging
+    extra: dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
 
 class MDVAE(nn.Module):
@@ -311,11 +328,17 @@ class MDVAE(nn.Module):
         self._build_aux_heads(c, obs)
 
     def _build_aux_heads(self, c: MDVAEConfig, obs: dict) -> None:
-        """With `aux_clip_means`: p(mean_t x_a | w) and p(mean_t x_v | w), the compact
-        layout's widths in either layout."""
+        """With `aux_clip_means`: p(mean_t x_a | w) and p(mean_t x_v | w); with an audio
+        `swap_cycle_judge`: r(w | x_a). The compact layout's widths in either layout."""
         if c.aux_clip_means > 0:
             self.aux_x_a = GaussianDecoder(c.w_dim, c.audio_hidden, c.audio_dim, **obs)
             self.aux_x_v = GaussianDecoder(c.w_dim, c.visual_hidden, c.visual_dim, **obs)
+        if c.swap_cycle > 0 and c.swap_cycle_judge == "audio":
+            self.judge_features_x_a = mlp(
+                [c.audio_dim, c.audio_hidden, c.feature_dim], final_activation=True
+            )
+            self.judge_summary_x_a = make_summary("smoothing", c.feature_dim, c.rnn_dim)
+            self.judge_w = StaticPosterior(c.rnn_dim + c.feature_dim, c.rnn_dim, c.w_dim)
 
     def _build_authors_layout(self, c: MDVAEConfig, a: AuthorsLayout) -> None:
         """The authors' networks (`AuthorsLayout`), under the names of the compact layout
@@ -581,10 +604,17 @@ class MDVAE(nn.Module):
         if self.config.aux_clip_means > 0:
             aux = self.aux_clip_means_term(x_a, x_v, latents.w)
             loss = dataclasses.replace(loss, total=loss.total + self.config.aux_clip_means * aux)
-        if self.config.swap_cycle > 0 and x_a.shape[0] > 1:
-            cycle = self.swap_cycle_term(decoded)
-            loss = dataclasses.replace(loss, total=loss.total + self.config.swap_cycle * cycle)
-        return MDVAEOutput(x_a_hat, x_v_hat, latents, posterior, prior, loss)
+        extra: dict[str, Tensor] = {}
+        if self.config.swap_cycle > 0:
+            if self.config.swap_cycle_judge == "audio":
+                extra["audio_judge"] = self.audio_judge_term(x_a, posterior.w.mean)
+                loss = dataclasses.replace(loss, total=loss.total + extra["audio_judge"])
+            if x_a.shape[0] > 1:
+                extra["swap_cycle"] = self.swap_cycle_term(decoded)
+                loss = dataclasses.replace(
+                    loss, total=loss.total + self.config.swap_cycle * extra["swap_cycle"]
+                )
+        return MDVAEOutput(x_a_hat, x_v_hat, latents, posterior, prior, loss, extra)
 
     def aux_clip_means_term(self, x_a: Tensor, x_v: Tensor, w: Tensor) -> Tensor:
         """-log p(mean_t x_a | w) - log p(mean_t x_v | w) in nats per frame (per sequence,
@@ -600,11 +630,37 @@ class MDVAE(nn.Module):
         """-log q(w_other | decode(w_other, z's)) in nats per frame (per sequence, averaged
         over the batch, divided by T), w_other the batch's w rolled by one sequence, q(w)
         with its weights detached: the `swap_cycle` departure's term. Its gradient reaches
-        the decoders, the z's and the w decoded, not q(w) as the judge."""
+        the decoders, the z's and the w decoded, not q(w) as the judge. With the audio judge,
+        -log r(w_other | decoded audio), r's weights detached: the visual decoder is not
+        asked."""
         w_other = latents.w.roll(1, dims=0)
-        x_a_hat, x_v_hat = self.decode(dataclasses.replace(latents, w=w_other))
-        q_w = self._posterior_w_fixed(x_a_hat, x_v_hat)
-        return -q_w.log_prob(w_other.detach()).mean() / latents.z_av.shape[1]
+        swapped = dataclasses.replace(latents, w=w_other)
+        if self.config.swap_cycle_judge == "audio":
+            z_av, z_a, _ = self.decoded_z(swapped)
+            w_t = frames_of_w(w_other, z_av.shape[1])
+            x_a_hat = self.decoder_x_a(torch.cat([z_av, z_a, w_t], dim=-1))
+            judge = self._audio_judge(x_a_hat, fixed=True)
+        else:
+            judge = self._posterior_w_fixed(*self.decode(swapped))
+        return -judge.log_prob(w_other.detach()).mean() / latents.z_av.shape[1]
+
+    def audio_judge_term(self, x_a: Tensor, w_mean: Tensor) -> Tensor:
+        """-log r(w_mean | x_a) in nats per frame (per sequence, averaged over the batch,
+        divided by T), w_mean (q(w)'s mean) detached: the audio judge's own training loss,
+        whose gradient reaches the judge alone."""
+        return -self._audio_judge(x_a).log_prob(w_mean.detach()).mean() / x_a.shape[1]
+
+    def _audio_judge(self, x_a: Tensor, *, fixed: bool = False) -> DiagonalGaussian:
+        """r(w | x_a), with detached copies of its weights when `fixed`."""
+
+        def run(module: nn.Module, *args):
+            if not fixed:
+                return module(*args)
+            weights = {k: v.detach() for k, v in module.named_parameters()}
+            return torch.func.functional_call(module, weights, args)
+
+        f_a = run(self.judge_features_x_a, x_a)
+        return run(self.judge_w, [run(self.judge_summary_x_a, f_a)], [f_a])
 
     def _posterior_w_fixed(self, x_a: Tensor, x_v: Tensor) -> DiagonalGaussian:
         """q(w | x_a, x_v) computed with detached copies of its networks' weights."""
