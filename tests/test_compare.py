@@ -16,6 +16,7 @@ def results(mdvae, audio, visual, *, seed=0, mouth=0.6, mouth_se=0.02, paired_se
                                "dsae_visual": {"difference": mdvae - visual, "se": paired_se}}},
         "summary": {
             "emotion_accuracy_mdvae_1": mdvae, "emotion_accuracy_mdvae_1_se": 0.03,
+            "emotion_accuracy_mdvae_0.1": 0.9 * mdvae,
             "emotion_accuracy_dsae_audio_1": audio, "emotion_accuracy_dsae_visual_1": visual,
             "mouth_follows_z_av": mouth, "mouth_follows_z_av_se": mouth_se,
             "targets_passed": "3/12",
@@ -49,7 +50,8 @@ def test_seeds_side_by_side_with_spread_margins_and_figure(tmp_path):
     assert emo["mdvae"]["range"] == pytest.approx(0.04)
     # smallest margin 0.07 >= 0.05, and the MDVAE's range 0.04 is below it
     assert emo["verdict"]["holds"] is True and "holds." in out["markdown"]
-    assert "| s1 | 0.730 | 0.070 ± 0.040 | 0.170 ± 0.040 |" in out["markdown"]
+    assert "| s1 | 0.730 | 0.070 ± 0.040 | 0.170 ± 0.040 | 0.90 |" in out["markdown"]
+    assert emo["per_run"]["s1"]["tenth_of_labels"] == pytest.approx(0.9)
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["labels"] == ["s0", "s1", "s2"] and saved["figure"] == "compare.png"
@@ -89,7 +91,7 @@ def test_a_bundle_with_its_evaluation_is_read_without_settings(tmp_path):
     assert "Evaluation settings unknown (a bundle's summary only): shipped" in out["markdown"]
     assert out["mismatches"] == []  # nothing known to differ
     # no paired SE for the bundle: the margin alone
-    assert "| shipped | 0.770 | 0.110 | 0.210 |" in out["markdown"]
+    assert "| shipped | 0.770 | 0.110 | 0.210 | 0.90 |" in out["markdown"]
 
 
 def test_bad_inputs_are_refused_with_a_reason(tmp_path):
