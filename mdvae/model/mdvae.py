@@ -137,6 +137,13 @@ class AuthorsLayout(ConfigBase):
 SWAP_CYCLE_JUDGES = ("joint", "audio")
 
 
+def call_fixed(module: nn.Module, *args):
+    """module(*args) with detached copies of its weights: a judge whose verdict trains what
+    it reads, never itself."""
+    weights = {k: v.detach() for k, v in module.named_parameters()}
+    return torch.func.functional_call(module, weights, args)
+
+
 @dataclass
 class MDVAEConfig(ConfigBase):
     # observed per-frame features: the stage-1 VQ-VAE encoder outputs before quantisation
@@ -652,23 +659,13 @@ class MDVAE(nn.Module):
 
     def _audio_judge(self, x_a: Tensor, *, fixed: bool = False) -> DiagonalGaussian:
         """r(w | x_a), with detached copies of its weights when `fixed`."""
-
-        def run(module: nn.Module, *args):
-            if not fixed:
-                return module(*args)
-            weights = {k: v.detach() for k, v in module.named_parameters()}
-            return torch.func.functional_call(module, weights, args)
-
+        run = call_fixed if fixed else nn.Module.__call__
         f_a = run(self.judge_features_x_a, x_a)
         return run(self.judge_w, [run(self.judge_summary_x_a, f_a)], [f_a])
 
     def _posterior_w_fixed(self, x_a: Tensor, x_v: Tensor) -> DiagonalGaussian:
         """q(w | x_a, x_v) computed with detached copies of its networks' weights."""
-
-        def fixed(module: nn.Module, *args):
-            weights = {k: v.detach() for k, v in module.named_parameters()}
-            return torch.func.functional_call(module, weights, args)
-
+        fixed = call_fixed
         f_a, f_v = fixed(self.features_x_a, x_a), fixed(self.features_x_v, x_v)
         if self.config.authors_layout is not None:
             return fixed(self.posterior_w, [f_v, f_a])
