@@ -295,15 +295,12 @@ def test_aux_clip_means_adds_a_likelihood_of_the_window_means_given_w_outside_th
     assert all(g is None or g.abs().sum() == 0 for g in grads_z)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_swap_cycle_adds_the_nll_of_the_swapped_w_under_a_fixed_q_w_outside_the_elbo(layout):
-    """swap_cycle: the loss gains weight * (-log q(w of the next sequence | decoding of this
-    sequence's z's with that w)) per sequence / T; the ELBO terms are the plain model's;
-    the term's gradient reaches the decoders and the z posteriors, and q(w)'s weights only
-    through the w decoded, never through q(w) judging."""
-    weight = 0.7
-    model = tiny_model(layout=layout, swap_cycle=weight)
-    plain = tiny_model(layout=layout, swap_cycle=0.0)  # same seed: the same weights
+def departure_and_plain(layout, **departure):
+    """(model with a departure, its output, the plain model's output) on the same inputs
+    and noise. The plain model has the same weights (same seed; a departure's own modules
+    are built last), and the ELBO terms must agree: a departure changes the loss only."""
+    model = tiny_model(layout=layout, **departure)
+    plain = tiny_model(layout=layout)
     x_a, x_v = inputs()
     torch.manual_seed(3)
     out = model(x_a, x_v)
@@ -311,6 +308,17 @@ def test_swap_cycle_adds_the_nll_of_the_swapped_w_under_a_fixed_q_w_outside_the_
     ref = plain(x_a, x_v)
     for field in ("rec_audio", "rec_visual", "kl_w", "kl_zav", "kl_za", "kl_zv", "negative_elbo"):
         torch.testing.assert_close(getattr(out.loss, field), getattr(ref.loss, field))
+    return model, out, ref
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_swap_cycle_adds_the_nll_of_the_swapped_w_under_a_fixed_q_w_outside_the_elbo(layout):
+    """swap_cycle: the loss gains weight * (-log q(w of the next sequence | decoding of this
+    sequence's z's with that w)) per sequence / T; the ELBO terms are the plain model's;
+    the term's gradient reaches the decoders and the z posteriors, and q(w)'s weights only
+    through the w decoded, never through q(w) judging."""
+    weight = 0.7
+    model, out, ref = departure_and_plain(layout, swap_cycle=weight)
     lat = out.latents
     w_other = torch.cat([lat.w[-1:], lat.w[:-1]])  # sequence b gets sequence b-1's w
     x_a_sw, x_v_sw = model.decode(Latents(w_other, lat.z_av, lat.z_a, lat.z_v))
@@ -352,15 +360,8 @@ def test_the_audio_judge_learns_w_from_real_audio_and_judges_the_decoded_voice_a
     audio decoded with it), r held fixed there; the ELBO terms are the plain model's and
     the visual decoder is not asked."""
     weight = 0.7
-    model = tiny_model(layout=layout, swap_cycle=weight, swap_cycle_judge="audio")
-    plain = tiny_model(layout=layout, swap_cycle=0.0)  # the judge is built after the model
+    model, out, ref = departure_and_plain(layout, swap_cycle=weight, swap_cycle_judge="audio")
     x_a, x_v = inputs()
-    torch.manual_seed(3)
-    out = model(x_a, x_v)
-    torch.manual_seed(3)
-    ref = plain(x_a, x_v)
-    for field in ("rec_audio", "rec_visual", "kl_w", "kl_zav", "kl_za", "kl_zv", "negative_elbo"):
-        torch.testing.assert_close(getattr(out.loss, field), getattr(ref.loss, field))
 
     def judge(x):  # r(w | x_a), written out
         f = model.judge_features_x_a(x)
