@@ -204,6 +204,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def write_report(out_dir: Path, name: str, result: dict[str, Any]) -> None:
+    """A program's result as OUT/name.json (all of it) and OUT/name.md (its "markdown"),
+    and the markdown on stdout."""
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out_dir / f"{name}.md", result["markdown"])
+    print(result["markdown"])
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

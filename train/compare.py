@@ -31,6 +31,7 @@ import numpy as np
 from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, MDVAE_MODEL
 from mdvae.errors import MDVAEError
 from mdvae.eval.experiments import MODEL_TITLES
+from mdvae.eval.report import save_figure
 from mdvae.eval.stats import mean_spread
 from train import common
 
@@ -257,10 +258,7 @@ def figure(result: dict, path: Path) -> str | None:
     ax.set(xlim=(0, 1.02), xlabel="share / accuracy (bars: SE within the run)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -282,9 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result["figure"] = figure(result, out / "compare.png")
-    common.atomic_write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
-    common.atomic_write_text(out / "compare.md", result["markdown"])
-    print(result["markdown"])
+    common.write_report(out, "compare", result)
     return result
 
 

@@ -650,9 +650,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[evaluate] seed {seed}", file=sys.stderr)
         per_seed[seed] = evaluate(args, replace(s, seed=seed), out_dir / f"seed_{seed}")
     results = _clean(over_seeds(per_seed))
-    common.atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    common.atomic_write_text(out_dir / "results.md", results["markdown"])
-    print(results["markdown"])
+    common.write_report(out_dir, "results", results)
     return results
 
 
@@ -751,9 +749,7 @@ def evaluate(args: argparse.Namespace, s: EvalSettings, out_dir: Path) -> dict:
         )
     results["timing"]["total"] = round(time.time() - began, 1)
     results = _clean(results)
-    common.atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    common.atomic_write_text(out_dir / "results.md", results["markdown"])
-    print(results["markdown"])
+    common.write_report(out_dir, "results", results)
     return results
 
 

@@ -577,7 +577,7 @@ def figures(
             ylim=(0, 1.02),
         )
         ax.legend()
-        written.append(_save(fig, out_dir / "emotion_accuracy.png"))
+        written.append(save_figure(fig, out_dir / "emotion_accuracy.png"))
     den = results.get("denoising", {})
     if den.get("metric"):
         regions = list(den["metric"])
@@ -597,7 +597,7 @@ def figures(
                     title=f"{region}: {metric.upper()} on the corrupted region",
                 )
                 ax.legend(fontsize=8)
-        written.append(_save(fig, out_dir / "denoising_sigma.png"))
+        written.append(save_figure(fig, out_dir / "denoising_sigma.png"))
     if denoise is not None and denoise.examples:
         written.append(
             _denoise_examples(
@@ -629,13 +629,14 @@ def figures(
         ax.set_xticks(range(len(swaps)), swaps)
         ax.set_yticks(range(len(D.FACTORS)), [f.title for f in D.FACTORS])
         ax.set_title("share following the source B (* expected)")
-        written.append(_save(fig, out_dir / "swap_follow.png"))
+        written.append(save_figure(fig, out_dir / "swap_follow.png"))
     if swap_example:
         written.append(_swap_examples(plt, swap_example, out_dir / "swap_examples.png"))
     return written
 
 
-def _save(fig, path: Path) -> str:
+def save_figure(fig, path: Path) -> str:
+    """Lay out, write (110 dpi) and close a figure; its file name."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
@@ -660,7 +661,7 @@ def _denoise_examples(plt, denoise: ev.DenoisingResult, sigma: float, path: Path
             if name in ex:
                 ax.imshow(np.concatenate(list(ex[name]), axis=1))  # the 6 corrupted frames
                 ax.set_title(f"{region}: {ev.MODEL_TITLES.get(name, name)}", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _swap_examples(plt, example: dict, path: Path) -> str:
@@ -677,4 +678,4 @@ def _swap_examples(plt, example: dict, path: Path) -> str:
             name, f"A with {name} of B"
         )
         ax.set_title(title, fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
