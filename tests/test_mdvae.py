@@ -11,7 +11,7 @@ import torch
 from mdvae.errors import ConfigError, MDVAEError
 from mdvae.model.elbo import KLWeights
 from mdvae.model.gaussian import DiagonalGaussian
-from mdvae.model.mdvae import MDVAE, AuthorsLayout, Latents, MDVAEConfig
+from mdvae.model.mdvae import MDVAE, STANDARDISE_EPS, AuthorsLayout, Latents, MDVAEConfig
 from mdvae.model.posteriors import run_posteriors
 
 GROUPS = ("w", "z_av", "z_a", "z_v")
@@ -259,6 +259,64 @@ def test_centred_decoders_read_deviations_from_the_clip_mean():
             torch.testing.assert_close(got, want[:, 2:4], rtol=0, atol=1e-12)
         # without the reference the two frames are centred on their own mean: different
         assert changed(centred.decode(frames)[1], whole[1][:, 2:4])
+
+
+def standardised(z, ref=None):
+    """z minus its time mean over `ref`, divided by sqrt(its variance there + eps)."""
+    ref = z if ref is None else ref
+    var = ((ref - ref.mean(1, keepdim=True)) ** 2).mean(1, keepdim=True)
+    return (z - ref.mean(1, keepdim=True)) / torch.sqrt(var + STANDARDISE_EPS)
+
+
+@pytest.mark.parametrize("centre", [False, True])
+def test_standardised_audio_decoder_reads_z_av_and_z_a_standardised_over_time(centre):
+    """standardise_z_audio: the audio decoder decodes as the seed's model would at z_av and
+    z_a standardised over the window (written out here); the visual decoder reads them as
+    centre_z says; a few frames decoded with their clip as `reference` are the clip's."""
+    model = tiny_model(standardise_z_audio=True, centre_z=centre)
+    plain = tiny_model()  # same seed: the same weights
+    x_a, x_v = inputs()
+    with torch.no_grad():
+        latents = model.encode(x_a, x_v, sample=True)
+        groups = ("z_av", "z_a", "z_v")
+        for_audio = dataclasses.replace(
+            latents, **{g: standardised(getattr(latents, g)) for g in groups})
+        centred = {g: getattr(latents, g) - getattr(latents, g).mean(1, keepdim=True)
+                   for g in groups}
+        for_visual = dataclasses.replace(latents, **centred) if centre else latents
+        got_a, got_v = model.decode(latents)
+        torch.testing.assert_close(got_a, plain.decode(for_audio)[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(got_v, plain.decode(for_visual)[1], rtol=0, atol=1e-12)
+        assert changed(got_a, plain.decode(latents)[0])
+        frames = dataclasses.replace(latents, **{g: getattr(latents, g)[:, 2:4] for g in groups})
+        for got, want in zip(model.decode(frames, reference=latents), (got_a, got_v)):
+            torch.testing.assert_close(got, want[:, 2:4], rtol=0, atol=1e-12)
+
+
+def test_standardised_audio_decoder_does_not_read_the_height_of_voiced_frames():
+    """The leak `standardise_z_audio` closes: a z_a at c on unvoiced frames and c + g on
+    voiced ones (a share p of them), g set by the clip's pitch level. Centred, its voiced
+    frames read (1 - p) g, which tells g; standardised they read
+    sqrt((1 - p) / p) / sqrt(1 + eps / (g^2 p (1 - p))), within eps / (2 g^2 p (1 - p))
+    of the same number whatever g is."""
+    voiced = torch.tensor([0, 1, 1, 0, 1, 1, 1, 0], dtype=torch.float64)  # p = 5 / 8
+    p = voiced.mean().item()
+    reads = {}
+    for g in (2.0, 6.0):
+        z_a = (0.7 + g * voiced).reshape(1, -1, 1).repeat(1, 1, 2)  # (B, T, L)
+        zeros = torch.zeros(1, 8, 2, dtype=torch.float64)
+        latents = Latents(torch.zeros(1, 3, dtype=torch.float64), zeros, z_a, zeros)
+        for std in (False, True):
+            model = tiny_model(standardise_z_audio=std, centre_z=True)
+            read = model.decoded_z(latents, "audio")[1][0, voiced.bool(), 0]
+            assert torch.allclose(read, read[0].expand_as(read), rtol=0, atol=1e-12)
+            reads[g, std] = read[0].item()
+        assert reads[g, False] == pytest.approx((1 - p) * g, abs=1e-12)
+        expected = math.sqrt((1 - p) / p) / math.sqrt(1 + STANDARDISE_EPS / (g * g * p * (1 - p)))
+        assert reads[g, True] == pytest.approx(expected, abs=1e-12)
+    assert reads[6.0, False] - reads[2.0, False] == pytest.approx((1 - p) * 4.0, abs=1e-12)
+    bound = STANDARDISE_EPS / (2 * 2.0**2 * p * (1 - p))
+    assert abs(reads[6.0, True] - reads[2.0, True]) < bound
 
 
 def test_aux_clip_means_adds_a_likelihood_of_the_window_means_given_w_outside_the_elbo():

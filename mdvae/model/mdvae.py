@@ -36,6 +36,9 @@ A departure, off by default (`centre_z`, issue 13): the decoders read each z_t m
 time mean over the decoded window, so a constant over the window reaches them only
 through w. The posteriors, priors and KLs are the seed's; only what the decoders see
 changes, and an offset added to a z sequence leaves both reconstructions as they were.
+A variant (`standardise_z_audio`): the audio decoder reads z_av and z_a standardised over
+the window (centred, and divided by their standard deviation over time), so a z that sits
+higher on voiced frames by an amount set by the clip's pitch no longer tells it that amount.
 A second, also off by default (`aux_clip_means`): an auxiliary likelihood of each
 window's time-averaged features given w alone, added to the training loss and left out of
 the ELBO. A third (`swap_cycle`): each sequence's z's decoded with another sequence's w
@@ -135,6 +138,9 @@ class AuthorsLayout(ConfigBase):
 
 
 SWAP_CYCLE_JUDGES = ("joint", "audio")
+# added to a z's variance over time before `standardise_z_audio` divides by its square
+# root: a dimension that hardly moves over the window is magnified at most 1 / 0.1 = 10x
+STANDARDISE_EPS = 0.01
 
 
 def call_fixed(module: nn.Module, *args):
@@ -180,6 +186,13 @@ class MDVAEConfig(ConfigBase):
     # decoded frames removed, so whatever is constant over a window (a clip's pitch level,
     # its speaker) can reach the decoders only through w; False is the seed's model
     centre_z: bool = False
+    # a departure (issue 13): True has the audio decoder read z_av and z_a standardised over
+    # the decoded frames (minus their time mean, divided by sqrt(their variance over time +
+    # STANDARDISE_EPS), per dimension; `centre_z` or not), so what a z holds for the voice is
+    # its shape over time and not its size: a latent that codes voicing can no longer pass
+    # the clip's pitch level as the height of its voiced frames. The visual decoder reads
+    # them as `centre_z` says. False is the seed's model
+    standardise_z_audio: bool = False
     # a departure (issue 13): > 0 adds this weight times an auxiliary likelihood of each
     # sequence's time-averaged features given w alone (a Gaussian decoder per stream from w,
     # nats per sequence divided by T, as the ELBO's terms) to the training loss, so w is
@@ -544,27 +557,40 @@ class MDVAE(nn.Module):
 
         `latents.w` may be (B, Lw) or per frame (B, T, Lw) (see `interpolate_w`).
         With `centre_z` the decoders read each z_t minus the z's mean over time, taken over
-        these latents' frames or over `reference`'s (the whole clip a few frames come from).
+        these latents' frames or over `reference`'s (the whole clip a few frames come from);
+        with `standardise_z_audio` the audio decoder reads them standardised there.
         Returns x_a_hat (B, T, Da), x_v_hat (B, T, Dv).
         """
         n_frames = latents.z_av.shape[1]
         w_t = frames_of_w(latents.w, n_frames)  # (B, T, Lw)
-        z_av, z_a, z_v = self.decoded_z(latents, reference)
-        x_a_hat = self.decoder_x_a(torch.cat([z_av, z_a, w_t], dim=-1))
-        x_v_hat = self.decoder_x_v(torch.cat([z_av, z_v, w_t], dim=-1))
+        z_a_in = self.decoded_z(latents, "audio", reference)
+        z_v_in = self.decoded_z(latents, "visual", reference)
+        x_a_hat = self.decoder_x_a(torch.cat([*z_a_in, w_t], dim=-1))
+        x_v_hat = self.decoder_x_v(torch.cat([*z_v_in, w_t], dim=-1))
         return x_a_hat, x_v_hat
 
     def decoded_z(
-        self, latents: Latents, reference: Latents | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """z_av, z_a, z_v as the decoders read them (B, T, L): as they are, or with
-        `centre_z` minus their time means over `reference` (default: `latents`)."""
-        groups = ("z_av", "z_a", "z_v")
+        self, latents: Latents, stream: str, reference: Latents | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The two dynamical latents the `stream` decoder reads ("audio": z_av, z_a;
+        "visual": z_av, z_v; each (B, T, L)): as they are, or minus their time means over
+        `reference` (default: `latents`) with `centre_z`, or for the audio decoder with
+        `standardise_z_audio` also divided by sqrt(their variance over time there +
+        STANDARDISE_EPS)."""
+        groups = ("z_av", "z_a") if stream == "audio" else ("z_av", "z_v")
         zs = tuple(getattr(latents, g) for g in groups)
-        if not self.config.centre_z:
+        standardise = stream == "audio" and self.config.standardise_z_audio
+        if not (self.config.centre_z or standardise):
             return zs
         ref = latents if reference is None else reference
-        return tuple(z - getattr(ref, g).mean(dim=1, keepdim=True) for z, g in zip(zs, groups))
+        out = []
+        for z, g in zip(zs, groups):
+            r = getattr(ref, g)
+            z = z - r.mean(dim=1, keepdim=True)
+            if standardise:
+                z = z / (r.var(dim=1, unbiased=False, keepdim=True) + STANDARDISE_EPS).sqrt()
+            out.append(z)
+        return tuple(out)
 
     def generate(
         self,
@@ -643,9 +669,8 @@ class MDVAE(nn.Module):
         w_other = latents.w.roll(1, dims=0)
         swapped = dataclasses.replace(latents, w=w_other)
         if self.config.swap_cycle_judge == "audio":
-            z_av, z_a, _ = self.decoded_z(swapped)
-            w_t = frames_of_w(w_other, z_av.shape[1])
-            x_a_hat = self.decoder_x_a(torch.cat([z_av, z_a, w_t], dim=-1))
+            w_t = frames_of_w(w_other, swapped.z_av.shape[1])
+            x_a_hat = self.decoder_x_a(torch.cat([*self.decoded_z(swapped, "audio"), w_t], -1))
             judge = self._audio_judge(x_a_hat, fixed=True)
         else:
             judge = self._posterior_w_fixed(*self.decode(swapped))
