@@ -105,6 +105,25 @@ GROUP_MEANING = {
     "z_a": "intonation and loudness (dynamical, audio only)",
     "z_v": "head motion and blinks (dynamical, visual only)",
 }
+# What a swapped group is meant to carry, as `train.evaluate` measures it on held-out
+# speakers (keys of the bundle's info["evaluation"]["summary"]): the swap notes quote the
+# bundle's own shares, so a user reads what this bundle does, not what the method intends.
+SWAP_RECORD: dict[str, tuple[tuple[str, str], ...]] = {
+    "w": (("speaker_video_follows_w", "the face's identity"),
+          ("speaker_audio_follows_w", "the voice's identity"),
+          ("f0_level_heard_follows_w", "the voice's pitch level"),
+          ("emotion_video_follows_w", "the face's emotion")),
+    "z_av": (("mouth_follows_z_av", "the mouth's shape"),
+             ("mouth_heard_follows_z_av", "the phones heard")),
+    "z_a": (("f0_contour_heard_follows_z_a", "the intonation"),),
+    "z_v": (("head_pose_follows_z_v", "the head's pose"),
+            ("blink_follows_z_v", "the blinks")),
+}
+# A yes/no factor the judge reads by balanced accuracy (chance 0.5): where the model's
+# own reconstructions read within NOT_RENDERED_MARGIN of chance, the model does not render
+# it, and a share of swaps "following" it means nothing (train.evaluate marks it so)
+BINARY_FACTORS = ("blink",)
+NOT_RENDERED_MARGIN = 0.05
 REGIONS: tuple[str, ...] = tuple(TEMPLATE_BOXES)  # ("mouth", "eyes")
 # The seed's denoising protocol corrupts the 6 central frames of 10.
 DENOISE_FRACTION = 0.6
@@ -291,6 +310,17 @@ def _move(latents: Latents, device: torch.device | str) -> Latents:
     return dataclasses.replace(
         latents, **{g: getattr(latents, g).to(device) for g in latents.group_names()}
     )
+
+
+def _share(summary: dict, key: str, what: str) -> str:
+    """"<what> in <share>% of the pairs", or "<what> never" for a yes/no factor the model's own
+    reconstructions show at chance (see BINARY_FACTORS)."""
+    factor = key.split("_follows_")[0]
+    rendered = summary.get(f"{factor}_rendered_by_mdvae")
+    if factor in BINARY_FACTORS and isinstance(rendered, (int, float)) and (
+            rendered < 0.5 + NOT_RENDERED_MARGIN):
+        return f"{what} never (the model does not rebuild them)"
+    return f"{what} in {100 * summary[key]:.0f}% of the pairs"
 
 
 def _crop(latents: Latents, n_frames: int) -> Latents:
@@ -588,7 +618,29 @@ class Pipeline:
                 f"cut to the first {n / FPS:.2f} s for the swap."
             )
         latents = _crop(enc_a.latents, n).swap(_crop(enc_b.latents, n), names)
+        record = self.swap_record(names)
+        if record:
+            notes.append(record)
         return self.decode(latents, notes)
+
+    def swap_record(self, groups: Iterable[str]) -> str | None:
+        """Markdown: how often, in the bundle's own evaluation on held-out speakers, each
+        factor followed the swapped `groups` (shares of `SWAP_RECORD`), or None when the
+        bundle carries no evaluation with them."""
+        summary = self.bundle.info.get("evaluation", {}).get("summary", {})
+        parts = []
+        for group in GROUPS:
+            if group not in groups:
+                continue
+            shares = [_share(summary, key, what) for key, what in SWAP_RECORD.get(group, ())
+                      if isinstance(summary.get(key), (int, float))]
+            if shares:
+                parts.append(f"B's {group} brought {', '.join(shares)}")
+        if not parts:
+            return None
+        return ("In this bundle's evaluation on held-out speakers (`train.evaluate`, pairs "
+                "of clips), " + "; ".join(parts) + ". Under 50%, the factor "
+                "mostly stayed with A: this model does not carry it with that group.")
 
     def interpolate(self, enc_a: Encoded, enc_b: Encoded, alpha: float | None = None) -> Decoded:
         """Clip A with w~_t = alpha_t w_A + (1 - alpha_t) w_B and A's dynamical latents.
