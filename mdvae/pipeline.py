@@ -627,7 +627,10 @@ class Pipeline:
         """Markdown: how often, in the bundle's own evaluation on held-out speakers, each
         factor followed the swapped `groups` (shares of `SWAP_RECORD`), or None when the
         bundle carries no evaluation with them."""
-        summary = self.bundle.info.get("evaluation", {}).get("summary", {})
+        evaluation = self.bundle.info.get("evaluation")
+        summary = evaluation.get("summary") if isinstance(evaluation, dict) else None
+        if not isinstance(summary, dict):
+            return None
         parts = []
         for group in GROUPS:
             if group not in groups:

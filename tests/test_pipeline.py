@@ -145,6 +145,8 @@ def test_swap_notes_quote_what_the_bundle_was_measured_to_carry(pipe, encoded, m
     summary["blink_rendered_by_mdvae"] = 0.78  # rendered: its share is quoted
     assert "the blinks in 54% of the pairs" in pipe.swap_record({"z_v"})
     assert pipe.swap_record({"z_a"}) is None
+    monkeypatch.setitem(pipe.bundle.info, "evaluation", "evaluated elsewhere")  # a bare note
+    assert pipe.swap_record({"w"}) is None
 
 
 def test_interpolation_ends_and_sweep(pipe, encoded):
