@@ -561,13 +561,17 @@ class MDVAE(nn.Module):
         with `standardise_z_audio` the audio decoder reads them standardised there.
         Returns x_a_hat (B, T, Da), x_v_hat (B, T, Dv).
         """
-        n_frames = latents.z_av.shape[1]
-        w_t = frames_of_w(latents.w, n_frames)  # (B, T, Lw)
-        z_a_in = self.decoded_z(latents, "audio", reference)
-        z_v_in = self.decoded_z(latents, "visual", reference)
-        x_a_hat = self.decoder_x_a(torch.cat([*z_a_in, w_t], dim=-1))
-        x_v_hat = self.decoder_x_v(torch.cat([*z_v_in, w_t], dim=-1))
-        return x_a_hat, x_v_hat
+        return (self.decode_stream(latents, "audio", reference),
+                self.decode_stream(latents, "visual", reference))
+
+    def decode_stream(
+        self, latents: Latents, stream: str, reference: Latents | None = None
+    ) -> Tensor:
+        """One stream's half of `decode`: the means of p(x_a_t | ...) ("audio") or of
+        p(x_v_t | ...) ("visual"), every t (B, T, D)."""
+        w_t = frames_of_w(latents.w, latents.z_av.shape[1])  # (B, T, Lw)
+        decoder = self.decoder_x_a if stream == "audio" else self.decoder_x_v
+        return decoder(torch.cat([*self.decoded_z(latents, stream, reference), w_t], dim=-1))
 
     def decoded_z(
         self, latents: Latents, stream: str, reference: Latents | None = None
@@ -669,9 +673,7 @@ class MDVAE(nn.Module):
         w_other = latents.w.roll(1, dims=0)
         swapped = dataclasses.replace(latents, w=w_other)
         if self.config.swap_cycle_judge == "audio":
-            w_t = frames_of_w(w_other, swapped.z_av.shape[1])
-            x_a_hat = self.decoder_x_a(torch.cat([*self.decoded_z(swapped, "audio"), w_t], -1))
-            judge = self._audio_judge(x_a_hat, fixed=True)
+            judge = self._audio_judge(self.decode_stream(swapped, "audio"), fixed=True)
         else:
             judge = self._posterior_w_fixed(*self.decode(swapped))
         return -judge.log_prob(w_other.detach()).mean() / latents.z_av.shape[1]
