@@ -119,11 +119,6 @@ SWAP_RECORD: dict[str, tuple[tuple[str, str], ...]] = {
     "z_v": (("head_pose_follows_z_v", "the head's pose"),
             ("blink_follows_z_v", "the blinks")),
 }
-# A yes/no factor the judge reads by balanced accuracy (chance 0.5): where the model's
-# own reconstructions read within NOT_RENDERED_MARGIN of chance, the model does not render
-# it, and a share of swaps "following" it means nothing (train.evaluate marks it so)
-BINARY_FACTORS = ("blink",)
-NOT_RENDERED_MARGIN = 0.05
 REGIONS: tuple[str, ...] = tuple(TEMPLATE_BOXES)  # ("mouth", "eyes")
 # The seed's denoising protocol corrupts the 6 central frames of 10.
 DENOISE_FRACTION = 0.6
@@ -313,13 +308,11 @@ def _move(latents: Latents, device: torch.device | str) -> Latents:
 
 
 def _share(summary: dict, key: str, what: str) -> str:
-    """"<what> in <share>% of the pairs", or "<what> never" for a yes/no factor the model's own
-    reconstructions show at chance (see BINARY_FACTORS)."""
-    factor = key.split("_follows_")[0]
-    rendered = summary.get(f"{factor}_rendered_by_mdvae")
-    if factor in BINARY_FACTORS and isinstance(rendered, (int, float)) and (
-            rendered < 0.5 + NOT_RENDERED_MARGIN):
-        return f"{what} never (the model does not rebuild them)"
+    """"<what> in <share>% of the pairs", or "<what> never" for a factor that `train.evaluate`
+    found the model's own reconstructions do not render (summary "<factor>_rendered" false):
+    a share of swaps "following" such a factor is the judge's guess, not the model's doing."""
+    if summary.get(f"{key.split('_follows_')[0]}_rendered") is False:
+        return f"{what} never (this model does not rebuild them)"
     return f"{what} in {100 * summary[key]:.0f}% of the pairs"
 
 

@@ -415,6 +415,14 @@ def test_swaps_of_an_unrendered_factor_are_uninformative_not_scored():
     results["disentanglement"]["swaps"]["pairs"] = 10
     text = "\n".join(report._swap_table(results["disentanglement"]))
     assert "blink (video) (not rendered: uninformative)" in text and ": **no**" in text
+    # the summary (a bundle's card) keeps the decision, so the app can say so; a judge that
+    # cannot read the VQ-VAE's reconstructions above blind leaves nothing decided
+    results["disentanglement"]["rendered"]["mouth"].update(codec=0.5)
+    generation = {"sync": {"given_w": 0.5}}  # what the summary also reads
+    summary = report.summary({"disentanglement": {**results["disentanglement"],
+                                                  "generation": generation}})
+    assert summary["blink_rendered"] is False and summary["head_pose_rendered"] is True
+    assert summary["mouth_rendered"] is None
 
 
 def test_denoising_gain_is_against_the_models_own_clean_reconstruction():

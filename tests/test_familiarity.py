@@ -167,6 +167,8 @@ def test_export_adds_the_reference_to_a_bundle_and_keeps_its_weights(tiny_bundle
     assert all(torch.equal(before[k], after[k]) for k in before)
     info = load_bundle(out).info
     assert info["evaluation"]["markdown"] == "**re-evaluated**"  # --results applies too
+    # the stored summary, with what report.summary keeps today recomputed from the results
+    assert info["evaluation"]["summary"] == {"passed": 0, "targets_passed": "0/0"}
     assert "**re-evaluated**" in (out / "README.md").read_text()
     table = info["familiarity"]
     # the tiny store's one test speaker has 4 clips: every score's table counts them

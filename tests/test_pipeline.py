@@ -125,12 +125,12 @@ def test_swap_groups_checked_and_w_keeps_a_length(pipe, encoded):
 
 def test_swap_notes_quote_what_the_bundle_was_measured_to_carry(pipe, encoded, monkeypatch):
     """With an evaluation in the bundle, a swap's notes give the shares of the swapped groups'
-    factors (and only theirs); a yes/no factor the model renders at chance is said never to
-    follow; without an evaluation there is no such note (test above)."""
+    factors (and only theirs); a factor train.evaluate found the model does not render is
+    said never to follow; without an evaluation there is no such note (test above)."""
     enc_a, enc_b = encoded
     summary = {"speaker_video_follows_w": 1.0, "f0_level_heard_follows_w": 0.061,
                "mouth_follows_z_av": 0.6775, "head_pose_follows_z_v": 0.83,
-               "blink_follows_z_v": 0.54, "blink_rendered_by_mdvae": 0.4995,
+               "blink_follows_z_v": 0.54, "blink_rendered": False, "head_pose_rendered": True,
                "f0_contour_heard_follows_z_a": "n/a"}  # not a number: left out
     monkeypatch.setitem(pipe.bundle.info, "evaluation", {"summary": summary})
     notes = pipe.swap(enc_a, enc_b, ["w"]).notes
@@ -142,8 +142,9 @@ def test_swap_notes_quote_what_the_bundle_was_measured_to_carry(pipe, encoded, m
     assert ("B's z_av brought the mouth's shape in 68% of the pairs; B's z_v brought the "
             "head's pose in 83% of the pairs, the blinks never") in record
     assert "z_a" not in record.replace("z_av", "")
-    summary["blink_rendered_by_mdvae"] = 0.78  # rendered: its share is quoted
-    assert "the blinks in 54% of the pairs" in pipe.swap_record({"z_v"})
+    for flag in (True, None):  # rendered, or nothing to decide on: its share is quoted
+        summary["blink_rendered"] = flag
+        assert "the blinks in 54% of the pairs" in pipe.swap_record({"z_v"})
     assert pipe.swap_record({"z_a"}) is None
     monkeypatch.setitem(pipe.bundle.info, "evaluation", "evaluated elsewhere")  # a bare note
     assert pipe.swap_record({"w"}) is None

@@ -38,6 +38,7 @@ from mdvae.components import (
 )
 from mdvae.data.store import Store
 from mdvae.errors import ConfigError, MDVAEError
+from mdvae.eval.report import summary as evaluation_summary
 from train import common
 from train.reference import reference_info
 from train.runs import feature_key, load_stage1, load_stage2
@@ -314,8 +315,10 @@ def main(argv: list[str] | None = None) -> Path:
         components, info = from_runs(args)
     if args.results:  # with --bundle too: a re-evaluated bundle's card follows its results
         results = json.loads(Path(args.results).read_text())
-        info["evaluation"] = {"summary": results.get("summary", {}),
-                              "markdown": results.get("markdown", "")}
+        # the summary recomputed from the full results: an older evaluation's card gains
+        # what the summary has learnt to keep since (the evaluation itself is not rerun)
+        kept = {**results.get("summary", {}), **evaluation_summary(results)}
+        info["evaluation"] = {"summary": kept, "markdown": results.get("markdown", "")}
     if args.reference_store:
         reference = reference_info(components, args.reference_store,
                                    emotion=info.get("emotion"))
