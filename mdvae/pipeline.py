@@ -312,7 +312,7 @@ def _share(summary: dict, key: str, what: str) -> str:
     found the model's own reconstructions do not render (summary "<factor>_rendered" false):
     a share of swaps "following" such a factor is the judge's guess, not the model's doing."""
     if summary.get(f"{key.split('_follows_')[0]}_rendered") is False:
-        return f"{what} never (this model does not rebuild them)"
+        return f"{what} never (not rebuilt by this model)"
     return f"{what} in {100 * summary[key]:.0f}% of the pairs"
 
 
