@@ -204,12 +204,18 @@ SWAPS: dict[str, tuple[str, ...]] = {
 RENDER_SHARE = 0.5
 
 
+def decidable(q_codec: float | None, blind: float | None) -> bool:
+    """Can `rendering` decide? Only where the judge reads the VQ-VAE's reconstructions
+    above a blind guess: otherwise there is nothing to compare the model with."""
+    return None not in (q_codec, blind) and q_codec > blind
+
+
 def rendering(model: HeadScore, codec: HeadScore) -> dict[str, Any]:
     """Does the model's own reconstruction render a factor? model, codec: the judge's score
     on the model's and on the VQ-VAE's reconstructions of the same clean clips."""
     q_model, q_codec, blind = model.quality, codec.quality, codec.blind
     out = {"model": q_model, "codec": q_codec, "blind": blind, "rendered": False}
-    if None in (q_model, q_codec, blind) or not q_codec > blind:
+    if q_model is None or not decidable(q_codec, blind):
         return out  # nothing to compare with: the judge cannot read the codec either
     out["rendered"] = bool(q_model - blind >= RENDER_SHARE * (q_codec - blind))
     return out

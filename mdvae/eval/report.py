@@ -227,10 +227,9 @@ def summary(results: dict) -> dict:
                 out[f"{f.name}_follows_{f.latent}_se"] = cell.get("follow_se")
         for name, r in dis.get("rendered", {}).items():
             out[f"{name}_rendered_by_mdvae"] = r["model"]
-            # train.evaluate's decision (D.rendering); None where the judge cannot read the
-            # VQ-VAE's reconstructions above blind either, so there is nothing to decide on
-            readable = None not in (r.get("codec"), r.get("blind")) and r["codec"] > r["blind"]
-            out[f"{name}_rendered"] = bool(r["rendered"]) if readable else None
+            # train.evaluate's decision (D.rendering); None where it had nothing to decide on
+            decided = D.decidable(r.get("codec"), r.get("blind"))
+            out[f"{name}_rendered"] = bool(r["rendered"]) if decided else None
         out["mouth_sync_given_w"] = dis["generation"]["sync"]["given_w"]
     rows = results.get("targets", [])
     out["targets_passed"] = f"{sum(r['status'] == 'pass' for r in rows)}/{len(rows)}"
