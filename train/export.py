@@ -5,9 +5,9 @@
         --emotion runs/emotion --results runs/eval/results.json --out checkpoints
     python -m train.export ... --push-to-hub you/vq-mdvae-synthetic
     python -m train.export ... --reference-store data/synthetic   # familiarity, calibration
-    python -m train.export --bundle checkpoints --reference-store data/synthetic \
+    python -m train.export --bundle checkpoints --reference-store data/synthetic \\
         --out checkpoints                 # the same weights, the reference statistics added
-    python -m train.export --bundle checkpoints --mdvae runs/mdvae2 --dsae-audio ... \
+    python -m train.export --bundle checkpoints --mdvae runs/mdvae2 --dsae-audio ... \\
         --dsae-visual ... --emotion runs/emotion2 --out runs/bundle2   # new stage 2, same VQ-VAEs
 
 `--reference-store` scores the store's test clips (the familiarity table the app places

@@ -1,6 +1,6 @@
 """Render the README's reconstruction figure from a bundle and the example clips.
 
-    python -m train.figures --bundle checkpoints --examples examples \
+    python -m train.figures --bundle checkpoints --examples examples \\
         --out docs/reconstruction_examples.png
 
 For every example clip: the original frames, the VQ-VAE's reconstruction (stage 1 alone)

@@ -17,7 +17,7 @@ the baseline matches the model it is compared with; --dsae-* flags still overrid
 --init-from RUN fine-tunes: a new run folder starts from a finished run's weights with a
 fresh optimiser and learning-rate schedule, e.g. with a higher decoder floor:
 
-    python -m train.stage2 ... --model mdvae --init-from runs/mdvae --out runs/mdvae_ft \
+    python -m train.stage2 ... --model mdvae --init-from runs/mdvae --out runs/mdvae_ft \\
         --steps 4000 --kl-warmup 0 --mdvae-obs-logvar-min -3
 
 --freeze-w-encoder (with --init-from) keeps q(w) exactly as the source run learnt it: every
