@@ -178,6 +178,7 @@ def test_export_puts_new_stage2_runs_inside_a_bundles_vq_vaes(runs, tiny_store, 
     shutil.copytree(runs / "mdvae", other)
     config = json.loads((other / "config.json").read_text())
     config["feature_key"] = "0" * 16
+    config["modality_keys"] = {"audio": "0" * 16, "visual": "0" * 16}
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="other VQ-VAEs"):
         export.main(["--bundle", str(first), "--mdvae", str(other), "--emotion",
@@ -478,3 +479,42 @@ def test_stage2_freeze_w_encoder_trains_all_but_the_posterior_of_w(runs, tiny_st
     with pytest.raises(ConfigError, match="--init-from"):
         stage2.main([*flags, "--model", "mdvae", "--out", str(tmp_path / "scratch"),
                      "--steps", "5", "--freeze-w-encoder"])
+
+
+@pytest.mark.slow
+def test_a_dsae_stays_valid_beside_a_new_vq_vae_of_the_other_modality(runs, tiny_store,
+                                                                       tmp_path):
+    """Each stage-2 run records a hash of each VQ-VAE it was trained inside; export accepts
+    a one-modality DSAE whose own modality's VQ-VAE is the bundle's even where the other
+    changed, and refuses any run that read another VQ-VAE's features."""
+    stage1.main(["--store", str(tiny_store), "--modality", "visual", "--out",
+                 str(tmp_path / "vq_visual2"), "--steps", "5", "--batch-size", "16",
+                 "--val-every", "5", "--seed", "7", *FAST, *TINY_VQ_FLAGS])
+    new_vq = ["--vq-visual", str(tmp_path / "vq_visual2"), "--vq-audio", str(runs / "vq_audio")]
+    stage2.main(["--store", str(tiny_store), *new_vq, "--seq-len", "12", "--batch-size", "8",
+                 "--val-every", "5", "--model", "mdvae", "--out", str(tmp_path / "mdvae2"),
+                 "--steps", "5", *FAST, *TINY_MDVAE_FLAGS])
+    recorded = json.loads((tmp_path / "mdvae2" / "config.json").read_text())["modality_keys"]
+    old = json.loads((runs / "dsae_audio" / "config.json").read_text())["modality_keys"]
+    assert recorded["audio"] == old["audio"] and recorded["visual"] != old["visual"]
+    heads = tmp_path / "heads"
+    emotion.main(["--store", str(tiny_store), *new_vq, "--mdvae", str(tmp_path / "mdvae2"),
+                  "--dsae-audio", str(runs / "dsae_audio"), "--out", str(heads)])
+    out = export.main([*new_vq, "--mdvae", str(tmp_path / "mdvae2"), "--dsae-audio",
+                       str(runs / "dsae_audio"), "--emotion", str(heads), "--out",
+                       str(tmp_path / "bundle")])
+    assert "dsae_audio" in load_bundle(out).components
+    # the V-DSAE and the MDVAE read the old visual VQ-VAE's features: refused, nothing written
+    for flags in (["--mdvae", str(tmp_path / "mdvae2"), "--dsae-visual",
+                   str(runs / "dsae_visual")], ["--mdvae", str(runs / "mdvae")]):
+        with pytest.raises(ConfigError, match="other VQ-VAEs"):
+            export.main([*new_vq, *flags, "--out", str(tmp_path / "refused")])
+        assert not (tmp_path / "refused").exists()
+    # the same check inside a bundle's VQ-VAEs, and for an unpacked run
+    unpacked = unpack.main(["--bundle", str(out), "--out", str(tmp_path / "unpacked")])
+    second = export.main(["--bundle", str(out), "--dsae-audio", str(unpacked["dsae_audio"]),
+                          "--emotion", str(heads), "--out", str(tmp_path / "second")])
+    assert "dsae_audio" in load_bundle(second).components
+    with pytest.raises(ConfigError, match="other VQ-VAEs"):
+        export.main(["--bundle", str(out), "--dsae-visual", str(runs / "dsae_visual"),
+                     "--emotion", str(tmp_path / "heads"), "--out", str(tmp_path / "third")])

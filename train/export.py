@@ -41,7 +41,7 @@ from mdvae.errors import ConfigError, MDVAEError
 from mdvae.eval.report import summary as evaluation_summary
 from train import common
 from train.reference import reference_info
-from train.runs import feature_key, load_stage1, load_stage2
+from train.runs import feature_key, load_stage1, load_stage2, trained_inside
 
 
 def run_summary(run_dir: str) -> dict[str, Any]:
@@ -205,6 +205,16 @@ def training_data(mdvae_run: str) -> dict[str, Any]:
         return {"store": store, "note": f"store not readable at export: {err}"}
 
 
+def check_trained_inside(run_dir: str, vq_audio, vq_visual) -> None:
+    """Refuse a stage-2 run that read other VQ-VAEs' features than these (its decoders
+    would turn out noise): the same pair, or for a DSAE the same VQ-VAE of its modality."""
+    config = common.RunFolder(run_dir, writer=False).read_config()
+    if not trained_inside(config, vq_audio, vq_visual):
+        raise ConfigError(f"{run_dir} was trained on the features of other VQ-VAEs (key "
+                          f"{config.get('feature_key')}) than the bundle's "
+                          f"({feature_key(vq_audio, vq_visual)})")
+
+
 def from_runs(args) -> tuple[dict, dict[str, Any]]:
     """Components and info from the run folders named on the command line."""
     components = {
@@ -213,6 +223,9 @@ def from_runs(args) -> tuple[dict, dict[str, Any]]:
         MDVAE_MODEL: load_stage2(args.mdvae),
     }
     runs = {VQ_VISUAL: args.vq_visual, VQ_AUDIO: args.vq_audio, MDVAE_MODEL: args.mdvae}
+    for name in (MDVAE_MODEL, DSAE_AUDIO, DSAE_VISUAL):
+        if getattr(args, name):
+            check_trained_inside(getattr(args, name), components[VQ_AUDIO], components[VQ_VISUAL])
     for name in (DSAE_AUDIO, DSAE_VISUAL):
         if getattr(args, name):
             components[name] = load_stage2(getattr(args, name))
@@ -238,15 +251,11 @@ def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
     kept stay as they were). What was measured on the old models (evaluation, familiarity
     table) no longer applies and is dropped.
     """
-    key = feature_key(components[VQ_AUDIO], components[VQ_VISUAL])
     runs = {MDVAE_MODEL: args.mdvae, DSAE_AUDIO: args.dsae_audio, DSAE_VISUAL: args.dsae_visual}
     for name, path in runs.items():
         if not path:
             continue
-        trained_on = common.RunFolder(path, writer=False).read_config().get("feature_key")
-        if trained_on != key:
-            raise ConfigError(f"{path} was trained on the features of other VQ-VAEs (key "
-                              f"{trained_on}) than the bundle's ({key})")
+        check_trained_inside(path, components[VQ_AUDIO], components[VQ_VISUAL])
         components[name] = load_stage2(path)
         info.setdefault("runs", {})[name] = run_summary(path)
     if not args.emotion:

@@ -44,14 +44,47 @@ def load_stage2(run_dir: str) -> torch.nn.Module:
     return load_model(run_dir, "stage2")
 
 
+def _hash_weights(digest, model: VQVAE) -> None:
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+
+
 def feature_key(vq_audio: VQVAE, vq_visual: VQVAE) -> str:
     """A hash of both stage-1 models' weights: cached features are valid for these only."""
     digest = hashlib.sha256()
     for model in (vq_audio, vq_visual):
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        _hash_weights(digest, model)
     return digest.hexdigest()[:16]
+
+
+def modality_keys(vq_audio: VQVAE, vq_visual: VQVAE) -> dict[str, str]:
+    """A hash of each stage-1 model's weights alone: a one-modality DSAE read the features
+    of one of them, and stays valid beside a new VQ-VAE of the other modality."""
+    keys = {}
+    for modality, model in (("audio", vq_audio), ("visual", vq_visual)):
+        digest = hashlib.sha256()
+        _hash_weights(digest, model)
+        keys[modality] = digest.hexdigest()[:16]
+    return keys
+
+
+# the features each stage-2 model kind reads (a run config's "model_kind")
+READS = {"mdvae": ("audio", "visual"), "dsae-audio": ("audio",), "dsae-visual": ("visual",)}
+
+
+def trained_inside(config: dict, vq_audio: VQVAE, vq_visual: VQVAE) -> bool:
+    """Whether the stage-2 run whose config this is read these VQ-VAEs' features: the same
+    pair (its feature key), or, for a one-modality DSAE, the same VQ-VAE of its modality
+    (its per-modality keys, which runs record since session 21; older runs only the pair)."""
+    if config.get("feature_key") == feature_key(vq_audio, vq_visual):
+        return True
+    recorded = config.get("modality_keys")
+    kind = config.get("model_kind")
+    if not recorded or kind not in READS:
+        return False
+    current = modality_keys(vq_audio, vq_visual)
+    return all(recorded.get(m) == current[m] for m in READS[kind])
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ from mdvae.bundle import load_bundle
 from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, MDVAE_MODEL, VQ_AUDIO, VQ_VISUAL
 from mdvae.errors import ConfigError
 from train import common
-from train.runs import feature_key
+from train.runs import feature_key, modality_keys
 
 # Component -> (program, stage-2 model kind)
 UNPACKED = {
@@ -46,9 +46,10 @@ UNPACKED = {
 }
 
 
-def run_config(name: str, module: torch.nn.Module, record: dict[str, Any], key: str,
-               source: dict[str, Any]) -> dict[str, Any]:
-    """The config.json of the run folder for component `name`."""
+def run_config(name: str, module: torch.nn.Module, record: dict[str, Any],
+               key: tuple[str, dict[str, str]], source: dict[str, Any]) -> dict[str, Any]:
+    """The config.json of the run folder for component `name` (`key`: the bundle's feature
+    key and per-modality keys)."""
     program, kind = UNPACKED[name]
     config: dict[str, Any] = {
         "program": program,
@@ -63,7 +64,7 @@ def run_config(name: str, module: torch.nn.Module, record: dict[str, Any], key: 
     if program == "stage1":
         config["modality"] = "visual" if name == VQ_VISUAL else "audio"
     else:
-        config.update({"model_kind": kind, "feature_key": key})
+        config.update({"model_kind": kind, "feature_key": key[0], "modality_keys": key[1]})
     return config
 
 
@@ -77,7 +78,8 @@ def unpack(bundle_path: str, out: str | Path) -> dict[str, Path]:
     taken = [str(out / name) for name in present if (out / name).exists()]
     if taken:
         raise ConfigError(f"{', '.join(taken)} already exist: unpack into a new folder")
-    key = feature_key(bundle.components[VQ_AUDIO], bundle.components[VQ_VISUAL])
+    vq = (bundle.components[VQ_AUDIO], bundle.components[VQ_VISUAL])
+    key = (feature_key(*vq), modality_keys(*vq))
     source = {"bundle": str(bundle_path), "exported": bundle.info.get("exported"),
               "unpacked": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     records = bundle.info.get("runs", {})
