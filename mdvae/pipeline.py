@@ -624,19 +624,23 @@ class Pipeline:
         summary = evaluation.get("summary") if isinstance(evaluation, dict) else None
         if not isinstance(summary, dict):
             return None
-        parts = []
+        parts, stayed = [], False
         for group in GROUPS:
             if group not in groups:
                 continue
-            shares = [_share(summary, key, what) for key, what in SWAP_RECORD.get(group, ())
+            quoted = [(key, what) for key, what in SWAP_RECORD.get(group, ())
                       if isinstance(summary.get(key), (int, float))]
-            if shares:
-                parts.append(f"B's {group} brought {', '.join(shares)}")
+            if quoted:
+                parts.append(f"B's {group} brought "
+                             + ", ".join(_share(summary, key, what) for key, what in quoted))
+                stayed |= any(summary[key] < 0.5 for key, _ in quoted)
         if not parts:
             return None
+        # the reading of a low share, said only where one is quoted ("never" says itself)
         return ("In this bundle's evaluation on held-out speakers (`train.evaluate`, pairs "
-                "of clips), " + "; ".join(parts) + ". Under 50%, the factor "
-                "mostly stayed with A: this model does not carry it with that group.")
+                "of clips), " + "; ".join(parts) + "."
+                + (" Under 50%, the factor mostly stayed with A: this model does not carry "
+                   "it with that group." if stayed else ""))
 
     def interpolate(self, enc_a: Encoded, enc_b: Encoded, alpha: float | None = None) -> Decoded:
         """Clip A with w~_t = alpha_t w_A + (1 - alpha_t) w_B and A's dynamical latents.

@@ -145,6 +145,8 @@ def test_swap_notes_quote_what_the_bundle_was_measured_to_carry(pipe, encoded, m
     for flag in (True, None):  # rendered, or nothing to decide on: its share is quoted
         summary["blink_rendered"] = flag
         assert "the blinks in 54% of the pairs" in pipe.swap_record({"z_v"})
+    # what a share under 50% means is said only where one is quoted
+    assert "Under 50%" in notes[0] and "Under 50%" not in pipe.swap_record({"z_v"})
     assert pipe.swap_record({"z_a"}) is None
     monkeypatch.setitem(pipe.bundle.info, "evaluation", "evaluated elsewhere")  # a bare note
     assert pipe.swap_record({"w"}) is None
