@@ -77,7 +77,8 @@ def test_an_example_face_with_real_speech_is_unfamiliar_by_its_voice(pipeline, t
     the threshold before session 8, lay beyond it at a spread of about 3 on the session-8
     bundle, whose visual decoder was floored at -3, was at about 1.1 on the session-9
     bundle, whose visual nats again vary widely over the test clips, and is at about 1.4 on
-    the session-10 one, close to the threshold of 1.5; here the voice is at 5.6.)"""
+    the session-10 one, close to the threshold of 1.5, and at 1.46 on the session-21 one;
+    the voice was at 5.6 on the session-12 bundle and is at 10.1 on the session-21 one.)"""
     from train.familiarity_check import N_FRAMES, speech
 
     example = ROOT / "examples" / "spk02_happy.mp4"
