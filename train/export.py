@@ -41,7 +41,7 @@ from mdvae.errors import ConfigError, MDVAEError
 from mdvae.eval.report import summary as evaluation_summary
 from train import common
 from train.reference import reference_info
-from train.runs import feature_key, load_stage1, load_stage2, trained_inside
+from train.runs import load_stage1, load_stage2, stage1_keys, trained_inside
 
 
 def run_summary(run_dir: str) -> dict[str, Any]:
@@ -205,14 +205,15 @@ def training_data(mdvae_run: str) -> dict[str, Any]:
         return {"store": store, "note": f"store not readable at export: {err}"}
 
 
-def check_trained_inside(run_dir: str, vq_audio, vq_visual) -> None:
-    """Refuse a stage-2 run that read other VQ-VAEs' features than these (its decoders
-    would turn out noise): the same pair, or for a DSAE the same VQ-VAE of its modality."""
+def check_trained_inside(run_dir: str, keys: dict[str, Any]) -> None:
+    """Refuse a stage-2 run that read the features of other VQ-VAEs than those whose
+    `stage1_keys` are `keys` (its decoders would turn out noise): the same pair, or for a
+    DSAE the same VQ-VAE of its modality."""
     config = common.RunFolder(run_dir, writer=False).read_config()
-    if not trained_inside(config, vq_audio, vq_visual):
+    if not trained_inside(config, keys):
         raise ConfigError(f"{run_dir} was trained on the features of other VQ-VAEs (key "
                           f"{config.get('feature_key')}) than the bundle's "
-                          f"({feature_key(vq_audio, vq_visual)})")
+                          f"({keys['feature_key']})")
 
 
 def from_runs(args) -> tuple[dict, dict[str, Any]]:
@@ -223,9 +224,10 @@ def from_runs(args) -> tuple[dict, dict[str, Any]]:
         MDVAE_MODEL: load_stage2(args.mdvae),
     }
     runs = {VQ_VISUAL: args.vq_visual, VQ_AUDIO: args.vq_audio, MDVAE_MODEL: args.mdvae}
+    keys = stage1_keys(components[VQ_AUDIO], components[VQ_VISUAL])
     for name in (MDVAE_MODEL, DSAE_AUDIO, DSAE_VISUAL):
         if getattr(args, name):
-            check_trained_inside(getattr(args, name), components[VQ_AUDIO], components[VQ_VISUAL])
+            check_trained_inside(getattr(args, name), keys)
     for name in (DSAE_AUDIO, DSAE_VISUAL):
         if getattr(args, name):
             components[name] = load_stage2(getattr(args, name))
@@ -251,11 +253,12 @@ def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
     kept stay as they were). What was measured on the old models (evaluation, familiarity
     table) no longer applies and is dropped.
     """
+    keys = stage1_keys(components[VQ_AUDIO], components[VQ_VISUAL])
     runs = {MDVAE_MODEL: args.mdvae, DSAE_AUDIO: args.dsae_audio, DSAE_VISUAL: args.dsae_visual}
     for name, path in runs.items():
         if not path:
             continue
-        check_trained_inside(path, components[VQ_AUDIO], components[VQ_VISUAL])
+        check_trained_inside(path, keys)
         components[name] = load_stage2(path)
         info.setdefault("runs", {})[name] = run_summary(path)
     if not args.emotion:

@@ -8,6 +8,7 @@ the bundle registry from the class and config that the run folder records.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,33 +59,34 @@ def feature_key(vq_audio: VQVAE, vq_visual: VQVAE) -> str:
     return digest.hexdigest()[:16]
 
 
-def modality_keys(vq_audio: VQVAE, vq_visual: VQVAE) -> dict[str, str]:
-    """A hash of each stage-1 model's weights alone: a one-modality DSAE read the features
-    of one of them, and stays valid beside a new VQ-VAE of the other modality."""
-    keys = {}
+def stage1_keys(vq_audio: VQVAE, vq_visual: VQVAE) -> dict[str, Any]:
+    """What a stage-2 run's config records of the VQ-VAEs it read: the pair's feature key,
+    and a hash of each one's weights alone ("modality_keys"; a one-modality DSAE read the
+    features of one of them, and stays valid beside a new VQ-VAE of the other modality)."""
+    modality_keys = {}
     for modality, model in (("audio", vq_audio), ("visual", vq_visual)):
         digest = hashlib.sha256()
         _hash_weights(digest, model)
-        keys[modality] = digest.hexdigest()[:16]
-    return keys
+        modality_keys[modality] = digest.hexdigest()[:16]
+    return {"feature_key": feature_key(vq_audio, vq_visual), "modality_keys": modality_keys}
 
 
 # the features each stage-2 model kind reads (a run config's "model_kind")
 READS = {"mdvae": ("audio", "visual"), "dsae-audio": ("audio",), "dsae-visual": ("visual",)}
 
 
-def trained_inside(config: dict, vq_audio: VQVAE, vq_visual: VQVAE) -> bool:
-    """Whether the stage-2 run whose config this is read these VQ-VAEs' features: the same
-    pair (its feature key), or, for a one-modality DSAE, the same VQ-VAE of its modality
-    (its per-modality keys, which runs record since session 21; older runs only the pair)."""
-    if config.get("feature_key") == feature_key(vq_audio, vq_visual):
+def trained_inside(config: dict, keys: dict[str, Any]) -> bool:
+    """Whether the stage-2 run whose config this is read the features of the VQ-VAEs whose
+    `stage1_keys` are `keys`: the same pair (its feature key), or, for a one-modality DSAE,
+    the same VQ-VAE of its modality (its per-modality keys, which runs record since session
+    21; older runs only the pair)."""
+    if config.get("feature_key") == keys["feature_key"]:
         return True
     recorded = config.get("modality_keys")
     kind = config.get("model_kind")
     if not recorded or kind not in READS:
         return False
-    current = modality_keys(vq_audio, vq_visual)
-    return all(recorded.get(m) == current[m] for m in READS[kind])
+    return all(recorded.get(m) == keys["modality_keys"][m] for m in READS[kind])
 
 
 @torch.no_grad()

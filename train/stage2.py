@@ -42,7 +42,7 @@ from mdvae.model.elbo import KLWeights
 from mdvae.model.mdvae import MDVAE, MDVAEConfig
 from train import common
 from train.data import FeatureWindowStream, fixed_batches
-from train.runs import cached_features, load_stage1, modality_keys, trained_inside
+from train.runs import cached_features, load_stage1, stage1_keys, trained_inside
 
 MODELS = ("mdvae", "dsae-audio", "dsae-visual")
 
@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     if not d.is_main:
         audio, visual, key = cached_features(store, vq_audio, vq_visual, write=False)
 
-    if init is not None and not trained_inside(init["config"], vq_audio, vq_visual):
+    keys = stage1_keys(vq_audio, vq_visual)
+    if init is not None and not trained_inside(init["config"], keys):
         raise ConfigError(
             f"--init-from {args.init_from} was trained on features "
             f"{init['config'].get('feature_key')} and these VQ-VAEs give {key}: fine-tune "
@@ -352,8 +353,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         "model_class": type(model).__name__,
         "vq_visual": str(args.vq_visual),
         "vq_audio": str(args.vq_audio),
-        "feature_key": key,
-        "modality_keys": modality_keys(vq_audio, vq_visual),
+        **keys,
         "preset": args.preset,
         "seq_len": args.seq_len,
         "kl_warmup": args.kl_warmup,

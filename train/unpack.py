@@ -15,7 +15,7 @@ flags, --init-from, --like-mdvae), `train.emotion`, `train.export`, `train.diagn
 `train.evaluate` with run folders. They hold no optimiser state, so they cannot be
 resumed: a new run starts from one with --init-from (a fresh optimiser and schedule).
 
-The stage-2 folders record the feature key of the bundle's VQ-VAEs, so a fine-tune is
+The stage-2 folders record the keys of the bundle's VQ-VAEs (`stage1_keys`), so a fine-tune is
 checked against the VQ-VAEs it is given, as for any run. Each config keeps where it came
 from (`unpacked_from`: the bundle, the component and the training record the bundle
 carried), and an export of a model fine-tuned from one names it in the model card.
@@ -34,7 +34,7 @@ from mdvae.bundle import load_bundle
 from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, MDVAE_MODEL, VQ_AUDIO, VQ_VISUAL
 from mdvae.errors import ConfigError
 from train import common
-from train.runs import feature_key, modality_keys
+from train.runs import stage1_keys
 
 # Component -> (program, stage-2 model kind)
 UNPACKED = {
@@ -47,9 +47,9 @@ UNPACKED = {
 
 
 def run_config(name: str, module: torch.nn.Module, record: dict[str, Any],
-               key: tuple[str, dict[str, str]], source: dict[str, Any]) -> dict[str, Any]:
-    """The config.json of the run folder for component `name` (`key`: the bundle's feature
-    key and per-modality keys)."""
+               keys: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+    """The config.json of the run folder for component `name` (`keys`: the bundle's
+    VQ-VAEs' `stage1_keys`)."""
     program, kind = UNPACKED[name]
     config: dict[str, Any] = {
         "program": program,
@@ -64,7 +64,7 @@ def run_config(name: str, module: torch.nn.Module, record: dict[str, Any],
     if program == "stage1":
         config["modality"] = "visual" if name == VQ_VISUAL else "audio"
     else:
-        config.update({"model_kind": kind, "feature_key": key[0], "modality_keys": key[1]})
+        config.update({"model_kind": kind, **keys})
     return config
 
 
@@ -78,8 +78,7 @@ def unpack(bundle_path: str, out: str | Path) -> dict[str, Path]:
     taken = [str(out / name) for name in present if (out / name).exists()]
     if taken:
         raise ConfigError(f"{', '.join(taken)} already exist: unpack into a new folder")
-    vq = (bundle.components[VQ_AUDIO], bundle.components[VQ_VISUAL])
-    key = (feature_key(*vq), modality_keys(*vq))
+    keys = stage1_keys(bundle.components[VQ_AUDIO], bundle.components[VQ_VISUAL])
     source = {"bundle": str(bundle_path), "exported": bundle.info.get("exported"),
               "unpacked": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     records = bundle.info.get("runs", {})
@@ -88,7 +87,7 @@ def unpack(bundle_path: str, out: str | Path) -> dict[str, Path]:
         module = bundle.components[name]
         record = records.get(name, {})
         run = common.RunFolder(out / name)
-        run.write_config(run_config(name, module, record, key, source))
+        run.write_config(run_config(name, module, record, keys, source))
         run.save_checkpoint({"model": module.state_dict(), "step": int(record.get("steps", 0))})
         folders[name] = run.path
     return folders
