@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from mdvae.data.store import Store
 from mdvae.eval import disentanglement as D
 from mdvae.eval import experiments as ev
 from mdvae.eval import report
@@ -152,7 +153,6 @@ def test_end_to_end_quick_run_on_the_tiny_store(tiny_bundle, tiny_store, tmp_pat
         assert score["sequences"] == 4 and score["frames"] == 4 * 6
     # ... and "clean" is the judge's reading of the clean corrupted frames, recomputed here
     # from the same draw of sequences (the study's random stream) and the saved judge
-    from mdvae.data.store import Store
     from mdvae.eval import judges as J
     from mdvae.eval import metrics
 
@@ -184,6 +184,18 @@ def test_end_to_end_quick_run_on_the_tiny_store(tiny_bundle, tiny_store, tmp_pat
     assert set(saved["disentanglement"]["rendered"]) == {f.name for f in D.FACTORS}
     for p in saved["emotion"]["models"]["mdvae"]["curve"]:
         assert p["se"] is not None
+    # the two DSAEs' w read together, and every model per intensity level (the tiny store's
+    # test clips hold every level), the MDVAE paired with each other reading
+    emo = saved["emotion"]
+    fused = emo["late_fusion"]
+    assert len(fused["correct"]) == emo["test_clips"] and "difference" in fused["mdvae_minus"]
+    levels = {c.level for c in Store(tiny_store).split_clips("test") if c.emotion}
+    assert set(emo["by_level"]) == {str(v) for v in levels}
+    assert sum(row["clips"] for row in emo["by_level"].values()) == emo["test_clips"]
+    for row in emo["by_level"].values():
+        assert set(row["models"]) == {"mdvae", "dsae_audio", "dsae_visual", "late_fusion"}
+        assert set(row["paired"]) == {"dsae_audio", "dsae_visual", "late_fusion"}
+    assert "**Emotion from w by intensity level**" in printed
     shares = saved["disentanglement"]["swaps"]["shares"]
     assert set(shares) == set(D.SWAPS) and set(shares["w"]) == {f.name for f in D.FACTORS}
     assert {"follow_se", "stay_se", "pairs"} <= set(shares["w"]["mouth"])
@@ -530,6 +542,50 @@ def test_emotion_accuracies_carry_their_se_over_test_clips():
     paired = evaluate.paired_differences(rows)["dsae_audio"]
     assert paired["difference"] == 0.25
     assert paired["se"] == pytest.approx(np.std([1, 0, 0, 0], ddof=1) / 2)
+
+
+def test_emotion_accuracy_by_level_splits_clips_and_pairs_within_each_level():
+    correct = {"mdvae": [1, 1, 0, 1, 1, 0], "dsae_visual": [1, 0, 0, 1, 1, 1]}
+    levels = [1, 1, 1, 3, 3, 3]
+    out = ev.accuracy_by_level(correct, levels, "mdvae")
+    assert list(out) == ["1", "3"] and out["1"]["clips"] == 3
+    one, three = out["1"], out["3"]
+    assert one["models"]["mdvae"]["accuracy"] == pytest.approx(2 / 3)
+    assert one["models"]["dsae_visual"]["accuracy"] == pytest.approx(1 / 3)
+    assert one["models"]["mdvae"]["se"] == pytest.approx(np.sqrt(2 / 3 * 1 / 3 / 3))
+    # per-clip differences (0, 1, 0) at level 1 and (0, 0, -1) at level 3
+    assert one["paired"]["dsae_visual"]["difference"] == pytest.approx(1 / 3)
+    se = np.std([0, 1, 0], ddof=1) / np.sqrt(3)
+    assert one["paired"]["dsae_visual"]["se"] == pytest.approx(se)
+    assert three["paired"]["dsae_visual"]["difference"] == pytest.approx(-1 / 3)
+    assert "mdvae" not in one["paired"]
+    lines = "\n".join(report._emotion_level_table({"by_level": out}))
+    assert "| 1 | 3 | 0.667 ± 0.272 | 0.333 ± 0.272 | 0.333 ± 0.333 |" in lines
+
+
+def test_late_fusion_reads_what_either_stream_holds_and_weighs_them_alike():
+    # four emotions: the voice tells {angry, happy} from {sad, fear}, the face {angry, sad}
+    # from {happy, fear}; each stream alone can tell only two pairs apart (half the clips,
+    # up to noise), both together all of them
+    rng = np.random.default_rng(0)
+    names = ["angry", "happy", "sad", "fear"]
+    y = [names[i % 4] for i in range(160)]
+
+    def streams():
+        voice = np.array([[1.0 if e in ("angry", "happy") else -1.0] for e in y])
+        face = np.array([[1.0 if e in ("angry", "sad") else -1.0] for e in y])
+        voice = 1000.0 * (voice + rng.normal(0, 0.1, voice.shape))  # another unit
+        return voice, face + rng.normal(0, 0.1, face.shape)
+
+    (voice, face), (voice_test, face_test) = streams(), streams()
+    f_train, f_test = evaluate.late_fusion((voice, voice_test), (face, face_test))
+    assert f_train.shape == f_test.shape == (160, 2)
+    np.testing.assert_allclose(f_train.std(0), 1.0, atol=1e-6)
+    np.testing.assert_allclose(f_train.mean(0), 0.0, atol=1e-9)
+    both = ev.emotion_curve(f_train, y, f_test, y, [1.0], 1)["curve"][-1]["mean"]
+    alone = ev.emotion_curve(face, y, face_test, y, [1.0], 1)["curve"][-1]["mean"]
+    # alone: 0.5 expected, 3 binomial SEs (0.04 each on 160 clips) allowed for the noise
+    assert both == 1.0 and alone <= 0.5 + 3 * np.sqrt(0.25 / 160)
 
 
 def test_several_seeds_report_mean_and_spread():

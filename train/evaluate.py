@@ -316,6 +316,7 @@ def run_emotion(store, models, reader, s, rng) -> dict:
     }
     counts = np.unique(y_test, return_counts=True)[1]
     out["chance"] = float(counts.max() / counts.sum())
+    encoded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for emotion_reader in EMOTION_READERS.values():
         name = emotion_reader.model
         model = models.components.get(name)
@@ -323,6 +324,7 @@ def run_emotion(store, models, reader, s, rng) -> dict:
             continue
         w_train = static_latents(model, reader, train, desc=f"w ({name}, train)")
         w_test = static_latents(model, reader, test, desc=f"w ({name}, {s.split})")
+        encoded[name] = w_train, w_test
         row = ev.emotion_curve(w_train, y_train, w_test, y_test, s.fractions, s.draws, seed=s.seed)
         head = models.heads.get(emotion_reader.head)
         if head is not None and head.config.in_dim == w_test.shape[1]:
@@ -333,7 +335,33 @@ def run_emotion(store, models, reader, s, rng) -> dict:
             row["bundle_head_accuracy"] = float((pred == truth).mean())
         out["models"][name] = row
     out["paired"] = paired_differences(out["models"])
+    full = {m: r["curve"][-1].get("correct") for m, r in out["models"].items() if r["curve"]}
+    full = {m: c for m, c in full.items() if c is not None}
+    if DSAE_AUDIO in encoded and DSAE_VISUAL in encoded:
+        f_train, f_test = late_fusion(encoded[DSAE_AUDIO], encoded[DSAE_VISUAL])
+        fused = ev.emotion_curve(f_train, y_train, f_test, y_test, [1.0], 1, seed=s.seed)
+        out[ev.LATE_FUSION] = fused["curve"][-1]
+        full[ev.LATE_FUSION] = out[ev.LATE_FUSION]["correct"]
+        if MDVAE_MODEL in out["models"]:
+            pair = {MDVAE_MODEL: out["models"][MDVAE_MODEL], ev.LATE_FUSION: fused}
+            out[ev.LATE_FUSION]["mdvae_minus"] = paired_differences(pair)[ev.LATE_FUSION]
+    if full and all(c.level for c in test):
+        out["by_level"] = ev.accuracy_by_level(full, [c.level for c in test], MDVAE_MODEL)
     return out
+
+
+def late_fusion(
+    audio: tuple[np.ndarray, np.ndarray], visual: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The A-DSAE's and V-DSAE's w side by side (train, test), each standardised with its
+    training clips' mean and std so that neither outweighs the other: what the two streams
+    hold about emotion when each is encoded on its own, read by one logistic regression.
+    Not a model of the seed's; the reference for what the voice can add to the face."""
+    parts = []
+    for w_train, w_test in (audio, visual):
+        mean, std = w_train.mean(0), w_train.std(0) + 1e-6
+        parts.append(((w_train - mean) / std, (w_test - mean) / std))
+    return tuple(np.concatenate([p[i] for p in parts], axis=1) for i in (0, 1))
 
 
 def paired_differences(rows: dict[str, dict]) -> dict[str, dict[str, float]]:

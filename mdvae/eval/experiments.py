@@ -92,7 +92,14 @@ class Models:
         return available(COMPARED, self.components)
 
 
-MODEL_TITLES = {"noisy": "noisy input", **{name: c.title for name, c in COMPARED.items()}}
+# the A-DSAE's and V-DSAE's w read side by side (`train.evaluate.late_fusion`): the emotion
+# study's reference for what the voice can add to the face, not a model of its own
+LATE_FUSION = "late_fusion"
+MODEL_TITLES = {
+    "noisy": "noisy input",
+    **{name: c.title for name, c in COMPARED.items()},
+    LATE_FUSION: "A-DSAE + V-DSAE w",
+}
 
 
 def chunks(n: int, size: int) -> Iterable[slice]:
@@ -401,6 +408,34 @@ def emotion_curve(
             row["correct"] = correct
         rows.append(row)
     return {"curve": rows}
+
+
+def accuracy_by_level(
+    correct: dict[str, Sequence[int]], levels: Sequence[int], base: str
+) -> dict[str, dict[str, Any]]:
+    """Per intensity level, each model's accuracy on the test clips of that level (± its
+    binomial SE) and `base`'s paired difference to every other model (± the SE of the
+    per-clip difference). `correct` maps a model to 0/1 per test clip; `levels` gives
+    each clip's level, in the same order. Where the face shows an emotion less (level 1),
+    the voice has more to add: the seed's margin over the one-stream baselines, read there."""
+    levels = np.asarray(levels)
+    out: dict[str, dict[str, Any]] = {}
+    for level in sorted(set(levels.tolist())):
+        pick = levels == level
+        row: dict[str, Any] = {"clips": int(pick.sum()), "models": {}, "paired": {}}
+        hits = {m: np.asarray(c, float)[pick] for m, c in correct.items()}
+        for m, h in hits.items():
+            acc = float(h.mean())
+            row["models"][m] = {"accuracy": acc, "se": binomial_se(acc, len(h))}
+        if base in hits:
+            for m, h in hits.items():
+                if m == base:
+                    continue
+                d = hits[base] - h
+                se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+                row["paired"][m] = {"difference": float(d.mean()), "se": se}
+        out[str(level)] = row
+    return out
 
 
 @torch.no_grad()

@@ -217,6 +217,14 @@ def summary(results: dict) -> dict:
             if point["fraction"] in (0.1, 1.0):
                 out[f"emotion_accuracy_{m}_{point['fraction']:g}"] = point["mean"]
                 out[f"emotion_accuracy_{m}_{point['fraction']:g}_se"] = point.get("se")
+    fused = results.get("emotion", {}).get(ev.LATE_FUSION)
+    if fused:
+        out[f"emotion_accuracy_{ev.LATE_FUSION}_1"] = fused["mean"]
+        out[f"emotion_accuracy_{ev.LATE_FUSION}_1_se"] = fused.get("se")
+    level_1 = results.get("emotion", {}).get("by_level", {}).get("1")
+    if level_1:
+        for m, r in level_1["models"].items():
+            out[f"emotion_accuracy_{m}_level_1"] = r["accuracy"]
     dis = results.get("disentanglement")
     if dis:
         shares = dis["swaps"]["shares"]
@@ -343,6 +351,22 @@ def markdown(results: dict) -> str:
                 )
                 + ".",
             ]
+        fused = emo.get(ev.LATE_FUSION)
+        if fused:
+            versus = fused.get("mdvae_minus")
+            lines += [
+                "",
+                "Reference, what the two streams hold when each is encoded alone: one logistic "
+                "regression on the A-DSAE's and V-DSAE's w side by side (each standardised on "
+                f"the training clips), {_pm(fused['mean'], fused.get('se'))}"
+                + (
+                    f"; MDVAE minus it {_pm(versus['difference'], versus['se'])}"
+                    if versus
+                    else ""
+                )
+                + ". Above the V-DSAE, it is what the voice can add to the face.",
+            ]
+        lines += _emotion_level_table(emo)
     dis = results.get("disentanglement")
     if dis:
         lines += _judge_table(dis) + _swap_table(dis) + _generation_table(dis)
@@ -359,6 +383,35 @@ def markdown(results: dict) -> str:
             f"| {r['name']} | {r['target']} | {r['measured']} | {r['status']} |" for r in rows
         ]
     return "\n".join(lines) + "\n"
+
+
+def _emotion_level_table(emo: dict) -> list[str]:
+    """Emotion from w with all labels, per intensity level: where the face shows less
+    (level 1), what the voice adds shows in the MDVAE's margin over the V-DSAE."""
+    by_level = emo.get("by_level")
+    if not by_level:
+        return []
+    names = list(next(iter(by_level.values()))["models"])
+    others = [m for m in names if m != MDVAE_MODEL]
+    lines = [
+        "",
+        "**Emotion from w by intensity level** (all labels; level 1 holds the neutral clips "
+        "too; accuracy ± SE over the level's test clips, then the MDVAE's paired margin over "
+        "each one-stream model ± its SE)",
+        "",
+        "| level | clips | "
+        + " | ".join(ev.MODEL_TITLES[m] for m in names)
+        + "".join(f" | MDVAE - {ev.MODEL_TITLES[m]}" for m in others)
+        + " |",
+        "|---|---|" + "---|" * (len(names) + len(others)),
+    ]
+    for level, row in by_level.items():
+        cells = [_pm(row["models"][m]["accuracy"], row["models"][m]["se"]) for m in names]
+        for m in others:
+            d = row["paired"].get(m)
+            cells.append(_pm(d["difference"], d["se"]) if d else "-")
+        lines.append(f"| {level} | {row['clips']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _mouth_read_table(den: dict) -> list[str]:
