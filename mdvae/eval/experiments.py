@@ -98,7 +98,7 @@ LATE_FUSION = "late_fusion"
 MODEL_TITLES = {
     "noisy": "noisy input",
     **{name: c.title for name, c in COMPARED.items()},
-    LATE_FUSION: "A-DSAE + V-DSAE w",
+    LATE_FUSION: "A-DSAE + V-DSAE w together",
 }
 
 

@@ -625,6 +625,12 @@ def figures(
             ax.plot(x, mean, marker="o", label=ev.MODEL_TITLES[m])
             ax.fill_between(x, mean - se, mean + se, alpha=0.2)
         ax.axhline(emo["chance"], color="grey", ls=":", label="majority class")
+        fused = emo.get(ev.LATE_FUSION)
+        if fused:  # all labels only: a mark at 100%, the voice's and face's w read together
+            ax.errorbar(
+                [100], [fused["mean"]], yerr=[fused.get("se") or 0], color="black", marker="*",
+                markersize=9, capsize=3, ls="none", label=ev.MODEL_TITLES[ev.LATE_FUSION],
+            )  # fmt: skip
         ax.set(
             xscale="log",
             xlabel="labelled training clips (%)",
