@@ -401,7 +401,11 @@ def _emotion_level_table(emo: dict) -> list[str]:
         "",
         "| level | clips | "
         + " | ".join(ev.MODEL_TITLES[m] for m in names)
-        + "".join(f" | MDVAE - {ev.MODEL_TITLES[m]}" for m in others)
+        + "".join(
+            f" | MDVAE - ({ev.MODEL_TITLES[m]})" if m == ev.LATE_FUSION
+            else f" | MDVAE - {ev.MODEL_TITLES[m]}"
+            for m in others
+        )  # fmt: skip
         + " |",
         "|---|---|" + "---|" * (len(names) + len(others)),
     ]
