@@ -370,9 +370,12 @@ def emotion(video, aligned, progress=PROGRESS, enc=None, request: gr.Request = N
     items = [("Clip", enc.familiarity)]
     verdict = _emotion_verdict(readings)
     notes = _notes(enc)
-    result = {"readings": [r.as_dict() for r in readings], **_familiarity_json(items)}
+    record = pipe.emotion_record()  # how well each model read held-out speakers' emotion
+    result = {"readings": [r.as_dict() for r in readings], **_familiarity_json(items),
+              "evaluation": record}
     strip = pipe.strip([("what the model sees", enc.clip.frames)])
-    return (verdict + (f"\n\n{notes}" if notes else ""), _emotion_chart(readings),
+    text = verdict + (f"\n\n{notes}" if notes else "") + (f"\n\n{record}" if record else "")
+    return (text, _emotion_chart(readings),
             _familiarity_html(items), result, _padded(strip), enc)
 
 

@@ -96,6 +96,9 @@ class EmotionReader:
     title: str  # in the app
 
 
+# Not a model: the emotion study's reference, the A-DSAE's and V-DSAE's w read together by one
+# logistic regression (`train.evaluate.late_fusion`), what the voice can add to the face
+LATE_FUSION = "late_fusion"
 EMOTION_READERS: dict[str, EmotionReader] = {
     r.name: r
     for r in (

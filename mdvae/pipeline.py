@@ -44,6 +44,7 @@ from mdvae.components import (
     DENOISERS,
     DSAE_VISUAL,
     EMOTION_READERS,
+    LATE_FUSION,
     MDVAE_MODEL,
     VQ_AUDIO,
     VQ_VISUAL,
@@ -122,6 +123,9 @@ SWAP_RECORD: dict[str, tuple[tuple[str, str], ...]] = {
 REGIONS: tuple[str, ...] = tuple(TEMPLATE_BOXES)  # ("mouth", "eyes")
 # The seed's denoising protocol corrupts the 6 central frames of 10.
 DENOISE_FRACTION = 0.6
+# The margin over the face-only model below which the Emotion tab says the MDVAE takes
+# little from the voice (issue 13's margin over both one-stream baselines).
+EMOTION_MARGIN = 0.05
 # Emotion readers: name -> (model giving w, head reading it)
 EMOTION_MODELS = {r.name: (r.model, r.head) for r in EMOTION_READERS.values()}
 EMOTION_TITLES = {r.name: r.title for r in EMOTION_READERS.values()}
@@ -616,13 +620,47 @@ class Pipeline:
             notes.append(record)
         return self.decode(latents, notes)
 
+    def evaluation_summary(self) -> dict | None:
+        """The summary of `train.evaluate` on held-out speakers that the bundle carries
+        (info["evaluation"]["summary"]), or None."""
+        evaluation = self.bundle.info.get("evaluation")
+        summary = evaluation.get("summary") if isinstance(evaluation, dict) else None
+        return summary if isinstance(summary, dict) else None
+
+    def emotion_record(self) -> str | None:
+        """Markdown: how often, in the bundle's own evaluation on held-out speakers, each
+        model's w was read as the clip's emotion (all labels), and the A-DSAE's and V-DSAE's
+        w read together where it was measured; where the MDVAE is not `EMOTION_MARGIN`
+        above the face-only model, it says so: the voice then adds little to its reading.
+        None when the bundle carries no such evaluation."""
+        summary = self.evaluation_summary() or {}
+        read = {r.name: summary.get(f"emotion_accuracy_{r.model}_1")
+                for r in EMOTION_READERS.values() if r.name in self.emotion_models}
+        read = {name: v for name, v in read.items() if isinstance(v, (int, float))}
+        if "mdvae" not in read:
+            return None
+        parts = [f"{100 * v:.0f}%{' of the clips' if i == 0 else ''} with the "
+                 f"{EMOTION_TITLES[name]}" for i, (name, v) in enumerate(read.items())]
+        text = ("In this bundle's evaluation on held-out speakers (`train.evaluate`), the "
+                "emotion read from w was right for "
+                + (", ".join(parts[:-1]) + " and " if len(parts) > 1 else "") + parts[-1])
+        together = summary.get(f"emotion_accuracy_{LATE_FUSION}_1")
+        if isinstance(together, (int, float)):
+            text += (f"; read together, the A-DSAE's and V-DSAE's w (each from its own "
+                     f"stream) reach {100 * together:.0f}%")
+        text += "."
+        face = read.get("visual")
+        if face is not None and read["mdvae"] < face + EMOTION_MARGIN:
+            text += (" The MDVAE does not read it clearly better than the face alone: it "
+                     "takes little from the voice.")
+        return text
+
     def swap_record(self, groups: Iterable[str]) -> str | None:
         """Markdown: how often, in the bundle's own evaluation on held-out speakers, each
         factor followed the swapped `groups` (shares of `SWAP_RECORD`), or None when the
         bundle carries no evaluation with them."""
-        evaluation = self.bundle.info.get("evaluation")
-        summary = evaluation.get("summary") if isinstance(evaluation, dict) else None
-        if not isinstance(summary, dict):
+        summary = self.evaluation_summary()
+        if summary is None:
             return None
         parts, stayed = [], False
         for group in GROUPS:

@@ -144,7 +144,13 @@ def test_denoise_endpoint(client):
     assert "Clean clip" in gauge and "Clean clip" in familiarity
 
 
-def test_emotion_endpoint_and_five_clients_at_once(served):
+def test_emotion_endpoint_and_five_clients_at_once(served, monkeypatch):
+    # a bundle that carries its evaluation on held-out speakers: the tab quotes it
+    summary = {"emotion_accuracy_mdvae_1": 0.5, "emotion_accuracy_dsae_visual_1": 0.6}
+    monkeypatch.setitem(served[1].bundle.info, "evaluation", {"summary": summary})
+    record = served[1].emotion_record()
+    assert "takes little from the voice" in record
+
     def ask(_):
         text, chart, _, result, strip = _client(served[0]).predict(
             handle_file(str(CLIP_A)), True, api_name="/emotion")
@@ -162,6 +168,7 @@ def test_emotion_endpoint_and_five_clients_at_once(served):
             # an answer, or "not sure" with its reason
             assert (r["answer"] in EMOTIONS) != bool(r["reason"])
         assert "A-DSAE" in text and "V-DSAE" in text and "emotion-chart" in chart
+        assert result["evaluation"] == record and record in text
     assert all(a == answers[0] for a in answers)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from mdvae import pipeline
 from mdvae.errors import ConfigError, MDVAEError
 from mdvae.labels import EMOTIONS
 from mdvae.media.face import NoFaceError
@@ -190,6 +191,29 @@ def test_emotion_probabilities(pipe, encoded):
         probs = pipe.emotion(encoded[0], model)
         assert list(probs) == list(EMOTIONS)
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_emotion_record_quotes_the_bundles_evaluation(pipe, monkeypatch):
+    """The Emotion tab's record: each model's accuracy from w on held-out speakers, the two
+    one-stream models' w read together where measured, and a warning where the MDVAE is
+    not EMOTION_MARGIN above the face alone; nothing without an evaluation."""
+    summary = {"emotion_accuracy_mdvae_1": 0.858, "emotion_accuracy_dsae_audio_1": 0.659,
+               "emotion_accuracy_dsae_visual_1": 0.847, "emotion_accuracy_late_fusion_1": 0.949}
+    monkeypatch.setitem(pipe.bundle.info, "evaluation", {"summary": summary})
+    record = pipe.emotion_record()
+    assert ("the emotion read from w was right for 86% of the clips with the MDVAE, 66% "
+            "with the A-DSAE (voice) and 85% with the V-DSAE (face); read together, the "
+            "A-DSAE's and V-DSAE's w (each from its own stream) reach 95%.") in record
+    assert "takes little from the voice" in record
+    summary["emotion_accuracy_mdvae_1"] = 0.847 + pipeline.EMOTION_MARGIN + 0.001
+    del summary["emotion_accuracy_late_fusion_1"]  # an evaluation from before session 22
+    record = pipe.emotion_record()
+    assert "90% of the clips with the MDVAE" in record and "together" not in record
+    assert "takes little" not in record
+    del summary["emotion_accuracy_mdvae_1"]
+    assert pipe.emotion_record() is None
+    monkeypatch.delitem(pipe.bundle.info, "evaluation")
+    assert pipe.emotion_record() is None
 
 
 def test_render_is_playable_with_sound(pipe, encoded):

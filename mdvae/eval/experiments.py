@@ -30,6 +30,7 @@ from mdvae.components import (
     DSAE_AUDIO,
     DSAE_VISUAL,
     EMOTION_READERS,
+    LATE_FUSION,
     MDVAE_MODEL,
     VQ_AUDIO,
     VQ_VISUAL,
@@ -92,9 +93,6 @@ class Models:
         return available(COMPARED, self.components)
 
 
-# the A-DSAE's and V-DSAE's w read side by side (`train.evaluate.late_fusion`): the emotion
-# study's reference for what the voice can add to the face, not a model of its own
-LATE_FUSION = "late_fusion"
 MODEL_TITLES = {
     "noisy": "noisy input",
     **{name: c.title for name, c in COMPARED.items()},
