@@ -927,6 +927,37 @@ def test_config_presets_round_trip_and_validation():
         MDVAEConfig.preset("voxceleb")
 
 
+def test_visual_decoder_width_widens_the_decoder_alone_and_round_trips(tmp_path):
+    """`visual_decoder_hidden` sets the visual decoder's hidden width and nothing else; the
+    V-DSAE made like it gets the same decoder width, the A-DSAE none; a bundle keeps it, and
+    a size below 1 is refused."""
+    from mdvae.bundle import load_bundle, save_bundle
+    from mdvae.model.dsae import DSAE, DSAEConfig
+
+    narrow = tiny_model(dtype=torch.float32)
+    wide = tiny_model(dtype=torch.float32, visual_decoder_hidden=20)
+    widths = {
+        name: [p.shape for p in module.parameters()]
+        for name, module in wide.named_children()
+    }
+    for name, module in narrow.named_children():
+        if name != "decoder_x_v":
+            assert widths[name] == [p.shape for p in module.parameters()], name
+    assert wide.decoder_x_v.mean_net[0].out_features == 20
+    assert narrow.decoder_x_v.mean_net[0].out_features == TINY["visual_hidden"]
+    assert wide.features_x_v[0].out_features == TINY["visual_hidden"]
+    v_dsae = DSAE(DSAEConfig.from_mdvae(wide.config, "visual"))
+    assert v_dsae.decoder_x.mean_net[0].out_features == 20
+    assert v_dsae.features_x[0].out_features == TINY["visual_hidden"]
+    assert DSAEConfig.from_mdvae(wide.config, "audio").decoder_hidden is None
+    save_bundle(tmp_path / "bundle", {"mdvae": wide}, info={}, card="test")
+    assert load_bundle(tmp_path / "bundle").components["mdvae"].config == wide.config
+    with pytest.raises(ConfigError, match="visual_decoder_hidden"):
+        MDVAEConfig(**TINY, visual_decoder_hidden=0)
+    with pytest.raises(ConfigError, match="decoder_hidden"):
+        DSAEConfig(decoder_hidden=0)
+
+
 def test_authors_layout_round_trips_through_a_bundle(tmp_path):
     """The nested layout config is written to config.json and read back strictly, and the
     loaded model encodes and decodes as the saved one."""

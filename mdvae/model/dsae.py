@@ -47,6 +47,7 @@ class DSAEConfig(ConfigBase):
     z_dim: int = 24  # dynamical latent z_t
     feature_dim: int = 128  # per-frame features read by the inference networks
     hidden_dim: int = 128  # hidden width of the feature MLP and the decoder
+    decoder_hidden: int | None = None  # hidden width of the decoder alone; None: hidden_dim
     rnn_dim: int = 64  # backward summary of x_t:T (LSTM) and the q(w) hidden layer
     z_rnn_dim: int = 64  # recurrences over z: prior LSTM, posterior tanh RNN
     posterior: str = "smoothing"  # "smoothing" q(z_t | ., x_t:T) or "filtering" q(z_t | ., x_t)
@@ -85,6 +86,7 @@ class DSAEConfig(ConfigBase):
             z_dim=config.z_av_dim + (config.z_a_dim if audio else config.z_v_dim),
             feature_dim=config.feature_dim,
             hidden_dim=config.audio_hidden if audio else config.visual_hidden,
+            decoder_hidden=None if audio else config.visual_decoder_hidden,
             rnn_dim=config.rnn_dim,
             z_rnn_dim=config.z_rnn_dim,
             posterior=config.posterior,
@@ -150,7 +152,7 @@ class DSAE(nn.Module):
         self.prior_z = AutoregressivePrior(c.z_dim, c.z_rnn_dim)
         self.decoder_x = GaussianDecoder(
             c.z_dim + c.w_dim,
-            c.hidden_dim,
+            c.decoder_hidden or c.hidden_dim,
             c.input_dim,
             logvar_init=c.obs_logvar_init,
             learn_logvar=c.learn_obs_variance,

@@ -57,6 +57,7 @@ code divides the w KL by the batch size only, i.e. it weights it T times more;
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -92,11 +93,12 @@ POSTERIOR_KINDS = ("smoothing", "filtering")
 
 
 def check_stage2_config(config: ConfigBase) -> None:
-    """The checks every stage-2 config (MDVAE, DSAE) shares: sizes >= 1, betas >= 0, and a
-    known posterior kind."""
+    """The checks every stage-2 config (MDVAE, DSAE) shares: sizes >= 1 (optional ones when
+    set), betas >= 0, and a known posterior kind."""
+    hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        if field.type in ("int", int) and value < 1:
+        if hints[field.name] in (int, int | None) and value is not None and value < 1:
             raise ConfigError(f"config key '{field.name}' must be at least 1, got {value}")
         if field.name.startswith("beta_") and value < 0:
             raise ConfigError(f"config key '{field.name}' must be >= 0, got {value}")
@@ -164,6 +166,9 @@ class MDVAEConfig(ConfigBase):
     feature_dim: int = 128  # per-frame features of each stream read by all inference nets
     audio_hidden: int = 128  # hidden width of the audio feature MLP and audio decoder
     visual_hidden: int = 256  # hidden width of the visual feature MLP and visual decoder
+    # hidden width of the visual decoder alone; None: visual_hidden. Widens what renders the
+    # face without widening the feature MLP that reads it for every posterior
+    visual_decoder_hidden: int | None = None
     rnn_dim: int = 64  # backward summaries of x_t:T (LSTMs) and the q(w) hidden layer
     z_rnn_dim: int = 64  # recurrences over z: prior LSTMs, posterior tanh RNNs
     # "smoothing": q(z_t | ..., x_t:T) as in the seed; "filtering": q(z_t | ..., x_t) as in
@@ -215,7 +220,7 @@ class MDVAEConfig(ConfigBase):
     # voice tells of w
     swap_cycle_judge: str = "joint"
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
-    # network layout with its widths (feature_dim, audio_hidden, visual_hidden unused)
+    # network layout with its widths (feature_dim and the *_hidden widths unused)
     authors_layout: AuthorsLayout | None = None
 
     def __post_init__(self):
@@ -343,7 +348,10 @@ class MDVAE(nn.Module):
             c.z_av_dim + c.z_a_dim + c.w_dim, c.audio_hidden, c.audio_dim, **obs
         )
         self.decoder_x_v = GaussianDecoder(
-            c.z_av_dim + c.z_v_dim + c.w_dim, c.visual_hidden, c.visual_dim, **obs
+            c.z_av_dim + c.z_v_dim + c.w_dim,
+            c.visual_decoder_hidden or c.visual_hidden,
+            c.visual_dim,
+            **obs,
         )
         self._build_aux_heads(c, obs)
 
