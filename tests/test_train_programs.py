@@ -481,6 +481,34 @@ def test_stage2_freeze_w_encoder_trains_all_but_the_posterior_of_w(runs, tiny_st
                      "--steps", "5", "--freeze-w-encoder"])
 
 
+def test_stage2_train_only_moves_the_named_parts_alone(runs, tiny_store, tmp_path):
+    flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
+             "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",
+             "--val-every", "5", "--kl-warmup", "0", *FAST]
+    source = dict(load_stage2(str(runs / "mdvae")).named_parameters())
+    out = tmp_path / "decoder"
+    stage2.main([*flags, "--lr", "1e-2", "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+                 "--out", str(out), "--steps", "5", "--train-only", "decoder_x_v",
+                 "--mdvae-obs-logvar-min", "-9"])
+    assert json.loads((out / "config.json").read_text())["train_only"] == ["decoder_x_v"]
+    tuned = load_stage2(str(out))
+    assert tuned.decoder_x_v.logvar_min == -9
+    moved = {n for n, p in tuned.named_parameters() if not torch.equal(p, source[n])}
+    assert moved and {n.split(".")[0] for n in moved} == {"decoder_x_v"}
+    # a resumed run keeps training that part alone
+    stage2.main([*flags, "--model", "mdvae", "--out", str(out), "--steps", "8", "--resume"])
+    resumed = load_stage2(str(out)).named_parameters()
+    assert {n.split(".")[0] for n, p in resumed if not torch.equal(p, source[n])} == {
+        "decoder_x_v"}
+    with pytest.raises(ConfigError, match="no part named 'decoder_x_w'"):
+        stage2.main([*flags, "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+                     "--out", str(tmp_path / "typo"), "--steps", "5",
+                     "--train-only", "decoder_x_w"])
+    with pytest.raises(ConfigError, match="--init-from"):
+        stage2.main([*flags, "--model", "mdvae", "--out", str(tmp_path / "scratch"),
+                     "--steps", "5", "--train-only", "decoder_x_v"])
+
+
 @pytest.mark.slow
 def test_a_dsae_stays_valid_beside_a_new_vq_vae_of_the_other_modality(runs, tiny_store,
                                                                        tmp_path):

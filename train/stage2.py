@@ -23,6 +23,15 @@ fresh optimiser and learning-rate schedule, e.g. with a higher decoder floor:
 --freeze-w-encoder (with --init-from) keeps q(w) exactly as the source run learnt it: every
 weight the posterior of w depends on is frozen, and the rest (the z's, the priors, the
 decoders) trains, e.g. the decoders again with the floor back at -6.
+
+--train-only MODULE ... (with --init-from) trains the named parts of the model alone and
+keeps every other weight as the source run learnt it. With the decoders alone
+(`decoder_x_v`, `decoder_x_a`) this is the ELBO maximised over the decoders for the
+posteriors the run learnt: a floor raised to shape what the encoders learn can be lowered
+again for the decoders without moving any latent, e.g.
+
+    python -m train.stage2 ... --model mdvae --init-from runs/mdvae --out runs/mdvae_dec \
+        --steps 4000 --kl-warmup 0 --train-only decoder_x_v --mdvae-obs-logvar-min -9
 """
 
 from __future__ import annotations
@@ -86,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --init-from: keep q(w) as the source run learnt it (every "
                              "weight the posterior of w depends on is frozen) and train the "
                              "rest, e.g. the decoders again with another floor")
+    parser.add_argument("--train-only", nargs="+", default=None, metavar="MODULE",
+                        help="with --init-from: train these parts of the model alone (its "
+                             "top-level modules, e.g. decoder_x_v decoder_x_a) and keep every "
+                             "other weight as the source run learnt it")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--device", default=None)
     common.add_config_flags(parser, common.RunConfig)
@@ -152,6 +165,21 @@ def w_encoder_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
         for p, flag in zip(params, trainable):
             p.requires_grad_(flag)
     return [p for p, g in zip(params, grads) if g is not None]
+
+
+def frozen_but(model: torch.nn.Module, names: list[str]) -> list[torch.nn.Parameter]:
+    """Freeze every parameter of `model` outside its top-level modules `names` (refusing a
+    name it does not have) and return the frozen ones."""
+    children = dict(model.named_children())
+    unknown = [n for n in names if n not in children]
+    if unknown:
+        raise ConfigError(f"--train-only: {type(model).__name__} has no part named "
+                          f"{', '.join(map(repr, unknown))}; its parts: {', '.join(children)}")
+    keep = {id(p) for n in names for p in children[n].parameters()}
+    frozen = [p for p in model.parameters() if id(p) not in keep]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
 
 
 def dsae_base(args: argparse.Namespace, modality: str) -> DSAEConfig:
@@ -278,6 +306,11 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     if args.freeze_w_encoder and not args.init_from:
         raise ConfigError("--freeze-w-encoder keeps a trained q(w): fine-tune with --init-from "
                           "(a resumed run keeps its own setting)")
+    if args.train_only and not args.init_from:
+        raise ConfigError("--train-only trains part of a trained model: fine-tune with "
+                          "--init-from (a resumed run keeps its own setting)")
+    if args.train_only and args.freeze_w_encoder:
+        raise ConfigError("--train-only already names what trains: drop --freeze-w-encoder")
     if args.init_from and args.obs_init != "config":
         raise ConfigError("--init-from keeps the run's trained decoder variances; "
                           "--obs-init applies to a model trained from scratch")
@@ -297,6 +330,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         args.static_first = saved.get("static_first", 0)
         args.z_warmup = saved.get("z_warmup", 0)
         args.freeze_w_encoder = saved.get("freeze_w_encoder", False)
+        args.train_only = saved.get("train_only")
         earlier = run.store_history(saved, args.store)
     else:
         earlier = []
@@ -336,6 +370,13 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         if d.is_main:
             print(f"q(w) frozen: {sum(p.numel() for p in frozen):,} of "
                   f"{sum(p.numel() for p in model.parameters()):,} weights", file=sys.stderr)
+    if args.train_only:
+        frozen = frozen_but(model, args.train_only)
+        if d.is_main:
+            print(f"training {', '.join(args.train_only)} alone: "
+                  f"{sum(p.numel() for p in frozen):,} of "
+                  f"{sum(p.numel() for p in model.parameters()):,} weights frozen",
+                  file=sys.stderr)
     obs_init = (saved.get("obs_init", "config") if args.resume
                 else "run" if init is not None else args.obs_init)
     if not args.resume and obs_init == "data" and model_cfg.learn_obs_variance:
@@ -361,6 +402,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         "z_warmup": args.z_warmup,
         "obs_init": obs_init,
         **({"freeze_w_encoder": True} if args.freeze_w_encoder else {}),
+        **({"train_only": list(args.train_only)} if args.train_only else {}),
         **({"init_from": init["summary"]} if init is not None
            else {"init_from": saved["init_from"]} if args.resume and "init_from" in saved
            else {}),
