@@ -150,6 +150,40 @@ def test_clear_errors_for_bad_files(tmp_path):
         load_av_clip(silent, FaceCropper("haar"))
 
 
+def test_output_size_is_the_last_rawvideo_stream_line_wherever_the_headers_fall():
+    log = "\n".join([
+        "[info] Input #0, avi, from 'file:in.avi':",
+        "[info]   Stream #0:0: Video: rawvideo (BGR[24] / 0x18524742), bgr24, 640x480, 30 fps",
+        "[info] Output #1, f32le, to 'audio.f32':",
+        "[info]   Stream #1:0: Audio: pcm_f32le, 16000 Hz, mono, flt",
+        "[info] Output #0, rawvideo, to 'pipe:1':",
+        "[info]   Stream #0:0(und): Video: rawvideo, 1 reference frame (RGB[24] / 0x18424752), "
+        "rgb24(pc, progressive), 320x240, q=2-31, 30 fps",
+    ])
+    assert media._output_size(log) == (240, 320)
+    # two threads' pieces interleaved in the one line that gives it: not read at all, and
+    # never taken from the input's listing
+    garbled = log.replace("Video: rawvideo, 1 reference", "Video: [info]   Stream #1:0: Audio")
+    assert media._output_size(garbled) is None
+    assert media._output_size(log.split("[info] Output #1")[0]) is None
+
+
+def test_a_decode_whose_log_lost_the_frame_size_is_run_again(tmp_path, monkeypatch):
+    clip = write_video(tmp_path / "clip.mp4", np.zeros((31, 32, 32, 3), np.uint8),
+                       voiced_tone(16000), scale=1)
+    real, calls = media._run_ffmpeg, []
+
+    def flaky(cmd, name):
+        raw, log = real(cmd, name)
+        calls.append(cmd)
+        return raw, (re.sub(r"Video: rawvideo", "Video: [info] ", log) if len(calls) == 1 else log)
+
+    monkeypatch.setattr(media, "_run_ffmpeg", flaky)
+    decoded = media.normalize_clip(clip)
+    assert len(calls) == 2 and decoded.frames.shape[1:] == (32, 32, 3)
+    assert decoded.audio is not None and len(decoded.frames) >= 30
+
+
 def test_clip_shorter_than_a_second_is_refused_before_face_detection(tmp_path):
     short = write_video(tmp_path / "short.mp4", np.zeros((15, 32, 32, 3), np.uint8),
                         voiced_tone(8000), scale=1)

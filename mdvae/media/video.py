@@ -281,7 +281,15 @@ def normalize_clip(path, *, max_seconds: float | None = None, max_side: int = 64
             cmd += ["-map", "0:a:0", "-af", "aresample=async=1:first_pts=0",
                     "-ac", "1", "-ar", str(SAMPLE_RATE), *duration, "-f", "f32le",
                     str(audio_file)]
-        raw, stderr = _run_ffmpeg(cmd, path.name)
+        # ffmpeg writes each output's header from its own thread, in pieces, so two outputs'
+        # headers can interleave and garble the line that gives the frame size: decode
+        # again once when it cannot be read
+        for _ in range(2):
+            audio_file.unlink(missing_ok=True)
+            raw, stderr = _run_ffmpeg(cmd, path.name)
+            size = _output_size(stderr)
+            if size is not None or not raw:
+                break
         audio = None
         if probe.has_audio and audio_file.exists() and audio_file.stat().st_size:
             audio = np.fromfile(audio_file, dtype="<f4")
@@ -293,7 +301,9 @@ def normalize_clip(path, *, max_seconds: float | None = None, max_side: int = 64
         raise MediaError(f"{path.name} is damaged: {lost} of its {decoded + lost} video "
                          f"frames could not be decoded (more than {MAX_LOST_SHARE:.0%}); "
                          f"record or export the clip again")
-    height, width = _output_size(stderr, path.name)
+    if size is None:
+        raise MediaError(f"ffmpeg did not report the frame size while decoding {path.name}")
+    height, width = size
     frames = np.frombuffer(raw, dtype=np.uint8)
     n = frames.size // (height * width * 3)
     frames = frames[: n * height * width * 3].reshape(n, height, width, 3)  # (N, H, W, 3)
@@ -308,13 +318,19 @@ def normalize_clip(path, *, max_seconds: float | None = None, max_side: int = 64
                 lost_frames=lost, decoded_frames=decoded)
 
 
-def _output_size(stderr: str, name: str) -> tuple[int, int]:
-    """(H, W) of the rawvideo ffmpeg wrote, as it reports it (after rotation and scaling)."""
-    section = stderr[stderr.find("Output #0"):]
-    match = re.search(r"Stream #0:0[^:\n]*: Video: rawvideo[^\n]*?, (\d+)x(\d+)", section)
-    if match is None:
-        raise MediaError(f"ffmpeg did not report the frame size while decoding {name}")
-    return int(match.group(2)), int(match.group(1))
+def _output_size(stderr: str) -> tuple[int, int] | None:
+    """(H, W) of the rawvideo ffmpeg wrote, as it reports it (after rotation and scaling),
+    or None when its log does not say. It is read after the first output's header, either
+    output's (their order varies), never from the input's listing (which may be rawvideo)."""
+    first_output = stderr.find("Output #")
+    if first_output < 0:
+        return None
+    matches = re.findall(r"Stream #0:0[^:\n]*: Video: rawvideo[^\n]*?, (\d+)x(\d+)",
+                         stderr[first_output:])
+    if not matches:
+        return None
+    width, height = matches[-1]
+    return int(height), int(width)
 
 
 def read_audio(path) -> np.ndarray:
