@@ -167,19 +167,16 @@ def w_encoder_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p, g in zip(params, grads) if g is not None]
 
 
-def frozen_but(model: torch.nn.Module, names: list[str]) -> list[torch.nn.Parameter]:
-    """Freeze every parameter of `model` outside its top-level modules `names` (refusing a
-    name it does not have) and return the frozen ones."""
+def parameters_outside(model: torch.nn.Module, names: list[str]) -> list[torch.nn.Parameter]:
+    """The parameters of `model` outside its top-level modules `names` (refusing a name it
+    does not have): what --train-only freezes."""
     children = dict(model.named_children())
     unknown = [n for n in names if n not in children]
     if unknown:
         raise ConfigError(f"--train-only: {type(model).__name__} has no part named "
                           f"{', '.join(map(repr, unknown))}; its parts: {', '.join(children)}")
     keep = {id(p) for n in names for p in children[n].parameters()}
-    frozen = [p for p in model.parameters() if id(p) not in keep]
-    for p in frozen:
-        p.requires_grad_(False)
-    return frozen
+    return [p for p in model.parameters() if id(p) not in keep]
 
 
 def dsae_base(args: argparse.Namespace, modality: str) -> DSAEConfig:
@@ -363,20 +360,17 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         except RuntimeError as error:
             raise ConfigError(f"--init-from {args.init_from}: its weights do not fit this "
                               f"config (a size flag changed?): {error}") from None
+    frozen, what = [], ""  # --freeze-w-encoder and --train-only exclude each other
     if args.freeze_w_encoder:
-        frozen = w_encoder_parameters(model)
-        for p in frozen:
-            p.requires_grad_(False)
-        if d.is_main:
-            print(f"q(w) frozen: {sum(p.numel() for p in frozen):,} of "
-                  f"{sum(p.numel() for p in model.parameters()):,} weights", file=sys.stderr)
-    if args.train_only:
-        frozen = frozen_but(model, args.train_only)
-        if d.is_main:
-            print(f"training {', '.join(args.train_only)} alone: "
-                  f"{sum(p.numel() for p in frozen):,} of "
-                  f"{sum(p.numel() for p in model.parameters()):,} weights frozen",
-                  file=sys.stderr)
+        frozen, what = w_encoder_parameters(model), "q(w)"
+    elif args.train_only:
+        frozen = parameters_outside(model, args.train_only)
+        what = f"all but {', '.join(args.train_only)}"
+    for p in frozen:
+        p.requires_grad_(False)
+    if frozen and d.is_main:
+        print(f"{what} frozen: {sum(p.numel() for p in frozen):,} of "
+              f"{sum(p.numel() for p in model.parameters()):,} weights", file=sys.stderr)
     obs_init = (saved.get("obs_init", "config") if args.resume
                 else "run" if init is not None else args.obs_init)
     if not args.resume and obs_init == "data" and model_cfg.learn_obs_variance:
