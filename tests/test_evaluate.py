@@ -48,6 +48,31 @@ def test_f0_contour_and_level_are_scored_on_frames_voiced_in_both():
     assert (fs.n, fs.stay) == (1, 1)
 
 
+def test_head_motion_is_scored_about_each_clips_mean_pose():
+    t = np.arange(8.0)
+    wave = np.stack([2.0 * np.sin(t), np.zeros(8), 6.0 * np.cos(t)], 1)  # (T, 3)
+    label_a = {"head_pose": wave}  # A sways one way about a rest pose of zero
+    label_b = {"head_pose": -wave + 3.0}  # B the opposite way, about a pose 3 px/deg off
+    # decoded: B's motion, drawn 1.4 px/deg from B's rest, on the side of A's (a judge's
+    # bias on an unseen face): the absolute pose is nearer A's wherever the sway is small
+    reading = {"visual": {"head_pose": -wave + 1.6}}
+    pose = next(f for f in D.FACTORS if f.name == "head_pose")
+    motion = next(f for f in D.FACTORS if f.name == "head_motion")
+    assert (motion.latent, motion.score) == ("z_v", "head_motion")
+    absolute = D.score_factor(pose, reading, label_a, label_b)
+    assert absolute.stay > 0  # the offset fools the absolute reading
+    fs = D.score_factor(motion, reading, label_a, label_b)
+    # counted where the motions differ by the margin (dx 1 px, roll 4 deg); dy never does
+    differ = np.abs(2 * (wave - wave.mean(0))) >= np.array([1.0, 1.0, 4.0])
+    assert fs.n == differ.sum() > 0 and fs.follow == fs.n
+    # only the frames the judge read count, centred on their own mean
+    read = {"visual": {"head_pose": (-wave + 1.6)[::2], "t": slice(None, None, 2)}}
+    fs = D.score_factor(motion, read, label_a, label_b)
+    sub = wave[::2]
+    assert fs.n == (np.abs(2 * (sub - sub.mean(0))) >= np.array([1.0, 1.0, 4.0])).sum()
+    assert fs.follow == fs.n > 0
+
+
 def test_the_pitch_heard_counts_a_pair_where_levels_or_contours_differ():
     nan = np.nan
     shape = np.array([0.0, 3.0, 0.0, -3.0, 0.0, 3.0, 1.0, nan])

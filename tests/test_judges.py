@@ -87,6 +87,40 @@ def _data(speakers, seeds, n_frames):
     )
 
 
+class _Reads:
+    """A stand-in judge whose readings are given: `J._score_read` needs only its heads."""
+
+    def __init__(self, speakers):
+        self.config = J.JudgeConfig(modality="visual", speakers=speakers)
+
+
+def test_head_motion_is_trusted_when_only_the_rest_pose_is_misread():
+    data = _data([3, 11], [1, 2], 30)
+    truth = data.stacked("head_pose")  # (4, 30, 3)
+    n, t = truth.shape[:2]
+    read = {
+        "mouth": data.stacked("mouth"),
+        "blink": data.stacked("blink"),
+        "speaker": data.stacked("speaker"),
+        "speaker_logp": np.log(np.full((n, 2), 0.5)),
+        "emotion": data.stacked("emotion"),
+        "emotion_logp": np.zeros((n, len(J.EMOTIONS))),
+    }
+    # each clip read 0.8 px / 0.8 px / 3 deg off: beyond the tolerance, the same in a clip
+    offset = np.array([0.8, -0.8, 3.0]) * np.array([1, -1, 1, -1])[:, None]
+    read["head_pose"] = truth + offset[:, None, :]
+    scores = J._score_read(_Reads(("s3", "s11")), data, read, None)
+    assert scores["head_pose"].within == [0.0, 0.0, 0.0] and not scores["head_pose"].trusted
+    motion = scores["head_motion"]
+    assert motion.within == [1.0, 1.0, 1.0] and motion.trusted and motion.n == n * t
+    assert motion.tolerance == list(J.TOLERANCES["head_pose"])
+    # a reading that follows only the clip's mean pose is no reading of its motion
+    read["head_pose"] = np.broadcast_to(truth.mean(1, keepdims=True), truth.shape)
+    motion = J._score_read(_Reads(("s3", "s11")), data, read, None)["head_motion"]
+    still = np.abs(truth - truth.mean(1, keepdims=True)) <= np.array(J.TOLERANCES["head_pose"])
+    assert motion.within == pytest.approx(still.mean((0, 1)).tolist()) and not motion.trusted
+
+
 @pytest.mark.slow
 def test_a_visual_judge_reads_held_out_clean_clips_well_above_chance(tmp_path):
     torch.manual_seed(0)

@@ -33,7 +33,14 @@ from tqdm import tqdm
 from mdvae.errors import MDVAEError
 from mdvae.eval import pitch
 from mdvae.eval.experiments import Models, chunks, decode_features
-from mdvae.eval.judges import MARGINS, HeadScore, Judge, closer_to_b, verification_triplets
+from mdvae.eval.judges import (
+    MARGINS,
+    HeadScore,
+    Judge,
+    closer_to_b,
+    motion,
+    verification_triplets,
+)
 from mdvae.eval.pitch import MIN_VOICED_FRAMES
 from mdvae.eval.stats import binomial_se, ratio_se
 
@@ -116,9 +123,10 @@ class Factor:
     judge: str  # "visual" or "audio"
     head: str  # the judge head that reads it
     latent: str  # the latent group it should follow: "w", "z_av", "z_a" or "z_v"
-    # "frame", "clip", "pose", "contour" (f0 minus its median), "level" (median f0),
-    # "identity" (speaker, by embedding: nearer to A's or to B's clip), "heard_contour" and
-    # "heard_level" (whose contour / level the harmonics of the decoded audio have)
+    # "frame", "clip", "pose", "motion" (the pose minus its clip mean), "contour" (f0 minus
+    # its median), "level" (median f0), "identity" (speaker, by embedding: nearer to A's
+    # or to B's clip), "heard_contour" and "heard_level" (whose contour / level the
+    # harmonics of the decoded audio have)
     kind: str
     follow_target: float | None = None  # required follow share when its latent is swapped
     label: str = ""  # the ground truth (`clip_labels` key) it is scored on; default `head`
@@ -138,6 +146,9 @@ FACTORS: tuple[Factor, ...] = (
     Factor("mouth_heard", "mouth shape heard (audio)", "audio", "mouth", "z_av", "frame"),
     Factor("blink", "blink (video)", "visual", "blink", "z_v", "frame", 0.90),
     Factor("head_pose", "head pose (video)", "visual", "head_pose", "z_v", "pose", 0.90),
+    # the same reading about each clip's mean pose (`judges.motion`), trusted on its own
+    Factor("head_motion", "head motion (video)", "visual", "head_pose", "z_v", "motion", 0.90,
+           "head_pose", "head_motion"),
     Factor("f0_contour", "f0 contour (audio)", "audio", "f0", "z_a", "contour"),
     Factor("f0_level", "f0 level (audio)", "audio", "f0", "w", "level"),
     # the same two, heard in the harmonics of the decoded power spectrogram rather than read
@@ -255,6 +266,11 @@ def score_factor(
     if factor.kind == "pose":
         return follow_stay_continuous(
             pred, label_a["head_pose"][t], label_b["head_pose"][t], MARGINS["head_pose"]
+        )
+    if factor.kind == "motion":  # over the frames read, each about its own mean
+        return follow_stay_continuous(
+            motion(pred), motion(label_a["head_pose"][t]), motion(label_b["head_pose"][t]),
+            MARGINS["head_motion"],
         )
     # f0: frames voiced in both clips; the contour is f0 minus its median over them (the
     # intonation, z_a), the level that median (the speaker's and emotion's pitch, w)
