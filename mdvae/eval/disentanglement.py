@@ -263,14 +263,11 @@ def score_factor(
         return follow_stay_categorical(
             np.array([pred]), np.array([label_a[factor.truth]]), np.array([label_b[factor.truth]])
         )
-    if factor.kind == "pose":
+    if factor.kind in ("pose", "motion"):  # motion: over the frames read, each about its mean
+        view = motion if factor.kind == "motion" else np.asarray
         return follow_stay_continuous(
-            pred, label_a["head_pose"][t], label_b["head_pose"][t], MARGINS["head_pose"]
-        )
-    if factor.kind == "motion":  # over the frames read, each about its own mean
-        return follow_stay_continuous(
-            motion(pred), motion(label_a["head_pose"][t]), motion(label_b["head_pose"][t]),
-            MARGINS["head_motion"],
+            view(pred), view(label_a["head_pose"][t]), view(label_b["head_pose"][t]),
+            MARGINS[factor.name],
         )
     # f0: frames voiced in both clips; the contour is f0 minus its median over them (the
     # intonation, z_a), the level that median (the speaker's and emotion's pitch, w)

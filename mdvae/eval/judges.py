@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -652,16 +652,12 @@ def _score_read(
         truth, pred = data.stacked(h.name), read[h.name]
         if h.kind in ("regression", "pitch"):
             scores[h.name] = _score_values(h, pred, truth.reshape(*pred.shape))
+            if h.name == "head_pose":  # about the clip's mean: what a swapped z_v carries
+                scores["head_motion"] = _score_values(
+                    replace(h, name="head_motion"), motion(pred), motion(truth.reshape(*pred.shape))
+                )
         else:
             scores[h.name] = score_classes(h.name, h.kind, pred, truth)
-    if "head_pose" in read:  # the pose about the clip's mean: what a swapped z_v carries
-        pose = next(h for h in judge.config.heads if h.name == "head_pose")
-        truth = data.stacked("head_pose").reshape(read["head_pose"].shape)
-        scores["head_motion"] = _score_values(
-            Head("head_motion", pose.kind, pose.size, pose.units),
-            motion(read["head_pose"]),
-            motion(truth),
-        )
     # the emotion head read on clear emotions only, as the swap scores count them
     scores["emotion_clear"] = score_classes(
         "emotion_clear", "clip", read["emotion"], data.stacked("emotion_clear")
