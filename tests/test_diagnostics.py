@@ -151,7 +151,7 @@ def test_the_factors_of_a_model_follow_its_streams():
     def names(streams):
         return [f.name for f in diag.frame_factors_for(streams)]
 
-    visual = ["mouth", "blink", "head_pose"]
+    visual = ["mouth", "blink", "head_pose", "head_motion"]
     heard = ["f0_contour", "f0_level", "voicing"]
     assert names(["audio", "visual"]) == visual + heard
     assert names(["visual"]) == visual  # the face shows no pitch
@@ -171,6 +171,34 @@ def test_clip_views_are_the_judges_contour_and_level_on_voiced_frames():
     few = voiced & (np.arange(6) != 0)
     assert np.isnan(diag.clip_view("level", x, few)).all()
     assert np.isnan(diag.clip_view("contour", x, few)).all()
+
+
+def test_the_motion_view_is_each_clips_pose_about_its_mean_over_the_frames_that_count():
+    x = np.array([[1.0, 2.0, 6.0, 100.0], [0.0, 0.0, 3.0, 3.0]])[..., None]  # (2, 4, 1)
+    counted = np.array([[True, True, True, False], [True, True, True, True]])
+    out = diag.clip_view("motion", x, counted)[..., 0]
+    np.testing.assert_array_equal(out, [[-2.0, -1.0, 3.0, np.nan], [-1.5, -1.5, 1.5, 1.5]])
+    assert diag.clip_view("motion", x, np.zeros_like(counted)).shape == x.shape  # all NaN
+
+
+def test_head_motion_follows_the_group_that_moves_the_head_not_the_one_that_places_it():
+    rng = np.random.default_rng(0)
+    n, t = 12, 30
+    rest = rng.uniform(-3, 3, (n, 1, 3)) * np.ones((1, t, 1))  # each clip's rest pose
+    moves = rng.normal(0.0, 2.0, (n, t, 3))
+    moves -= moves.mean(1, keepdims=True)  # motion about the rest pose
+    partner = diag.partners([f"s{i // 2}" for i in range(n)])
+    truth = {"head_pose": rest + moves}
+    # one group carries the rest pose, another the motion: each swapped alone
+    readings = {"rest": {"head_pose": rest[partner] + moves},
+                "motion": {"head_pose": rest + moves[partner]}}
+    scores = diag.frame_factor_scores(truth, partner, readings)
+    motion, pose = scores["head_motion"]["swaps"], scores["head_pose"]["swaps"]
+    assert motion["motion"]["follow"] == 1.0 and motion["motion"]["stay"] == 0.0
+    assert motion["rest"]["follow"] == 0.0 and motion["rest"]["stay"] == 1.0
+    assert motion["rest"]["n"] > 0 and motion["motion"]["n"] > 0
+    # the absolute pose is split between the two: neither swap carries all of it
+    assert 0.0 < pose["rest"]["follow"] < 1.0 and 0.0 < pose["motion"]["follow"] < 1.0
 
 
 def test_factor_targets_are_each_factors_view_of_a_whole_clip():
@@ -210,7 +238,7 @@ def test_frame_readout_follows_the_group_that_carries_a_factor_and_no_other():
     readings = {"input": readout.predict(held_x), "reconstruction": readout.predict(held_x),
                 "carrier": readout.predict(mouth_from_b), "ignored": readout.predict(held_x)}
     scores = diag.frame_factor_scores(held_y, partner, readings)
-    assert set(scores) == {"mouth", "blink", "head_pose"}
+    assert set(scores) == {"mouth", "blink", "head_pose", "head_motion"}
     # the classes lie 20 noise SDs from their boundaries: read without error
     assert scores["mouth"]["input"] == 1.0 and scores["blink"]["input"] == 1.0
     assert scores["head_pose"]["input"] > 0.999  # linear and noise-free: R^2 ~ 1
@@ -219,7 +247,7 @@ def test_frame_readout_follows_the_group_that_carries_a_factor_and_no_other():
     assert mouth["ignored"]["follow"] == 0.0 and mouth["ignored"]["stay"] == 1.0
     # ~2/3 of frames have another mouth class than the partner's, ~18 % another blink
     assert mouth["carrier"]["n"] > 0.5 * 12 * 40
-    for other in ("blink", "head_pose"):  # the carrier swap left these with A
+    for other in ("blink", "head_pose", "head_motion"):  # the carrier swap left these with A
         swap = scores[other]["swaps"]["carrier"]
         assert swap["follow"] == 0.0 and swap["stay"] == 1.0 and swap["n"] > 0
 
@@ -513,10 +541,10 @@ def test_diagnose_skips_visual_read_outs_for_audio_models_and_stores_without_fac
                             "--store", str(tiny_store), "--held-split", "test", "--window", "0"])
     # no visual stream: no read-out of it, but the audio z is still probed per frame
     factors = result.frame_factors
-    assert set(factors) == {"mouth", "blink", "head_pose", "f0_contour", "f0_level",
-                            "voicing"}
+    assert set(factors) == {"mouth", "blink", "head_pose", "head_motion", "f0_contour",
+                            "f0_level", "voicing"}
     assert all(set(factors[n]) == {"kind", "stream", "latents"} and set(factors[n]["latents"])
-               == {"w", "z"} for n in ("mouth", "blink", "head_pose"))
+               == {"w", "z"} for n in ("mouth", "blink", "head_pose", "head_motion"))
     # its own stream's f0 is read out and swapped
     assert set(factors["f0_contour"]) == {"kind", "stream", "input", "reconstruction", "swaps",
                                           "latents"}
@@ -526,7 +554,7 @@ def test_diagnose_skips_visual_read_outs_for_audio_models_and_stores_without_fac
     # the V-DSAE: visual factors only, all read out
     result = diagnose.main(["--bundle", str(tiny_bundle), "--component", "dsae_visual",
                             "--store", str(tiny_store), "--held-split", "test", "--window", "0"])
-    assert set(result.frame_factors) == {"mouth", "blink", "head_pose"}
+    assert set(result.frame_factors) == {"mouth", "blink", "head_pose", "head_motion"}
     assert set(result.frame_factors["head_pose"]["swaps"]) == {"w", "z"}
     assert result.pitch_heard == {}  # no audio, no pitch
     _store_without_factors(tmp_path / "mead_like")

@@ -6,11 +6,12 @@ group alone is swapped with another speaker's clip, and linear probes of emotion
 on training speakers, scored on held-out ones) and speaker (within held-out speakers) on
 the group's clip means; per stream, the reconstruction term and the learned
 log-variances against the residuals'. Where both stores hold the synthetic per-frame factors
-(mouth shape, blink, head pose; with an audio stream, the f0 contour and level), also: a
-linear read-out of each from the stage-1 features of its stream, fitted on training frames,
-scored on the held-out clips' features, on the model's reconstructions and after swapping
-each group alone (does the reading follow the partner clip?), and per-frame probes of each
-factor from each dynamical group's posterior means (`--no-frame-probes` skips them). With
+(mouth shape, blink, head pose and its motion about the clip's mean pose; with an audio
+stream, the f0 contour and level), also: a linear read-out of each from the stage-1
+features of its stream, fitted on training frames, scored on the held-out clips' features,
+on the model's reconstructions and after swapping each group alone (does the reading
+follow the partner clip?), and per-frame probes of each factor from each dynamical group's
+posterior means (`--no-frame-probes` skips them). With
 an audio stream and f0, also the pitch heard in the decoded audio after each swap (a
 harmonic comb on the audio VQ-VAE's output, `mdvae/eval/pitch.py`): whose level and contour
 it has. The f0 read-out's swap shares can read the voice's timbre as its pitch; these read

@@ -359,7 +359,8 @@ class FrameFactor:
     # values: the smallest |A - B| for an element to count in a swap (the judges' MARGINS)
     margin: tuple[float, ...] = ()
     # "frame": the reading itself; "contour": minus the clip's median over its voiced
-    # frames (those whose truth is finite); "level": that median, one value per clip
+    # frames (those whose truth is finite); "level": that median, one value per clip;
+    # "motion": minus the clip's mean over those frames (`judges.motion`)
     view: str = "frame"
 
     @property
@@ -389,10 +390,13 @@ FRAME_READINGS: dict[str, FrameReading] = {r.name: r for r in (
 # averaged over the frames read as voiced among 5 (200 ms at 25 fps; the true contour,
 # averaged so, keeps R^2 0.975) it reads the contour at 0.53. Averaged over unvoiced frames
 # too, it would not (0.28): the read-out's f0 on an unvoiced frame means nothing.
+# The head as the judges trust it: its motion, the pose minus the clip's mean pose. A new
+# face's rest pose is read only to about the speakers' own spread of it, its motion well.
 FRAME_FACTORS: tuple[FrameFactor, ...] = (
     FrameFactor("mouth", "mouth"),
     FrameFactor("blink", "blink"),
     FrameFactor("head_pose", "head_pose", MARGINS["head_pose"]),
+    FrameFactor("head_motion", "head_pose", MARGINS["head_pose"], "motion"),
     FrameFactor("f0_contour", "f0", MARGINS["f0"], "contour"),
     FrameFactor("f0_level", "f0", MARGINS["f0"], "level"),
     FrameFactor("voicing", "voicing"),
@@ -530,10 +534,16 @@ def clip_view(view: str, x: np.ndarray, voiced: np.ndarray) -> np.ndarray:
     """Values x (N, T, V) of N clips as a factor's `view` sees them, given the frames that
     count, `voiced` (N, T): "frame", x itself; "contour", x minus each clip's median over
     its voiced frames, NaN on the others (N, T, V); "level", that median (N, V). A clip with
-    fewer than MIN_VOICED_FRAMES voiced frames has neither (NaN), as for the judges."""
+    fewer than MIN_VOICED_FRAMES voiced frames has neither (NaN), as for the judges.
+    "motion", x minus each clip's mean over the frames that count, NaN on the others
+    (N, T, V): the head's motion about its rest pose (`judges.motion`)."""
     if view == "frame":
         return x
     x = np.where(voiced[..., None], np.asarray(x, np.float64), np.nan)
+    if view == "motion":
+        with warnings.catch_warnings():  # a clip without such frames has a NaN mean
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return x - np.nanmean(x, axis=1, keepdims=True)
     with warnings.catch_warnings():  # a clip without voiced frames has a NaN median
         warnings.simplefilter("ignore", RuntimeWarning)
         level = np.nanmedian(x, axis=1)  # (N, V)
@@ -555,7 +565,7 @@ def factor_targets(readings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             out[factor.name] = x
             continue
         view = clip_view(factor.view, x[None], np.isfinite(x).all(-1)[None])[0]
-        out[factor.name] = view if factor.view == "contour" else np.repeat(view[None], len(x), 0)
+        out[factor.name] = view if factor.view != "level" else np.repeat(view[None], len(x), 0)
     return out
 
 
@@ -663,6 +673,7 @@ def format_frame_factors(frame_factors: Mapping[str, Mapping[str, Any]]) -> list
     nan = float("nan")
     lines = ["per-frame factors on the held-out frames (classes: balanced accuracy; values: "
              "R^2, head pose averaged over dx, dy, roll;",
+             "  head motion: the pose minus its clip's mean over the frames read;",
              "  f0 in semitones on voiced frames: contour, relative to the clip's median; "
              "level, that median, per clip;",
              "  its read-out averaged over the frames read as voiced among 5; voicing: "
@@ -679,7 +690,8 @@ def format_frame_factors(frame_factors: Mapping[str, Mapping[str, Any]]) -> list
                      "of its reconstructions)")
     lines.append("  probe g: a linear probe of the factor from g's own per-frame posterior means "
                  "(w: the clip's, on each of its frames)")
-    head = (f"{'factor':>10}" + "".join(f" {'recon' if k == 'reconstruction' else k:>6}"
+    width = max(10, *(len(name) for name in frame_factors))
+    head = (f"{'factor':>{width}}" + "".join(f" {'recon' if k == 'reconstruction' else k:>6}"
                                         for k in read)
             + "".join(f" {'swap ' + g:>11}" for g in swapped)
             + "".join(f" {'probe ' + g:>10}" for g in probed))
@@ -688,7 +700,7 @@ def format_frame_factors(frame_factors: Mapping[str, Mapping[str, Any]]) -> list
         swaps = r.get("swaps", {})
         cells = [f"{swaps[g]['follow']:.2f}/{swaps[g]['stay']:.2f}" if g in swaps else "-"
                  for g in swapped]
-        lines.append(f"{name:>10}" + "".join(f" {r.get(k, nan):>6.3f}" for k in read)
+        lines.append(f"{name:>{width}}" + "".join(f" {r.get(k, nan):>6.3f}" for k in read)
                      + "".join(f" {c:>11}" for c in cells)
                      + "".join(f" {r.get('latents', {}).get(g, nan):>10.3f}" for g in probed))
     return lines
