@@ -724,6 +724,11 @@ def test_kl_weights_weigh_w_and_the_zs_apart_and_static_first_decodes_from_w_alo
                        kl_weight=KLWeights(w=0.5, z=0.25)).total
     zs = loss.kl_zav + 3.0 * loss.kl_za + loss.kl_zv
     torch.testing.assert_close(apart, rec + 0.5 * 2.0 * loss.kl_w + 0.25 * zs)
+    # z_v on its own warm-up: its KL weighed apart from the other z's
+    own = model.elbo(x_a, x_v, out.x_a_hat, out.x_v_hat, q, p,
+                     kl_weight=KLWeights(w=0.5, z=0.25, z_v=0.75)).total
+    torch.testing.assert_close(
+        own, rec + 0.5 * 2.0 * loss.kl_w + 0.25 * (zs - loss.kl_zv) + 0.75 * loss.kl_zv)
     # static first: the same posterior sample, decoded with every z at zero; no z KL counts
     torch.manual_seed(5)
     static = model(x_a, x_v, kl_weight=KLWeights(w=1.0, z=1.0, static_only=True))

@@ -106,6 +106,27 @@ def test_static_first_schedule_releases_the_zs_after_w():
     assert stage2.kl_weights(None, 10, 20, 10) == KLWeights(1.0, 1.0)  # validation: the ELBO
 
 
+def test_z_v_can_warm_up_on_its_own_after_the_static_phase():
+    from mdvae.model.elbo import KLWeights
+
+    # z's released at step 20; the others reach full weight over 10 steps, z_v over 40
+    assert stage2.kl_weights(10, 10, 20, 10, z_v_warmup=40).z_v_effective == 0.0
+    released = stage2.kl_weights(29, 10, 20, 10, z_v_warmup=40)
+    assert released.z_effective == 1.0 and released.z_v_effective == pytest.approx(0.25)
+    assert stage2.kl_weights(59, 10, 20, 10, z_v_warmup=40).z_v_effective == 1.0
+    assert stage2.kl_weights(None, 10, 20, 10, z_v_warmup=40) == KLWeights(1.0, 1.0)
+    assert KLWeights(1.0, 0.5).z_v_effective == 0.5  # no z_v of its own: the z's weight
+
+
+def test_z_v_warmup_is_refused_without_a_static_phase_or_for_a_dsae():
+    base = ["--store", "s", "--vq-visual", "v", "--vq-audio", "a", "--out", "o"]
+    with pytest.raises(ConfigError, match="z-v-warmup"):
+        stage2.main(base + ["--z-v-warmup", "100"])
+    with pytest.raises(ConfigError, match="z-v-warmup"):
+        stage2.main(base + ["--model", "dsae-visual", "--static-first", "10",
+                            "--z-v-warmup", "100"])
+
+
 @pytest.mark.slow
 def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_path):
     flags = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio"),

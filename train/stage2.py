@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--z-warmup", type=int, default=0,
                         help="with --static-first: steps over which the z's KL weight then grows "
                              "from 0 to 1 (0: at once)")
+    parser.add_argument("--z-v-warmup", type=int, default=None,
+                        help="MDVAE with --static-first: z_v's own warm-up, in place of "
+                             "--z-warmup for z_v alone (longer: z_v is cheaper than z_av for "
+                             "longer after the z's join; default: --z-warmup)")
     parser.add_argument("--obs-init", default="config", choices=["config", "data"],
                         help="start of the decoders' per-dimension log-variances on a new run: "
                              "'config' = the model config's obs_logvar_init (default), 'data' = "
@@ -237,28 +241,30 @@ def kl_scale(step: int | None, warmup: int) -> float:
 
 
 def kl_weights(step: int | None, warmup: int, static_first: int = 0,
-               z_warmup: int = 0) -> KLWeights:
+               z_warmup: int = 0, z_v_warmup: int | None = None) -> KLWeights:
     """The schedule's weights on the KL terms at `step` (None: validation, the ELBO itself).
 
     KL(q(w)) is warmed up over `warmup` steps. Without `static_first` the z's KLs follow
     the same warm-up. With it, the decoders see w alone for the first `static_first` steps
     (the z's zeroed, their KLs out of the loss), then the z's join and their KL weight grows
     from 0 to 1 over `z_warmup` steps: w takes what is constant over a clip (identity,
-    emotion) before the z's can carry it from frame to frame.
+    emotion) before the z's can carry it from frame to frame. `z_v_warmup`, where given,
+    is z_v's own warm-up after the join, in place of `z_warmup` (the MDVAE's).
     """
     w = kl_scale(step, warmup)
     if step is None or static_first <= 0:
         return KLWeights(w, w)
     if step < static_first:
         return KLWeights(w, 0.0, static_only=True)
-    return KLWeights(w, kl_scale(step - static_first, z_warmup))
+    z_v = None if z_v_warmup is None else kl_scale(step - static_first, z_v_warmup)
+    return KLWeights(w, kl_scale(step - static_first, z_warmup), z_v=z_v)
 
 
 def make_step_fn(kind: str, device: torch.device, warmup: int, static_first: int = 0,
-                 z_warmup: int = 0):
+                 z_warmup: int = 0, z_v_warmup: int | None = None):
     def step_fn(model: torch.nn.Module, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
         x_a, x_v = batch["x_a"].to(device), batch["x_v"].to(device)
-        scale = kl_weights(step, warmup, static_first, z_warmup)
+        scale = kl_weights(step, warmup, static_first, z_warmup, z_v_warmup)
         if kind == "mdvae":
             out = model(x_a, x_v, kl_weight=scale)
         else:
@@ -311,6 +317,10 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
     if args.init_from and args.obs_init != "config":
         raise ConfigError("--init-from keeps the run's trained decoder variances; "
                           "--obs-init applies to a model trained from scratch")
+    if args.z_v_warmup is not None and not args.resume and (
+            args.model != "mdvae" or args.static_first <= 0):
+        raise ConfigError("--z-v-warmup is z_v's own warm-up after the static-first phase: "
+                          "give it to an MDVAE with --static-first")
     init = read_init_run(args.init_from, args.model) if args.init_from else None
     d = common.setup_distributed(args.device)
     run = common.RunFolder(args.out, writer=d.is_main)
@@ -326,6 +336,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         args.kl_warmup = saved["kl_warmup"]
         args.static_first = saved.get("static_first", 0)
         args.z_warmup = saved.get("z_warmup", 0)
+        args.z_v_warmup = saved.get("z_v_warmup")
         args.freeze_w_encoder = saved.get("freeze_w_encoder", False)
         args.train_only = saved.get("train_only")
         earlier = run.store_history(saved, args.store)
@@ -394,6 +405,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         "kl_warmup": args.kl_warmup,
         "static_first": args.static_first,
         "z_warmup": args.z_warmup,
+        **({"z_v_warmup": args.z_v_warmup} if args.z_v_warmup is not None else {}),
         "obs_init": obs_init,
         **({"freeze_w_encoder": True} if args.freeze_w_encoder else {}),
         **({"train_only": list(args.train_only)} if args.train_only else {}),
@@ -419,7 +431,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
             train_batches=train,
             val_batches=lambda: iter(val),
             step_fn=make_step_fn(args.model, d.device, args.kl_warmup, args.static_first,
-                                 args.z_warmup),
+                                 args.z_warmup, args.z_v_warmup),
             items_per_batch=lambda b: b["x_a"].shape[0] * b["x_a"].shape[1],
             resume=args.resume,
             desc=f"stage2 {args.model}",

@@ -44,7 +44,8 @@ def kl_z_term(posterior: DiagonalGaussian, prior: DiagonalGaussian) -> Tensor:
 class KLWeights:
     """A training schedule's weights on the KL terms (each term's beta applies on top).
 
-    `w` weighs KL(q(w) || p(w)), `z` the dynamical groups' KLs. With `static_only` the
+    `w` weighs KL(q(w) || p(w)), `z` the dynamical groups' KLs, and `z_v`, where it is
+    given, the MDVAE's z_v apart from the other z's (its own warm-up). With `static_only` the
     decoders see w alone (every z set to zero), so the z's explain nothing yet and their
     KLs are left out of the loss whatever `z` says: the static-first schedule, which lets
     w take the clip-level factors before the z's can. All ones is the ELBO itself.
@@ -53,6 +54,7 @@ class KLWeights:
     w: float = 1.0
     z: float = 1.0
     static_only: bool = False
+    z_v: float | None = None
 
     @classmethod
     def of(cls, weights: float | KLWeights) -> KLWeights:
@@ -62,6 +64,12 @@ class KLWeights:
     @property
     def z_effective(self) -> float:
         return 0.0 if self.static_only else self.z
+
+    @property
+    def z_v_effective(self) -> float:
+        if self.static_only:
+            return 0.0
+        return self.z if self.z_v is None else self.z_v
 
 
 def training_loss(

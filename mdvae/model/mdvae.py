@@ -735,7 +735,7 @@ class MDVAE(nn.Module):
                 (w * c.beta_w, kl_w),
                 (z * c.beta_z_av, kl_zav),
                 (z * c.beta_z_a, kl_za),
-                (z * c.beta_z_v, kl_zv),
+                (weights.z_v_effective * c.beta_z_v, kl_zv),
             ],
         )
         return ELBOTerms(total, rec_audio, rec_visual, kl_w, kl_zav, kl_za, kl_zv)
