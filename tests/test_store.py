@@ -1,6 +1,10 @@
 """The data store: round trip, crash-safe resume, windows, splits, features, bad folders."""
 
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -249,6 +253,41 @@ def test_features(tmp_path):
         store.features("../x")
     write_clips(tmp_path / "s", [5], start=2)  # the store grows: cached features are stale
     assert Store(tmp_path / "s").features("vq-abc123") is None
+
+
+def test_two_writers_of_the_same_features_both_finish_and_one_copy_stands(tmp_path):
+    # two runs that both found the features missing encode and write them at the same time
+    write_clips(tmp_path / "s", [10, 20])
+    store = Store(tmp_path / "s")
+    rng = np.random.default_rng(0)
+    audio, visual = rng.standard_normal((30, 4)), rng.standard_normal((30, 6))
+    kw = {"audio_dim": 4, "visual_dim": 6}
+    with store.feature_writer("vq-k", **kw) as first:
+        first.audio[:], first.visual[:] = audio, visual
+        with store.feature_writer("vq-k", **kw) as second:
+            second.audio[:], second.visual[:] = audio, visual
+        assert store.feature_keys() == ["vq-k"]  # the second landed; the first still writes
+    cached = Store(tmp_path / "s").features("vq-k")
+    np.testing.assert_allclose(cached.visual, visual, atol=3e-3)
+    assert sorted(p.name for p in (tmp_path / "s" / "features").iterdir()) == ["vq-k"]
+
+
+def test_a_dead_writers_leftovers_are_removed_and_a_live_ones_kept(tmp_path):
+    write_clips(tmp_path / "s", [10])
+    store = Store(tmp_path / "s")
+    root = tmp_path / "s" / "features"
+    root.mkdir()
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()  # a process that has exited: its pid names no live writer
+    host = platform.node() or "host"
+    dead = root / f".vq-k.{host}-{done.pid}-0a0a0a0a.tmp"
+    live = root / f".vq-k.{host}-{os.getpid()}-0b0b0b0b.tmp"
+    elsewhere = root / f".vq-k.another-host-{done.pid}-0c0c0c0c.tmp"
+    for folder in (dead, live, elsewhere):
+        folder.mkdir()
+    store.write_features("vq-k", np.zeros((10, 4)), np.zeros((10, 6)))
+    assert not dead.exists() and live.exists() and elsewhere.exists()
+    assert store.feature_keys() == ["vq-k"]
 
 
 def test_bad_folders_refused(tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import glob
 import hashlib
 import json
 import logging
@@ -230,6 +231,39 @@ def _arrays(meta: Mapping[str, Any]) -> dict[str, tuple[str, str, tuple[int, ...
     for name, spec in meta["factors"].items():
         out[f"factors/{name}.bin"] = (name, spec["dtype"], tuple(spec["shape"]))
     return out
+
+
+def _writer_tag() -> str:
+    """This writer's part of a temporary folder's name: host, process and a random part."""
+    return f"{platform.node() or 'host'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _remove_abandoned_writes(root: Path, key: str) -> None:
+    """Delete the temporary folders of `key` that a writer on this host left when it died
+    (killed mid-write); those of live processes, and of other hosts, stay."""
+    prefix, host = f".{key}.", platform.node() or "host"
+    for path in root.glob(f".{glob.escape(key)}.*"):
+        name = path.name
+        if name == f".{key}.tmp" or name == f".{key}.old":  # this store's older layout
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        if not (name.endswith(".tmp") or name.endswith(".old")):
+            continue
+        parts = name[len(prefix):-4].rsplit("-", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        if not _process_alive(int(parts[1])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -703,7 +737,8 @@ class Store:
         root = self.path / "features"
         if not root.is_dir():
             return []
-        return sorted(p.name for p in root.iterdir() if (p / "meta.json").is_file())
+        return sorted(p.name for p in root.iterdir()
+                      if not p.name.startswith(".") and (p / "meta.json").is_file())
 
     def features(self, key: str) -> Features | None:
         """Cached stage-1 features stored under ``key`` (read-only memmaps), or None when
@@ -760,8 +795,9 @@ class Store:
             raise StoreError(f"{self.path} has no frames to compute features for")
         root = self.path / "features"
         root.mkdir(exist_ok=True)
-        tmp = root / f".{key}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_abandoned_writes(root, key)
+        tag = _writer_tag()
+        tmp = root / f".{key}.{tag}.tmp"
         tmp.mkdir()
         try:
             dims = {"audio": audio_dim, "visual": visual_dim}
@@ -786,17 +822,23 @@ class Store:
                 "info": dict(info or {}),
             }
             _write_json_atomic(tmp / "meta.json", meta)
-            final = root / key
-            if final.exists():
-                old = root / f".{key}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
+            # Other processes may write the same key at the same time (two runs that both
+            # found it missing): each writes its own folder, and one copy stands.
+            # The same key means the same encoders, so every copy holds the same features.
+            final, old = root / key, root / f".{key}.{tag}.old"
+            try:
+                os.replace(final, old)  # an earlier copy, moved aside
+            except FileNotFoundError:
+                pass
+            try:
                 os.replace(tmp, final)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, final)
+            except OSError:
+                if not (final / "meta.json").is_file():
+                    raise
+                # another writer's copy landed between the two moves: it stands
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(root / f".{key}.{tag}.old", ignore_errors=True)
 
     def write_features(
         self,
