@@ -690,7 +690,7 @@ def format_frame_factors(frame_factors: Mapping[str, Mapping[str, Any]]) -> list
                      "of its reconstructions)")
     lines.append("  probe g: a linear probe of the factor from g's own per-frame posterior means "
                  "(w: the clip's, on each of its frames)")
-    width = max(10, *(len(name) for name in frame_factors))
+    width = max([10, *(len(name) for name in frame_factors)])
     head = (f"{'factor':>{width}}" + "".join(f" {'recon' if k == 'reconstruction' else k:>6}"
                                         for k in read)
             + "".join(f" {'swap ' + g:>11}" for g in swapped)
