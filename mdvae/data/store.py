@@ -233,15 +233,19 @@ def _arrays(meta: Mapping[str, Any]) -> dict[str, tuple[str, str, tuple[int, ...
     return out
 
 
+def _host() -> str:
+    return platform.node() or "host"
+
+
 def _writer_tag() -> str:
     """This writer's part of a temporary folder's name: host, process and a random part."""
-    return f"{platform.node() or 'host'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _remove_abandoned_writes(root: Path, key: str) -> None:
     """Delete the temporary folders of `key` that a writer on this host left when it died
     (killed mid-write); those of live processes, and of other hosts, stay."""
-    prefix, host = f".{key}.", platform.node() or "host"
+    prefix, host = f".{key}.", _host()
     for path in root.glob(f".{glob.escape(key)}.*"):
         name = path.name
         if name == f".{key}.tmp" or name == f".{key}.old":  # this store's older layout
@@ -262,7 +266,7 @@ def _process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
-        return True
+        pass
     return True
 
 
@@ -797,7 +801,7 @@ class Store:
         root.mkdir(exist_ok=True)
         _remove_abandoned_writes(root, key)
         tag = _writer_tag()
-        tmp = root / f".{key}.{tag}.tmp"
+        tmp, old = root / f".{key}.{tag}.tmp", root / f".{key}.{tag}.old"
         tmp.mkdir()
         try:
             dims = {"audio": audio_dim, "visual": visual_dim}
@@ -825,7 +829,7 @@ class Store:
             # Other processes may write the same key at the same time (two runs that both
             # found it missing): each writes its own folder, and one copy stands.
             # The same key means the same encoders, so every copy holds the same features.
-            final, old = root / key, root / f".{key}.{tag}.old"
+            final = root / key
             try:
                 os.replace(final, old)  # an earlier copy, moved aside
             except FileNotFoundError:
@@ -838,7 +842,7 @@ class Store:
                 # another writer's copy landed between the two moves: it stands
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(root / f".{key}.{tag}.old", ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
 
     def write_features(
         self,
