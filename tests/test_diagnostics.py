@@ -518,6 +518,14 @@ def test_diagnose_program_reports_every_group_of_a_bundle(tiny_bundle, tiny_stor
                 assert row[factor]["follow"] + row[factor]["stay"] == pytest.approx(1.0)
     assert "pitch heard in the decoded audio" in text and "swap z_av" in text
     assert set(json.loads(out.read_text())["pitch_heard"]["w"]) == {"level", "contour"}
+    # the emotion in w per level, and with another emotion's voice: the same w probe as
+    # the group table's, so the same accuracy over all clips
+    sources = result.emotion_sources
+    assert sources["all"]["clips"] == 4
+    assert sources["all"]["accuracy"] == pytest.approx(result.groups[0].probes["emotion"])
+    assert sum(row["clips"] for k, row in sources.items() if k != "all") == 4
+    assert "emotion read from w" in text
+    assert json.loads(out.read_text())["emotion_sources"]["all"]["clips"] == 4
 
 
 def _store_without_factors(folder) -> None:
@@ -575,3 +583,75 @@ def test_diagnose_refuses_an_unknown_split(tiny_bundle, tiny_store):
     with pytest.raises(MDVAEError, match="is not one of"):
         diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),
                        "--held-split", "nonexistent"])
+
+
+def test_mixed_partners_share_speaker_and_level_not_emotion():
+    speakers = ["a", "a", "a", "a", "b", "b"]
+    emotions = ["angry", "happy", "angry", "sad", "sad", "sad"]
+    levels = [2, 2, 3, 2, 1, 1]
+    voice = diag.mixed_partners(speakers, emotions, levels)
+    # clip 0 takes the next of a's level-2 clips with another emotion; 2 has no such clip
+    # at level 3; b's clips share their emotion, so they have none
+    assert voice.tolist() == [1, 3, -1, 0, -1, -1]
+
+
+def _emotion_world(rng: np.random.Generator, per: int = 12):
+    """Clips of 3 speakers x 3 emotions x 2 levels; the face and the voice each show the
+    emotion as a clean one-hot in their own features (the face on dims 0..2, the voice on
+    dims 3..5 of its stream), plus noise."""
+    names = ["angry", "happy", "sad"]
+    emotions, levels, speakers, x_a, x_v = [], [], [], [], []
+    for s in range(3):
+        for e, name in enumerate(names):
+            for level in (1, 2):
+                for _ in range(per // 6):
+                    emotions.append(name)
+                    levels.append(level)
+                    speakers.append(f"s{s}")
+                    a, v = rng.normal(0, 0.1, (5, 6)), rng.normal(0, 0.1, (5, 6))
+                    v[:, e] += 1.0
+                    a[:, 3 + e] += 1.0
+                    x_a.append(a)
+                    x_v.append(v)
+    return (emotions, levels, speakers, torch.tensor(np.stack(x_a), dtype=torch.float32),
+            torch.tensor(np.stack(x_v), dtype=torch.float32))
+
+
+@pytest.mark.parametrize("reads, face, voice", [("face", 1.0, 0.0), ("voice", 0.0, 1.0)])
+def test_emotion_sources_tell_whose_emotion_w_holds(reads, face, voice):
+    emotions, levels, speakers, x_a, x_v = _emotion_world(np.random.default_rng(0))
+
+    def encode_w(a, v):  # a w that sees one stream only: its clip mean
+        return (v if reads == "face" else a).mean(1).numpy()
+
+    probe = diag.fit_probe(encode_w(x_a, x_v), emotions)
+    sources = diag.emotion_sources(encode_w, probe, x_a, x_v, emotions, levels, speakers)
+    assert list(sources) == ["1", "2", "all"]
+    assert sources["all"]["clips"] == len(emotions) and sources["1"]["clips"] == len(emotions) // 2
+    for row in sources.values():
+        assert row["accuracy"] == 1.0  # the probe reads every clip itself
+        assert row["pairs"] == row["clips"]  # each clip has another emotion at its level
+        assert row["face"] == face and row["voice"] == voice and row["neither"] == 0.0
+    lines = diag.format_emotion_sources(sources)
+    assert "mixed: face / voice / neither" in lines[3] and len(lines) == 3 + 2 + 3
+
+
+def test_emotion_sources_of_a_one_stream_model_have_no_mix():
+    emotions, levels, speakers, x_a, x_v = _emotion_world(np.random.default_rng(1))
+    # a w that sees the face alone, with the level-1 clips' emotion erased (w = 0)
+    hide = torch.tensor([lv == 1 for lv in levels])
+
+    def encode_w(a, v):
+        w = v.mean(1).clone()
+        w[hide] = 0.0
+        return w.numpy()
+
+    probe = diag.fit_probe(encode_w(x_a, x_v), emotions)
+    sources = diag.emotion_sources(encode_w, probe, x_a, x_v, emotions, levels, speakers,
+                                   mix=False)
+    assert sources["2"]["accuracy"] == 1.0
+    # level 1: every w is the same, so the probe gives one emotion of three
+    assert sources["1"]["accuracy"] == pytest.approx(1 / 3)
+    assert sources["all"]["accuracy"] == pytest.approx((1 + 1 / 3) / 2)
+    assert all("pairs" not in row for row in sources.values())
+    assert "mixed" not in "\n".join(diag.format_emotion_sources(sources))

@@ -15,7 +15,10 @@ posterior means (`--no-frame-probes` skips them). With
 an audio stream and f0, also the pitch heard in the decoded audio after each swap (a
 harmonic comb on the audio VQ-VAE's output, `mdvae/eval/pitch.py`): whose level and contour
 it has. The f0 read-out's swap shares can read the voice's timbre as its pitch; these read
-the harmonics. See `mdvae/eval/diagnostics.py` for the definitions.
+the harmonics. Where the held-out clips carry intensity levels, the emotion read from w
+per level, and (an MDVAE) from w encoded with another emotion's voice of the same speaker
+and level: is w's emotion the face's or the voice's? See `mdvae/eval/diagnostics.py` for
+the definitions.
 
     python -m train.diagnose --bundle checkpoints --store data/synth200
     python -m train.diagnose --run runs/mdvae --vq-visual runs/vq_visual \\
@@ -42,6 +45,7 @@ from mdvae.eval import diagnostics as diag
 from mdvae.eval import pitch
 from mdvae.eval.diagnostics import feature_means, labelled
 from mdvae.eval.disentanglement import FollowStay
+from mdvae.eval.experiments import static_means
 from train.runs import cached_features, load_stage1, load_stage2
 
 
@@ -123,6 +127,13 @@ def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
                                [c.emotion for c in held_clips], speakers)
     for g in measured.groups:
         g.probes = probes[g.name]
+    sources = {}
+    w_probe = diag.fit_probe(train["w"], [c.emotion for c in train_clips])
+    if w_probe is not None and all(c.level is not None for c in held_clips):
+        sources = diag.emotion_sources(
+            lambda a, v: static_means(model, a, v), w_probe, x_a, x_v,
+            [c.emotion for c in held_clips], [c.level for c in held_clips], speakers,
+            mix=len(diag.streams_of(model)) == 2)
     frame_factors = {}
     if train_targets:
         readings = dict(measured.readings)
@@ -148,7 +159,8 @@ def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
                  for k, t in tracks.items()}
     return diag.Diagnostics(type(model).__name__, measured.groups, measured.streams,
                             len(held_clips), combined=probes["all"], sampled_elbo=elbo,
-                            frame_factors=frame_factors, pitch_heard=heard)
+                            frame_factors=frame_factors, pitch_heard=heard,
+                            emotion_sources=sources)
 
 
 def main(argv: list[str] | None = None) -> diag.Diagnostics:

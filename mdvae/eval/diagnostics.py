@@ -31,6 +31,12 @@ lives, whatever the decoder does with it; w is the clip's on each of its frames,
 hold a clip-level factor such as the f0 level, not a per-frame one). The read-outs read
 f0 itself, as the stage-1 features show it, and the contour and level are taken from their
 readings; the probes are fitted on the contour and the level, which the latents are to split.
+
+Where w's emotion comes from (`emotion_sources`): the w probe's accuracy per intensity
+level (the voice can add most where the face shows least), and, for a model that reads both
+streams, w encoded from a clip's face with another emotion's voice (same speaker, same
+level): is it read as the face's emotion, the voice's, or neither?
+
 Everything is measured, nothing is trained but the probes and read-outs.
 """
 
@@ -98,6 +104,9 @@ class Diagnostics:
     # "A itself (codec)", "reconstruction" or a swapped group) -> {"level", "contour"} ->
     # {"follow", "stay", "n"}: pairs whose decoding has B's / A's level or contour
     pitch_heard: dict[str, dict[str, dict]] = field(default_factory=dict)
+    # level ("1", "2", "3", "all") -> the emotion read from w with the clips' own streams
+    # and, for an MDVAE, with another emotion's voice (`emotion_sources`)
+    emotion_sources: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -270,18 +279,27 @@ def measure(
     return Measured(groups, streams, means, frames, readings)
 
 
-def linear_probe(train_x: np.ndarray, train_y: list, test_x: np.ndarray, test_y: list,
-                 *, c: float = 1.0) -> float:
-    """Accuracy on (test_x, test_y) of a standardised multinomial logistic regression fitted
-    on (train_x, train_y); NaN when the training labels hold fewer than two classes."""
+def fit_probe(train_x: np.ndarray, train_y: list, *, c: float = 1.0):
+    """A standardised multinomial logistic regression fitted on (train_x, train_y) (an
+    sklearn pipeline: `predict` gives labels); None when the labels hold fewer than two
+    classes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if len(set(np.asarray(train_y).tolist())) < 2 or len(test_y) == 0:
-        return float("nan")
+    if len(set(np.asarray(train_y).tolist())) < 2:
+        return None
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-    probe.fit(train_x, np.asarray(train_y))
+    return probe.fit(train_x, np.asarray(train_y))
+
+
+def linear_probe(train_x: np.ndarray, train_y: list, test_x: np.ndarray, test_y: list,
+                 *, c: float = 1.0) -> float:
+    """Accuracy on (test_x, test_y) of a standardised multinomial logistic regression fitted
+    on (train_x, train_y); NaN when the training labels hold fewer than two classes."""
+    probe = fit_probe(train_x, train_y, c=c)
+    if probe is None or len(test_y) == 0:
+        return float("nan")
     return float((probe.predict(test_x) == np.asarray(test_y)).mean())
 
 
@@ -329,6 +347,89 @@ def probe_groups(
                                     spk[score]),
         }
     return out
+
+
+# ---- which stream the emotion in w comes from ----------------------------------------------
+
+
+def mixed_partners(speakers: list[str], emotions: list[str], levels: list) -> np.ndarray:
+    """For each clip, the first clip after it (cyclically) of the same speaker and intensity
+    level that shows another emotion: whose voice `emotion_sources` gives it; -1 where
+    there is none."""
+    n = len(speakers)
+    out = np.full(n, -1)
+    for i in range(n):
+        for k in range(1, n):
+            j = (i + k) % n
+            if (speakers[j] == speakers[i] and levels[j] == levels[i]
+                    and emotions[j] != emotions[i]):
+                out[i] = j
+                break
+    return out
+
+
+def emotion_sources(
+    encode_w: Callable[[Tensor, Tensor], np.ndarray], probe, x_a: Tensor, x_v: Tensor,
+    emotions: list[str], levels: list, speakers: list[str], *, mix: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Where the emotion read from w comes from, per intensity level of N clips of equal
+    length x_a (N, T, Da), x_v (N, T, Dv) and over all ("all").
+
+    `encode_w(x_a, x_v)` gives w's posterior means (N, Lw); `probe` (`fit_probe` on
+    training clips' w) reads an emotion from them. Per level: `clips` and `accuracy`, the
+    probe's accuracy with each clip's own streams; and with `mix` (a model that reads both
+    streams), w encoded from each clip's face with the voice of another clip of the same
+    speaker and level showing another emotion (`mixed_partners`): `pairs`, and the shares
+    of those read as the face's emotion (`face`), the voice's (`voice`) or neither
+    (`neither`). A w that reads the face alone scores face 1 wherever the probe reads the
+    clip itself; one that reads the voice alone, voice 1."""
+    emotions_a = np.asarray(emotions)
+    levels_a = np.asarray([str(v) for v in levels])
+    read = probe.predict(encode_w(x_a, x_v))
+    own = read == emotions_a
+    voice = mixed_partners(speakers, emotions, list(levels_a)) if mix else np.full(len(own), -1)
+    paired = np.flatnonzero(voice >= 0)
+    mixed = np.empty(len(own), dtype=object)
+    if len(paired):
+        mixed[paired] = probe.predict(encode_w(x_a[torch.as_tensor(voice[paired])],
+                                               x_v[torch.as_tensor(paired)]))
+    out = {}
+    for level in sorted(set(levels_a)) + ["all"]:
+        rows = np.arange(len(own)) if level == "all" else np.flatnonzero(levels_a == level)
+        entry = {"clips": int(len(rows)), "accuracy": float(own[rows].mean())}
+        if mix:
+            rows = rows[voice[rows] >= 0]
+            entry["pairs"] = int(len(rows))
+            if len(rows):
+                face = mixed[rows] == emotions_a[rows]
+                heard = mixed[rows] == emotions_a[voice[rows]]
+                entry |= {"face": float(face.mean()), "voice": float(heard.mean()),
+                          "neither": float((~face & ~heard).mean())}
+        out[level] = entry
+    return out
+
+
+def format_emotion_sources(sources: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """`emotion_sources` as table lines."""
+    mix = any("pairs" in row for row in sources.values())
+    lines = ["emotion read from w (the w probe above) per intensity level (level 1 holds the "
+             "neutral clips too)"]
+    if mix:
+        lines.append("  mixed: w encoded from the clip's face and the voice of another clip of "
+                     "the same speaker and level showing another emotion;")
+        lines.append("  shares read as the face's emotion / the voice's / neither")
+    head = f"{'level':>6} {'clips':>6} {'accuracy':>9}"
+    if mix:
+        head += f" {'pairs':>6} {'mixed: face / voice / neither':>30}"
+    lines += [head, "-" * len(head)]
+    for level, row in sources.items():
+        line = f"{level:>6} {row['clips']:>6} {row['accuracy']:>9.3f}"
+        if mix:
+            cell = (f"{row['face']:.3f} / {row['voice']:.3f} / {row['neither']:.3f}"
+                    if row.get("pairs") else "-")
+            line += f" {row.get('pairs', 0):>6} {cell:>30}"
+        lines.append(line)
+    return lines
 
 
 # ---- per-frame factors --------------------------------------------------------------------
@@ -772,6 +873,9 @@ def format_report(d: Diagnostics) -> str:
         lines.append("")
         lines.append("emotion probe on the stage-1 features' clip means (the ceiling stage 2 is "
                      "given): " + ", ".join(f"{k} {v:.3f}" for k, v in d.feature_probes.items()))
+    if d.emotion_sources:
+        lines.append("")
+        lines += format_emotion_sources(d.emotion_sources)
     if d.frame_factors:
         lines.append("")
         lines += format_frame_factors(d.frame_factors)
