@@ -979,3 +979,43 @@ def test_authors_layout_round_trips_through_a_bundle(tmp_path):
             loaded.decode(loaded.encode(x_a, x_v)), model.decode(model.encode(x_a, x_v))
         ):
             torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_w_face_dropout_hides_the_face_from_q_w_in_training_only(layout):
+    """w_face_dropout: in training, the chosen sequences' q(w) reads the voice alone (the
+    face's inputs to q(w) zeroed) while their z posteriors still read the face; in
+    evaluation q(w) reads both streams, as the seed's model does."""
+    model = tiny_model(layout=layout, w_face_dropout=1.0)  # every sequence, to see it
+    x_a, x_v = inputs()
+    other_face = inputs(seed=1)[1]
+    model.train()
+    torch.manual_seed(3)
+    out = model(x_a, x_v)
+    torch.manual_seed(3)
+    moved = model(x_a, other_face)
+    torch.testing.assert_close(out.posterior.w.mean, moved.posterior.w.mean)
+    torch.testing.assert_close(out.posterior.w.logvar, moved.posterior.w.logvar)
+    assert not torch.allclose(out.posterior.z_v.mean, moved.posterior.z_v.mean)
+    # it is the face's absence, not another posterior: q(w) as with the face's inputs zeroed
+    _, q_faceless, _ = model._infer(x_a, x_v, sample=False, noise=None, w=None, z_av=None,
+                                    z_a=None, z_v=None, faceless=torch.ones(B, dtype=bool))
+    torch.testing.assert_close(out.posterior.w.mean, q_faceless.w.mean)
+    model.eval()
+    q_eval = model.infer(x_a, x_v, sample=False)[1].w.mean
+    assert not torch.allclose(q_eval, model.infer(x_a, other_face, sample=False)[1].w.mean)
+    torch.manual_seed(3)
+    torch.testing.assert_close(model(x_a, x_v).posterior.w.mean, q_eval)
+    # a share: some sequences of a large batch hide the face, some do not
+    half = tiny_model(layout=layout, w_face_dropout=0.5).train()
+    x_a, x_v = inputs(batch=64)
+    seen = half.infer(x_a, x_v, sample=False)[1].w.mean
+    torch.manual_seed(0)
+    hidden = (half(x_a, x_v).posterior.w.mean - seen).abs().amax(-1) > 1e-9
+    assert 10 < int(hidden.sum()) < 54
+
+
+def test_w_face_dropout_is_a_share():
+    with pytest.raises(ConfigError, match="w_face_dropout"):
+        MDVAEConfig(w_face_dropout=1.5)
+    assert MDVAEConfig().w_face_dropout == 0.0  # the seed's model by default

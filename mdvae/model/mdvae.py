@@ -219,6 +219,13 @@ class MDVAEConfig(ConfigBase):
     # held fixed in the cycle, which then asks the decoded voice alone to carry what a real
     # voice tells of w
     swap_cycle_judge: str = "joint"
+    # a departure (issue 13): the share of training sequences whose q(w) is computed without
+    # the face (its visual inputs to q(w) zeroed; the z posteriors and the decoders still see
+    # it), so that q(w) must learn to read from the voice what the decoders need of w, the
+    # face's identity and emotion included (modality dropout). The ELBO of each sequence is
+    # a bound for any q(w), so the objective is unchanged; evaluation always reads both
+    # streams. 0 is the seed's model
+    w_face_dropout: float = 0.0
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim and the *_hidden widths unused)
     authors_layout: AuthorsLayout | None = None
@@ -228,6 +235,9 @@ class MDVAEConfig(ConfigBase):
         for name in ("aux_clip_means", "swap_cycle"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key '{name}' must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.w_face_dropout <= 1.0:
+            raise ConfigError(f"config key 'w_face_dropout' is a share of the training "
+                              f"sequences, in [0, 1]; got {self.w_face_dropout}")
         if self.swap_cycle_judge not in SWAP_CYCLE_JUDGES:
             raise ConfigError(f"config key 'swap_cycle_judge': {self.swap_cycle_judge!r} is not "
                               f"one of {SWAP_CYCLE_JUDGES}")
@@ -455,6 +465,14 @@ class MDVAE(nn.Module):
             :2
         ]
 
+    @staticmethod
+    def _hide_face(faceless: Tensor | None, *visual: Tensor) -> list[Tensor]:
+        """The visual inputs of q(w), zeroed in the sequences marked `faceless` (B,) bool."""
+        if faceless is None:
+            return list(visual)
+        keep = (~faceless).to(visual[0].dtype)[:, None, None]
+        return [v * keep for v in visual]
+
     def _infer(
         self,
         x_a: Tensor,
@@ -466,18 +484,21 @@ class MDVAE(nn.Module):
         z_av: Tensor | None,
         z_a: Tensor | None,
         z_v: Tensor | None,
+        faceless: Tensor | None = None,
     ) -> tuple[Latents, LatentDistributions, tuple[Tensor, Tensor, Tensor] | None]:
         """`infer`, plus (authors' layout) the GRU states s_t of z_av, z_a, z_v over the
-        returned latents, from which the priors follow without running the GRUs again."""
+        returned latents, from which the priors follow without running the GRUs again.
+        `faceless` (B,) bool: sequences whose q(w) does not see the face (`w_face_dropout`)."""
         self._check_inputs(x_a, x_v)
         if self.config.authors_layout is not None:
-            return self._infer_authors(x_a, x_v, sample, noise, w, z_av, z_a, z_v)
+            return self._infer_authors(x_a, x_v, sample, noise, w, z_av, z_a, z_v, faceless)
         n_frames = x_a.shape[1]
         f_a = self.features_x_a(x_a)  # (B, T, F)
         f_v = self.features_x_v(x_v)  # (B, T, F)
         g_a = self.summary_x_a(f_a)  # (B, T, H)
         g_v = self.summary_x_v(f_v)  # (B, T, H)
-        q_w = self.posterior_w([g_a, g_v], [f_a, f_v])  # (B, Lw)
+        g_v_w, f_v_w = self._hide_face(faceless, g_v, f_v)
+        q_w = self.posterior_w([g_a, g_v_w], [f_a, f_v_w])  # (B, Lw)
         if w is None:
             w = q_w.rsample(noise.w if noise is not None else None) if sample else q_w.mean
         w_t = frames_of_w(w, n_frames)  # (B, T, Lw)
@@ -497,10 +518,10 @@ class MDVAE(nn.Module):
         )
         return Latents(w, z_av, z_a, z_v), LatentDistributions(q_w, q_z_av, q_z_a, q_z_v), None
 
-    def _infer_authors(self, x_a, x_v, sample, noise, w, z_av, z_a, z_v):
+    def _infer_authors(self, x_a, x_v, sample, noise, w, z_av, z_a, z_v, faceless=None):
         f_a = self.features_x_a(x_a)  # (B, T, Fa)
         f_v = self.features_x_v(x_v)  # (B, T, Fv)
-        q_w = self.posterior_w([f_v, f_a])  # (B, Lw)
+        q_w = self.posterior_w([*self._hide_face(faceless, f_v), f_a])  # (B, Lw)
         if w is None:
             w = q_w.rsample(noise.w if noise is not None else None) if sample else q_w.mean
         if self.config.posterior == "smoothing":
@@ -636,8 +657,12 @@ class MDVAE(nn.Module):
         `kl_weight` scales the KL terms of the loss's `total` (a number: all of them, a KL
         warm-up; `KLWeights`: w and the z's apart, or w alone decoding)."""
         weights = KLWeights.of(kl_weight)
+        faceless = None
+        if self.training and self.config.w_face_dropout > 0:
+            faceless = torch.rand(x_a.shape[0], device=x_a.device) < self.config.w_face_dropout
         latents, posterior, states = self._infer(
-            x_a, x_v, sample=True, noise=None, w=None, z_av=None, z_a=None, z_v=None
+            x_a, x_v, sample=True, noise=None, w=None, z_av=None, z_a=None, z_v=None,
+            faceless=faceless,
         )
         prior = self.priors(latents, states)
         decoded = latents
