@@ -593,6 +593,10 @@ def test_mixed_partners_share_speaker_and_level_not_emotion():
     # clip 0 takes the next of a's level-2 clips with another emotion; 2 has no such clip
     # at level 3; b's clips share their emotion, so they have none
     assert voice.tolist() == [1, 3, -1, 0, -1, -1]
+    # the control: the same emotion, another clip (b's two sad clips; a's angry clips differ
+    # in level)
+    alike = diag.mixed_partners(speakers, emotions, levels, same_emotion=True)
+    assert alike.tolist() == [-1, -1, -1, -1, 5, 4]
 
 
 def _emotion_world(rng: np.random.Generator, per: int = 12):
@@ -632,8 +636,32 @@ def test_emotion_sources_tell_whose_emotion_w_holds(reads, face, voice):
         assert row["accuracy"] == 1.0  # the probe reads every clip itself
         assert row["pairs"] == row["clips"]  # each clip has another emotion at its level
         assert row["face"] == face and row["voice"] == voice and row["neither"] == 0.0
+        # another clip's voice of the same emotion changes nothing either way
+        assert row["same_pairs"] == row["clips"] and row["same_accuracy"] == 1.0
     lines = diag.format_emotion_sources(sources)
-    assert "mixed: face / voice / neither" in lines[3] and len(lines) == 3 + 2 + 3
+    assert "mixed: face / voice / neither" in lines[4] and len(lines) == 4 + 2 + 3
+
+
+def test_emotion_sources_tell_a_voice_that_counts_from_one_that_only_disturbs():
+    """A w that reads the face's emotion but is thrown off by any voice but the clip's own
+    loses its accuracy with a same-emotion voice too; one that reads the voice's emotion
+    beside the face's keeps it."""
+    emotions, levels, speakers, x_a, x_v = _emotion_world(np.random.default_rng(2))
+    own_voice = {id(x_a)}
+
+    def disturbed(a, v):  # the face's one-hot, scrambled unless the voice is the clip's own
+        w = v.mean(1).numpy()
+        return w if id(a) in own_voice else w[:, ::-1]
+
+    def both(a, v):  # the two streams' one-hots side by side
+        return torch.cat([v.mean(1), a.mean(1)], -1).numpy()
+
+    for encode_w, kept in ((disturbed, False), (both, True)):
+        probe = diag.fit_probe(encode_w(x_a, x_v), emotions)
+        row = diag.emotion_sources(encode_w, probe, x_a, x_v, emotions, levels, speakers)["all"]
+        assert row["accuracy"] == 1.0
+        # scrambled, the face's one-hot lands where the probe reads noise: about 1/3
+        assert row["same_accuracy"] == 1.0 if kept else row["same_accuracy"] < 0.5
 
 
 def test_emotion_sources_of_a_one_stream_model_have_no_mix():

@@ -352,17 +352,18 @@ def probe_groups(
 # ---- which stream the emotion in w comes from ----------------------------------------------
 
 
-def mixed_partners(speakers: list[str], emotions: list[str], levels: list) -> np.ndarray:
-    """For each clip, the first clip after it (cyclically) of the same speaker and intensity
-    level that shows another emotion: whose voice `emotion_sources` gives it; -1 where
-    there is none."""
+def mixed_partners(speakers: list[str], emotions: list[str], levels: list, *,
+                   same_emotion: bool = False) -> np.ndarray:
+    """For each clip, the first other clip after it (cyclically) of the same speaker and
+    intensity level that shows another emotion (`same_emotion`: the same one): whose voice
+    `emotion_sources` gives it; -1 where there is none."""
     n = len(speakers)
     out = np.full(n, -1)
     for i in range(n):
         for k in range(1, n):
             j = (i + k) % n
             if (speakers[j] == speakers[i] and levels[j] == levels[i]
-                    and emotions[j] != emotions[i]):
+                    and (emotions[j] == emotions[i]) == same_emotion):
                 out[i] = j
                 break
     return out
@@ -381,23 +382,38 @@ def emotion_sources(
     streams), w encoded from each clip's face with the voice of another clip of the same
     speaker and level showing another emotion (`mixed_partners`): `pairs`, and the shares
     of those read as the face's emotion (`face`), the voice's (`voice`) or neither
-    (`neither`). A w that reads the face alone scores face 1 wherever the probe reads the
-    clip itself; one that reads the voice alone, voice 1."""
+    (`neither`); and, the control, with the voice of another clip of the same speaker,
+    level and emotion: `same_pairs` and `same_accuracy`. A w that reads the face alone
+    scores face 1 wherever the probe reads the clip itself, and `same_accuracy` equal to
+    `accuracy`; one that reads the voice alone, voice 1. A w that holds the voice's
+    emotion keeps its accuracy with a voice of the same emotion and loses it with another."""
     emotions_a = np.asarray(emotions)
     levels_a = np.asarray([str(v) for v in levels])
     read = probe.predict(encode_w(x_a, x_v))
     own = read == emotions_a
-    voice = mixed_partners(speakers, emotions, list(levels_a)) if mix else np.full(len(own), -1)
-    paired = np.flatnonzero(voice >= 0)
-    mixed = np.empty(len(own), dtype=object)
-    if len(paired):
-        mixed[paired] = probe.predict(encode_w(x_a[torch.as_tensor(voice[paired])],
-                                               x_v[torch.as_tensor(paired)]))
+    none = np.full(len(own), -1)
+
+    def read_with(voice: np.ndarray) -> np.ndarray:
+        paired = np.flatnonzero(voice >= 0)
+        out = np.empty(len(own), dtype=object)
+        if len(paired):
+            out[paired] = probe.predict(encode_w(x_a[torch.as_tensor(voice[paired])],
+                                                 x_v[torch.as_tensor(paired)]))
+        return out
+
+    voice = mixed_partners(speakers, emotions, list(levels_a)) if mix else none
+    alike = (mixed_partners(speakers, emotions, list(levels_a), same_emotion=True) if mix
+             else none)
+    mixed, same = read_with(voice), read_with(alike)
     out = {}
     for level in sorted(set(levels_a)) + ["all"]:
         rows = np.arange(len(own)) if level == "all" else np.flatnonzero(levels_a == level)
         entry = {"clips": int(len(rows)), "accuracy": float(own[rows].mean())}
         if mix:
+            kept = rows[alike[rows] >= 0]
+            entry["same_pairs"] = int(len(kept))
+            if len(kept):
+                entry["same_accuracy"] = float((same[kept] == emotions_a[kept]).mean())
             rows = rows[voice[rows] >= 0]
             entry["pairs"] = int(len(rows))
             if len(rows):
@@ -415,19 +431,23 @@ def format_emotion_sources(sources: Mapping[str, Mapping[str, float]]) -> list[s
     lines = ["emotion read from w (the w probe above) per intensity level (level 1 holds the "
              "neutral clips too)"]
     if mix:
+        lines.append("  same emotion: accuracy with the voice of another clip of the same speaker, "
+                     "level and emotion (n clips);")
         lines.append("  mixed: w encoded from the clip's face and the voice of another clip of "
                      "the same speaker and level showing another emotion;")
         lines.append("  shares read as the face's emotion / the voice's / neither")
     head = f"{'level':>6} {'clips':>6} {'accuracy':>9}"
     if mix:
-        head += f" {'pairs':>6} {'mixed: face / voice / neither':>30}"
+        head += f" {'same emotion':>16} {'pairs':>6} {'mixed: face / voice / neither':>30}"
     lines += [head, "-" * len(head)]
     for level, row in sources.items():
         line = f"{level:>6} {row['clips']:>6} {row['accuracy']:>9.3f}"
         if mix:
+            same = (f"{row['same_accuracy']:.3f} ({row['same_pairs']})"
+                    if row.get("same_pairs") else "-")
             cell = (f"{row['face']:.3f} / {row['voice']:.3f} / {row['neither']:.3f}"
                     if row.get("pairs") else "-")
-            line += f" {row.get('pairs', 0):>6} {cell:>30}"
+            line += f" {same:>16} {row.get('pairs', 0):>6} {cell:>30}"
         lines.append(line)
     return lines
 
