@@ -593,10 +593,11 @@ def test_mixed_partners_share_speaker_and_level_not_emotion():
     # clip 0 takes the next of a's level-2 clips with another emotion; 2 has no such clip
     # at level 3; b's clips share their emotion, so they have none
     assert voice.tolist() == [1, 3, -1, 0, -1, -1]
-    # the control: the same emotion, another clip (b's two sad clips; a's angry clips differ
-    # in level)
-    alike = diag.mixed_partners(speakers, emotions, levels, same_emotion=True)
-    assert alike.tolist() == [-1, -1, -1, -1, 5, 4]
+    # the control: another speaker's clip of the same emotion and level (a's sad clip 3 and
+    # b's sad clips differ in level; nothing else is shared)
+    alike = diag.mixed_partners(["a", "a", "b", "b", "c"], ["sad", "angry", "sad", "angry", "sad"],
+                                [1, 2, 1, 2, 2], same_emotion=True)
+    assert alike.tolist() == [2, 3, 0, 1, -1]
 
 
 def _emotion_world(rng: np.random.Generator, per: int = 12):

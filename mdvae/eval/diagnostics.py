@@ -354,16 +354,16 @@ def probe_groups(
 
 def mixed_partners(speakers: list[str], emotions: list[str], levels: list, *,
                    same_emotion: bool = False) -> np.ndarray:
-    """For each clip, the first other clip after it (cyclically) of the same speaker and
-    intensity level that shows another emotion (`same_emotion`: the same one): whose voice
-    `emotion_sources` gives it; -1 where there is none."""
+    """For each clip, the first other clip after it (cyclically) of the same intensity level
+    whose voice `emotion_sources` gives it: of the same speaker showing another emotion, or
+    (`same_emotion`) of another speaker showing the same emotion; -1 where there is none."""
     n = len(speakers)
     out = np.full(n, -1)
     for i in range(n):
         for k in range(1, n):
             j = (i + k) % n
-            if (speakers[j] == speakers[i] and levels[j] == levels[i]
-                    and (emotions[j] == emotions[i]) == same_emotion):
+            if (levels[j] == levels[i] and (emotions[j] == emotions[i]) == same_emotion
+                    and (speakers[j] == speakers[i]) != same_emotion):
                 out[i] = j
                 break
     return out
@@ -382,8 +382,9 @@ def emotion_sources(
     streams), w encoded from each clip's face with the voice of another clip of the same
     speaker and level showing another emotion (`mixed_partners`): `pairs`, and the shares
     of those read as the face's emotion (`face`), the voice's (`voice`) or neither
-    (`neither`); and, the control, with the voice of another clip of the same speaker,
-    level and emotion: `same_pairs` and `same_accuracy`. A w that reads the face alone
+    (`neither`); and, the control, with the voice of another speaker's clip of the same
+    level and emotion: `same_pairs` and `same_accuracy` (a benchmark may hold one clip per
+    speaker, emotion and level, as the synthetic one does). A w that reads the face alone
     scores face 1 wherever the probe reads the clip itself, and `same_accuracy` equal to
     `accuracy`; one that reads the voice alone, voice 1. A w that holds the voice's
     emotion keeps its accuracy with a voice of the same emotion and loses it with another."""
@@ -431,8 +432,8 @@ def format_emotion_sources(sources: Mapping[str, Mapping[str, float]]) -> list[s
     lines = ["emotion read from w (the w probe above) per intensity level (level 1 holds the "
              "neutral clips too)"]
     if mix:
-        lines.append("  same emotion: accuracy with the voice of another clip of the same speaker, "
-                     "level and emotion (n clips);")
+        lines.append("  same emotion: accuracy with the voice of another speaker's clip of the "
+                     "same level and emotion (n clips);")
         lines.append("  mixed: w encoded from the clip's face and the voice of another clip of "
                      "the same speaker and level showing another emotion;")
         lines.append("  shares read as the face's emotion / the voice's / neither")
