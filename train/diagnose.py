@@ -17,8 +17,9 @@ harmonic comb on the audio VQ-VAE's output, `mdvae/eval/pitch.py`): whose level 
 it has. The f0 read-out's swap shares can read the voice's timbre as its pitch; these read
 the harmonics. Where the held-out clips carry intensity levels, the emotion read from w
 per level, and (an MDVAE) from w encoded with another emotion's voice of the same speaker
-and level: is w's emotion the face's or the voice's? See `mdvae/eval/diagnostics.py` for
-the definitions.
+and level (is w's emotion the face's or the voice's?) and, as the control, with another
+speaker's voice of the same emotion and level. See `mdvae/eval/diagnostics.py` for the
+definitions.
 
     python -m train.diagnose --bundle checkpoints --store data/synth200
     python -m train.diagnose --run runs/mdvae --vq-visual runs/vq_visual \\

@@ -35,7 +35,8 @@ readings; the probes are fitted on the contour and the level, which the latents 
 Where w's emotion comes from (`emotion_sources`): the w probe's accuracy per intensity
 level (the voice can add most where the face shows least), and, for a model that reads both
 streams, w encoded from a clip's face with another emotion's voice (same speaker, same
-level): is it read as the face's emotion, the voice's, or neither?
+level): is it read as the face's emotion, the voice's, or neither? Its control: w with
+another speaker's voice of the same emotion and level.
 
 Everything is measured, nothing is trained but the probes and read-outs.
 """

@@ -224,7 +224,8 @@ class MDVAEConfig(ConfigBase):
     # it), so that q(w) must learn to read from the voice what the decoders need of w, the
     # face's identity and emotion included (modality dropout). The ELBO of each sequence is
     # a bound for any q(w), so the objective is unchanged; evaluation always reads both
-    # streams. 0 is the seed's model
+    # streams. 0 is the seed's model. Tried at 0.25 (README, session 26): the z's became
+    # speaker codes and the voice's emotion did not come into w
     w_face_dropout: float = 0.0
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim and the *_hidden widths unused)
