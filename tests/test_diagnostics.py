@@ -629,8 +629,9 @@ def test_emotion_sources_tell_whose_emotion_w_holds(reads, face, voice):
     def encode_w(a, v):  # a w that sees one stream only: its clip mean
         return (v if reads == "face" else a).mean(1).numpy()
 
-    probe = diag.fit_probe(encode_w(x_a, x_v), emotions)
-    sources = diag.emotion_sources(encode_w, probe, x_a, x_v, emotions, levels, speakers)
+    w = encode_w(x_a, x_v)
+    probe = diag.fit_probe(w, emotions)
+    sources = diag.emotion_sources(encode_w, probe, w, x_a, x_v, emotions, levels, speakers)
     assert list(sources) == ["1", "2", "all"]
     assert sources["all"]["clips"] == len(emotions) and sources["1"]["clips"] == len(emotions) // 2
     for row in sources.values():
@@ -658,8 +659,10 @@ def test_emotion_sources_tell_a_voice_that_counts_from_one_that_only_disturbs():
         return torch.cat([v.mean(1), a.mean(1)], -1).numpy()
 
     for encode_w, kept in ((disturbed, False), (both, True)):
-        probe = diag.fit_probe(encode_w(x_a, x_v), emotions)
-        row = diag.emotion_sources(encode_w, probe, x_a, x_v, emotions, levels, speakers)["all"]
+        w = encode_w(x_a, x_v)
+        probe = diag.fit_probe(w, emotions)
+        row = diag.emotion_sources(encode_w, probe, w, x_a, x_v, emotions, levels,
+                                   speakers)["all"]
         assert row["accuracy"] == 1.0
         # scrambled, the face's one-hot lands where the probe reads noise: about 1/3
         assert row["same_accuracy"] == 1.0 if kept else row["same_accuracy"] < 0.5
@@ -675,8 +678,9 @@ def test_emotion_sources_of_a_one_stream_model_have_no_mix():
         w[hide] = 0.0
         return w.numpy()
 
-    probe = diag.fit_probe(encode_w(x_a, x_v), emotions)
-    sources = diag.emotion_sources(encode_w, probe, x_a, x_v, emotions, levels, speakers,
+    w = encode_w(x_a, x_v)
+    probe = diag.fit_probe(w, emotions)
+    sources = diag.emotion_sources(encode_w, probe, w, x_a, x_v, emotions, levels, speakers,
                                    mix=False)
     assert sources["2"]["accuracy"] == 1.0
     # level 1: every w is the same, so the probe gives one emotion of three

@@ -132,7 +132,7 @@ def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
     w_probe = diag.fit_probe(train["w"], [c.emotion for c in train_clips])
     if w_probe is not None and all(c.level is not None for c in held_clips):
         sources = diag.emotion_sources(
-            lambda a, v: static_means(model, a, v), w_probe, x_a, x_v,
+            lambda a, v: static_means(model, a, v), w_probe, measured.means["w"], x_a, x_v,
             [c.emotion for c in held_clips], [c.level for c in held_clips], speakers,
             mix=len(diag.streams_of(model)) == 2)
     frame_factors = {}

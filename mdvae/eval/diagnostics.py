@@ -371,14 +371,15 @@ def mixed_partners(speakers: list[str], emotions: list[str], levels: list, *,
 
 
 def emotion_sources(
-    encode_w: Callable[[Tensor, Tensor], np.ndarray], probe, x_a: Tensor, x_v: Tensor,
-    emotions: list[str], levels: list, speakers: list[str], *, mix: bool = True,
+    encode_w: Callable[[Tensor, Tensor], np.ndarray], probe, w: np.ndarray, x_a: Tensor,
+    x_v: Tensor, emotions: list[str], levels: list, speakers: list[str], *, mix: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Where the emotion read from w comes from, per intensity level of N clips of equal
     length x_a (N, T, Da), x_v (N, T, Dv) and over all ("all").
 
-    `encode_w(x_a, x_v)` gives w's posterior means (N, Lw); `probe` (`fit_probe` on
-    training clips' w) reads an emotion from them. Per level: `clips` and `accuracy`, the
+    `w` (N, Lw) is w's posterior means for the clips' own streams; `encode_w(x_a, x_v)`
+    gives them for other pairings; `probe` (`fit_probe` on training clips' w) reads an
+    emotion from them. Per level: `clips` and `accuracy`, the
     probe's accuracy with each clip's own streams; and with `mix` (a model that reads both
     streams), w encoded from each clip's face with the voice of another clip of the same
     speaker and level showing another emotion (`mixed_partners`): `pairs`, and the shares
@@ -391,8 +392,7 @@ def emotion_sources(
     emotion keeps its accuracy with a voice of the same emotion and loses it with another."""
     emotions_a = np.asarray(emotions)
     levels_a = np.asarray([str(v) for v in levels])
-    read = probe.predict(encode_w(x_a, x_v))
-    own = read == emotions_a
+    own = probe.predict(w) == emotions_a
     none = np.full(len(own), -1)
 
     def read_with(voice: np.ndarray) -> np.ndarray:
