@@ -526,6 +526,23 @@ def test_diagnose_program_reports_every_group_of_a_bundle(tiny_bundle, tiny_stor
     assert sum(row["clips"] for k, row in sources.items() if k != "all") == 4
     assert "emotion read from w" in text
     assert json.loads(out.read_text())["emotion_sources"]["all"]["clips"] == 4
+    # how it was measured, so that train.compare_diagnostics can refuse to mix clips
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["source"] == str(tiny_bundle) and settings["component"] == "mdvae"
+    assert settings["held_store"] == str(tiny_store) and settings["held_split"] == "test"
+    assert settings["frame_probes"] is True and settings["window"] == 30
+    # and the result is what train.compare_diagnostics reads: a run against itself has a
+    # margin of 0 at every level
+    from train import compare_diagnostics
+
+    cmp = compare_diagnostics.main([str(out), str(out), "--labels", "a", "b", "--pair", "a=b",
+                                    "--out", str(tmp_path / "cmp")])
+    assert cmp["mismatches"] == [] and cmp["models"] == {"a": "MDVAE", "b": "MDVAE"}
+    margin = cmp["margins"]["per_pair"]["a - b"]
+    assert set(margin) == {"all"} | {str(lv) for lv in sources if lv != "all"}
+    assert all(row["difference"] == 0.0 for row in margin.values())
+    assert cmp["measures"]["emotion from w"]["a"]["value"] == pytest.approx(
+        sources["all"]["accuracy"])
 
 
 def _store_without_factors(folder) -> None:

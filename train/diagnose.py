@@ -234,6 +234,13 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
     result = run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
                  window=args.window, train_factors=train_factors, held_factors=held_factors,
                  frames_per_clip=args.frames_per_clip, seed=args.seed, vq_audio=vq_audio)
+    result.settings = {
+        "source": str(args.bundle or args.run),
+        "component": args.component if args.bundle else None,
+        "store": str(args.store), "held_store": str(args.held_store or args.store),
+        "held_split": args.held_split, "train_clips": args.train_clips, "seed": args.seed,
+        "frame_probes": train_factors is not None, "window": args.window,
+    }
     if args.feature_probes:
         tr = feature_means(audio, visual, train_clips)
         he = feature_means(held_audio, held_visual, held_clips)
