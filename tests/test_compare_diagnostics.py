@@ -143,3 +143,20 @@ def test_bad_inputs_are_refused_with_a_reason(tmp_path):
         cd.main([good, vd, "--labels", "a", "--out", out])
     with pytest.raises(SystemExit):
         cd.main([good, vd, "--pair", "good", "--out", out])
+
+
+def test_margins_are_paired_over_the_clips_where_both_record_their_readings(tmp_path):
+    md, vd = result({"1": (0.8, 100)}), result({"1": (0.7, 100)}, two_streams=False)
+    # the V-DSAE reads 70 of the clips the MDVAE reads (80): they differ on 10 clips only
+    for d, right in ((md, 80), (vd, 70)):
+        for level in ("1", "all"):
+            d["emotion_sources"][level]["correct"] = [1] * right + [0] * (100 - right)
+    paths = [write(tmp_path, "md", md), write(tmp_path, "vd", vd)]
+    out = cd.main(paths + ["--pair", "md=vd", "--out", str(tmp_path / "cmp")])
+    margin = out["margins"]["per_pair"]["md - vd"]["all"]
+    assert margin["difference"] == pytest.approx(0.10) and margin["paired"] is True
+    # the SD of ten 1s among a hundred, over 10: far below the unpaired 0.061
+    assert margin["se"] == pytest.approx(math.sqrt(0.1 * 0.9 * 100 / 99) / 10)
+    assert math.hypot(se(0.8, 100), se(0.7, 100)) > 2 * margin["se"]
+    row = next(line for line in out["markdown"].splitlines() if line.startswith("| md - vd"))
+    assert "+0.100 ± 0.030 |" in row and "*" not in row

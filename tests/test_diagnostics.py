@@ -703,5 +703,9 @@ def test_emotion_sources_of_a_one_stream_model_have_no_mix():
     # level 1: every w is the same, so the probe gives one emotion of three
     assert sources["1"]["accuracy"] == pytest.approx(1 / 3)
     assert sources["all"]["accuracy"] == pytest.approx((1 + 1 / 3) / 2)
+    # each clip's own reading, in clip order: every level-2 clip right, one in three of level 1
+    assert sources["2"]["correct"] == [1] * sources["2"]["clips"]
+    assert sum(sources["1"]["correct"]) * 3 == sources["1"]["clips"]
+    assert sources["all"]["correct"] == (probe.predict(w) == np.asarray(emotions)).tolist()
     assert all("pairs" not in row for row in sources.values())
     assert "mixed" not in "\n".join(diag.format_emotion_sources(sources))

@@ -13,8 +13,10 @@ checked where the JSON records its settings.
 
 Writes OUT/compare_diagnostics.json, .md (also printed) and .png (emotion from w per
 intensity level, every run, with standard errors). Standard errors are binomial over the
-held-out clips; a margin's SE treats the two runs' errors as independent, which overstates
-it when both read the same clips alike (the paired SE would be smaller). Per-frame shares
+held-out clips; a margin's SE is paired over the clips (the per-clip difference of the two
+runs' readings) where both results hold each clip's reading (train.diagnose since session
+27), otherwise it treats the two runs' errors as independent, which overstates it when both
+read the same clips alike. Per-frame shares
 (mouth, head, blinks) carry no SE here: their frames are not independent.
 """
 
@@ -130,8 +132,9 @@ def mismatches(runs: dict[str, dict]) -> list[str]:
 def margins(runs: dict[str, dict], table: dict[str, dict], pairs: list[tuple[str, str]]
             ) -> dict[str, Any]:
     """Per pair (two-stream model, one-stream model): the emotion margin at each level with
-    its unpaired SE; over the pairs, the smallest margin on all clips and whether every
-    pair clears EMOTION_MARGIN."""
+    its SE, paired over the clips where both results hold each clip's reading (`correct`,
+    since session 27), else from the two binomial SEs as if independent; over the pairs,
+    the smallest margin on all clips and whether every pair clears EMOTION_MARGIN."""
     per_pair: dict[str, dict] = {}
     for a, b in pairs:
         for lb in (a, b):
@@ -146,8 +149,15 @@ def margins(runs: dict[str, dict], table: dict[str, dict], pairs: list[tuple[str
             (va, sa), (vb, sb) = (table[emotion_key(level)]["cells"][x] for x in (a, b))
             if va is None or vb is None:
                 continue
-            se = math.hypot(sa, sb) if sa is not None and sb is not None else None
-            row[level] = {"difference": va - vb, "se": se}
+            ca, cb = (np.asarray((runs[x].get("emotion_sources") or {}).get(level, {})
+                                 .get("correct", []), float) for x in (a, b))
+            if len(ca) > 1 and len(ca) == len(cb):  # each clip read by both: paired
+                d = ca - cb
+                row[level] = {"difference": float(d.mean()),
+                              "se": float(d.std(ddof=1) / np.sqrt(len(d))), "paired": True}
+            else:
+                se = math.hypot(sa, sb) if sa is not None and sb is not None else None
+                row[level] = {"difference": va - vb, "se": se, "paired": False}
         if "all" not in row:
             raise MDVAEError(f"--pair {a}={b}: no emotion read from w in one of them")
         per_pair[f"{a} - {b}"] = row
@@ -201,13 +211,15 @@ def compare(runs: dict[str, dict], pairs: list[tuple[str, str]] = ()) -> dict[st
     if result_margins:
         levels = levels_of(table)
         lines += ["", "**Emotion from w: each two-stream model's margin over its one-stream "
-                  "pair** (± unpaired SE)", "",
+                  "pair** (± SE, paired over the clips; * unpaired: a result without per-clip "
+                  "readings)", "",
                   "| pair | " + " | ".join("all" if lv == "all" else f"level {lv}"
                                           for lv in levels) + " |",
                   "|---|" + "---|" * len(levels)]
         for name, row in result_margins["per_pair"].items():
             cells = [(f"{row[lv]['difference']:+.3f}"
-                      + (f" ± {row[lv]['se']:.3f}" if row[lv]["se"] is not None else ""))
+                      + (f" ± {row[lv]['se']:.3f}" if row[lv]["se"] is not None else "")
+                      + ("" if row[lv]["paired"] else "*"))
                      if lv in row else "-" for lv in levels]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += ["", f"Smallest margin on all clips {result_margins['smallest']:+.3f} "

@@ -383,7 +383,8 @@ def emotion_sources(
     `w` (N, Lw) is w's posterior means for the clips' own streams; `encode_w(x_a, x_v)`
     gives them for other pairings; `probe` (`fit_probe` on training clips' w) reads an
     emotion from them. Per level: `clips` and `accuracy`, the
-    probe's accuracy with each clip's own streams; and with `mix` (a model that reads both
+    probe's accuracy with each clip's own streams (`correct`: per clip, 1 where it reads
+    the clip's emotion); and with `mix` (a model that reads both
     streams), w encoded from each clip's face with the voice of another clip of the same
     speaker and level showing another emotion (`mixed_partners`): `pairs`, and the shares
     of those read as the face's emotion (`face`), the voice's (`voice`) or neither
@@ -413,7 +414,10 @@ def emotion_sources(
     out = {}
     for level in sorted(set(levels_a)) + ["all"]:
         rows = np.arange(len(own)) if level == "all" else np.flatnonzero(levels_a == level)
-        entry = {"clips": int(len(rows)), "accuracy": float(own[rows].mean())}
+        # each clip's own reading, right or not (in clip order): two models measured on the
+        # same clips give a paired margin (`train.compare_diagnostics`)
+        entry = {"clips": int(len(rows)), "accuracy": float(own[rows].mean()),
+                 "correct": own[rows].astype(int).tolist()}
         if mix:
             kept = rows[alike[rows] >= 0]
             entry["same_pairs"] = int(len(kept))
