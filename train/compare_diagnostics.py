@@ -175,7 +175,7 @@ def model_name(d: dict[str, Any]) -> str:
 
 
 def _f(x, digits=3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}" if abs(x) < 100 else f"{x:,.0f}"
+    return "-" if x is None else f"{x:.{digits}f}" if abs(x) < 10 else f"{x:,.0f}"
 
 
 def compare(runs: dict[str, dict], pairs: list[tuple[str, str]] = ()) -> dict[str, Any]:
