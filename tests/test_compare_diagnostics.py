@@ -160,3 +160,10 @@ def test_margins_are_paired_over_the_clips_where_both_record_their_readings(tmp_
     assert math.hypot(se(0.8, 100), se(0.7, 100)) > 2 * margin["se"]
     row = next(line for line in out["markdown"].splitlines() if line.startswith("| md - vd"))
     assert "+0.100 ± 0.030 |" in row and "*" not in row
+    # measured on other clips, the readings cannot be paired
+    vd["settings"]["held_store"] = "data/other"
+    paths = [write(tmp_path, "md", md), write(tmp_path, "vd", vd)]
+    out = cd.main(paths + ["--pair", "md=vd", "--out", str(tmp_path / "cmp")])
+    margin = out["margins"]["per_pair"]["md - vd"]["all"]
+    assert margin["paired"] is False
+    assert margin["se"] == pytest.approx(math.hypot(se(0.8, 100), se(0.7, 100)))

@@ -151,7 +151,9 @@ def margins(runs: dict[str, dict], table: dict[str, dict], pairs: list[tuple[str
                 continue
             ca, cb = (np.asarray((runs[x].get("emotion_sources") or {}).get(level, {})
                                  .get("correct", []), float) for x in (a, b))
-            if len(ca) > 1 and len(ca) == len(cb):  # each clip read by both: paired
+            # each clip read by both, the same clips as far as the settings say: paired
+            if len(ca) > 1 and len(ca) == len(cb) and not mismatches(
+                    {a: runs[a], b: runs[b]}):
                 d = ca - cb
                 row[level] = {"difference": float(d.mean()),
                               "se": float(d.std(ddof=1) / np.sqrt(len(d))), "paired": True}

@@ -109,7 +109,7 @@ class Diagnostics:
     # and, for an MDVAE, with another emotion's voice (`emotion_sources`)
     emotion_sources: dict[str, dict[str, float]] = field(default_factory=dict)
     # how the program measured: the model's source, the stores and split, the probes' seed
-    # (`train.compare_diagnostics` refuses to set apart runs measured on other clips)
+    # (`train.compare_diagnostics` flags runs measured on other clips)
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
