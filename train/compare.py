@@ -261,6 +261,17 @@ def figure(result: dict, path: Path) -> str | None:
     return save_figure(fig, path)
 
 
+def checked_labels(parser: argparse.ArgumentParser, labels: list[str] | None,
+                   default: list[str], what: str) -> list[str]:
+    """--labels, or the inputs' `default` names: one per input, all different."""
+    labels = labels or default
+    if len(labels) != len(default):
+        parser.error(f"{len(labels)} labels for {len(default)} {what}")
+    if len(set(labels)) != len(labels):
+        parser.error("labels must differ (give --labels)")
+    return labels
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -270,11 +281,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "folder names)")
     parser.add_argument("--out", required=True, help="folder for compare.json/.md/.png")
     args = parser.parse_args(argv)
-    labels = args.labels or [Path(p).name or str(p) for p in args.evaluations]
-    if len(labels) != len(args.evaluations):
-        parser.error(f"{len(labels)} labels for {len(args.evaluations)} evaluations")
-    if len(set(labels)) != len(labels):
-        parser.error("labels must differ (give --labels)")
+    labels = checked_labels(parser, args.labels,
+                            [Path(p).name or str(p) for p in args.evaluations], "evaluations")
     runs = {lb: read_results(p) for lb, p in zip(labels, args.evaluations)}
     result = compare(runs)
     out = Path(args.out)

@@ -33,7 +33,7 @@ import numpy as np
 from mdvae.errors import MDVAEError
 from mdvae.eval.report import save_figure
 from train import common
-from train.compare import EMOTION_MARGIN
+from train.compare import EMOTION_MARGIN, checked_labels
 
 # diagnose settings that must agree for two runs' figures to be about the same clips
 SAME = ("store", "held_store", "held_split", "train_clips", "seed")
@@ -289,11 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", required=True, help="folder for compare_diagnostics."
                         "json/.md/.png")
     args = parser.parse_args(argv)
-    labels = args.labels or [Path(p).stem for p in args.results]
-    if len(labels) != len(args.results):
-        parser.error(f"{len(labels)} labels for {len(args.results)} results")
-    if len(set(labels)) != len(labels):
-        parser.error("labels must differ (give --labels)")
+    labels = checked_labels(parser, args.labels, [Path(p).stem for p in args.results],
+                            "results")
     runs = {lb: {**read_diagnostics(p), "source": str(p)}
             for lb, p in zip(labels, args.results)}
     result = compare(runs, args.pair)
