@@ -176,8 +176,14 @@ def model_name(d: dict[str, Any]) -> str:
     return d["model"] + (f", {streams[0]}" if len(streams) == 1 else "")
 
 
+def _digits(values: list[float | None]) -> int:
+    """Decimals for one row of the table: 3 for shares and small KLs, fewer for larger."""
+    top = max((abs(v) for v in values if v is not None), default=0.0)
+    return 3 if top < 10 else 1 if top < 100 else 0
+
+
 def _f(x, digits=3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}" if abs(x) < 10 else f"{x:,.0f}"
+    return "-" if x is None else f"{x:,.{digits}f}"
 
 
 def compare(runs: dict[str, dict], pairs: list[tuple[str, str]] = ()) -> dict[str, Any]:
@@ -205,9 +211,10 @@ def compare(runs: dict[str, dict], pairs: list[tuple[str, str]] = ()) -> dict[st
               + " |", "|---|" + "---|" * len(labels)]
     for k in shown:
         cells = []
+        digits = _digits([v for v, _ in table[k]["cells"].values()])
         for lb in labels:
             v, se = table[k]["cells"][lb]
-            cells.append(_f(v) + (f" ± {se:.3f}" if se is not None else ""))
+            cells.append(_f(v, digits) + (f" ± {se:.3f}" if se is not None else ""))
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     result_margins = margins(runs, table, list(pairs))
     if result_margins:
