@@ -247,7 +247,8 @@ def compare(runs: dict[str, dict], pairs: list[tuple[str, str]] = ()) -> dict[st
 
 
 def figure(result: dict, path: Path) -> str | None:
-    """Emotion from w per intensity level, one bar per run, with SEs; None without it."""
+    """Emotion from w per intensity level: each run a point with its SE, side by side within
+    a level, on an axis fitted to the values; None without them."""
     levels = levels_of(result["measures"])
     names = [emotion_key(lv) for lv in levels[1:] + levels[:1]]  # "all" last
     if not names:
@@ -258,20 +259,26 @@ def figure(result: dict, path: Path) -> str | None:
     import matplotlib.pyplot as plt
 
     labels = result["labels"]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) * (1 + 0.25 * len(labels))), 3.8))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(names) + 0.15 * len(labels)) + 2.5,
+                                    3.6))
     x = np.arange(len(names))
-    width = 0.8 / len(labels)
+    offsets = np.linspace(-0.3, 0.3, len(labels)) if len(labels) > 1 else [0.0]
+    low = 1.0
     for j, lb in enumerate(labels):
         cells = [result["measures"][n][lb] for n in names]
         v = np.array([np.nan if c["value"] is None else c["value"] for c in cells], float)
         err = np.array([0.0 if c["se"] is None else c["se"] for c in cells], float)
-        ax.bar(x + (j - (len(labels) - 1) / 2) * width, v, width, yerr=err, capsize=2,
-               label=lb)
+        if np.isfinite(v).any():
+            low = min(low, float(np.nanmin(v - err)))
+        ax.errorbar(x + offsets[j], v, yerr=err, fmt="o", ms=5, capsize=2, label=lb)
     ax.set_xticks(x, [n.replace("emotion from w, ", "") if n != "emotion from w" else "all"
                       for n in names])
-    ax.set(ylim=(0, 1), ylabel="emotion read from w (± SE)")
+    for edge in x[:-1] + 0.5:
+        ax.axvline(edge, color="grey", lw=0.5, alpha=0.5)
+    ax.set(ylim=(max(0.0, np.floor(low * 20) / 20 - 0.05), 1.0),
+           ylabel="emotion read from w (± SE)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, path)
 
 
