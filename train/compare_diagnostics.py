@@ -5,8 +5,8 @@ paired with, per intensity level.
 Made for the research loop: a recipe change, its control and their like-for-like V-DSAEs,
 at several training seeds, or one run followed through the phases of a training chain. Each
 input is the JSON that ``python -m train.diagnose ... --json FILE`` writes; all of them
-should be measured on the same held-out clips (same stores, split and probe seed), which is
-checked where the JSON records its settings.
+should be measured on the same held-out clips (same stores, split and probe seed): runs
+whose JSONs record other settings are flagged, and their margins are not paired.
 
     python -m train.compare_diagnostics runs/diag_mdvae.json runs/diag_vdsae.json \\
         --labels MDVAE V-DSAE --pair MDVAE=V-DSAE --out runs/cmp
@@ -16,8 +16,8 @@ intensity level, every run, with standard errors). Standard errors are binomial 
 held-out clips; a margin's SE is paired over the clips (the per-clip difference of the two
 runs' readings) where both results hold each clip's reading (train.diagnose since session
 27), otherwise it treats the two runs' errors as independent, which overstates it when both
-read the same clips alike. Per-frame shares
-(mouth, head, blinks) carry no SE here: their frames are not independent.
+read the same clips alike. Per-frame shares (mouth, head, blinks) carry no SE here: their
+frames are not independent.
 """
 
 from __future__ import annotations
