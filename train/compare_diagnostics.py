@@ -144,6 +144,7 @@ def margins(runs: dict[str, dict], table: dict[str, dict], pairs: list[tuple[str
         if runs[a]["clips"] != runs[b]["clips"]:
             raise MDVAEError(f"--pair {a}={b}: measured on {runs[a]['clips']} and "
                              f"{runs[b]['clips']} clips; a margin needs the same clips")
+        alike = not mismatches({a: runs[a], b: runs[b]})  # the same clips, as far as known
         row = {}
         for level in levels_of(table):
             (va, sa), (vb, sb) = (table[emotion_key(level)]["cells"][x] for x in (a, b))
@@ -151,9 +152,7 @@ def margins(runs: dict[str, dict], table: dict[str, dict], pairs: list[tuple[str
                 continue
             ca, cb = (np.asarray((runs[x].get("emotion_sources") or {}).get(level, {})
                                  .get("correct", []), float) for x in (a, b))
-            # each clip read by both, the same clips as far as the settings say: paired
-            if len(ca) > 1 and len(ca) == len(cb) and not mismatches(
-                    {a: runs[a], b: runs[b]}):
+            if alike and len(ca) > 1 and len(ca) == len(cb):  # each clip read by both
                 d = ca - cb
                 row[level] = {"difference": float(d.mean()),
                               "se": float(d.std(ddof=1) / np.sqrt(len(d))), "paired": True}
