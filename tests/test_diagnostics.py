@@ -127,6 +127,60 @@ def test_feature_means_average_each_clip_over_its_own_frames():
     np.testing.assert_allclose(means["visual"][:, 0], [-1.5, -14.5])
 
 
+def test_feature_stats_are_each_clips_mean_spread_and_change():
+    from types import SimpleNamespace
+
+    audio = np.array([0, 2, 0, 2, 5, 5, 5], np.float16)[:, None]
+    visual = np.arange(14, dtype=np.float32).reshape(7, 2)
+    clips = [SimpleNamespace(start=0, length=4), SimpleNamespace(start=4, length=3)]
+    stats = diag.feature_stats(audio, visual, clips)
+    assert stats["audio"].shape == (2, 3) and stats["visual"].shape == (2, 6)
+    # [0, 2, 0, 2]: mean 1, std 1, every step 2 apart; [5, 5, 5]: still
+    np.testing.assert_allclose(stats["audio"], [[1.0, 1.0, 2.0], [5.0, 0.0, 0.0]])
+    # a ramp of 2 per frame in both columns: std of (0, 2, 4, 6) = sqrt(5)
+    np.testing.assert_allclose(stats["visual"][0], [3, 4, 5 ** 0.5, 5 ** 0.5, 2, 2], rtol=1e-6)
+
+
+def test_feature_stats_probes_finds_an_emotion_that_only_the_within_clip_spread_shows():
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    emotions = ["calm", "shaky"]
+
+    def clips_of(speakers):
+        out = []
+        for s in range(speakers):
+            for i in range(8):
+                out.append(SimpleNamespace(start=0, length=30, speaker=f"s{s}",
+                                           emotion=emotions[i % 2], level=1 + i % 4 // 2))
+        return out
+
+    def streams(clips):
+        # the speaker moves every clip's mean; "shaky" clips tremble (std 3 against 0.3);
+        # the audio stream is noise
+        means = {c.speaker: rng.normal(0, 5, 4) for c in clips}
+        visual = np.stack([means[c.speaker] + rng.normal(0, 3.0 if c.emotion == "shaky"
+                                                         else 0.3, (30, 4)) for c in clips])
+        audio = rng.normal(0, 1, (len(clips), 30, 3))
+        stats = [diag.feature_stats(a, v, [SimpleNamespace(start=0, length=30)])
+                 for a, v in zip(audio, visual)]
+        return {k: np.concatenate([s[k] for s in stats]) for k in ("audio", "visual")}
+
+    train_clips, held_clips = clips_of(12), clips_of(4)
+    train, held = streams(train_clips), streams(held_clips)
+    probes = diag.feature_stats_probes(train, train_clips, held, held_clips)
+    assert set(probes) == {"audio", "visual", "both"}
+    assert probes["visual"]["all"] == 1.0 and probes["both"]["all"] == 1.0
+    # 32 held-out clips of two balanced emotions: noise stays within 4 SE of chance
+    assert abs(probes["audio"]["all"] - 0.5) < 4 * 0.5 / np.sqrt(32)
+    assert len(probes["visual"]["correct"]) == 32 and {"1", "2"} <= set(probes["visual"])
+    assert probes["visual"]["c"] in (0.003, 0.03, 0.3)
+    # the clip means alone (the first third of each row) cannot see it
+    means_only = diag.linear_probe(train["visual"][:, :4], [c.emotion for c in train_clips],
+                                   held["visual"][:, :4], [c.emotion for c in held_clips])
+    assert means_only < 0.5 + 4 * 0.5 / np.sqrt(32)
+
+
 def test_frame_targets_are_the_judges_mouth_classes_blinks_head_pose_and_f0():
     from mdvae.eval.judges import MOUTH_OF_VISEME
 
@@ -486,6 +540,8 @@ def test_diagnose_program_reports_every_group_of_a_bundle(tiny_bundle, tiny_stor
     assert np.isnan(result.groups[0].probes["speaker"])
     assert 0.0 <= result.groups[0].probes["emotion"] <= 1.0
     assert set(result.feature_probes) == {"audio", "visual", "both"}
+    assert set(result.feature_stats_probes) == {"audio", "visual", "both"}
+    assert len(result.feature_stats_probes["both"]["correct"]) == 4
     text = capsys.readouterr().out
     assert "KL t=1" in text and "moves visual" in text
     assert "sampled -ELBO per frame on held-out windows" in text

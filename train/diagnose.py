@@ -44,7 +44,7 @@ from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
 from mdvae.eval import diagnostics as diag
 from mdvae.eval import pitch
-from mdvae.eval.diagnostics import feature_means, labelled
+from mdvae.eval.diagnostics import feature_means, feature_stats, labelled
 from mdvae.eval.disentanglement import FollowStay
 from mdvae.eval.experiments import static_means
 from train.runs import cached_features, load_stage1, load_stage2
@@ -184,7 +184,10 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
     parser.add_argument("--train-clips", type=int, default=1500,
                         help="labelled training clips for the emotion probes (random subset)")
     parser.add_argument("--feature-probes", action="store_true",
-                        help="also probe the stage-1 features' clip means (the ceiling)")
+                        help="also probe the stage-1 features: their clip means, and their "
+                             "clip means, spreads and changes per stream and together, fitted "
+                             "on every labelled training clip (a reference for the emotion in w, "
+                             "per level; a few minutes)")
     parser.add_argument("--no-frame-probes", action="store_true",
                         help="skip the per-frame factor probes (mouth, blink, head pose, "
                              "f0)")
@@ -219,6 +222,7 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
     if not train_clips or not held_clips:
         raise MDVAEError("diagnose needs labelled clips in the training split of --store and "
                          f"in the {args.held_split!r} split of the held-out store")
+    all_train_clips = train_clips  # the clip-statistics probes are fitted on all of them
     rng = np.random.default_rng(args.seed)
     if len(train_clips) > args.train_clips:
         pick = np.sort(rng.choice(len(train_clips), args.train_clips, replace=False))
@@ -249,6 +253,9 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
         result.feature_probes = {
             k: diag.linear_probe(tr[k], [c.emotion for c in train_clips], he[k],
                                  [c.emotion for c in held_clips]) for k in tr}
+        result.feature_stats_probes = diag.feature_stats_probes(
+            feature_stats(audio, visual, all_train_clips), all_train_clips,
+            feature_stats(held_audio, held_visual, held_clips), held_clips)
     print(diag.format_report(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,11 @@ streams, w encoded from a clip's face with another emotion's voice (same speaker
 level): is it read as the face's emotion, the voice's, or neither? Its control: w with
 another speaker's voice of the same emotion and level.
 
+What the stage-1 features themselves hold (`feature_stats_probes`): a linear read-out of
+emotion from each stream's clip statistics (mean, spread, change; `feature_stats`) and from
+both streams' together, per level: the reference against which w's emotion is judged, and
+how much the voice can add to the face at all.
+
 Everything is measured, nothing is trained but the probes and read-outs.
 """
 
@@ -94,6 +99,9 @@ class Diagnostics:
     clips: int  # held-out clips measured
     combined: dict[str, float] = field(default_factory=dict)  # probes on all groups together
     feature_probes: dict[str, float] = field(default_factory=dict)  # on stage-1 clip means
+    # stream ("audio", "visual", "both") -> `feature_stats_probes` on `feature_stats`: the
+    # emotion a linear read-out of the stage-1 features' clip statistics finds
+    feature_stats_probes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the objective as stage-2 validation computes it (one posterior sample, every KL weight
     # 1), per frame, on the held-out clips cut into windows: the ELBO terms and their sum
     sampled_elbo: dict[str, float] = field(default_factory=dict)
@@ -199,6 +207,62 @@ def feature_means(audio: np.ndarray, visual: np.ndarray, clips: list) -> dict[st
         return np.stack([np.asarray(stream[c.start:c.start + c.length], np.float32).mean(0)
                          for c in clips])
     return {"audio": means(audio), "visual": means(visual)}
+
+
+def feature_stats(audio: np.ndarray, visual: np.ndarray, clips: list) -> dict[str, np.ndarray]:
+    """Per clip, three summaries over time of each stream's stage-1 features, side by side:
+    the mean, the standard deviation and the mean absolute change from frame to frame
+    ({"audio": (N, 3 * 512), "visual": (N, 3 * 2048)} float32). The mean alone mixes a clip's
+    emotion with its speaker; how much and how fast the features move within the clip does
+    not, and a sequence encoder can see it."""
+    def stats(stream):
+        rows = []
+        for c in clips:
+            x = np.asarray(stream[c.start:c.start + c.length], np.float32)
+            change = np.abs(np.diff(x, axis=0)).mean(0) if len(x) > 1 else np.zeros(x.shape[1])
+            rows.append(np.concatenate([x.mean(0), x.std(0), change]))
+        return np.stack(rows).astype(np.float32)
+    return {"audio": stats(audio), "visual": stats(visual)}
+
+
+def feature_stats_probes(
+    train: Mapping[str, np.ndarray], train_clips: list, held: Mapping[str, np.ndarray],
+    held_clips: list, *, cs: tuple[float, ...] = (0.003, 0.03, 0.3), folds: int = 3,
+) -> dict[str, dict[str, Any]]:
+    """How much of the clips' emotion a linear read-out of each stream's stage-1 features
+    finds (`feature_stats`, or any per-clip arrays) and of both streams together: a
+    reference for the emotion read from w (not a bound: w is a learnt function of the whole
+    sequence), and the room the voice leaves above the face. Per stream name (and "both"):
+    the regularisation C chosen among `cs` by cross-validation over the training clips,
+    grouped by speaker (never the held-out ones), and, on the held-out clips, the accuracy
+    over all ("all") and per intensity level, with each clip's reading right or not
+    ("correct", in clip order)."""
+    from sklearn.model_selection import GroupKFold
+
+    train = {**train, "both": np.concatenate([train[k] for k in train], 1)}
+    held = {**held, "both": np.concatenate([held[k] for k in held], 1)}
+    y = np.asarray([c.emotion for c in train_clips])
+    groups = np.asarray([c.speaker for c in train_clips])
+    truth = np.asarray([c.emotion for c in held_clips])
+    levels = np.asarray([str(c.level) for c in held_clips])
+    n_folds = min(folds, len(set(groups)))
+    splits = ([] if n_folds < 2 else  # one training speaker: no choice, the middle C
+              list(GroupKFold(n_splits=n_folds).split(train["both"], y, groups)))
+    out = {}
+
+    def cv_accuracy(x: np.ndarray, c: float) -> float:
+        return float(np.mean([(fit_probe(x[a], y[a], c=c).predict(x[b]) == y[b]).mean()
+                              for a, b in splits]))
+
+    for name, x in train.items():
+        c = (max(cs, key=lambda c: cv_accuracy(x, c)) if splits and len(cs) > 1
+             else cs[len(cs) // 2])
+        correct = fit_probe(x, y, c=c).predict(held[name]) == truth
+        entry = {"c": float(c), "all": float(correct.mean()),
+                 "correct": correct.astype(int).tolist()}
+        entry |= {level: float(correct[levels == level].mean()) for level in sorted(set(levels))}
+        out[name] = entry
+    return out
 
 
 def labelled(clips: list) -> list:
@@ -902,6 +966,17 @@ def format_report(d: Diagnostics) -> str:
         lines.append("")
         lines.append("emotion probe on the stage-1 features' clip means (the ceiling stage 2 is "
                      "given): " + ", ".join(f"{k} {v:.3f}" for k, v in d.feature_probes.items()))
+    if d.feature_stats_probes:
+        levels = sorted(k for k in next(iter(d.feature_stats_probes.values()))
+                        if k not in ("c", "all", "correct"))
+        lines.append("")
+        lines.append("emotion probe on the stage-1 features' clip mean, spread and change "
+                     "(a reference for w; C chosen on the training speakers)")
+        lines.append(f"{'features':>10} {'all':>6} " + " ".join(f"{'level ' + v:>8}"
+                                                                for v in levels) + "      C")
+        for name, row in d.feature_stats_probes.items():
+            lines.append(f"{name:>10} {row['all']:6.3f} "
+                         + " ".join(f"{row[v]:8.3f}" for v in levels) + f" {row['c']:6g}")
     if d.emotion_sources:
         lines.append("")
         lines += format_emotion_sources(d.emotion_sources)
