@@ -964,8 +964,9 @@ def format_report(d: Diagnostics) -> str:
                      f"{d.sampled_elbo['negative_elbo']:.1f} ({terms})")
     if d.feature_probes:
         lines.append("")
-        lines.append("emotion probe on the stage-1 features' clip means (the ceiling stage 2 is "
-                     "given): " + ", ".join(f"{k} {v:.3f}" for k, v in d.feature_probes.items()))
+        lines.append("emotion probe on the stage-1 features' clip means (the training clips "
+                     "above; the means alone understate what the features hold): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in d.feature_probes.items()))
     if d.feature_stats_probes:
         levels = sorted(k for k in next(iter(d.feature_stats_probes.values()))
                         if k not in ("c", "all", "correct"))
