@@ -391,6 +391,79 @@ def test_judges_never_train_on_an_evaluated_speaker(tiny_store):
         )
 
 
+@pytest.fixture(scope="module")
+def fresh_pool(tmp_path_factory):
+    """A store of speakers all held out but one, from another seed: what
+    `train.prepare synthetic ... --val-speakers N` makes to choose models on new speakers.
+    Its speakers are named as tiny_store's are (synth_000, ...) and are other people."""
+    from train import prepare
+
+    folder = tmp_path_factory.mktemp("pool") / "pool"
+    code = prepare.main([
+        "synthetic", "--out", str(folder), "--speakers", "3", "--clips-per-speaker", "3",
+        "--frames", "36", "--val-speakers", "2", "--test-speakers", "0", "--workers", "0",
+        "--seed", "5",
+    ])  # fmt: skip
+    assert code == 0
+    return folder
+
+
+def test_judges_of_another_store_may_share_a_name_never_a_speaker(tiny_store, fresh_pool):
+    from mdvae.data.store import Store
+
+    train_store, pool = Store(tiny_store), Store(fresh_pool)
+    evaluated = pool.split_clips("val")
+    names = {c.speaker for c in evaluated}
+    settings = evaluate.EvalSettings(judge_speakers=10, judge_clips_per_speaker=1)
+    drawn = evaluate.judge_training_clips(
+        train_store, evaluated, settings, np.random.default_rng(0), pool
+    )
+    # every training speaker of the training store, those named like an evaluated one too
+    train_names = {c.speaker for c in train_store.split_clips("train")}
+    assert {c.speaker for c in drawn} == train_names and train_names & names
+    side = evaluate.TrainingSide(train_store, None)
+    assert not side.speaker_keys(drawn, train_store) & side.speaker_keys(evaluated, pool)
+    # within one store the same name is the same speaker: the guard in fit_judges sees it
+    shared = [c for c in train_store.clips if c.speaker in names]
+    assert side.speaker_keys(shared, train_store) & side.speaker_keys(drawn, train_store)
+
+
+@pytest.mark.slow
+def test_a_pool_of_new_speakers_is_evaluated_with_another_stores_training_split(
+    tiny_bundle, tiny_store, fresh_pool, tmp_path, capsys
+):
+    from mdvae.data.store import Store
+    from mdvae.errors import MDVAEError
+
+    base = [
+        "--bundle", str(tiny_bundle), "--data", str(fresh_pool), "--split", "val", "--quick",
+        "--judge-steps", "3", "--denoise-sequences", "4", "--swap-pairs", "3",
+        "--generation-clips", "2", "--sigmas", "0", "0.2", "--threads", "1", "--no-figures",
+    ]  # fmt: skip
+    # alone, the pool has one training speaker: too few to train judges on
+    with pytest.raises(MDVAEError, match="two training speakers"):
+        evaluate.main(base + ["--out", str(tmp_path / "alone")])
+    out = tmp_path / "pool"
+    argv = base + ["--train-data", str(tiny_store), "--study-clips", "4", "--out", str(out)]
+    results = evaluate.main(argv)
+    assert results["config"]["train_data"] == str(tiny_store)
+    trained = [c for c in Store(tiny_store).split_clips("train") if c.emotion]
+    evaluated = [c for c in Store(fresh_pool).split_clips("val") if c.emotion]
+    emotion = results["emotion"]
+    assert emotion["train_clips"] == len(trained) and emotion["test_clips"] == len(evaluated)
+    assert len(emotion["models"]["mdvae"]["curve"][-1]["correct"]) == len(evaluated)
+    judges = results["disentanglement"]["judges"]
+    assert judges["train_store"] == str(tiny_store)
+    assert set(judges["speakers"]["judges"]) <= {c.speaker for c in trained}
+    assert judges["evaluated_clips"] == 4  # --study-clips: a random 4 of the pool's 6
+    assert set(judges["speakers"]["evaluated"]) <= {c.speaker for c in evaluated}
+    assert f"trained on the training split of `{tiny_store}`" in results["markdown"]
+    # a rerun reuses the judges (their key, which names the training store, matches)
+    capsys.readouterr()
+    evaluate.main(argv)
+    assert capsys.readouterr().err.count("loaded from") == 2
+
+
 def test_speaker_swaps_are_scored_by_nearness_to_a_or_b():
     speaker = next(f for f in D.FACTORS if f.name == "speaker_video")
     assert speaker.kind == "identity" and speaker.score == "speaker_verification"

@@ -4,6 +4,8 @@ disentanglement scores.
     python -m train.evaluate --bundle checkpoints --data data/synthetic --out runs/eval
     python -m train.evaluate ... --quick          # fewer sequences, pairs, draws, steps
     python -m train.evaluate ... --seeds 0 1 2    # each seed in OUT/seed_<k>, mean ± spread
+    python -m train.evaluate --bundle checkpoints --data data/synth_s8 --split val \
+        --train-data data/synth200 --out runs/eval_s8   # a pool of new speakers only
 
 1. Reconstruction of held-out clips: VQ-VAEs alone, MDVAE, DSAEs (PSNR, SSIM, LSD).
 2. Denoising (the seed's protocol): Gaussian noise of std --sigma (in [0, 1] pixel units)
@@ -90,6 +92,10 @@ class EvalSettings:
     judge_clips_per_speaker: int = 8  # random clips of each
     judge_hold_out: float = 0.25  # share of each speaker's clips that validate the judges
     judge_augment: str = "codec"  # also train judges on VQ-VAE reconstructions, or "none"
+    # the judges' checks, swaps and generation draw from at most this many clips of the
+    # evaluated split (a random subset; 0: all): a fresh-seed pool of 1,408 clips would
+    # otherwise be decoded four times over (7 GB); the emotion study reads every clip
+    study_clips: int = 400
 
 
 QUICK = dict(
@@ -113,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bundle", required=True, help="bundle folder or Hub repo id")
     parser.add_argument("--data", required=True, help="store folder (python -m train.prepare)")
     parser.add_argument("--out", required=True, help="folder for results and figures")
+    parser.add_argument(
+        "--train-data",
+        default=None,
+        help="store whose training split gives the emotion probes' and the judges' training "
+        "clips (default: --data). With it, a store whose speakers are all held out (a "
+        "fresh-seed pool: train.prepare synthetic ... --val-speakers N) can be evaluated; its "
+        "speakers must not be the training store's",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if any)")
     parser.add_argument(
@@ -227,6 +241,20 @@ class FeatureReader:
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
+@dataclass
+class TrainingSide:
+    """Where the emotion probes and the judges learn: the training split of `store` (the
+    evaluated store itself, or the one `--train-data` names) and its feature reader."""
+
+    store: Store
+    reader: FeatureReader
+
+    def speaker_keys(self, clips: list[ClipInfo], store: Store) -> set[tuple[str, str]]:
+        """Speakers of `clips` (of `store`), named so that those of different stores never
+        coincide: two stores may both call a speaker "synth_000"."""
+        return {(store.meta.get("uid") or str(store.root), c.speaker) for c in clips}
+
+
 def static_latents(
     model, reader: FeatureReader, clips: list[ClipInfo], *, batch: int = 32, desc: str = "w"
 ) -> np.ndarray:
@@ -300,11 +328,12 @@ def run_mouth_reading(
     return out
 
 
-def run_emotion(store, models, reader, s, rng) -> dict:
-    train = [c for c in store.split_clips("train") if c.emotion]
+def run_emotion(store, models, reader, s, rng, training: TrainingSide | None = None) -> dict:
+    training = training or TrainingSide(store, reader)
+    train = [c for c in training.store.split_clips("train") if c.emotion]
     test = [c for c in store.split_clips(s.split) if c.emotion]
     if not train or not test:
-        return {"skipped": "the store has no emotion labels in the train or evaluated split"}
+        return {"skipped": "no emotion labels in the training split or the evaluated split"}
     if s.emotion_train_clips and len(train) > s.emotion_train_clips:
         keep = sorted(rng.choice(len(train), size=s.emotion_train_clips, replace=False))
         train = [train[i] for i in keep]
@@ -324,7 +353,7 @@ def run_emotion(store, models, reader, s, rng) -> dict:
         model = models.components.get(name)
         if model is None:
             continue
-        w_train = static_latents(model, reader, train, desc=f"w ({name}, train)")
+        w_train = static_latents(model, training.reader, train, desc=f"w ({name}, train)")
         w_test = static_latents(model, reader, test, desc=f"w ({name}, {s.split})")
         encoded[name] = w_train, w_test
         row = ev.emotion_curve(w_train, y_train, w_test, y_test, s.fractions, s.draws, seed=s.seed)
@@ -382,11 +411,17 @@ def paired_differences(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 
 def judge_training_clips(
-    store: Store, evaluated: list[ClipInfo], s: EvalSettings, rng: np.random.Generator
+    store: Store,
+    evaluated: list[ClipInfo],
+    s: EvalSettings,
+    rng: np.random.Generator,
+    evaluated_store: Store | None = None,
 ) -> list[ClipInfo]:
     """The judges' clips: `judge_clips_per_speaker` random clips of each of
-    `judge_speakers` random training speakers, never a speaker of the evaluated clips."""
-    excluded = {c.speaker for c in evaluated}
+    `judge_speakers` random training speakers of `store`, never a speaker of the evaluated
+    clips (of `evaluated_store`, default `store`: another store's speakers are others)."""
+    same = evaluated_store is None or evaluated_store is store
+    excluded = {c.speaker for c in evaluated} if same else set()
     by_speaker: dict[str, list[ClipInfo]] = {}
     for c in store.split_clips("train"):
         if c.speaker not in excluded:
@@ -414,13 +449,17 @@ def judge_key(
     s: EvalSettings,
     models: ev.Models,
     modality: str,
+    train_store: Store | None = None,
 ) -> str:
+    """The cache key of a judge; `train_store`: where its training clips come from, when
+    not the evaluated `store`."""
     codec = models.codec
     spec = {
         "version": JUDGE_VERSION,
         "modality": modality,
         "store": store.meta.get("uid"),
         "frames_in_store": store.n_frames,
+        **({} if train_store is None else {"train_store": train_store.meta.get("uid")}),
         "clips": [c.id for c in train_clips],
         "evaluated": [c.id for c in evaluated],
         "n_frames": list(n_frames),
@@ -486,19 +525,24 @@ def rendered(
 
 
 def fit_judges(
-    store, models, reader, clips, n_frames, s, out_dir
+    store, models, reader, clips, n_frames, s, out_dir, training: TrainingSide | None = None
 ) -> tuple[dict[str, J.Judge], dict[str, J.JudgeReport], dict]:
-    """Judges trained on training speakers only (`judge_training_clips`, with their VQ-VAE
-    reconstructions), validated on held-out clips of those speakers, and checked (J.CHECKS)
-    on the evaluated clips `clips`: clean (which decides trust), through the VQ-VAEs, and
-    through the MDVAE (which decides what the model renders). Cached in out_dir."""
-    train_clips = judge_training_clips(store, clips, s, np.random.default_rng([s.seed, 2]))
+    """Judges trained on training speakers only (`judge_training_clips` of the training
+    side, default the evaluated store; with their VQ-VAE reconstructions), validated on
+    held-out clips of those speakers, and checked (J.CHECKS) on the evaluated clips `clips`:
+    clean (which decides trust), through the VQ-VAEs, and through the MDVAE (which decides
+    what the model renders). Cached in out_dir."""
+    training = training or TrainingSide(store, reader)
+    train_clips = judge_training_clips(
+        training.store, clips, s, np.random.default_rng([s.seed, 2]), store
+    )
     classes = sorted({c.speaker for c in train_clips})
     identities = sorted({c.speaker for c in clips})
-    if set(classes) & set(identities):  # the claim the judges' numbers rest on
+    # the claim the judges' numbers rest on
+    if training.speaker_keys(train_clips, training.store) & training.speaker_keys(clips, store):
         raise MDVAEError("a judge would be trained on a speaker it scores")
     n_train = common_length(train_clips, s.max_frames)
-    pool = labelled_windows(store, train_clips, n_train, classes=classes)
+    pool = labelled_windows(training.store, train_clips, n_train, classes=classes)
     held = J.split_held_out(
         [classes.index(c.speaker) for c in train_clips],
         s.judge_hold_out,
@@ -506,8 +550,9 @@ def fit_judges(
     )
     train = pool.subset(~held)
     evaluated = labelled_windows(store, clips, n_frames, identities=identities)
+    other = None if training.store is store else training.store
     keys = {
-        m: judge_key(store, train_clips, clips, (n_train, n_frames), s, models, m)
+        m: judge_key(store, train_clips, clips, (n_train, n_frames), s, models, m, other)
         for m in J.MODALITIES
     }
     need = [
@@ -520,7 +565,9 @@ def fit_judges(
         if s.judge_augment == "codec":
             chosen = [c for c, h in zip(train_clips, held) if not h]
             train = train.concat(
-                train.with_media(*rendered(models, reader, chosen, n_train, VQVAE_ALONE))
+                train.with_media(
+                    *rendered(models, training.reader, chosen, n_train, VQVAE_ALONE)
+                )
             )
     model_check = evaluated.with_media(*rendered(models, reader, clips, n_frames, MDVAE_MODEL))
     # what the baselines render, read by the same judges (the visual judges read the
@@ -552,6 +599,7 @@ def fit_judges(
         judges[m], reports[m] = judge, report
     info = {
         "speakers": {"judges": classes, "evaluated": identities},  # disjoint (checked above)
+        "train_store": str(training.store.path),
         "train_speakers": len(classes),
         "train_clips": int((~held).sum()),
         "held_out_clips": int(held.sum()),
@@ -593,10 +641,15 @@ def example_first(
 
 
 def run_disentanglement(
-    store, models, reader, clips, s, rng, out_dir
+    store, models, reader, clips, s, rng, out_dir, training: TrainingSide | None = None
 ) -> tuple[dict, dict, dict[str, J.Judge]]:
+    if s.study_clips and len(clips) > s.study_clips:
+        keep = sorted(rng.choice(len(clips), size=s.study_clips, replace=False))
+        clips = [clips[i] for i in keep]
     n_frames = common_length(clips, s.max_frames)
-    judges, reports, judge_info = fit_judges(store, models, reader, clips, n_frames, s, out_dir)
+    judges, reports, judge_info = fit_judges(
+        store, models, reader, clips, n_frames, s, out_dir, training
+    )
     trusted = {f.name: reports[f.judge].trusted(f.score) for f in D.FACTORS}
     rendered = {
         f.name: D.rendering(
@@ -719,6 +772,11 @@ def evaluate(args: argparse.Namespace, s: EvalSettings, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     common.seed_everything(s.seed)
     store = Store(args.data)
+    train_store = store
+    if args.train_data and Path(args.train_data).resolve() != Path(args.data).resolve():
+        train_store = Store(args.train_data)
+        if not train_store.split_clips("train"):
+            raise MDVAEError(f"--train-data {args.train_data} has no clips in split 'train'")
     bundle = load_bundle(args.bundle, device=device)
     models = ev.Models.from_bundle(bundle)
     clips = store.split_clips(s.split)
@@ -728,6 +786,7 @@ def evaluate(args: argparse.Namespace, s: EvalSettings, out_dir: Path) -> dict:
         "config": {
             "bundle": str(args.bundle),
             "data": str(args.data),
+            "train_data": str(args.train_data or args.data),
             "split": s.split,
             "seed": s.seed,
             "quick": bool(args.quick),
@@ -755,12 +814,25 @@ def evaluate(args: argparse.Namespace, s: EvalSettings, out_dir: Path) -> dict:
         "denoising", lambda: run_denoising(store, models, s, rng(20))
     )
     reader = timed("features", lambda: FeatureReader(store, models, fill_cache=not args.quick))
-    results["emotion"] = timed("emotion", lambda: run_emotion(store, models, reader, s, rng(30)))
+    training = TrainingSide(store, reader)
+    if train_store is not store:
+        training = TrainingSide(
+            train_store,
+            timed(
+                "training features",
+                lambda: FeatureReader(train_store, models, fill_cache=not args.quick),
+            ),
+        )
+    results["emotion"] = timed(
+        "emotion", lambda: run_emotion(store, models, reader, s, rng(30), training)
+    )
     swap_example = None
     if J.has_ground_truth(store.factors):
         results["disentanglement"], swap_example, judges = timed(
             "disentanglement",
-            lambda: run_disentanglement(store, models, reader, clips, s, rng(40), out_dir),
+            lambda: run_disentanglement(
+                store, models, reader, clips, s, rng(40), out_dir, training
+            ),
         )
         trusted = results["disentanglement"]["trusted"]["mouth"]
         results["denoising"]["mouth_read"] = timed(

@@ -256,6 +256,11 @@ def markdown(results: dict) -> str:
         f"Bundle `{cfg['bundle']}` on `{cfg['data']}`, split `{cfg['split']}` "
         f"(speakers unseen in training), seed {cfg['seed']}"
         + (", **quick run**" if cfg["quick"] else "")
+        + (
+            f"; emotion probes and judges trained on the training split of `{cfg['train_data']}`"
+            if cfg.get("train_data") not in (None, cfg["data"])
+            else ""
+        )
         + "."
     ]
     rec = results.get("reconstruction")
