@@ -642,6 +642,27 @@ def test_emotion_accuracies_carry_their_se_over_test_clips():
     assert paired["se"] == pytest.approx(np.std([1, 0, 0, 0], ddof=1) / 2)
 
 
+def test_paired_margins_carry_an_se_with_speakers_as_the_unit():
+    def rows(mdvae, other):
+        return {"mdvae": {"curve": [{"correct": mdvae}]},
+                "dsae_visual": {"curve": [{"correct": other}]}}  # fmt: skip
+
+    # speaker a: the MDVAE right on all 10 clips where the other is wrong; speaker b: a
+    # tie on all 10. Clip SE: d = ten 1s, ten 0s; over 2 speakers: sums (10, 0) of (10, 10),
+    # p = 0.5, sqrt(2 / 1 * ((10 - 5)^2 + (0 - 5)^2)) / 20 = 0.5
+    speakers = ["a"] * 10 + ["b"] * 10
+    d = evaluate.paired_differences(rows([1] * 20, [0] * 10 + [1] * 10), speakers)["dsae_visual"]
+    assert d["difference"] == 0.5 and d["speakers"] == 2
+    assert d["se"] == pytest.approx(np.sqrt(0.25 * 20 / 19 / 20))  # std (ddof 1) / sqrt(20)
+    assert d["se_speakers"] == pytest.approx(0.5)
+    # every speaker alike (half of each's clips): no spread between speakers
+    d = evaluate.paired_differences(rows([1] * 20, [0, 1] * 10), speakers)["dsae_visual"]
+    assert d["se_speakers"] == pytest.approx(0.0, abs=1e-12) and d["se"] > 0.1
+    # the report shows it beside the clip SE; without speakers there is none
+    assert report._speaker_se(d) == " (± 0.000 over 2 speakers)"
+    assert "se_speakers" not in evaluate.paired_differences(rows([1, 0], [0, 0]))["dsae_visual"]
+
+
 def test_emotion_accuracy_by_level_splits_clips_and_pairs_within_each_level():
     correct = {"mdvae": [1, 1, 0, 1, 1, 0], "dsae_visual": [1, 0, 0, 1, 1, 1]}
     levels = [1, 1, 1, 3, 3, 3]

@@ -63,7 +63,7 @@ from mdvae.eval import experiments as ev
 from mdvae.eval import judges as J
 from mdvae.eval import metrics
 from mdvae.eval.report import figures, markdown, protocol, summary, targets
-from mdvae.eval.stats import mean_spread
+from mdvae.eval.stats import mean_spread, ratio_se
 from train import common
 from train.runs import cached_features, feature_key
 
@@ -365,7 +365,8 @@ def run_emotion(store, models, reader, s, rng, training: TrainingSide | None = N
             truth = np.array([head.config.labels.index(y) for y in y_test])
             row["bundle_head_accuracy"] = float((pred == truth).mean())
         out["models"][name] = row
-    out["paired"] = paired_differences(out["models"])
+    speakers = [c.speaker for c in test]
+    out["paired"] = paired_differences(out["models"], speakers)
     full = {m: r["curve"][-1].get("correct") for m, r in out["models"].items() if r["curve"]}
     full = {m: c for m, c in full.items() if c is not None}
     if DSAE_AUDIO in encoded and DSAE_VISUAL in encoded:
@@ -375,7 +376,9 @@ def run_emotion(store, models, reader, s, rng, training: TrainingSide | None = N
         full[ev.LATE_FUSION] = out[ev.LATE_FUSION]["correct"]
         if MDVAE_MODEL in out["models"]:
             pair = {MDVAE_MODEL: out["models"][MDVAE_MODEL], ev.LATE_FUSION: fused}
-            out[ev.LATE_FUSION]["mdvae_minus"] = paired_differences(pair)[ev.LATE_FUSION]
+            out[ev.LATE_FUSION]["mdvae_minus"] = paired_differences(pair, speakers)[
+                ev.LATE_FUSION
+            ]
     if full and all(c.level for c in test):
         out["by_level"] = ev.accuracy_by_level(full, [c.level for c in test], MDVAE_MODEL)
     return out
@@ -395,9 +398,14 @@ def late_fusion(
     return tuple(np.concatenate([p[i] for p in parts], axis=1) for i in (0, 1))
 
 
-def paired_differences(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
+def paired_differences(
+    rows: dict[str, dict], speakers: list[str] | None = None
+) -> dict[str, dict[str, float]]:
     """The MDVAE's accuracy with all labels minus each other model's, on the same test
-    clips: mean and SE of the per-clip difference (paired, so tighter than either SE)."""
+    clips: mean and SE of the per-clip difference (paired, so tighter than either SE).
+    Given each clip's speaker, also "se_speakers": the SE with speakers as the unit (clips
+    of one speaker share the speaker's quirks, so a few speakers weigh more than their
+    clips say; `stats.ratio_se` over speakers)."""
     full = {m: r["curve"][-1].get("correct") for m, r in rows.items() if r["curve"]}
     base = full.get(MDVAE_MODEL)
     out = {}
@@ -407,6 +415,12 @@ def paired_differences(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
         d = np.asarray(base, float) - np.asarray(correct, float)
         se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
         out[m] = {"difference": float(d.mean()), "se": se}
+        if speakers is not None:
+            names = sorted(set(speakers))
+            index = np.array([names.index(k) for k in speakers])
+            sums = np.bincount(index, weights=d, minlength=len(names))
+            counts = np.bincount(index, minlength=len(names))
+            out[m].update(se_speakers=ratio_se(sums, counts), speakers=len(names))
     return out
 
 

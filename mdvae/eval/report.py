@@ -102,7 +102,7 @@ def targets(results: dict) -> list[dict]:
             paired = results["emotion"].get("paired", {})
             diffs = [
                 f"{ev.MODEL_TITLES[MDVAE_MODEL]} - {ev.MODEL_TITLES[m]} "
-                f"{_pm(d['difference'], d['se'])}"
+                f"{_pm(d['difference'], d['se'])}{_speaker_se(d)}"
                 for m, d in paired.items()
             ]
             add(
@@ -250,6 +250,14 @@ def _f(x, digits=3) -> str:
     return f"{x:.{digits}f}"
 
 
+def _speaker_se(d: dict) -> str:
+    """Where a paired difference carries its SE over speakers: " (± 0.012 over 64 speakers)"."""
+    se = d.get("se_speakers")
+    if se is None or not math.isfinite(se):
+        return ""
+    return f" (± {se:.3f} over {d['speakers']} speakers)"
+
+
 def markdown(results: dict) -> str:
     cfg = results["config"]
     lines = [
@@ -349,9 +357,12 @@ def markdown(results: dict) -> str:
         if paired:
             lines += [
                 "",
-                "With all labels, per-clip paired differences (same test clips, ± SE): "
+                "With all labels, per-clip paired differences (same test clips, ± SE over "
+                "clips; in brackets the SE with speakers as the unit, which counts how few "
+                "speakers there are): "
                 + ", ".join(
                     f"MDVAE - {ev.MODEL_TITLES[m]} {_pm(d['difference'], d['se'])}"
+                    + _speaker_se(d)
                     for m, d in paired.items()
                 )
                 + ".",
@@ -366,6 +377,7 @@ def markdown(results: dict) -> str:
                 f"the training clips), {_pm(fused['mean'], fused.get('se'))}"
                 + (
                     f"; MDVAE minus it {_pm(versus['difference'], versus['se'])}"
+                    + _speaker_se(versus)
                     if versus
                     else ""
                 )
