@@ -175,6 +175,14 @@ def test_feature_stats_probes_finds_an_emotion_that_only_the_within_clip_spread_
     assert abs(probes["audio"]["all"] - 0.5) < 4 * 0.5 / np.sqrt(32)
     assert len(probes["visual"]["correct"]) == 32 and {"1", "2"} <= set(probes["visual"])
     assert probes["visual"]["c"] in (0.003, 0.03, 0.3)
+    # what the voice adds to the face, paired clip by clip, with its SE over the 4 speakers
+    room = probes["both"]["over_visual"]
+    diff = np.subtract(probes["both"]["correct"], probes["visual"]["correct"])
+    assert room["difference"] == pytest.approx(diff.mean()) and room["speakers"] == 4
+    assert room["se"] == pytest.approx(0.0) and room["se_speakers"] == pytest.approx(0.0)
+    assert "both minus visual" in diag.format_report(
+        diag.Diagnostics(model="mdvae", groups=[], streams=[], clips=32,
+                         feature_stats_probes=probes))
     # the clip means alone (the first third of each row) cannot see it
     means_only = diag.linear_probe(train["visual"][:, :4], [c.emotion for c in train_clips],
                                    held["visual"][:, :4], [c.emotion for c in held_clips])

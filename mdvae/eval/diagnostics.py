@@ -66,6 +66,7 @@ from mdvae.eval.disentanglement import (
 )
 from mdvae.eval.experiments import encode_either
 from mdvae.eval.judges import BLINK_CLOSED, MARGINS, MOUTH_OF_VISEME, f0_semitones
+from mdvae.eval.stats import ratio_se
 from mdvae.model.dsae import DSAE
 from mdvae.model.gaussian import kl_divergence
 from mdvae.model.mdvae import MDVAE
@@ -262,6 +263,16 @@ def feature_stats_probes(
                  "correct": correct.astype(int).tolist()}
         entry |= {level: float(correct[levels == level].mean()) for level in sorted(set(levels))}
         out[name] = entry
+    if "visual" in out:  # the room the voice leaves above the face, clip by clip
+        d = np.asarray(out["both"]["correct"], float) - np.asarray(out["visual"]["correct"], float)
+        speakers = np.asarray([c.speaker for c in held_clips])
+        names = sorted(set(speakers))
+        sums = np.array([d[speakers == k].sum() for k in names])
+        counts = np.array([(speakers == k).sum() for k in names])
+        out["both"]["over_visual"] = {
+            "difference": float(d.mean()),
+            "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
+            "se_speakers": ratio_se(sums, counts), "speakers": len(names)}
     return out
 
 
@@ -969,7 +980,7 @@ def format_report(d: Diagnostics) -> str:
                      + ", ".join(f"{k} {v:.3f}" for k, v in d.feature_probes.items()))
     if d.feature_stats_probes:
         levels = sorted(k for k in next(iter(d.feature_stats_probes.values()))
-                        if k not in ("c", "all", "correct"))
+                        if k not in ("c", "all", "correct", "over_visual"))
         lines.append("")
         lines.append("emotion probe on the stage-1 features' clip mean, spread and change "
                      "(a reference for w; C chosen on the training speakers)")
@@ -978,6 +989,11 @@ def format_report(d: Diagnostics) -> str:
         for name, row in d.feature_stats_probes.items():
             lines.append(f"{name:>10} {row['all']:6.3f} "
                          + " ".join(f"{row[v]:8.3f}" for v in levels) + f" {row['c']:6g}")
+        room = d.feature_stats_probes.get("both", {}).get("over_visual")
+        if room:
+            lines.append(f"both minus visual (what the voice adds to the face, paired): "
+                         f"{room['difference']:+.3f} ± {room['se']:.3f} over clips, "
+                         f"± {room['se_speakers']:.3f} over {room['speakers']} speakers")
     if d.emotion_sources:
         lines.append("")
         lines += format_emotion_sources(d.emotion_sources)
