@@ -664,6 +664,10 @@ def test_diagnose_refuses_an_unknown_split(tiny_bundle, tiny_store):
     with pytest.raises(MDVAEError, match="is not one of"):
         diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),
                        "--held-split", "nonexistent"])
+    # held-out clips of speakers the probes learn are not held out: refused
+    with pytest.raises(MDVAEError, match="are training speakers"):
+        diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),
+                       "--held-store", str(tiny_store), "--held-split", "train"])
 
 
 def test_mixed_partners_share_speaker_and_level_not_emotion():

@@ -7,7 +7,7 @@ from mdvae.data.store import Store
 from mdvae.eval import disentanglement as D
 from mdvae.eval import experiments as ev
 from mdvae.eval import report
-from train import evaluate
+from train import common, evaluate
 
 
 def test_categorical_follow_stay_counts_only_where_a_and_b_differ():
@@ -391,41 +391,49 @@ def test_judges_never_train_on_an_evaluated_speaker(tiny_store):
         )
 
 
-@pytest.fixture(scope="module")
-def fresh_pool(tmp_path_factory):
-    """A store of speakers all held out but one, from another seed: what
-    `train.prepare synthetic ... --val-speakers N` makes to choose models on new speakers.
-    Its speakers are named as tiny_store's are (synth_000, ...) and are other people."""
+def _pool(tmp_path_factory, name, first_speaker):
+    """3 speakers, 2 held out (val), 3 clips each, from seed 5."""
     from train import prepare
 
-    folder = tmp_path_factory.mktemp("pool") / "pool"
+    folder = tmp_path_factory.mktemp(name) / name
     code = prepare.main([
         "synthetic", "--out", str(folder), "--speakers", "3", "--clips-per-speaker", "3",
         "--frames", "36", "--val-speakers", "2", "--test-speakers", "0", "--workers", "0",
-        "--seed", "5",
+        "--seed", "5", "--first-speaker", str(first_speaker),
     ])  # fmt: skip
     assert code == 0
     return folder
 
 
-def test_judges_of_another_store_may_share_a_name_never_a_speaker(tiny_store, fresh_pool):
-    from mdvae.data.store import Store
+@pytest.fixture(scope="module")
+def fresh_pool(tmp_path_factory):
+    """A pool of new speakers (indices 5 to 7, past tiny_store's 0 to 4), nearly all held
+    out: what `train.prepare synthetic --first-speaker N ... --val-speakers M` makes to
+    choose models on new speakers."""
+    return _pool(tmp_path_factory, "pool", 5)
 
-    train_store, pool = Store(tiny_store), Store(fresh_pool)
-    evaluated = pool.split_clips("val")
-    names = {c.speaker for c in evaluated}
+
+def test_a_pool_of_the_same_indices_is_the_same_speakers_and_refused(tiny_store, tmp_path_factory):
+    from mdvae.data.store import Store
+    from mdvae.errors import MDVAEError
+
+    train_store = Store(tiny_store)
+    reseeded = Store(_pool(tmp_path_factory, "reseeded", 0))  # another seed, same people
+    held = reseeded.split_clips("val")
+    trained = {c.speaker for c in train_store.split_clips("train")}
+    assert {c.speaker for c in held} & trained  # (so it falls out with these seeds)
+    with pytest.raises(MDVAEError, match="are training speakers"):
+        common.check_unseen(held, train_store, {})
+    # the judges never draw an evaluated speaker, whichever store they learn on
     settings = evaluate.EvalSettings(judge_speakers=10, judge_clips_per_speaker=1)
-    drawn = evaluate.judge_training_clips(
-        train_store, evaluated, settings, np.random.default_rng(0), pool
-    )
-    # every training speaker of the training store, those named like an evaluated one too
-    train_names = {c.speaker for c in train_store.split_clips("train")}
-    assert {c.speaker for c in drawn} == train_names and train_names & names
-    side = evaluate.TrainingSide(train_store, None)
-    assert not side.speaker_keys(drawn, train_store) & side.speaker_keys(evaluated, pool)
-    # within one store the same name is the same speaker: the guard in fit_judges sees it
-    shared = [c for c in train_store.clips if c.speaker in names]
-    assert side.speaker_keys(shared, train_store) & side.speaker_keys(drawn, train_store)
+    drawn = evaluate.judge_training_clips(train_store, held, settings, np.random.default_rng(0))
+    assert {c.speaker for c in drawn} == trained - {c.speaker for c in held}
+    # the bundle's own training speakers count too
+    test = train_store.split_clips("test")
+    common.check_unseen(test, train_store, {})
+    info = {"data": {"splits": {"train": {"speakers": [test[0].speaker]}}}}
+    with pytest.raises(MDVAEError, match="1 of the 1 speakers to be scored"):
+        common.check_unseen(test, train_store, info)
 
 
 @pytest.mark.slow

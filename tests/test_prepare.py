@@ -299,6 +299,28 @@ def test_prepare_synthetic(tmp_path, capsys):
     capsys.readouterr()
     assert prepare.main(args(frames=20)) == 1
     assert "--frames 12" in capsys.readouterr().err
+    assert prepare.main(args() + ["--first-speaker", "3"]) == 1  # other people: refused
+    assert "--first-speaker 0" in capsys.readouterr().err
+
+
+def test_synthetic_speakers_are_their_indices_whatever_the_seed():
+    from mdvae.data.synthetic_script import speaker_params
+
+    # another seed draws other clips of the same people; --first-speaker draws new people
+    same = prepare.synthetic_jobs(2, 1, 12, seed=0)
+    reseeded = prepare.synthetic_jobs(2, 1, 12, seed=9)
+    new = prepare.synthetic_jobs(2, 1, 12, seed=0, first_speaker=200)
+    assert [j.speaker for j in same] == [j.speaker for j in reseeded] == ["synth_000", "synth_001"]
+    assert [j.payload.seed for j in same] != [j.payload.seed for j in reseeded]
+    assert [j.speaker for j in new] == ["synth_200", "synth_201"]
+    assert [j.extra["speaker_index"] for j in new] == [j.payload.speaker for j in new] == [200, 201]
+    corner = [generate_clip(j.payload.speaker, "neutral", 1, j.payload.seed, 2).frames[0, 0, 0]
+              for j in (same[0], reseeded[0], new[0])]  # the background: the speaker's
+    np.testing.assert_array_equal(corner[0], corner[1])
+    assert speaker_params(0) == speaker_params(0) and speaker_params(0) != speaker_params(200)
+    assert not np.array_equal(corner[0], corner[2])
+    with pytest.raises(prepare.PrepareError, match="first-speaker"):
+        prepare.synthetic_jobs(1, 1, 12, seed=0, first_speaker=-1)
 
 
 @pytest.mark.slow

@@ -186,6 +186,29 @@ def rank_slice(batch: dict[str, Any], d: Dist) -> dict[str, Any]:
 # The run folder
 
 
+def check_unseen(clips: list, train_store: Any, bundle_info: dict | None = None) -> None:
+    """Refuse to score held-out `clips` of speakers that the probes and judges (the training
+    split of `train_store`) or the bundle's own training (its recorded training speakers)
+    have seen.
+    A speaker's name is its identity across stores: MEAD's M003 is one person in every
+    store, and a synthetic speaker is its index (`speaker_params`), whatever the seed that
+    drew its clips."""
+    evaluated = {c.speaker for c in clips}
+    seen = {c.speaker for c in train_store.split_clips("train")}
+    splits = (bundle_info or {}).get("data", {}).get("splits", {})
+    seen |= set(splits.get("train", {}).get("speakers", []))
+    overlap = sorted(evaluated & seen)
+    if overlap:
+        shown = ", ".join(overlap[:6]) + (" ..." if len(overlap) > 6 else "")
+        raise MDVAEError(
+            f"{len(overlap)} of the {len(evaluated)} speakers to be scored ({shown}) are "
+            f"training speakers of {train_store.path} or of the bundle, so their scores would "
+            "not be on unseen speakers. A synthetic speaker is its index, whatever --seed drew "
+            "its clips: draw new ones with train.prepare synthetic --first-speaker N past the "
+            "training store's speakers"
+        )
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

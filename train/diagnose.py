@@ -23,10 +23,12 @@ definitions.
 
     python -m train.diagnose --bundle checkpoints --store data/synth200
     python -m train.diagnose --run runs/mdvae --vq-visual runs/vq_visual \\
-        --vq-audio runs/vq_audio --store data/synth200 --held-store data/synth_seed7
+        --vq-audio runs/vq_audio --store data/synth200 --held-store data/synth_new64
 
 Held-out clips come from `--held-split` of `--held-store` (default: the validation
-speakers of `--store`); choose models on these, never on the test speakers.
+speakers of `--store`); choose models on these, never on the test speakers. A held-out
+store must hold new speakers (a synthetic speaker is its index, whatever the seed:
+`train.prepare synthetic --first-speaker 200 ...`); speakers `--store` trains on are refused.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from mdvae.eval import pitch
 from mdvae.eval.diagnostics import feature_means, feature_stats, labelled
 from mdvae.eval.disentanglement import FollowStay
 from mdvae.eval.experiments import static_means
+from train import common
 from train.runs import cached_features, load_stage1, load_stage2
 
 
@@ -222,6 +225,7 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
     if not train_clips or not held_clips:
         raise MDVAEError("diagnose needs labelled clips in the training split of --store and "
                          f"in the {args.held_split!r} split of the held-out store")
+    common.check_unseen(held_clips, store, bundle.info if args.bundle else None)
     all_train_clips = train_clips  # the clip-statistics probes are fitted on all of them
     rng = np.random.default_rng(args.seed)
     if len(train_clips) > args.train_clips:

@@ -249,11 +249,6 @@ class TrainingSide:
     store: Store
     reader: FeatureReader
 
-    def speaker_keys(self, clips: list[ClipInfo], store: Store) -> set[tuple[str, str]]:
-        """Speakers of `clips` (of `store`), named so that those of different stores never
-        coincide: two stores may both call a speaker "synth_000"."""
-        return {(store.meta.get("uid") or str(store.root), c.speaker) for c in clips}
-
 
 def static_latents(
     model, reader: FeatureReader, clips: list[ClipInfo], *, batch: int = 32, desc: str = "w"
@@ -425,17 +420,12 @@ def paired_differences(
 
 
 def judge_training_clips(
-    store: Store,
-    evaluated: list[ClipInfo],
-    s: EvalSettings,
-    rng: np.random.Generator,
-    evaluated_store: Store | None = None,
+    store: Store, evaluated: list[ClipInfo], s: EvalSettings, rng: np.random.Generator
 ) -> list[ClipInfo]:
     """The judges' clips: `judge_clips_per_speaker` random clips of each of
-    `judge_speakers` random training speakers of `store`, never a speaker of the evaluated
-    clips (of `evaluated_store`, default `store`: another store's speakers are others)."""
-    same = evaluated_store is None or evaluated_store is store
-    excluded = {c.speaker for c in evaluated} if same else set()
+    `judge_speakers` random training speakers of `store` (the evaluated store or the
+    `--train-data` one), never a speaker of the evaluated clips."""
+    excluded = {c.speaker for c in evaluated}  # names are identities across stores
     by_speaker: dict[str, list[ClipInfo]] = {}
     for c in store.split_clips("train"):
         if c.speaker not in excluded:
@@ -548,12 +538,11 @@ def fit_judges(
     what the model renders). Cached in out_dir."""
     training = training or TrainingSide(store, reader)
     train_clips = judge_training_clips(
-        training.store, clips, s, np.random.default_rng([s.seed, 2]), store
+        training.store, clips, s, np.random.default_rng([s.seed, 2])
     )
     classes = sorted({c.speaker for c in train_clips})
     identities = sorted({c.speaker for c in clips})
-    # the claim the judges' numbers rest on
-    if training.speaker_keys(train_clips, training.store) & training.speaker_keys(clips, store):
+    if set(classes) & set(identities):  # the claim the judges' numbers rest on
         raise MDVAEError("a judge would be trained on a speaker it scores")
     n_train = common_length(train_clips, s.max_frames)
     pool = labelled_windows(training.store, train_clips, n_train, classes=classes)
@@ -796,6 +785,7 @@ def evaluate(args: argparse.Namespace, s: EvalSettings, out_dir: Path) -> dict:
     clips = store.split_clips(s.split)
     if not clips:
         raise MDVAEError(f"{args.data} has no clips in split {s.split!r}")
+    common.check_unseen(clips, train_store, bundle.info)
     results: dict[str, Any] = {
         "config": {
             "bundle": str(args.bundle),

@@ -43,7 +43,7 @@ from mdvae.labels import EMOTIONS, LEVELS
 
 # Flags that change what a clip contains: a resumed run must use the same values.
 IDENTITY_FLAGS = {
-    "synthetic": ("frames", "seed"),
+    "synthetic": ("frames", "seed", "first_speaker"),
     "real": ("max_seconds", "min_seconds", "face_backend"),
 }
 # Synthetic clips cycle through these (emotion, level) pairs, level by level, so even a
@@ -180,10 +180,17 @@ def _load_item(spec: LoadSpec) -> tuple[np.ndarray, np.ndarray, dict, dict]:
 # Jobs per source
 
 
-def synthetic_jobs(n_speakers: int, clips_per_speaker: int, n_frames: int, seed: int) -> list[Job]:
-    """K clips per speaker cycling through SYNTHETIC_COMBOS, each with its own seed."""
+def synthetic_jobs(
+    n_speakers: int, clips_per_speaker: int, n_frames: int, seed: int, first_speaker: int = 0
+) -> list[Job]:
+    """K clips per speaker cycling through SYNTHETIC_COMBOS, each with its own seed, for
+    speakers first_speaker .. first_speaker + n_speakers - 1. A synthetic speaker is its
+    index (`speaker_params`): `seed` draws new clips of the same people, and only new
+    indices draw new people."""
+    if first_speaker < 0:
+        raise PrepareError(f"--first-speaker must be 0 or more, got {first_speaker}")
     jobs = []
-    for s in range(n_speakers):
+    for s in range(first_speaker, first_speaker + n_speakers):
         for k in range(clips_per_speaker):
             emotion, level = SYNTHETIC_COMBOS[(s * clips_per_speaker + k) % len(SYNTHETIC_COMBOS)]
             clip_seed = int(np.random.SeedSequence([seed, s, k]).generate_state(1)[0])
@@ -424,6 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"spread over the {len(SYNTHETIC_COMBOS)} emotion x level pairs",
     )
     synthetic.add_argument("--frames", type=int, default=90, help="frames per clip (30 fps)")
+    synthetic.add_argument(
+        "--first-speaker",
+        type=int,
+        default=0,
+        help="index of the first speaker (default 0). A synthetic speaker is its index: stores "
+        "of the same indices hold the same people whatever --seed (which draws their clips), "
+        "so a pool of new speakers starts past another store's, e.g. --first-speaker 200 "
+        "beside data/synth200",
+    )
 
     for kind, held_out, text in (
         ("mead", "1", "MEAD as distributed (speaker folders or tars)"),
@@ -452,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.kind == "synthetic":
             if args.speakers < 1 or args.clips_per_speaker < 1 or args.frames < 1:
                 raise PrepareError("--speakers, --clips-per-speaker and --frames must be >= 1")
-            jobs = synthetic_jobs(args.speakers, args.clips_per_speaker, args.frames, args.seed)
+            jobs = synthetic_jobs(
+                args.speakers, args.clips_per_speaker, args.frames, args.seed, args.first_speaker
+            )
             factor_spec = synthetic_factor_spec()
             initializer, initargs = _init_worker, (None,)
         else:
