@@ -4,8 +4,8 @@ disentanglement scores.
     python -m train.evaluate --bundle checkpoints --data data/synthetic --out runs/eval
     python -m train.evaluate ... --quick          # fewer sequences, pairs, draws, steps
     python -m train.evaluate ... --seeds 0 1 2    # each seed in OUT/seed_<k>, mean ± spread
-    python -m train.evaluate --bundle checkpoints --data data/synth_s8 --split val \
-        --train-data data/synth200 --out runs/eval_s8   # a pool of new speakers only
+    python -m train.evaluate --bundle checkpoints --data data/synth_new64 --split val \
+        --train-data data/synth200 --out runs/eval_new64   # a pool of new speakers only
 
 1. Reconstruction of held-out clips: VQ-VAEs alone, MDVAE, DSAEs (PSNR, SSIM, LSD).
 2. Denoising (the seed's protocol): Gaussian noise of std --sigma (in [0, 1] pixel units)
@@ -93,7 +93,7 @@ class EvalSettings:
     judge_hold_out: float = 0.25  # share of each speaker's clips that validate the judges
     judge_augment: str = "codec"  # also train judges on VQ-VAE reconstructions, or "none"
     # the judges' checks, swaps and generation draw from at most this many clips of the
-    # evaluated split (a random subset; 0: all): a fresh-seed pool of 1,408 clips would
+    # evaluated split (a random subset; 0: all): a pool of 1,408 clips of new speakers would
     # otherwise be decoded four times over (7 GB); the emotion study reads every clip
     study_clips: int = 400
 
@@ -123,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-data",
         default=None,
         help="store whose training split gives the emotion probes' and the judges' training "
-        "clips (default: --data). With it, a store whose speakers are all held out (a "
-        "fresh-seed pool: train.prepare synthetic ... --val-speakers N) can be evaluated; its "
-        "speakers must not be the training store's",
+        "clips (default: --data). With it, a store whose speakers are all held out (a pool "
+        "of new speakers: train.prepare synthetic --first-speaker 200 ... --val-speakers N) "
+        "can be evaluated; its speakers must not be the training store's (refused)",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if any)")
