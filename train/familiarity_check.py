@@ -1,7 +1,8 @@
 """Does the familiarity score tell the bundle's own kind of clip from foreign ones?
 
 Familiar side: clips of a store's speakers that the bundle's reference table did not use
-(`--store`, a split; e.g. a fresh-seed synthetic store) and the app's example videos, all
+(`--store`, a split; e.g. a pool of new synthetic speakers, `train.prepare synthetic
+--first-speaker 200 ...`) and the app's example videos, all
 through the app's own loading (mp4 decode, aligned crops). Foreign side, made here from
 what ships in the dependencies and written as mp4 files the app reads like uploads:
 - real faces: the astronaut photograph drifting and zooming (face detection on) and 20
@@ -14,7 +15,8 @@ espeak-ng voices) for its voice.
 Prints each clip's verdict, the share of familiar clips per group and the ROC AUC of the
 least familiar score's percentile (familiar 0, foreign 1); `--out` writes them as JSON.
 
-    python -m train.familiarity_check --store data/synth_s7 --split val --out runs/familiarity.json
+    python -m train.familiarity_check --store data/synth_new64 --split val \
+        --out runs/familiarity.json
 """
 
 from __future__ import annotations

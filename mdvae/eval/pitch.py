@@ -18,7 +18,8 @@ judges' views, `disentanglement.score_factor`: the contour is f0 minus its media
 the frames voiced in both clips, the level that median), the one with the highest total
 comb score over those frames is taken. Clean clips read this way give their own level and
 contour in every pair tried (`tests/test_pitch.py`); the audio VQ-VAE's reconstructions of
-B are heard with B's level and contour in 0.97 and 0.98 of 440 pairs of fresh-seed speakers.
+B are heard with B's level and contour in 0.97 and 0.98 of 440 pairs of held-out clips
+(`data/synth_s7`, new clips of mostly training speakers).
 """
 
 from __future__ import annotations
