@@ -182,3 +182,37 @@ def test_export_adds_the_reference_to_a_bundle_and_keeps_its_weights(tiny_bundle
         assert calibration["out_of_fold"]["clips"] == 16
         assert calibration["out_of_fold"]["folds"] == 4
         assert 0 < calibration["test"]["ece_floor"] < 1
+
+
+def test_export_takes_the_familiarity_table_from_a_pool_of_new_speakers(tiny_bundle, tiny_store,
+                                                                         tmp_path):
+    from mdvae.bundle import load_bundle, save_bundle
+    from mdvae.data.store import Store
+    from mdvae.errors import MDVAEError
+    from tests.conftest import tiny_components
+    from train import export, prepare
+
+    pool = tmp_path / "pool"  # speakers 5 to 7: new to tiny_store (0 to 4); 2 held out
+    assert prepare.main(["synthetic", "--out", str(pool), "--speakers", "3", "--clips-per-speaker",
+                         "3", "--frames", "24", "--val-speakers", "0", "--test-speakers", "2",
+                         "--workers", "0", "--first-speaker", "5"]) == 0
+    out = export.main(["--bundle", str(tiny_bundle), "--familiarity-store", str(pool),
+                       "--out", str(tmp_path / "pooled")])
+    table = load_bundle(out).info["familiarity"]
+    assert table["store"] == str(pool) and table["split"] == "test"
+    held = len(Store(pool).split_clips("test"))
+    assert held == 6 and all(s["clips"] == held for s in table["scores"].values())
+    # beside --reference-store, the pool gives the familiarity and the store the calibration
+    out = export.main(["--bundle", str(tiny_bundle), "--reference-store", str(tiny_store),
+                       "--familiarity-store", str(pool), "--out", str(tmp_path / "both")])
+    info = load_bundle(out).info
+    assert info["familiarity"]["store"] == str(pool)
+    assert any("calibration" in h for h in info["emotion"].values())
+    # a pool of speakers the bundle trained on is refused
+    trained = sorted({c.speaker for c in Store(pool).split_clips("test")})[:1]
+    seen = tmp_path / "seen"
+    save_bundle(seen, tiny_components(), card="# tiny\n",
+                info={"data": {"splits": {"train": {"speakers": trained}}}})
+    with pytest.raises(MDVAEError, match="are training speakers"):
+        export.main(["--bundle", str(seen), "--familiarity-store", str(pool),
+                     "--out", str(tmp_path / "refused")])

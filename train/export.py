@@ -7,13 +7,18 @@
     python -m train.export ... --reference-store data/synthetic   # familiarity, calibration
     python -m train.export --bundle checkpoints --reference-store data/synthetic \\
         --out checkpoints                 # the same weights, the reference statistics added
+    python -m train.export --bundle checkpoints --familiarity-store data/synth_ref \\
+        --out checkpoints                 # the familiarity table from a pool of new speakers
     python -m train.export --bundle checkpoints --mdvae runs/mdvae2 --dsae-audio ... \\
         --dsae-visual ... --emotion runs/emotion2 --out runs/bundle2   # new stage 2, same VQ-VAEs
 
 `--reference-store` scores the store's test clips (the familiarity table the app places
 every clip against) and fits each emotion head's temperature on out-of-fold logits of its
 training and validation speakers' clips (`train/reference.py`); both go into the bundle's
-info, so the app computes neither.
+info, so the app computes neither. `--familiarity-store` takes the familiarity table from
+another store's test clips instead: a pool of new speakers, whose variety a benchmark's few
+test speakers do not span (with 8 of them, one clip of a new synthetic speaker in eight was
+called unfamiliar; README, "Session 29").
 
 Training checkpoints (optimiser state, RNG, pickled) never leave the run folders: the
 bundle holds only config.json, model.safetensors and the card.
@@ -40,7 +45,7 @@ from mdvae.data.store import Store
 from mdvae.errors import ConfigError, MDVAEError
 from mdvae.eval.report import summary as evaluation_summary
 from train import common
-from train.reference import reference_info
+from train.reference import familiarity_table, reference_info
 from train.runs import load_stage1, load_stage2, stage1_keys, trained_inside
 
 
@@ -301,6 +306,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--reference-store", help="store whose test clips give the familiarity "
                         "table and whose training and validation clips calibrate the emotion "
                         "heads (out of fold)")
+    parser.add_argument("--familiarity-store", help="store whose test clips give the familiarity "
+                        "table instead of --reference-store's: a pool of new speakers "
+                        "(train.prepare synthetic --first-speaker ... --test-speakers N) spans "
+                        "more faces and voices than a benchmark's few test speakers; speakers "
+                        "the bundle trained on are refused")
     parser.add_argument("--out", required=True, help="bundle folder (replaced if it is one)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload to the Hub")
     parser.add_argument("--threads", type=int, default=None,
@@ -333,12 +343,19 @@ def main(argv: list[str] | None = None) -> Path:
         info["evaluation"] = {"summary": kept, "markdown": results.get("markdown", "")}
     if args.reference_store:
         reference = reference_info(components, args.reference_store,
-                                   emotion=info.get("emotion"))
-        info["familiarity"] = reference["familiarity"]
+                                   emotion=info.get("emotion"),
+                                   familiarity=not args.familiarity_store)
+        if "familiarity" in reference:
+            info["familiarity"] = reference["familiarity"]
         for head, calibration in reference["calibration"].items():
             reads = next(r.model for r in EMOTION_READERS.values() if r.head == head)
             info.setdefault("emotion", {}).setdefault(head, {"reads": reads, "accuracy": {}})
             info["emotion"][head]["calibration"] = calibration
+    if args.familiarity_store:
+        pool = Store(args.familiarity_store)
+        common.check_unseen(pool.split_clips("test"), pool, info)
+        info["familiarity"] = familiarity_table(components, pool)
+    if args.reference_store or args.familiarity_store:
         info["reference_added"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for module in components.values():
         module.float()

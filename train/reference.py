@@ -123,11 +123,14 @@ def emotion_calibration(components: dict, store: Store, *, c: Mapping[str, float
 
 
 def reference_info(components: dict, store_path: str, *, emotion: Mapping | None = None,
-                   show: bool = True) -> dict[str, Any]:
-    """The info entries `--reference-store` adds: "familiarity", and per head the
-    calibration (to merge into info["emotion"][head]); `emotion`: the bundle's
-    info["emotion"], whose "c" (the heads' L2 strength, when recorded) the refits reuse."""
+                   familiarity: bool = True, show: bool = True) -> dict[str, Any]:
+    """The info entries `--reference-store` adds: "familiarity" (unless `familiarity` is
+    False: another store gives it), and per head the calibration (to merge into
+    info["emotion"][head]); `emotion`: the bundle's info["emotion"], whose "c" (the heads'
+    L2 strength, when recorded) the refits reuse."""
     store = Store(store_path)
     c = {head: float(entry["c"]) for head, entry in (emotion or {}).items() if "c" in entry}
-    return {"familiarity": familiarity_table(components, store, show=show),
-            "calibration": emotion_calibration(components, store, c=c, show=show)}
+    out = {"calibration": emotion_calibration(components, store, c=c, show=show)}
+    if familiarity:
+        out["familiarity"] = familiarity_table(components, store, show=show)
+    return out
