@@ -4,7 +4,7 @@ disentanglement scores.
     python -m train.evaluate --bundle checkpoints --data data/synthetic --out runs/eval
     python -m train.evaluate ... --quick          # fewer sequences, pairs, draws, steps
     python -m train.evaluate ... --seeds 0 1 2    # each seed in OUT/seed_<k>, mean ± spread
-    python -m train.evaluate --bundle checkpoints --data data/synth_new64 --split val \
+    python -m train.evaluate --bundle checkpoints --data data/synth_new64 --split val \\
         --train-data data/synth200 --out runs/eval_new64   # a pool of new speakers only
 
 1. Reconstruction of held-out clips: VQ-VAEs alone, MDVAE, DSAEs (PSNR, SSIM, LSD).

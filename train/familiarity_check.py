@@ -15,7 +15,7 @@ espeak-ng voices) for its voice.
 Prints each clip's verdict, the share of familiar clips per group and the ROC AUC of the
 least familiar score's percentile (familiar 0, foreign 1); `--out` writes them as JSON.
 
-    python -m train.familiarity_check --store data/synth_new64 --split val \
+    python -m train.familiarity_check --store data/synth_new64 --split val \\
         --out runs/familiarity.json
 """
 
