@@ -82,7 +82,8 @@ streams' features (stage 2). **DSAE**: the same kind of model on one stream only
 baseline: **A-DSAE** hears only the voice, **V-DSAE** sees only the face.
 **w**: identity and global emotion, one per clip · **z_av**: lips and jaw, heard and seen ·
 **z_a**: intonation and loudness · **z_v**: head motion and blinks (the z change every
-frame). **Familiarity**: how well the model explains a clip, against its test clips."""
+frame). **Familiarity**: how well the model explains a clip, against clips of speakers it
+never saw (its reference clips)."""
 
 MODEL_COLOURS = {"MDVAE": "#4f46e5", "A-DSAE (voice)": "#d97706", "V-DSAE (face)": "#059669"}
 IMAGE_TOP_PAD = 36  # blank pixels above result images: Gradio's buttons sit over the top
@@ -197,7 +198,7 @@ def _familiarity_html(items) -> str:
         share = min(100.0, fam.percentile)
         colour = "#16a34a" if fam.familiar else "#dc2626"
         gauge = (
-            f"<div title='less familiar than {share:.1f}% of the test clips' style='position:"
+            f"<div title='less familiar than {share:.1f}% of the reference clips' style='position:"
             f"relative;display:inline-block;width:140px;height:10px;border-radius:5px;"
             f"background:#e5e7eb;vertical-align:middle;margin:0 8px'>"
             f"<div style='width:{share:.1f}%;height:100%;border-radius:5px;"
