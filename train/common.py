@@ -183,16 +183,15 @@ def rank_slice(batch: dict[str, Any], d: Dist) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
-# The run folder
+# Held-out speakers
 
 
 def check_unseen(clips: list, train_store: Any, bundle_info: dict | None = None) -> None:
     """Refuse to score held-out `clips` of speakers that the probes and judges (the training
     split of `train_store`) or the bundle's own training (its recorded training speakers)
-    have seen.
-    A speaker's name is its identity across stores: MEAD's M003 is one person in every
-    store, and a synthetic speaker is its index (`speaker_params`), whatever the seed that
-    drew its clips."""
+    have seen. A speaker's name is its identity across stores: MEAD's M003 is one person in
+    every store, and a synthetic speaker is its index (`speaker_params`), whatever the seed
+    that drew its clips."""
     evaluated = {c.speaker for c in clips}
     seen = {c.speaker for c in train_store.split_clips("train")}
     splits = (bundle_info or {}).get("data", {}).get("splits", {})
@@ -207,6 +206,10 @@ def check_unseen(clips: list, train_store: Any, bundle_info: dict | None = None)
             "its clips: draw new ones with train.prepare synthetic --first-speaker N past the "
             "training store's speakers"
         )
+
+
+# ---------------------------------------------------------------------------------------
+# The run folder
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

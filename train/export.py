@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> Path:
             info["emotion"][head]["calibration"] = calibration
     if args.familiarity_store:
         pool = Store(args.familiarity_store)
+        if not pool.split_clips("test"):
+            raise ConfigError(f"--familiarity-store {args.familiarity_store} has no test clips "
+                              "(train.prepare ... --test-speakers N)")
         common.check_unseen(pool.split_clips("test"), pool, info)
         info["familiarity"] = familiarity_table(components, pool)
     if args.reference_store or args.familiarity_store:
