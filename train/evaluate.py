@@ -63,7 +63,7 @@ from mdvae.eval import experiments as ev
 from mdvae.eval import judges as J
 from mdvae.eval import metrics
 from mdvae.eval.report import figures, markdown, protocol, summary, targets
-from mdvae.eval.stats import mean_spread, ratio_se
+from mdvae.eval.stats import mean_spread, paired_difference
 from train import common
 from train.runs import cached_features, feature_key
 
@@ -400,22 +400,14 @@ def paired_differences(
     clips: mean and SE of the per-clip difference (paired, so tighter than either SE).
     Given each clip's speaker, also "se_speakers": the SE with speakers as the unit (clips
     of one speaker share the speaker's quirks, so a few speakers weigh more than their
-    clips say; `stats.ratio_se` over speakers)."""
+    clips say; `stats.paired_difference`)."""
     full = {m: r["curve"][-1].get("correct") for m, r in rows.items() if r["curve"]}
     base = full.get(MDVAE_MODEL)
     out = {}
     for m, correct in full.items():
         if m == MDVAE_MODEL or base is None or correct is None:
             continue
-        d = np.asarray(base, float) - np.asarray(correct, float)
-        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-        out[m] = {"difference": float(d.mean()), "se": se}
-        if speakers is not None:
-            names = sorted(set(speakers))
-            index = np.array([names.index(k) for k in speakers])
-            sums = np.bincount(index, weights=d, minlength=len(names))
-            counts = np.bincount(index, minlength=len(names))
-            out[m].update(se_speakers=ratio_se(sums, counts), speakers=len(names))
+        out[m] = paired_difference(np.asarray(base, float) - np.asarray(correct, float), speakers)
     return out
 
 

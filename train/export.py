@@ -353,10 +353,11 @@ def main(argv: list[str] | None = None) -> Path:
             info["emotion"][head]["calibration"] = calibration
     if args.familiarity_store:
         pool = Store(args.familiarity_store)
-        if not pool.split_clips("test"):
+        held = pool.split_clips("test")
+        if not held:
             raise ConfigError(f"--familiarity-store {args.familiarity_store} has no test clips "
                               "(train.prepare ... --test-speakers N)")
-        common.check_unseen(pool.split_clips("test"), pool, info)
+        common.check_unseen(held, pool, info)
         info["familiarity"] = familiarity_table(components, pool)
     if args.reference_store or args.familiarity_store:
         info["reference_added"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

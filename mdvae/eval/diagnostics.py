@@ -66,7 +66,7 @@ from mdvae.eval.disentanglement import (
 )
 from mdvae.eval.experiments import encode_either
 from mdvae.eval.judges import BLINK_CLOSED, MARGINS, MOUTH_OF_VISEME, f0_semitones
-from mdvae.eval.stats import ratio_se
+from mdvae.eval.stats import paired_difference
 from mdvae.model.dsae import DSAE
 from mdvae.model.gaussian import kl_divergence
 from mdvae.model.mdvae import MDVAE
@@ -265,14 +265,7 @@ def feature_stats_probes(
         out[name] = entry
     if "visual" in out:  # the room the voice leaves above the face, clip by clip
         d = np.asarray(out["both"]["correct"], float) - np.asarray(out["visual"]["correct"], float)
-        speakers = np.asarray([c.speaker for c in held_clips])
-        names = sorted(set(speakers))
-        sums = np.array([d[speakers == k].sum() for k in names])
-        counts = np.array([(speakers == k).sum() for k in names])
-        out["both"]["over_visual"] = {
-            "difference": float(d.mean()),
-            "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
-            "se_speakers": ratio_se(sums, counts), "speakers": len(names)}
+        out["both"]["over_visual"] = paired_difference(d, [c.speaker for c in held_clips])
     return out
 
 

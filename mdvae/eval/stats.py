@@ -35,6 +35,23 @@ def ratio_se(hits: Sequence[float], totals: Sequence[float]) -> float:
     return float(np.sqrt(c / (c - 1) * ((hits - p * totals) ** 2).sum()) / totals.sum())
 
 
+def paired_difference(d: Sequence[float], speakers: Sequence[str] | None = None) -> dict:
+    """Mean of per-item differences `d` between two readings of the same items, with its SE
+    over items ("se") and, given each item's speaker, with the speakers as the unit
+    ("se_speakers", `ratio_se` over speakers: items of one speaker are not independent)."""
+    d = np.asarray(d, np.float64)
+    out: dict = {
+        "difference": float(d.mean()),
+        "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
+    }
+    if speakers is not None:
+        names, index = np.unique(np.asarray(speakers), return_inverse=True)
+        sums = np.bincount(index, weights=d, minlength=len(names))
+        counts = np.bincount(index, minlength=len(names))
+        out.update(se_speakers=ratio_se(sums, counts), speakers=len(names))
+    return out
+
+
 def bootstrap_se(
     statistic: Callable[[np.ndarray], float],
     n_clusters: int,
