@@ -151,6 +151,17 @@ def test_config_from_mdvae_and_validation():
     assert DSAEConfig.from_dict(small.to_dict()) == small
     with pytest.raises(ConfigError, match="modality"):
         DSAEConfig(modality="text")
+    # a like-for-like baseline takes the MDVAE's dropout on q(w)'s inputs, and drops them in
+    # training only
+    dropping = MDVAEConfig.preset("synthetic", w_input_dropout=0.3)
+    assert DSAEConfig.from_mdvae(dropping, "audio").w_input_dropout == 0.3
+    with pytest.raises(ConfigError, match="w_input_dropout"):
+        DSAEConfig(w_input_dropout=-0.1)
+    model, x = tiny_model(w_input_dropout=0.5), inputs()
+    q_eval = model.eval().infer(x, sample=False)[1].w.mean
+    torch.testing.assert_close(model.infer(x, sample=False)[1].w.mean, q_eval)
+    torch.manual_seed(0)
+    assert not torch.allclose(model.train().infer(x, sample=False)[1].w.mean, q_eval)
     with pytest.raises(MDVAEError, match=r"\(batch, frames, 7\)"):
         tiny_model()(torch.zeros(2, 3, 5, dtype=torch.float64))
 

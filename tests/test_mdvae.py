@@ -1015,6 +1015,39 @@ def test_w_face_dropout_hides_the_face_from_q_w_in_training_only(layout):
     assert 10 < int(hidden.sum()) < 54
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_w_input_dropout_drops_what_q_w_reads_in_training_only(layout):
+    """w_input_dropout p: in training q(w)'s head reads its summary vector with a share p of
+    the entries zeroed and the others scaled by 1 / (1 - p) (inverted dropout: the expected
+    input is the evaluation one); in evaluation it reads the vector whole."""
+    p = 0.4
+    model = tiny_model(layout=layout, w_input_dropout=p)
+    seen = []
+    model.posterior_w.head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x_a, x_v = inputs(batch=256)
+    model.eval()
+    q_eval = model.infer(x_a, x_v, sample=False)[1].w.mean
+    model.train()
+    torch.manual_seed(0)
+    model(x_a, x_v)
+    assert len(seen) == 2
+    whole, dropped = seen
+    live = whole != 0
+    kept = dropped != 0
+    n = int(live.sum())
+    share = 1 - float(kept[live].double().mean())
+    assert abs(share - p) < 5 * math.sqrt(p * (1 - p) / n)  # 5 binomial SEs
+    torch.testing.assert_close(dropped[kept], whole[kept] / (1 - p))
+    # the z posteriors and decoders are untouched: evaluation is the seed's model's
+    plain = tiny_model(layout=layout)
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(plain.eval().infer(x_a, x_v, sample=False)[1].w.mean, q_eval)
+    torch.testing.assert_close(model.eval().infer(x_a, x_v, sample=False)[1].w.mean, q_eval)
+    with pytest.raises(ConfigError, match="w_input_dropout"):
+        MDVAEConfig(w_input_dropout=1.0)
+    assert MDVAEConfig().w_input_dropout == 0.0  # the seed's model by default
+
+
 def test_w_face_dropout_is_a_share():
     with pytest.raises(ConfigError, match="w_face_dropout"):
         MDVAEConfig(w_face_dropout=1.5)

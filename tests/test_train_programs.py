@@ -500,6 +500,11 @@ def test_stage2_freeze_w_encoder_trains_all_but_the_posterior_of_w(runs, tiny_st
     with pytest.raises(ConfigError, match="--init-from"):
         stage2.main([*flags, "--model", "mdvae", "--out", str(tmp_path / "scratch"),
                      "--steps", "5", "--freeze-w-encoder"])
+    # a frozen q(w) whose inputs were still dropped in training would not be the one learnt
+    with pytest.raises(ConfigError, match="--mdvae-w-input-dropout 0"):
+        stage2.main([*flags, "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+                     "--out", str(tmp_path / "dropping"), "--steps", "5", "--freeze-w-encoder",
+                     "--mdvae-w-input-dropout", "0.2"])
 
 
 def test_stage2_train_only_moves_the_named_parts_alone(runs, tiny_store, tmp_path):

@@ -365,6 +365,11 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
             "inside the VQ-VAEs it was trained in")
     model, model_cfg = build_model(args.model, args, saved_model,
                                    init["config"]["model"] if init is not None else None)
+    if args.freeze_w_encoder and model_cfg.w_input_dropout > 0:
+        prefix = "mdvae" if args.model == "mdvae" else "dsae"
+        raise ConfigError(f"--freeze-w-encoder keeps q(w) as it was learnt, but its inputs "
+                          f"would still be dropped in training (w_input_dropout "
+                          f"{model_cfg.w_input_dropout}): add --{prefix}-w-input-dropout 0")
     if init is not None:
         try:
             model.load_state_dict(init["weights"])

@@ -60,6 +60,9 @@ class DSAEConfig(ConfigBase):
     optimal_obs_variance: bool = False
     beta_w: float = 1.0  # weight of KL(q(w) || p(w)); 1 is the ELBO
     beta_z: float = 1.0  # weight of the z KLs; 1 is the ELBO
+    # dropout on the vector q(w)'s head reads, in training only (MDVAEConfig.w_input_dropout,
+    # a departure; 0 is the seed's model)
+    w_input_dropout: float = 0.0
     # None: the compact layout; else the authors' layout (`AuthorsLayout`), with the stream's
     # feature and decoder widths and the z_av posterior and prior widths for z
     authors_layout: AuthorsLayout | None = None
@@ -94,6 +97,7 @@ class DSAEConfig(ConfigBase):
             learn_obs_variance=config.learn_obs_variance,
             obs_logvar_min=config.obs_logvar_min,
             optimal_obs_variance=config.optimal_obs_variance,
+            w_input_dropout=config.w_input_dropout,
             authors_layout=config.authors_layout,
         )
         return cls(**{**fields, **overrides})
@@ -147,7 +151,9 @@ class DSAE(nn.Module):
             return
         self.features_x = mlp([c.input_dim, c.hidden_dim, c.feature_dim], final_activation=True)
         self.summary_x = make_summary(c.posterior, c.feature_dim, c.rnn_dim)  # f(x_t:T)
-        self.posterior_w = StaticPosterior(c.rnn_dim + c.feature_dim, c.rnn_dim, c.w_dim)
+        self.posterior_w = StaticPosterior(
+            c.rnn_dim + c.feature_dim, c.rnn_dim, c.w_dim, c.w_input_dropout
+        )
         self.posterior_z = PosteriorRecurrence(c.rnn_dim + c.w_dim, c.z_dim, c.z_rnn_dim)
         self.prior_z = AutoregressivePrior(c.z_dim, c.z_rnn_dim)
         self.decoder_x = GaussianDecoder(
@@ -166,7 +172,7 @@ class DSAE(nn.Module):
         widths = a.audio_feature_widths if audio else a.visual_feature_widths
         self.features_x = mlp([c.input_dim, *widths], activation="relu", final_activation=True)
         f = widths[-1] if widths else c.input_dim
-        self.posterior_w = BiGRUStaticPosterior(f, c.rnn_dim, c.w_dim)
+        self.posterior_w = BiGRUStaticPosterior(f, c.rnn_dim, c.w_dim, c.w_input_dropout)
         if c.posterior == "smoothing":
             self.summary_x = make_summary("smoothing", f, c.rnn_dim)  # f(x_t:T)
             f = c.rnn_dim

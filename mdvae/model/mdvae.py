@@ -94,7 +94,7 @@ POSTERIOR_KINDS = ("smoothing", "filtering")
 
 def check_stage2_config(config: ConfigBase) -> None:
     """The checks every stage-2 config (MDVAE, DSAE) shares: sizes >= 1 (optional ones when
-    set), betas >= 0, and a known posterior kind."""
+    set), betas >= 0, a dropout share in [0, 1), and a known posterior kind."""
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
@@ -102,6 +102,9 @@ def check_stage2_config(config: ConfigBase) -> None:
             raise ConfigError(f"config key '{field.name}' must be at least 1, got {value}")
         if field.name.startswith("beta_") and value < 0:
             raise ConfigError(f"config key '{field.name}' must be >= 0, got {value}")
+    if not 0.0 <= config.w_input_dropout < 1.0:
+        raise ConfigError(f"config key 'w_input_dropout' is a share of q(w)'s inputs, in "
+                          f"[0, 1); got {config.w_input_dropout}")
     posterior = config.posterior
     if posterior not in POSTERIOR_KINDS:
         raise ConfigError(f"config key 'posterior': {posterior!r} is not one of {POSTERIOR_KINDS}")
@@ -227,6 +230,12 @@ class MDVAEConfig(ConfigBase):
     # streams. 0 is the seed's model. Tried at 0.25 (README, session 26): the z's became
     # speaker codes and the voice's emotion did not come into w
     w_face_dropout: float = 0.0
+    # a departure (issue 13): dropout on the summary vector q(w)'s head reads (the pooled
+    # summaries and mean features of both streams; the authors' layout: the BiGRU's final
+    # states), in training only, so that q(w) cannot lean on a few directions that name the
+    # training speakers and must read the emotion more broadly. The decoders and the z
+    # posteriors are untouched; 0 is the seed's model
+    w_input_dropout: float = 0.0
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim and the *_hidden widths unused)
     authors_layout: AuthorsLayout | None = None
@@ -334,7 +343,9 @@ class MDVAE(nn.Module):
         self.summary_x_a = make_summary(c.posterior, c.feature_dim, c.rnn_dim)
         self.summary_x_v = make_summary(c.posterior, c.feature_dim, c.rnn_dim)
         # q(w | x_a, x_v) from g_a_1, g_v_1 and the time-averaged features
-        self.posterior_w = StaticPosterior(2 * (c.rnn_dim + c.feature_dim), c.rnn_dim, c.w_dim)
+        self.posterior_w = StaticPosterior(
+            2 * (c.rnn_dim + c.feature_dim), c.rnn_dim, c.w_dim, c.w_input_dropout
+        )
         # q(z_av_t | z_av_1:t-1, x_a_t:T, x_v_t:T, w)
         self.posterior_z_av = PosteriorRecurrence(2 * c.rnn_dim + c.w_dim, c.z_av_dim, c.z_rnn_dim)
         # q(z_a_t | z_a_1:t-1, x_a_t:T, z_av_t, w) and q(z_v_t | z_v_1:t-1, x_v_t:T, z_av_t, w)
@@ -390,7 +401,7 @@ class MDVAE(nn.Module):
         )
         f_a = a.audio_feature_widths[-1] if a.audio_feature_widths else c.audio_dim
         f_v = a.visual_feature_widths[-1] if a.visual_feature_widths else c.visual_dim
-        self.posterior_w = BiGRUStaticPosterior(f_v + f_a, c.rnn_dim, c.w_dim)
+        self.posterior_w = BiGRUStaticPosterior(f_v + f_a, c.rnn_dim, c.w_dim, c.w_input_dropout)
         if c.posterior == "smoothing":
             # g_t = f(x_t:T) per stream replaces x_t in the posteriors of the z
             self.summary_x_a = make_summary("smoothing", f_a, c.rnn_dim)

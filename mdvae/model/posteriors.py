@@ -36,16 +36,20 @@ class StaticPosterior(nn.Module):
     summaries that the dynamical posteriors need anyway saves a bidirectional recurrent
     pass per stream; in the filtering variant g_1 sees x_1 only and the average carries the
     rest.
+
+    `dropout` > 0 zeroes that share of the pooled inputs in training (`w_input_dropout`).
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, w_dim: int):
+    def __init__(self, in_dim: int, hidden_dim: int, w_dim: int, dropout: float = 0.0):
         super().__init__()
         self.head = gaussian_head(in_dim, hidden_dim, w_dim)
+        self.dropout = dropout
 
     def forward(self, summaries: list[Tensor], features: list[Tensor]) -> DiagonalGaussian:
         """summaries [(B, T, H), ...], features [(B, T, F), ...] -> q(w) over (B, Lw)."""
         pooled = [g[:, 0] for g in summaries] + [f.mean(1) for f in features]
-        return DiagonalGaussian.from_params(self.head(torch.cat(pooled, dim=-1)))  # (B, 2Lw)
+        pooled = nn.functional.dropout(torch.cat(pooled, dim=-1), self.dropout, self.training)
+        return DiagonalGaussian.from_params(self.head(pooled))  # (B, 2Lw)
 
 
 class BackwardSummary(nn.Module):

@@ -230,14 +230,18 @@ def run_shared_posteriors(
 
 class BiGRUStaticPosterior(nn.Module):
     """q(w | x_1:T) of the authors' layout: a bidirectional GRU over the per-frame features,
-    its two final states -> Linear, Tanh -> mean and log-variance."""
+    its two final states -> Linear, Tanh -> mean and log-variance. `dropout` > 0 zeroes that
+    share of the final states in training (`w_input_dropout`)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, w_dim: int):
+    def __init__(self, in_dim: int, hidden_dim: int, w_dim: int, dropout: float = 0.0):
         super().__init__()
         self.rnn = nn.GRU(in_dim, hidden_dim, batch_first=True, bidirectional=True)
         self.head = gaussian_head(2 * hidden_dim, hidden_dim, w_dim)
+        self.dropout = dropout
 
     def forward(self, features: Sequence[Tensor]) -> DiagonalGaussian:
         """features [(B, T, F_i), ...], concatenated per frame -> q(w) over (B, Lw)."""
         _, final = self.rnn(torch.cat(list(features), dim=-1))  # (2, B, H): forward, backward
-        return DiagonalGaussian.from_params(self.head(torch.cat([final[0], final[1]], -1)))
+        pooled = torch.cat([final[0], final[1]], -1)  # (B, 2H)
+        pooled = nn.functional.dropout(pooled, self.dropout, self.training)
+        return DiagonalGaussian.from_params(self.head(pooled))
