@@ -234,7 +234,8 @@ class MDVAEConfig(ConfigBase):
     # summaries and mean features of both streams; the authors' layout: the BiGRU's final
     # states), in training only, so that q(w) cannot lean on a few directions that name the
     # training speakers and must read the emotion more broadly. The decoders and the z
-    # posteriors are untouched; 0 is the seed's model
+    # posteriors are untouched; 0 is the seed's model. Tried at 0.25 in a continued floor -3
+    # phase (README, session 30): emotion from w fell on new and seen speakers alike
     w_input_dropout: float = 0.0
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim and the *_hidden widths unused)
