@@ -1048,6 +1048,35 @@ def test_w_input_dropout_drops_what_q_w_reads_in_training_only(layout):
     assert MDVAEConfig().w_input_dropout == 0.0  # the seed's model by default
 
 
+def test_w_per_stream_reads_each_half_of_w_from_one_stream():
+    """w_per_stream: q(w)'s first w_dim // 2 entries (mean and variance) are a function of
+    the voice alone and the rest of the face alone (exactly: a part does not change at all
+    when the other stream does), where the seed's joint head mixes both into every entry."""
+    model = tiny_model(w_per_stream=True).eval()
+    half = TINY["w_dim"] // 2
+    x_a, x_v = inputs()
+    other_a, other_v = inputs(seed=1)
+    q = model.infer(x_a, x_v, sample=False)[1].w
+    q_new_face = model.infer(x_a, other_v, sample=False)[1].w
+    q_new_voice = model.infer(other_a, x_v, sample=False)[1].w
+    for moved, fixed_part, moved_part in ((q_new_face, slice(None, half), slice(half, None)),
+                                          (q_new_voice, slice(half, None), slice(None, half))):
+        for stat in ("mean", "logvar"):
+            torch.testing.assert_close(getattr(moved, stat)[:, fixed_part],
+                                       getattr(q, stat)[:, fixed_part], rtol=0, atol=0)
+            assert (getattr(moved, stat)[:, moved_part] - getattr(q, stat)[:, moved_part]
+                    ).abs().amin() > 0
+    # the joint head (the seed's) mixes the streams into every entry
+    joint = tiny_model().eval()
+    q_joint = joint.infer(x_a, x_v, sample=False)[1].w.mean
+    assert ((joint.infer(x_a, other_v, sample=False)[1].w.mean - q_joint).abs().amin() > 0)
+    assert MDVAEConfig().w_per_stream is False  # the seed's model by default
+    with pytest.raises(ConfigError, match="w_per_stream"):
+        tiny_model(layout="authors", w_per_stream=True)
+    with pytest.raises(ConfigError, match="w_dim"):
+        MDVAEConfig(w_dim=1, w_per_stream=True)
+
+
 def test_w_face_dropout_is_a_share():
     with pytest.raises(ConfigError, match="w_face_dropout"):
         MDVAEConfig(w_face_dropout=1.5)

@@ -507,6 +507,31 @@ def test_stage2_freeze_w_encoder_trains_all_but_the_posterior_of_w(runs, tiny_st
                      "--mdvae-w-input-dropout", "0.2"])
 
 
+def test_stage2_init_from_a_joint_q_w_into_one_read_per_stream(runs, tiny_store, tmp_path):
+    """--mdvae-w-per-stream on a run trained with the joint q(w): every weight but q(w)'s
+    head comes from the run, the head (now one per stream) starts afresh."""
+    flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
+             "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",
+             "--val-every", "5", "--kl-warmup", "0", *FAST]
+    source = dict(load_stage2(str(runs / "mdvae")).named_parameters())
+    out = tmp_path / "split"
+    stage2.main([*flags, "--model", "mdvae", "--init-from", str(runs / "mdvae"), "--out",
+                 str(out), "--steps", "2", "--mdvae-w-per-stream", "true",
+                 "--train-only", "posterior_w"])
+    assert json.loads((out / "config.json").read_text())["model"]["w_per_stream"] is True
+    tuned = dict(load_stage2(str(out)).named_parameters())
+    assert {n for n in tuned if n.startswith("posterior_w.")} == {
+        f"posterior_w.parts.{i}.head.{k}" for i in (0, 1) for k in ("0.weight", "0.bias",
+                                                                    "2.weight", "2.bias")}
+    for name, value in tuned.items():
+        if not name.startswith("posterior_w."):
+            torch.testing.assert_close(value, source[name], rtol=0, atol=0, msg=name)
+    with pytest.raises(ConfigError, match="--freeze-w-encoder"):
+        stage2.main([*flags, "--model", "mdvae", "--init-from", str(runs / "mdvae"), "--out",
+                     str(tmp_path / "frozen"), "--steps", "2", "--mdvae-w-per-stream", "true",
+                     "--freeze-w-encoder"])
+
+
 def test_stage2_train_only_moves_the_named_parts_alone(runs, tiny_store, tmp_path):
     flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
              "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",

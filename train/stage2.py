@@ -371,8 +371,21 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
                           f"would still be dropped in training (w_input_dropout "
                           f"{model_cfg.w_input_dropout}): add --{prefix}-w-input-dropout 0")
     if init is not None:
+        weights = init["weights"]
+        if (args.model == "mdvae"
+                and init["config"]["model"].get("w_per_stream", False) != model_cfg.w_per_stream):
+            # q(w)'s head changes shape: everything else starts from the run, q(w)'s head afresh
+            if args.freeze_w_encoder:
+                raise ConfigError("--freeze-w-encoder keeps q(w) as it was learnt, and "
+                                  "--mdvae-w-per-stream changes it: train the new q(w) first")
+            fresh = model.state_dict()
+            weights = {k: v for k, v in weights.items() if not k.startswith("posterior_w.")}
+            weights.update({k: v for k, v in fresh.items() if k.startswith("posterior_w.")})
+            if d.is_main:
+                print(f"q(w)'s head starts afresh (w_per_stream {model_cfg.w_per_stream}); "
+                      f"the rest from {args.init_from}", file=sys.stderr)
         try:
-            model.load_state_dict(init["weights"])
+            model.load_state_dict(weights)
         except RuntimeError as error:
             raise ConfigError(f"--init-from {args.init_from}: its weights do not fit this "
                               f"config (a size flag changed?): {error}") from None

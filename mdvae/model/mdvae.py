@@ -79,6 +79,7 @@ from mdvae.model.observation import GaussianDecoder, check_sequence, mlp
 from mdvae.model.posteriors import (
     PosteriorRecurrence,
     StaticPosterior,
+    StreamwiseStaticPosterior,
     make_summary,
     run_posteriors,
 )
@@ -237,6 +238,13 @@ class MDVAEConfig(ConfigBase):
     # posteriors are untouched; 0 is the seed's model. Tried at 0.25 in a continued floor -3
     # phase (README, session 30): emotion from w fell on new and seen speakers alike
     w_input_dropout: float = 0.0
+    # a departure (issue 13): w = [w_a; w_v], the first w_dim // 2 entries inferred from the
+    # voice alone and the rest from the face alone (`StreamwiseStaticPosterior`), each
+    # decoder reading the whole w, so that neither stream's reading of the clip-level
+    # factors is crowded out of w by the other's in one joint head (the late fusion of the
+    # two DSAEs' w reads the emotion better than the MDVAE's). p(w) is unchanged; False is
+    # the seed's joint q(w | x_a, x_v). This project's layout only
+    w_per_stream: bool = False
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim and the *_hidden widths unused)
     authors_layout: AuthorsLayout | None = None
@@ -252,6 +260,12 @@ class MDVAEConfig(ConfigBase):
         if self.swap_cycle_judge not in SWAP_CYCLE_JUDGES:
             raise ConfigError(f"config key 'swap_cycle_judge': {self.swap_cycle_judge!r} is not "
                               f"one of {SWAP_CYCLE_JUDGES}")
+        if self.w_per_stream and self.authors_layout is not None:
+            raise ConfigError("config key 'w_per_stream' splits this project's q(w) head; the "
+                              "authors' layout reads both streams in one BiGRU")
+        if self.w_per_stream and self.w_dim < 2:
+            raise ConfigError(f"config key 'w_per_stream' gives each stream a part of w: "
+                              f"w_dim must be at least 2, got {self.w_dim}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> MDVAEConfig:
@@ -344,9 +358,15 @@ class MDVAE(nn.Module):
         self.summary_x_a = make_summary(c.posterior, c.feature_dim, c.rnn_dim)
         self.summary_x_v = make_summary(c.posterior, c.feature_dim, c.rnn_dim)
         # q(w | x_a, x_v) from g_a_1, g_v_1 and the time-averaged features
-        self.posterior_w = StaticPosterior(
-            2 * (c.rnn_dim + c.feature_dim), c.rnn_dim, c.w_dim, c.w_input_dropout
-        )
+        if c.w_per_stream:
+            self.posterior_w = StreamwiseStaticPosterior(
+                [c.rnn_dim + c.feature_dim] * 2, c.rnn_dim, [c.w_dim // 2, c.w_dim - c.w_dim // 2],
+                c.w_input_dropout,
+            )
+        else:
+            self.posterior_w = StaticPosterior(
+                2 * (c.rnn_dim + c.feature_dim), c.rnn_dim, c.w_dim, c.w_input_dropout
+            )
         # q(z_av_t | z_av_1:t-1, x_a_t:T, x_v_t:T, w)
         self.posterior_z_av = PosteriorRecurrence(2 * c.rnn_dim + c.w_dim, c.z_av_dim, c.z_rnn_dim)
         # q(z_a_t | z_a_1:t-1, x_a_t:T, z_av_t, w) and q(z_v_t | z_v_1:t-1, x_v_t:T, z_av_t, w)

@@ -1,6 +1,7 @@
 """The posteriors (inference model) of the dynamical VAEs, one class per component.
 
 - `StaticPosterior`      q(w | x_1:T): from the summaries of the whole sequence.
+- `StreamwiseStaticPosterior`  q(w | x_a, x_v) with each half of w read from one stream.
 - `BackwardSummary`      g_t = f(x_t:T): an LSTM run backwards in time (smoothing posteriors).
 - `FrameSummary`         g_t = f(x_t): the per-frame alternative (filtering posteriors).
 - `PosteriorRecurrence`  q(z_t | z_1:t-1, c_t): a forward recurrence over the *sampled* z,
@@ -50,6 +51,29 @@ class StaticPosterior(nn.Module):
         pooled = [g[:, 0] for g in summaries] + [f.mean(1) for f in features]
         pooled = nn.functional.dropout(torch.cat(pooled, dim=-1), self.dropout, self.training)
         return DiagonalGaussian.from_params(self.head(pooled))  # (B, 2Lw)
+
+
+class StreamwiseStaticPosterior(nn.Module):
+    """q(w | x_a, x_v) = q(w_a | x_a) q(w_v | x_v) with w = [w_a; w_v] (`w_per_stream`).
+
+    Each part is a `StaticPosterior` that reads one stream's summary and mean features
+    only, so w holds one code inferred from the voice and one from the face, which every
+    decoder reads whole; the joint `StaticPosterior` reads both streams through one head.
+    `w_dims` splits w (audio first); the summaries and features come in the same order.
+    """
+
+    def __init__(self, in_dims: Sequence[int], hidden_dim: int, w_dims: Sequence[int],
+                 dropout: float = 0.0):
+        super().__init__()
+        self.parts = nn.ModuleList(
+            StaticPosterior(d, hidden_dim, w, dropout) for d, w in zip(in_dims, w_dims)
+        )
+
+    def forward(self, summaries: list[Tensor], features: list[Tensor]) -> DiagonalGaussian:
+        """summaries [(B, T, H) per stream], features [(B, T, F) per stream] -> q(w) (B, Lw)."""
+        qs = [part([g], [f]) for part, g, f in zip(self.parts, summaries, features)]
+        return DiagonalGaussian(torch.cat([q.mean for q in qs], dim=-1),
+                                torch.cat([q.logvar for q in qs], dim=-1))
 
 
 class BackwardSummary(nn.Module):
