@@ -216,3 +216,45 @@ def test_export_takes_the_familiarity_table_from_a_pool_of_new_speakers(tiny_bun
     with pytest.raises(MDVAEError, match="are training speakers"):
         export.main(["--bundle", str(seen), "--familiarity-store", str(pool),
                      "--out", str(tmp_path / "refused")])
+
+
+def test_export_fits_the_emotion_temperatures_on_a_pool_of_new_speakers(tiny_bundle, tiny_store,
+                                                                         tmp_path):
+    from mdvae.bundle import load_bundle
+    from mdvae.data.store import Store
+    from mdvae.errors import ConfigError
+    from train import export, prepare
+
+    pool = tmp_path / "pool"  # speakers 5 to 8: new to tiny_store (0 to 4); 3 for validation
+    assert prepare.main(["synthetic", "--out", str(pool), "--speakers", "4", "--clips-per-speaker",
+                         "3", "--frames", "24", "--val-speakers", "3", "--test-speakers", "0",
+                         "--workers", "0", "--first-speaker", "5"]) == 0
+    out = export.main(["--bundle", str(tiny_bundle), "--reference-store", str(tiny_store),
+                       "--calibration-store", str(pool), "--out", str(tmp_path / "pooled")])
+    heads = [h["calibration"] for h in load_bundle(out).info["emotion"].values()
+             if "calibration" in h]
+    assert heads
+    for calibration in heads:
+        fitted = calibration["pool"]
+        assert fitted["clips"] == 9 and fitted["speakers"] == 3 and fitted["split"] == "val"
+        # the shipped temperature is the pool's, the NLL minimiser there (T = 1 is a candidate)
+        assert calibration["temperature"] == fitted["temperature"]
+        assert fitted["nll_after"] <= fitted["nll_before"] + 1e-9
+        assert str(pool) in calibration["fitted_on"]
+        # the out-of-fold fit is kept beside it, for the record
+        kept = calibration["out_of_fold"]
+        assert kept["clips"] == 16 and kept["nll_after"] <= kept["nll_before"] + 1e-9
+    assert "temperature fitted on the head's logits of 9 clips" in (out / "README.md").read_text()
+    # a pool holding the reference store's test speaker would calibrate on the test speakers
+    test_speaker = Store(tiny_store).split_clips("test")[0].speaker
+    tested = tmp_path / "tested"
+    assert prepare.main(["synthetic", "--out", str(tested), "--speakers", "2",
+                         "--clips-per-speaker", "2", "--frames", "24", "--val-speakers",
+                         test_speaker, "--test-speakers", "0", "--workers", "0",
+                         "--first-speaker", str(int(test_speaker.split("_")[-1]))]) == 0
+    with pytest.raises(ConfigError, match="test speakers"):
+        export.main(["--bundle", str(tiny_bundle), "--reference-store", str(tiny_store),
+                     "--calibration-store", str(tested), "--out", str(tmp_path / "refused")])
+    with pytest.raises(SystemExit):  # the temperatures come with --reference-store's pass
+        export.main(["--bundle", str(tiny_bundle), "--calibration-store", str(pool),
+                     "--out", str(tmp_path / "alone")])

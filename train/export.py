@@ -9,6 +9,8 @@
         --out checkpoints                 # the same weights, the reference statistics added
     python -m train.export --bundle checkpoints --familiarity-store data/synth_ref \\
         --out checkpoints                 # the familiarity table from a pool of new speakers
+    python -m train.export --bundle checkpoints --reference-store data/synth200 \\
+        --calibration-store data/synth_new64 --out checkpoints   # temperatures fitted there
     python -m train.export --bundle checkpoints --mdvae runs/mdvae2 --dsae-audio ... \\
         --dsae-visual ... --emotion runs/emotion2 --out runs/bundle2   # new stage 2, same VQ-VAEs
 
@@ -18,7 +20,10 @@ training and validation speakers' clips (`train/reference.py`); both go into the
 info, so the app computes neither. `--familiarity-store` takes the familiarity table from
 another store's test clips instead: a pool of new speakers, whose variety a benchmark's few
 test speakers do not span (with 8 of them, one clip of a new synthetic speaker in eight was
-called unfamiliar; README, "Session 29").
+called unfamiliar; README, "Session 29"). `--calibration-store` fits the emotion heads'
+temperatures on the clips of new speakers (its `--calibration-split`) instead of out of
+fold: the out-of-fold speakers trained the encoder that gives w, and a temperature fitted
+on them made two heads over-confident on new people (README, "Session 31").
 
 Training checkpoints (optimiser state, RNG, pickled) never leave the run folders: the
 bundle holds only config.json, model.safetensors and the card.
@@ -168,8 +173,7 @@ def model_card(info: dict[str, Any]) -> str:
                                       for s in ("train", "val", "test")) + " |")
     calibrated = {name: e for name, e in emotion.items() if "calibration" in e}
     if calibrated:
-        lines += ["", "## Emotion calibration (temperature fitted out of fold on training and "
-                  "validation speakers; test clips)", "",
+        lines += ["", "## Emotion calibration (test clips)", "",
                   "| head | temperature | ECE before | ECE after | ECE of a calibrated head | "
                   "answered (p >= "
                   f"{next(iter(calibrated.values()))['calibration']['test']['sure_from']}) | "
@@ -181,6 +185,9 @@ def model_card(info: dict[str, Any]) -> str:
                          f"{t['ece_after']:.3f} | {_number(t.get('ece_floor'))} | "
                          f"{t['after']['answered']:.0%} | "
                          f"{_number(t['after']['accuracy_answered'])} |")
+        lines.append("")
+        lines += [f"- {name}: temperature fitted on {e['calibration']['fitted_on']}"
+                  for name, e in calibrated.items() if "fitted_on" in e["calibration"]]
     familiarity = info.get("familiarity")
     if familiarity:
         lines += ["", "## Familiarity reference", "",
@@ -291,6 +298,21 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def check_calibration_pool(pool: Store, split: str, reference: Store, info: dict) -> None:
+    """Refuse a calibration pool without `split` clips, or with speakers the bundle trained
+    on or the reference store tests on (its temperatures would then be fitted on them)."""
+    clips = pool.split_clips(split)
+    if not clips:
+        raise ConfigError(f"--calibration-store {pool.path} has no {split} clips "
+                          "(--calibration-split names the split to fit on)")
+    common.check_unseen(clips, reference, info)
+    tested = {c.speaker for c in clips} & {c.speaker for c in reference.split_clips("test")}
+    if tested:
+        raise ConfigError(f"--calibration-store {pool.path}: {len(tested)} of its {split} "
+                          f"speakers ({', '.join(sorted(tested)[:6])}) are test speakers of "
+                          f"{reference.path}; fit the temperatures on other speakers")
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -311,6 +333,12 @@ def main(argv: list[str] | None = None) -> Path:
                         "(train.prepare synthetic --first-speaker ... --test-speakers N) spans "
                         "more faces and voices than a benchmark's few test speakers; speakers "
                         "the bundle trained on are refused")
+    parser.add_argument("--calibration-store", help="with --reference-store: store whose "
+                        "--calibration-split clips (new speakers, neither trained on nor the "
+                        "reference store's test speakers) give the emotion temperatures "
+                        "instead of out-of-fold logits")
+    parser.add_argument("--calibration-split", default="val",
+                        help="the --calibration-store split to fit on (default: val)")
     parser.add_argument("--out", required=True, help="bundle folder (replaced if it is one)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload to the Hub")
     parser.add_argument("--threads", type=int, default=None,
@@ -341,10 +369,19 @@ def main(argv: list[str] | None = None) -> Path:
         # what the summary has learnt to keep since (the evaluation itself is not rerun)
         kept = {**results.get("summary", {}), **evaluation_summary(results)}
         info["evaluation"] = {"summary": kept, "markdown": results.get("markdown", "")}
+    if args.calibration_store and not args.reference_store:
+        parser.error("--calibration-store refits the temperatures --reference-store computes: "
+                     "give both")
+    calibration_pool = None
+    if args.calibration_store:
+        calibration_pool = Store(args.calibration_store)
+        check_calibration_pool(calibration_pool, args.calibration_split,
+                               Store(args.reference_store), info)
     if args.reference_store:
         reference = reference_info(components, args.reference_store,
                                    emotion=info.get("emotion"),
-                                   familiarity=not args.familiarity_store)
+                                   familiarity=not args.familiarity_store,
+                                   pool=calibration_pool, pool_split=args.calibration_split)
         if "familiarity" in reference:
             info["familiarity"] = reference["familiarity"]
         for head, calibration in reference["calibration"].items():

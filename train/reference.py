@@ -5,9 +5,13 @@
   for an upload), summarised as percentiles.
 - Emotion: for each emotion head, the temperature fitted on out-of-fold logits of the
   TRAINING and VALIDATION speakers' clips (the head refitted without each fold of speakers),
-  and on the test clips the expected calibration error before and after (beside what a
-  calibrated head would read on as many clips), the accuracy, and what abstaining below
-  `mdvae.calibration.SURE_FROM` gives.
+  or, given a pool of new speakers (`pool`), on the shipped head's logits of the pool's
+  clips; and on the test clips the expected calibration error before and after (beside what
+  a calibrated head would read on as many clips), the accuracy, and what abstaining below
+  `mdvae.calibration.SURE_FROM` gives. The out-of-fold copies never saw their speakers, but
+  the encoder that gives w was trained on them, so their w is easier to read than a new
+  speaker's and a temperature fitted there can make a head over-confident on new people
+  (README, "Session 31"); a pool's speakers are new to the encoder and the head alike.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from mdvae.calibration import (
 )
 from mdvae.components import EMOTION_READERS, MDVAE_MODEL, VQ_AUDIO, VQ_VISUAL
 from mdvae.data.store import Store
+from mdvae.errors import MDVAEError
 from mdvae.eval.diagnostics import clip_means, labelled
 from mdvae.familiarity import clip_scores, reference_table
 from mdvae.model.emotion import out_of_fold_logits
@@ -58,19 +63,34 @@ def familiarity_table(components: dict, store: Store, split: str = "test", *,
 
 @torch.no_grad()
 def emotion_calibration(components: dict, store: Store, *, c: Mapping[str, float] | None = None,
-                        folds: int = CALIBRATION_FOLDS, show: bool = True
+                        folds: int = CALIBRATION_FOLDS, show: bool = True,
+                        pool: Store | None = None, pool_split: str = "val"
                         ) -> dict[str, dict[str, Any]]:
     """Per emotion head in `components`: {"temperature", "fitted_on", "out_of_fold",
-    "test": {...}}.
+    ["pool",] "test": {...}}.
 
-    The temperature is fitted on out-of-fold logits: the training and validation speakers'
-    clips, each read by the head refitted (`out_of_fold_logits`, inverse L2 strength
-    c[head], default 1.0 as `train.emotion`'s) on the other folds of speakers; the shipped
-    head is then scored with it on the test clips.
+    The out-of-fold logits: the training and validation speakers' clips, each read by the
+    head refitted (`out_of_fold_logits`, inverse L2 strength c[head], default 1.0 as
+    `train.emotion`'s) on the other folds of speakers; each entry records the temperature
+    fitted on its clips and the ECE before and after it. The shipped temperature is the
+    pool's when `pool` is given (the shipped head's logits of its `pool_split` clips, whose
+    speakers the caller has checked are new), else the out-of-fold one; the shipped head is
+    then scored with it on `store`'s test clips.
     """
     audio, visual, _ = cached_features(store, components[VQ_AUDIO], components[VQ_VISUAL],
                                        write=False)
     clips = {split: labelled(store.split_clips(split)) for split in ("train", "val", "test")}
+    if pool is not None:
+        pool_clips = labelled(pool.split_clips(pool_split))
+        if not pool_clips:
+            raise MDVAEError(f"the calibration pool {pool.path} has no labelled {pool_split} "
+                             "clips")
+        pool_audio, pool_visual, _ = cached_features(pool, components[VQ_AUDIO],
+                                                     components[VQ_VISUAL])
+        pool_w = {reader.model: clip_means(components[reader.model], pool_audio, pool_visual,
+                                           pool_clips, show=show)["w"]
+                  for reader in EMOTION_READERS.values()
+                  if reader.model in components and reader.head in components}
     fit_clips = clips["train"] + clips["val"]
     speakers = np.array([info.speaker for info in fit_clips])
     out = {}
@@ -87,24 +107,41 @@ def emotion_calibration(components: dict, store: Store, *, c: Mapping[str, float
         oof = out_of_fold_logits(features, [head.config.labels[i] for i in fit_labels],
                                  speakers, folds=folds, label_names=head.config.labels,
                                  c=(c or {}).get(reader.head, 1.0))  # (N, 8)
-        t = fit_temperature(oof, fit_labels)
-        logits = head(torch.from_numpy(w["test"])).double().numpy()  # (N_test, 8)
-        y = labels["test"]
-        before, after = calibrated(logits, 1.0), calibrated(logits, t)
+        t_oof = fit_temperature(oof, fit_labels)
         n_folds = min(folds, len(set(speakers)))
-        out[reader.head] = {
-            "temperature": t,
+        entry = {
+            "temperature": t_oof,
             "fitted_on": f"out-of-fold logits of {len(fit_labels)} clips of "
                          f"{len(set(speakers))} training and validation speakers ({n_folds} "
                          f"folds by speaker; NLL {negative_log_likelihood(oof, fit_labels):.3f}"
-                         f" -> {negative_log_likelihood(oof, fit_labels, t):.3f})",
+                         f" -> {negative_log_likelihood(oof, fit_labels, t_oof):.3f})",
             "out_of_fold": {
                 "clips": int(len(fit_labels)),
                 "folds": n_folds,
-                "accuracy": float((oof.argmax(1) == fit_labels).mean()),
-                "ece_before": expected_calibration_error(calibrated(oof, 1.0), fit_labels),
-                "ece_after": expected_calibration_error(calibrated(oof, t), fit_labels),
+                "temperature": t_oof,
+                **_fit_record(oof, fit_labels, t_oof),
             },
+        }
+        if pool is not None:
+            pool_logits = head(torch.from_numpy(pool_w[reader.model])).double().numpy()
+            pool_y = np.array([head.config.labels.index(info.emotion) for info in pool_clips])
+            t_pool = fit_temperature(pool_logits, pool_y)
+            n_speakers = len({info.speaker for info in pool_clips})
+            entry["temperature"] = t_pool
+            entry["fitted_on"] = (
+                f"the head's logits of {len(pool_y)} clips of {n_speakers} new speakers "
+                f"({pool.path}, {pool_split}; NLL "
+                f"{negative_log_likelihood(pool_logits, pool_y):.3f} -> "
+                f"{negative_log_likelihood(pool_logits, pool_y, t_pool):.3f})")
+            entry["pool"] = {"store": str(pool.path), "split": pool_split,
+                             "clips": int(len(pool_y)), "speakers": n_speakers,
+                             "temperature": t_pool, **_fit_record(pool_logits, pool_y, t_pool)}
+        t = entry["temperature"]
+        logits = head(torch.from_numpy(w["test"])).double().numpy()  # (N_test, 8)
+        y = labels["test"]
+        before, after = calibrated(logits, 1.0), calibrated(logits, t)
+        out[reader.head] = {
+            **entry,
             "test": {
                 "clips": int(len(y)),
                 "accuracy": float((after.argmax(1) == y).mean()),
@@ -122,15 +159,29 @@ def emotion_calibration(components: dict, store: Store, *, c: Mapping[str, float
     return out
 
 
+def _fit_record(logits: np.ndarray, labels: np.ndarray, t: float) -> dict[str, float]:
+    """Accuracy, ECE and NLL of `logits` (N, K) against `labels` (N,), before and at `t`."""
+    return {
+        "accuracy": float((logits.argmax(1) == labels).mean()),
+        "ece_before": expected_calibration_error(calibrated(logits, 1.0), labels),
+        "ece_after": expected_calibration_error(calibrated(logits, t), labels),
+        "nll_before": negative_log_likelihood(logits, labels),
+        "nll_after": negative_log_likelihood(logits, labels, t),
+    }
+
+
 def reference_info(components: dict, store_path: str, *, emotion: Mapping | None = None,
-                   familiarity: bool = True, show: bool = True) -> dict[str, Any]:
+                   familiarity: bool = True, show: bool = True, pool: Store | None = None,
+                   pool_split: str = "val") -> dict[str, Any]:
     """The info entries `--reference-store` adds: "familiarity" (unless `familiarity` is
     False: another store gives it), and per head the calibration (to merge into
-    info["emotion"][head]); `emotion`: the bundle's info["emotion"], whose "c" (the heads'
-    L2 strength, when recorded) the refits reuse."""
+    info["emotion"][head]), its temperature from `pool`'s `pool_split` clips when given;
+    `emotion`: the bundle's info["emotion"], whose "c" (the heads' L2 strength, when
+    recorded) the refits reuse."""
     store = Store(store_path)
     c = {head: float(entry["c"]) for head, entry in (emotion or {}).items() if "c" in entry}
-    out = {"calibration": emotion_calibration(components, store, c=c, show=show)}
+    out = {"calibration": emotion_calibration(components, store, c=c, show=show, pool=pool,
+                                              pool_split=pool_split)}
     if familiarity:
         out["familiarity"] = familiarity_table(components, store, show=show)
     return out
