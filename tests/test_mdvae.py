@@ -1075,6 +1075,15 @@ def test_w_per_stream_reads_each_half_of_w_from_one_stream():
         tiny_model(layout="authors", w_per_stream=True)
     with pytest.raises(ConfigError, match="w_dim"):
         MDVAEConfig(w_dim=1, w_per_stream=True)
+    # the voice's part can be given its own size; the face's has the rest
+    uneven = tiny_model(w_per_stream=True, w_dim=5, w_audio_dim=2).eval()
+    q = uneven.infer(x_a, x_v, sample=False)[1].w.mean
+    q_new_face = uneven.infer(x_a, other_v, sample=False)[1].w.mean
+    torch.testing.assert_close(q_new_face[:, :2], q[:, :2], rtol=0, atol=0)
+    assert (q_new_face[:, 2:] - q[:, 2:]).abs().amin() > 0
+    for bad in (dict(w_audio_dim=2), dict(w_per_stream=True, w_audio_dim=5)):
+        with pytest.raises(ConfigError, match="w_audio_dim"):
+            MDVAEConfig(w_dim=5, **bad)
 
 
 def test_w_face_dropout_is_a_share():

@@ -245,6 +245,9 @@ class MDVAEConfig(ConfigBase):
     # two DSAEs' w reads the emotion better than the MDVAE's). p(w) is unchanged; False is
     # the seed's joint q(w | x_a, x_v). This project's layout only
     w_per_stream: bool = False
+    # with w_per_stream: how many of w's entries the voice's part has (None: w_dim // 2); the
+    # face's part has the rest
+    w_audio_dim: int | None = None
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim and the *_hidden widths unused)
     authors_layout: AuthorsLayout | None = None
@@ -266,6 +269,11 @@ class MDVAEConfig(ConfigBase):
         if self.w_per_stream and self.w_dim < 2:
             raise ConfigError(f"config key 'w_per_stream' gives each stream a part of w: "
                               f"w_dim must be at least 2, got {self.w_dim}")
+        if self.w_audio_dim is not None and not (
+                self.w_per_stream and self.w_audio_dim < self.w_dim):
+            raise ConfigError(f"config key 'w_audio_dim' ({self.w_audio_dim}) is the voice's "
+                              f"part of a per-stream w (w_per_stream), less than w_dim "
+                              f"({self.w_dim})")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> MDVAEConfig:
@@ -359,8 +367,9 @@ class MDVAE(nn.Module):
         self.summary_x_v = make_summary(c.posterior, c.feature_dim, c.rnn_dim)
         # q(w | x_a, x_v) from g_a_1, g_v_1 and the time-averaged features
         if c.w_per_stream:
+            w_a = c.w_audio_dim if c.w_audio_dim is not None else c.w_dim // 2
             self.posterior_w = StreamwiseStaticPosterior(
-                [c.rnn_dim + c.feature_dim] * 2, c.rnn_dim, [c.w_dim // 2, c.w_dim - c.w_dim // 2],
+                [c.rnn_dim + c.feature_dim] * 2, c.rnn_dim, [w_a, c.w_dim - w_a],
                 c.w_input_dropout,
             )
         else:
