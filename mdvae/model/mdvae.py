@@ -238,12 +238,14 @@ class MDVAEConfig(ConfigBase):
     # posteriors are untouched; 0 is the seed's model. Tried at 0.25 in a continued floor -3
     # phase (README, session 30): emotion from w fell on new and seen speakers alike
     w_input_dropout: float = 0.0
-    # a departure (issue 13): w = [w_a; w_v], the first w_dim // 2 entries inferred from the
-    # voice alone and the rest from the face alone (`StreamwiseStaticPosterior`), each
+    # a departure (issue 13): w = [w_a; w_v], the first w_audio_dim entries inferred from
+    # the voice alone and the rest from the face alone (`StreamwiseStaticPosterior`), each
     # decoder reading the whole w, so that neither stream's reading of the clip-level
     # factors is crowded out of w by the other's in one joint head (the late fusion of the
     # two DSAEs' w reads the emotion better than the MDVAE's). p(w) is unchanged; False is
-    # the seed's joint q(w | x_a, x_v). This project's layout only
+    # the seed's joint q(w | x_a, x_v). This project's layout only. Tried in a continued
+    # floor -3 phase on three seeds (README, session 31): a tie on new speakers' emotion,
+    # a better bound; w_a reads like an A-DSAE's w, w_v far below a V-DSAE's
     w_per_stream: bool = False
     # with w_per_stream: how many of w's entries the voice's part has (None: w_dim // 2); the
     # face's part has the rest

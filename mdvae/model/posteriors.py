@@ -1,7 +1,7 @@
 """The posteriors (inference model) of the dynamical VAEs, one class per component.
 
 - `StaticPosterior`      q(w | x_1:T): from the summaries of the whole sequence.
-- `StreamwiseStaticPosterior`  q(w | x_a, x_v) with each half of w read from one stream.
+- `StreamwiseStaticPosterior`  q(w | x_a, x_v) with each part of w read from one stream.
 - `BackwardSummary`      g_t = f(x_t:T): an LSTM run backwards in time (smoothing posteriors).
 - `FrameSummary`         g_t = f(x_t): the per-frame alternative (filtering posteriors).
 - `PosteriorRecurrence`  q(z_t | z_1:t-1, c_t): a forward recurrence over the *sampled* z,
