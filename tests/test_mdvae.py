@@ -1086,6 +1086,39 @@ def test_w_per_stream_reads_each_half_of_w_from_one_stream():
             MDVAEConfig(w_dim=5, **bad)
 
 
+def test_voice_decoder_detaches_w_v_keeps_the_face_part_from_the_voice_loss():
+    """voice_decoder_detaches_w_v: with the z's held fixed (so w reaches the decoders only
+    directly), the voice's reconstruction sends no gradient to the face's part of q(w) but
+    does to the voice's part, which the same weights without the option send to both; the
+    face's reconstruction still reaches the face's part; the decoded means are unchanged."""
+    model = tiny_model(w_per_stream=True, voice_decoder_detaches_w_v=True)
+    plain = tiny_model(w_per_stream=True)
+    plain.load_state_dict(model.state_dict())
+    x_a, x_v = inputs()
+    fixed, _ = plain.infer(x_a, x_v, sample=False)
+    zs = dict(z_av=fixed.z_av.detach(), z_a=fixed.z_a.detach(), z_v=fixed.z_v.detach())
+
+    def voice_grads(m):
+        latents, _ = m.infer(x_a, x_v, sample=False, **zs)
+        x_a_hat, x_v_hat = m.decode(latents)
+        face, voice = (list(m.posterior_w.parts[i].parameters()) for i in (1, 0))
+        g = torch.autograd.grad(x_a_hat.square().sum(), face + voice, retain_graph=True,
+                                allow_unused=True)
+        on_face = torch.autograd.grad(x_v_hat.square().sum(), face)
+        return g[:len(face)], g[len(face):], on_face, x_a_hat
+
+    face, voice, face_from_face, x_a_hat = voice_grads(model)
+    plain_face, plain_voice, _, plain_x_a_hat = voice_grads(plain)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in face)
+    assert all(torch.count_nonzero(g) > 0 for g in plain_face)
+    for g, g_plain in zip(voice, plain_voice):
+        torch.testing.assert_close(g, g_plain)
+    assert all(torch.count_nonzero(g) > 0 for g in face_from_face)
+    torch.testing.assert_close(x_a_hat, plain_x_a_hat, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="w_per_stream"):
+        MDVAEConfig(voice_decoder_detaches_w_v=True)
+
+
 def test_w_face_dropout_is_a_share():
     with pytest.raises(ConfigError, match="w_face_dropout"):
         MDVAEConfig(w_face_dropout=1.5)

@@ -250,6 +250,11 @@ class MDVAEConfig(ConfigBase):
     # with w_per_stream: how many of w's entries the voice's part has (None: w_dim // 2); the
     # face's part has the rest
     w_audio_dim: int | None = None
+    # with w_per_stream, a departure (issue 13): the voice's decoder reads the face's part of
+    # w detached, so that no gradient from the voice's reconstruction shapes q(w_v) (the z
+    # posteriors still read it whole); forward passes are unchanged. False: both decoders
+    # train both parts
+    voice_decoder_detaches_w_v: bool = False
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim and the *_hidden widths unused)
     authors_layout: AuthorsLayout | None = None
@@ -271,6 +276,9 @@ class MDVAEConfig(ConfigBase):
         if self.w_per_stream and self.w_dim < 2:
             raise ConfigError(f"config key 'w_per_stream' gives each stream a part of w: "
                               f"w_dim must be at least 2, got {self.w_dim}")
+        if self.voice_decoder_detaches_w_v and not self.w_per_stream:
+            raise ConfigError("config key 'voice_decoder_detaches_w_v' detaches the face's "
+                              "part of a per-stream w: set w_per_stream too")
         if self.w_audio_dim is not None and not (
                 self.w_per_stream and self.w_audio_dim < self.w_dim):
             raise ConfigError(f"config key 'w_audio_dim' ({self.w_audio_dim}) is the voice's "
@@ -369,7 +377,7 @@ class MDVAE(nn.Module):
         self.summary_x_v = make_summary(c.posterior, c.feature_dim, c.rnn_dim)
         # q(w | x_a, x_v) from g_a_1, g_v_1 and the time-averaged features
         if c.w_per_stream:
-            w_a = c.w_audio_dim if c.w_audio_dim is not None else c.w_dim // 2
+            w_a = self.w_audio_entries
             self.posterior_w = StreamwiseStaticPosterior(
                 [c.rnn_dim + c.feature_dim] * 2, c.rnn_dim, [w_a, c.w_dim - w_a],
                 c.w_input_dropout,
@@ -623,6 +631,12 @@ class MDVAE(nn.Module):
             z_v=self.prior_z_v(latents.z_v),
         )
 
+    @property
+    def w_audio_entries(self) -> int:
+        """With `w_per_stream`: how many of w's first entries are read from the voice."""
+        c = self.config
+        return c.w_audio_dim if c.w_audio_dim is not None else c.w_dim // 2
+
     def decode(
         self, latents: Latents, *, reference: Latents | None = None
     ) -> tuple[Tensor, Tensor]:
@@ -643,6 +657,9 @@ class MDVAE(nn.Module):
         """One stream's half of `decode`: the means of p(x_a_t | ...) ("audio") or of
         p(x_v_t | ...) ("visual"), every t (B, T, D)."""
         w_t = frames_of_w(latents.w, latents.z_av.shape[1])  # (B, T, Lw)
+        if stream == "audio" and self.config.voice_decoder_detaches_w_v:
+            h = self.w_audio_entries
+            w_t = torch.cat([w_t[..., :h], w_t[..., h:].detach()], dim=-1)
         decoder = self.decoder_x_a if stream == "audio" else self.decoder_x_v
         return decoder(torch.cat([*self.decoded_z(latents, stream, reference), w_t], dim=-1))
 
