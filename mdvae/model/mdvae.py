@@ -253,7 +253,8 @@ class MDVAEConfig(ConfigBase):
     # with w_per_stream, a departure (issue 13): the voice's decoder reads the face's part of
     # w detached, so that no gradient from the voice's reconstruction shapes q(w_v) (the z
     # posteriors still read it whole); forward passes are unchanged. False: both decoders
-    # train both parts
+    # train both parts. Tried on two seeds (README, session 31): the face's part read no
+    # better, the whole w the same or worse
     voice_decoder_detaches_w_v: bool = False
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim and the *_hidden widths unused)
