@@ -184,18 +184,27 @@ def test_export_adds_the_reference_to_a_bundle_and_keeps_its_weights(tiny_bundle
         assert 0 < calibration["test"]["ece_floor"] < 1
 
 
+def synthetic_pool(out, *, speakers: int, clips: int, val: str, test: str, first: int) -> None:
+    """A small synthetic store of speakers `first`, `first` + 1, ... (24-frame clips), with
+    `val` and `test` as train.prepare's --val-speakers and --test-speakers."""
+    from train import prepare
+
+    assert prepare.main(["synthetic", "--out", str(out), "--speakers", str(speakers),
+                         "--clips-per-speaker", str(clips), "--frames", "24", "--val-speakers",
+                         val, "--test-speakers", test, "--workers", "0",
+                         "--first-speaker", str(first)]) == 0
+
+
 def test_export_takes_the_familiarity_table_from_a_pool_of_new_speakers(tiny_bundle, tiny_store,
                                                                          tmp_path):
     from mdvae.bundle import load_bundle, save_bundle
     from mdvae.data.store import Store
     from mdvae.errors import MDVAEError
     from tests.conftest import tiny_components
-    from train import export, prepare
+    from train import export
 
     pool = tmp_path / "pool"  # speakers 5 to 7: new to tiny_store (0 to 4); 2 held out
-    assert prepare.main(["synthetic", "--out", str(pool), "--speakers", "3", "--clips-per-speaker",
-                         "3", "--frames", "24", "--val-speakers", "0", "--test-speakers", "2",
-                         "--workers", "0", "--first-speaker", "5"]) == 0
+    synthetic_pool(pool, speakers=3, clips=3, val="0", test="2", first=5)
     out = export.main(["--bundle", str(tiny_bundle), "--familiarity-store", str(pool),
                        "--out", str(tmp_path / "pooled")])
     table = load_bundle(out).info["familiarity"]
@@ -223,12 +232,10 @@ def test_export_fits_the_emotion_temperatures_on_a_pool_of_new_speakers(tiny_bun
     from mdvae.bundle import load_bundle
     from mdvae.data.store import Store
     from mdvae.errors import ConfigError
-    from train import export, prepare
+    from train import export
 
     pool = tmp_path / "pool"  # speakers 5 to 8: new to tiny_store (0 to 4); 3 for validation
-    assert prepare.main(["synthetic", "--out", str(pool), "--speakers", "4", "--clips-per-speaker",
-                         "3", "--frames", "24", "--val-speakers", "3", "--test-speakers", "0",
-                         "--workers", "0", "--first-speaker", "5"]) == 0
+    synthetic_pool(pool, speakers=4, clips=3, val="3", test="0", first=5)
     out = export.main(["--bundle", str(tiny_bundle), "--reference-store", str(tiny_store),
                        "--calibration-store", str(pool), "--out", str(tmp_path / "pooled")])
     heads = [h["calibration"] for h in load_bundle(out).info["emotion"].values()
@@ -248,10 +255,8 @@ def test_export_fits_the_emotion_temperatures_on_a_pool_of_new_speakers(tiny_bun
     # a pool holding the reference store's test speaker would calibrate on the test speakers
     test_speaker = Store(tiny_store).split_clips("test")[0].speaker
     tested = tmp_path / "tested"
-    assert prepare.main(["synthetic", "--out", str(tested), "--speakers", "2",
-                         "--clips-per-speaker", "2", "--frames", "24", "--val-speakers",
-                         test_speaker, "--test-speakers", "0", "--workers", "0",
-                         "--first-speaker", str(int(test_speaker.split("_")[-1]))]) == 0
+    synthetic_pool(tested, speakers=2, clips=2, val=test_speaker, test="0",
+                   first=int(test_speaker.split("_")[-1]))
     with pytest.raises(ConfigError, match="test speakers"):
         export.main(["--bundle", str(tiny_bundle), "--reference-store", str(tiny_store),
                      "--calibration-store", str(tested), "--out", str(tmp_path / "refused")])

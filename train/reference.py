@@ -87,10 +87,6 @@ def emotion_calibration(components: dict, store: Store, *, c: Mapping[str, float
                              "clips")
         pool_audio, pool_visual, _ = cached_features(pool, components[VQ_AUDIO],
                                                      components[VQ_VISUAL])
-        pool_w = {reader.model: clip_means(components[reader.model], pool_audio, pool_visual,
-                                           pool_clips, show=show)["w"]
-                  for reader in EMOTION_READERS.values()
-                  if reader.model in components and reader.head in components}
     fit_clips = clips["train"] + clips["val"]
     speakers = np.array([info.speaker for info in fit_clips])
     out = {}
@@ -123,7 +119,9 @@ def emotion_calibration(components: dict, store: Store, *, c: Mapping[str, float
             },
         }
         if pool is not None:
-            pool_logits = head(torch.from_numpy(pool_w[reader.model])).double().numpy()
+            pool_w = clip_means(components[reader.model], pool_audio, pool_visual, pool_clips,
+                                show=show)["w"]
+            pool_logits = head(torch.from_numpy(pool_w)).double().numpy()
             pool_y = np.array([head.config.labels.index(info.emotion) for info in pool_clips])
             t_pool = fit_temperature(pool_logits, pool_y)
             n_speakers = len({info.speaker for info in pool_clips})
