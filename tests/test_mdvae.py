@@ -1086,6 +1086,48 @@ def test_w_per_stream_reads_each_half_of_w_from_one_stream():
             MDVAEConfig(w_dim=5, **bad)
 
 
+def test_w_face_network_gives_q_w_a_face_network_of_its_own():
+    """w_face_network: q(w) reads the face through its own per-frame network and summary and
+    the z posteriors through the shared ones, exactly (with w held, the z posteriors do not
+    move at all when q(w)'s face network does, and q(w) does not when the shared one does);
+    a copy of the shared network gives the seed's model's function; the swap cycle's fixed
+    judge is the same q(w)."""
+    plain = tiny_model().eval()
+    model = tiny_model(w_face_network=True).eval()
+    weights = plain.state_dict()
+    weights.update({"w_" + k: v.clone() for k, v in weights.items()
+                    if k.startswith(("features_x_v.", "summary_x_v."))})
+    model.load_state_dict(weights)
+    x_a, x_v = inputs()
+    latents, q = model.infer(x_a, x_v, sample=False)
+    latents_plain, q_plain = plain.infer(x_a, x_v, sample=False)
+    for g in GROUPS:
+        torch.testing.assert_close(getattr(q, g).mean, getattr(q_plain, g).mean, rtol=0, atol=0)
+    fixed = latents
+
+    def nudge(module):
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+
+    nudge(model.w_features_x_v)
+    moved = posterior_params(model, x_a, x_v, fixed)
+    assert changed(moved["w"], posterior_params(plain, x_a, x_v, fixed)["w"])
+    for g in ("z_av", "z_a", "z_v"):
+        torch.testing.assert_close(moved[g], posterior_params(plain, x_a, x_v, fixed)[g],
+                                   rtol=0, atol=0)
+    nudge(model.features_x_v)
+    shared_moved = posterior_params(model, x_a, x_v, fixed)
+    torch.testing.assert_close(shared_moved["w"], moved["w"], rtol=0, atol=0)
+    assert changed(shared_moved["z_av"], moved["z_av"]) and changed(shared_moved["z_v"],
+                                                                      moved["z_v"])
+    judged = model._posterior_w_fixed(x_a, x_v)
+    torch.testing.assert_close(judged.mean, model.infer(x_a, x_v, sample=False)[1].w.mean)
+    assert MDVAEConfig().w_face_network is False  # the seed's model by default
+    with pytest.raises(ConfigError, match="w_face_network"):
+        tiny_model(layout="authors", w_face_network=True)
+
+
 def test_voice_decoder_detaches_w_v_keeps_the_face_part_from_the_voice_loss():
     """voice_decoder_detaches_w_v: with the z's held fixed (so w reaches the decoders only
     directly), the voice's reconstruction sends no gradient to the face's part of q(w) but

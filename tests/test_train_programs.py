@@ -532,6 +532,30 @@ def test_stage2_init_from_a_joint_q_w_into_one_read_per_stream(runs, tiny_store,
                      "--freeze-w-encoder"])
 
 
+def test_stage2_init_from_gives_q_w_a_copy_of_the_shared_face_network(runs, tiny_store,
+                                                                      tmp_path):
+    """--mdvae-w-face-network on a run without it: every weight comes from the run, and q(w)'s
+    new face network is a copy of the shared one; back without it, the copy is dropped."""
+    flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
+             "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",
+             "--val-every", "5", "--kl-warmup", "0", *FAST]
+    source = dict(load_stage2(str(runs / "mdvae")).named_parameters())
+    out = tmp_path / "own_face"
+    stage2.main([*flags, "--lr", "0", "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+                 "--out", str(out), "--steps", "2", "--mdvae-w-face-network", "true"])
+    assert json.loads((out / "config.json").read_text())["model"]["w_face_network"] is True
+    tuned = dict(load_stage2(str(out)).named_parameters())
+    copies = {n for n in tuned if n.startswith("w_")}
+    assert copies == {"w_" + n for n in source if n.startswith(("features_x_v.", "summary_x_v."))}
+    for name, value in tuned.items():
+        torch.testing.assert_close(value, source[name.removeprefix("w_")], rtol=0, atol=0,
+                                   msg=name)
+    back = tmp_path / "shared_again"
+    stage2.main([*flags, "--lr", "0", "--model", "mdvae", "--init-from", str(out), "--out",
+                 str(back), "--steps", "2", "--mdvae-w-face-network", "false"])
+    assert set(dict(load_stage2(str(back)).named_parameters())) == set(source)
+
+
 def test_stage2_train_only_moves_the_named_parts_alone(runs, tiny_store, tmp_path):
     flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
              "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",

@@ -20,6 +20,10 @@ fresh optimiser and learning-rate schedule, e.g. with a higher decoder floor:
     python -m train.stage2 ... --model mdvae --init-from runs/mdvae --out runs/mdvae_ft \\
         --steps 4000 --kl-warmup 0 --mdvae-obs-logvar-min -3
 
+With --mdvae-w-face-network true on a run without it, q(w)'s new face network starts as a
+copy of the shared one (the same function as the run's); with false on a run with it, the
+copy is dropped.
+
 --freeze-w-encoder (with --init-from) keeps q(w) exactly as the source run learnt it: every
 weight the posterior of w depends on is frozen, and the rest (the z's, the priors, the
 decoders) trains, e.g. the decoders again with the floor back at -6.
@@ -148,6 +152,18 @@ def read_init_run(path: str, kind: str) -> dict:
         summary["bundle"] = {"bundle": origin.get("bundle"), "component": origin.get("component"),
                              "run": origin.get("record", {}).get("run")}
     return {"config": config, "weights": checkpoint["model"], "summary": summary}
+
+
+def face_network_weights(weights: dict, own: bool) -> dict:
+    """A source run's weights for a model that gives q(w) a face network of its own
+    (`own`, `w_face_network`) where the run had none: the new one a copy of the shared face
+    network, so the fine-tune starts from the same function; or that drops it (not `own`)."""
+    shared = ("features_x_v.", "summary_x_v.")
+    if not own:
+        return {k: v for k, v in weights.items() if not k.startswith(("w_" + shared[0],
+                                                                      "w_" + shared[1]))}
+    copies = {"w_" + k: v.clone() for k, v in weights.items() if k.startswith(shared)}
+    return {**weights, **copies}
 
 
 def w_encoder_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -384,6 +400,14 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
             if d.is_main:
                 print(f"q(w)'s head starts afresh (w_per_stream {model_cfg.w_per_stream}); "
                       f"the rest from {args.init_from}", file=sys.stderr)
+        if (args.model == "mdvae" and init["config"]["model"].get("w_face_network", False)
+                != model_cfg.w_face_network):
+            weights = face_network_weights(weights, model_cfg.w_face_network)
+            if d.is_main:
+                print("q(w)'s face network " + ("starts as a copy of the shared one"
+                                                if model_cfg.w_face_network else
+                                                "is dropped: q(w) reads the shared one"),
+                      file=sys.stderr)
         try:
             model.load_state_dict(weights)
         except RuntimeError as error:

@@ -44,7 +44,9 @@ window's time-averaged features given w alone, added to the training loss and le
 the ELBO. A third (`swap_cycle`): each sequence's z's decoded with another sequence's w
 must give features in which q(w), held fixed as a judge, finds that w; also outside the
 ELBO. Its judge can instead be one of its own that reads the audio alone
-(`swap_cycle_judge="audio"`), trained beside the model on real audio.
+(`swap_cycle_judge="audio"`), trained beside the model on real audio. A fourth
+(`w_face_network`) changes the inference model only: q(w) reads the face through a
+per-frame network and summary of its own instead of those the z posteriors read.
 
 ELBO normalisation (`elbo.py`, shared with DSAE). Every term of `ELBOTerms` is in nats per
 frame: the per-sequence sum (over frames and dimensions) averaged over the batch, divided by
@@ -256,6 +258,15 @@ class MDVAEConfig(ConfigBase):
     # train both parts. Tried on two seeds (README, session 31): the face's part read no
     # better, the whole w the same or worse
     voice_decoder_detaches_w_v: bool = False
+    # a departure (issue 13): q(w) reads the face through a per-frame network and a summary
+    # of its own (`w_features_x_v`, `w_summary_x_v`, the widths of the shared ones), so the
+    # z posteriors' visual features, shaped by the frame-by-frame factors (mouth, head,
+    # eyelids), are no longer what q(w) must read the clip's face from; the voice's are
+    # still shared. The generative model and the z posteriors are the seed's; False is the
+    # seed's q(w) on the shared features. This project's layout only. `--init-from` a run
+    # without it copies the shared face network into the new one, so training starts from
+    # the same function
+    w_face_network: bool = False
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
     # network layout with its widths (feature_dim and the *_hidden widths unused)
     authors_layout: AuthorsLayout | None = None
@@ -277,6 +288,9 @@ class MDVAEConfig(ConfigBase):
         if self.w_per_stream and self.w_dim < 2:
             raise ConfigError(f"config key 'w_per_stream' gives each stream a part of w: "
                               f"w_dim must be at least 2, got {self.w_dim}")
+        if self.w_face_network and self.authors_layout is not None:
+            raise ConfigError("config key 'w_face_network' gives this project's q(w) a face "
+                              "network of its own; the authors' layout reads its BiGRU")
         if self.voice_decoder_detaches_w_v and not self.w_per_stream:
             raise ConfigError("config key 'voice_decoder_detaches_w_v' detaches the face's "
                               "part of a per-stream w: set w_per_stream too")
@@ -376,6 +390,11 @@ class MDVAE(nn.Module):
         # g_a_t = f(x_a_t:T), g_v_t = f(x_v_t:T) (or of x_t alone when filtering)
         self.summary_x_a = make_summary(c.posterior, c.feature_dim, c.rnn_dim)
         self.summary_x_v = make_summary(c.posterior, c.feature_dim, c.rnn_dim)
+        if c.w_face_network:  # the face as q(w) alone reads it
+            self.w_features_x_v = mlp(
+                [c.visual_dim, c.visual_hidden, c.feature_dim], final_activation=True
+            )
+            self.w_summary_x_v = make_summary(c.posterior, c.feature_dim, c.rnn_dim)
         # q(w | x_a, x_v) from g_a_1, g_v_1 and the time-averaged features
         if c.w_per_stream:
             w_a = self.w_audio_entries
@@ -550,7 +569,8 @@ class MDVAE(nn.Module):
         f_v = self.features_x_v(x_v)  # (B, T, F)
         g_a = self.summary_x_a(f_a)  # (B, T, H)
         g_v = self.summary_x_v(f_v)  # (B, T, H)
-        g_v_w, f_v_w = self._hide_face(faceless, g_v, f_v)
+        f_v_w, g_v_w = self._face_for_w(x_v, f_v, g_v)
+        g_v_w, f_v_w = self._hide_face(faceless, g_v_w, f_v_w)
         q_w = self.posterior_w([g_a, g_v_w], [f_a, f_v_w])  # (B, Lw)
         if w is None:
             w = q_w.rsample(noise.w if noise is not None else None) if sample else q_w.mean
@@ -570,6 +590,16 @@ class MDVAE(nn.Module):
             sample=sample,
         )
         return Latents(w, z_av, z_a, z_v), LatentDistributions(q_w, q_z_av, q_z_a, q_z_v), None
+
+    def _face_for_w(self, x_v: Tensor, f_v: Tensor, g_v: Tensor,
+                    run=nn.Module.__call__) -> tuple[Tensor, Tensor]:
+        """The face's features and summaries (B, T, F), (B, T, H) that q(w) reads: those of
+        the z posteriors (f_v, g_v), or with `w_face_network` its own, computed from x_v by
+        `run` (`call_fixed` for a judge's fixed copy)."""
+        if not self.config.w_face_network:
+            return f_v, g_v
+        f = run(self.w_features_x_v, x_v)
+        return f, run(self.w_summary_x_v, f)
 
     def _infer_authors(self, x_a, x_v, sample, noise, w, z_av, z_a, z_v, faceless=None):
         f_a = self.features_x_a(x_a)  # (B, T, Fa)
@@ -792,6 +822,7 @@ class MDVAE(nn.Module):
         if self.config.authors_layout is not None:
             return fixed(self.posterior_w, [f_v, f_a])
         g_a, g_v = fixed(self.summary_x_a, f_a), fixed(self.summary_x_v, f_v)
+        f_v, g_v = self._face_for_w(x_v, f_v, g_v, fixed)
         return fixed(self.posterior_w, [g_a, g_v], [f_a, f_v])
 
     def elbo(
