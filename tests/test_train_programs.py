@@ -442,11 +442,17 @@ def test_dsae_baselines_can_copy_the_mdvae_they_are_compared_with(tmp_path):
         stage2.main([*base, "--model", "mdvae", "--like-mdvae", str(tmp_path / "mdvae")])
 
 
+def fine_tune_flags(runs, tiny_store) -> list[str]:
+    """The stage-2 flags the fine-tuning tests share: the tiny store, the session's VQ-VAEs,
+    short windows and small batches, no KL warm-up."""
+    return ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
+            "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",
+            "--val-every", "5", "--kl-warmup", "0", *FAST]
+
+
 @pytest.mark.slow
 def test_stage2_init_from_fine_tunes_a_runs_weights_with_a_new_floor(runs, tiny_store, tmp_path):
-    flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
-             "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",
-             "--val-every", "5", "--kl-warmup", "0", *FAST]
+    flags = fine_tune_flags(runs, tiny_store)
     out = tmp_path / "fine"
     # learning rate 0: the fine-tune's weights must be exactly the source run's
     stage2.main([*flags, "--lr", "0", "--model", "mdvae", "--init-from", str(runs / "mdvae"),
@@ -476,9 +482,7 @@ def test_stage2_init_from_fine_tunes_a_runs_weights_with_a_new_floor(runs, tiny_
 
 
 def test_stage2_freeze_w_encoder_trains_all_but_the_posterior_of_w(runs, tiny_store, tmp_path):
-    flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
-             "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",
-             "--val-every", "5", "--kl-warmup", "0", *FAST]
+    flags = fine_tune_flags(runs, tiny_store)
     source = load_stage2(str(runs / "mdvae"))
     frozen = {n for n, p in source.named_parameters()
               if any(p is q for q in stage2.w_encoder_parameters(source))}
@@ -510,9 +514,7 @@ def test_stage2_freeze_w_encoder_trains_all_but_the_posterior_of_w(runs, tiny_st
 def test_stage2_init_from_a_joint_q_w_into_one_read_per_stream(runs, tiny_store, tmp_path):
     """--mdvae-w-per-stream on a run trained with the joint q(w): every weight but q(w)'s
     head comes from the run, the head (now one per stream) starts afresh."""
-    flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
-             "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",
-             "--val-every", "5", "--kl-warmup", "0", *FAST]
+    flags = fine_tune_flags(runs, tiny_store)
     source = dict(load_stage2(str(runs / "mdvae")).named_parameters())
     out = tmp_path / "split"
     stage2.main([*flags, "--model", "mdvae", "--init-from", str(runs / "mdvae"), "--out",
@@ -536,9 +538,7 @@ def test_stage2_init_from_gives_q_w_a_copy_of_the_shared_face_network(runs, tiny
                                                                       tmp_path):
     """--mdvae-w-face-network on a run without it: every weight comes from the run, and q(w)'s
     new face network is a copy of the shared one; back without it, the copy is dropped."""
-    flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
-             "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",
-             "--val-every", "5", "--kl-warmup", "0", *FAST]
+    flags = fine_tune_flags(runs, tiny_store)
     source = dict(load_stage2(str(runs / "mdvae")).named_parameters())
     out = tmp_path / "own_face"
     stage2.main([*flags, "--lr", "0", "--model", "mdvae", "--init-from", str(runs / "mdvae"),
@@ -557,9 +557,7 @@ def test_stage2_init_from_gives_q_w_a_copy_of_the_shared_face_network(runs, tiny
 
 
 def test_stage2_train_only_moves_the_named_parts_alone(runs, tiny_store, tmp_path):
-    flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
-             "--vq-audio", str(runs / "vq_audio"), "--seq-len", "12", "--batch-size", "8",
-             "--val-every", "5", "--kl-warmup", "0", *FAST]
+    flags = fine_tune_flags(runs, tiny_store)
     source = dict(load_stage2(str(runs / "mdvae")).named_parameters())
     out = tmp_path / "decoder"
     stage2.main([*flags, "--lr", "1e-2", "--model", "mdvae", "--init-from", str(runs / "mdvae"),
