@@ -1094,10 +1094,7 @@ def test_w_face_network_gives_q_w_a_face_network_of_its_own():
     judge is the same q(w)."""
     plain = tiny_model().eval()
     model = tiny_model(w_face_network=True).eval()
-    weights = plain.state_dict()
-    weights.update({"w_" + k: v.clone() for k, v in weights.items()
-                    if k.startswith(("features_x_v.", "summary_x_v."))})
-    model.load_state_dict(weights)
+    model.load_state_dict(MDVAE.with_w_face_network(plain.state_dict(), True))
     x_a, x_v = inputs()
     latents, q = model.infer(x_a, x_v, sample=False)
     latents_plain, q_plain = plain.infer(x_a, x_v, sample=False)

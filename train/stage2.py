@@ -154,18 +154,6 @@ def read_init_run(path: str, kind: str) -> dict:
     return {"config": config, "weights": checkpoint["model"], "summary": summary}
 
 
-def face_network_weights(weights: dict, own: bool) -> dict:
-    """A source run's weights for a model that gives q(w) a face network of its own
-    (`own`, `w_face_network`) where the run had none: the new one a copy of the shared face
-    network, so the fine-tune starts from the same function; or that drops it (not `own`)."""
-    shared = ("features_x_v.", "summary_x_v.")
-    if not own:
-        return {k: v for k, v in weights.items() if not k.startswith(("w_" + shared[0],
-                                                                      "w_" + shared[1]))}
-    copies = {"w_" + k: v.clone() for k, v in weights.items() if k.startswith(shared)}
-    return {**weights, **copies}
-
-
 def w_encoder_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The parameters the posterior q(w | x) depends on, in any layout: those that receive
     a gradient from its mean and log-variance on a small random input."""
@@ -402,7 +390,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
                       f"the rest from {args.init_from}", file=sys.stderr)
         if (args.model == "mdvae" and init["config"]["model"].get("w_face_network", False)
                 != model_cfg.w_face_network):
-            weights = face_network_weights(weights, model_cfg.w_face_network)
+            weights = MDVAE.with_w_face_network(weights, model_cfg.w_face_network)
             if d.is_main:
                 print("q(w)'s face network " + ("starts as a copy of the shared one"
                                                 if model_cfg.w_face_network else

@@ -570,8 +570,7 @@ class MDVAE(nn.Module):
         f_v = self.features_x_v(x_v)  # (B, T, F)
         g_a = self.summary_x_a(f_a)  # (B, T, H)
         g_v = self.summary_x_v(f_v)  # (B, T, H)
-        f_v_w, g_v_w = self._face_for_w(x_v, f_v, g_v)
-        g_v_w, f_v_w = self._hide_face(faceless, g_v_w, f_v_w)
+        f_v_w, g_v_w = self._hide_face(faceless, *self._face_for_w(x_v, shared=(f_v, g_v)))
         q_w = self.posterior_w([g_a, g_v_w], [f_a, f_v_w])  # (B, Lw)
         if w is None:
             w = q_w.rsample(noise.w if noise is not None else None) if sample else q_w.mean
@@ -592,15 +591,19 @@ class MDVAE(nn.Module):
         )
         return Latents(w, z_av, z_a, z_v), LatentDistributions(q_w, q_z_av, q_z_a, q_z_v), None
 
-    def _face_for_w(self, x_v: Tensor, f_v: Tensor, g_v: Tensor,
+    def _face_for_w(self, x_v: Tensor, *, shared: tuple[Tensor, Tensor] | None = None,
                     run=nn.Module.__call__) -> tuple[Tensor, Tensor]:
-        """The face's features and summaries (B, T, F), (B, T, H) that q(w) reads: those of
-        the z posteriors (f_v, g_v), or with `w_face_network` its own, computed from x_v by
-        `run` (`call_fixed` for a judge's fixed copy)."""
-        if not self.config.w_face_network:
-            return f_v, g_v
-        f = run(self.w_features_x_v, x_v)
-        return f, run(self.w_summary_x_v, f)
+        """The face's features and summaries (B, T, F), (B, T, H) that q(w) reads: with
+        `w_face_network` its own, otherwise those of the z posteriors (`shared`, when already
+        computed), each computed from x_v by `run` (`call_fixed` for a judge's fixed copy)."""
+        if self.config.w_face_network:
+            features, summary = self.w_features_x_v, self.w_summary_x_v
+        elif shared is not None:
+            return shared
+        else:
+            features, summary = self.features_x_v, self.summary_x_v
+        f = run(features, x_v)
+        return f, run(summary, f)
 
     def _infer_authors(self, x_a, x_v, sample, noise, w, z_av, z_a, z_v, faceless=None):
         f_a = self.features_x_a(x_a)  # (B, T, Fa)
@@ -662,6 +665,18 @@ class MDVAE(nn.Module):
             z_a=self.prior_z_a(latents.z_a),
             z_v=self.prior_z_v(latents.z_v),
         )
+
+    @staticmethod
+    def with_w_face_network(weights: dict[str, Tensor], own: bool) -> dict[str, Tensor]:
+        """A state dict of a model without `w_face_network` made to fit one with it (`own`):
+        q(w)'s face network a copy of the shared one, so the model computes the same
+        function; or, not `own`, one with it made to fit one without (the copy dropped)."""
+        shared = ("features_x_v.", "summary_x_v.")
+        if not own:
+            own_prefixes = tuple("w_" + p for p in shared)
+            return {k: v for k, v in weights.items() if not k.startswith(own_prefixes)}
+        return {**weights, **{"w_" + k: v.clone() for k, v in weights.items()
+                              if k.startswith(shared)}}
 
     @property
     def w_audio_entries(self) -> int:
@@ -819,12 +834,11 @@ class MDVAE(nn.Module):
     def _posterior_w_fixed(self, x_a: Tensor, x_v: Tensor) -> DiagonalGaussian:
         """q(w | x_a, x_v) computed with detached copies of its networks' weights."""
         fixed = call_fixed
-        f_a, f_v = fixed(self.features_x_a, x_a), fixed(self.features_x_v, x_v)
+        f_a = fixed(self.features_x_a, x_a)
         if self.config.authors_layout is not None:
-            return fixed(self.posterior_w, [f_v, f_a])
-        g_a, g_v = fixed(self.summary_x_a, f_a), fixed(self.summary_x_v, f_v)
-        f_v, g_v = self._face_for_w(x_v, f_v, g_v, fixed)
-        return fixed(self.posterior_w, [g_a, g_v], [f_a, f_v])
+            return fixed(self.posterior_w, [fixed(self.features_x_v, x_v), f_a])
+        f_v, g_v = self._face_for_w(x_v, run=fixed)
+        return fixed(self.posterior_w, [fixed(self.summary_x_a, f_a), g_v], [f_a, f_v])
 
     def elbo(
         self,
