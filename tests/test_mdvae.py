@@ -1016,6 +1016,52 @@ def test_w_face_dropout_hides_the_face_from_q_w_in_training_only(layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+def test_w_voice_dropout_hides_the_voice_from_q_w_in_training_only(layout):
+    """w_voice_dropout: in training, the chosen sequences' q(w) reads the face alone (the
+    voice's inputs to q(w) zeroed) while their z posteriors still hear the voice; in
+    evaluation q(w) reads both streams; with w_face_dropout too, no sequence loses both."""
+    model = tiny_model(layout=layout, w_voice_dropout=1.0)  # every sequence, to see it
+    x_a, x_v = inputs()
+    other_voice = inputs(seed=1)[0]
+    model.train()
+    torch.manual_seed(3)
+    out = model(x_a, x_v)
+    torch.manual_seed(3)
+    moved = model(other_voice, x_v)
+    torch.testing.assert_close(out.posterior.w.mean, moved.posterior.w.mean)
+    torch.testing.assert_close(out.posterior.w.logvar, moved.posterior.w.logvar)
+    assert not torch.allclose(out.posterior.z_a.mean, moved.posterior.z_a.mean)
+    _, q_voiceless, _ = model._infer(x_a, x_v, sample=False, noise=None, w=None, z_av=None,
+                                     z_a=None, z_v=None, voiceless=torch.ones(B, dtype=bool))
+    torch.testing.assert_close(out.posterior.w.mean, q_voiceless.w.mean)
+    model.eval()
+    q_eval = model.infer(x_a, x_v, sample=False)[1].w.mean
+    assert not torch.allclose(q_eval, model.infer(other_voice, x_v, sample=False)[1].w.mean)
+    # both shares at once: every sequence of a large batch loses one stream (0.5 + 0.5), and
+    # which one it lost shows in what moves its q(w)
+    both = tiny_model(layout=layout, w_face_dropout=0.5, w_voice_dropout=0.5).train()
+    x_a, x_v = inputs(batch=64)
+    o_a, o_v = inputs(batch=64, seed=1)
+    means = []
+    for a, v in ((x_a, x_v), (o_a, x_v), (x_a, o_v)):
+        torch.manual_seed(0)
+        means.append(both(a, v).posterior.w.mean)
+    voice_moves = (means[1] - means[0]).abs().amax(-1) > 1e-9
+    face_moves = (means[2] - means[0]).abs().amax(-1) > 1e-9
+    assert not bool((voice_moves & face_moves).any())  # no sequence read both streams
+    assert not bool((~voice_moves & ~face_moves).any())  # nor lost both
+    assert 10 < int(voice_moves.sum()) < 54
+
+
+def test_w_voice_dropout_is_a_share_disjoint_from_the_face_dropout():
+    with pytest.raises(ConfigError, match="w_voice_dropout"):
+        MDVAEConfig(w_voice_dropout=-0.1)
+    with pytest.raises(ConfigError, match="sum to at most 1"):
+        MDVAEConfig(w_face_dropout=0.6, w_voice_dropout=0.5)
+    assert MDVAEConfig().w_voice_dropout == 0.0  # the seed's model by default
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_w_input_dropout_drops_what_q_w_reads_in_training_only(layout):
     """w_input_dropout p: in training q(w)'s head reads its summary vector with a share p of
     the entries zeroed and the others scaled by 1 / (1 - p) (inverted dropout: the expected

@@ -233,6 +233,14 @@ class MDVAEConfig(ConfigBase):
     # streams. 0 is the seed's model. Tried at 0.25 (README, session 26): the z's became
     # speaker codes and the voice's emotion did not come into w
     w_face_dropout: float = 0.0
+    # a departure (issue 13): the share of training sequences whose q(w) is computed without
+    # the voice (its audio inputs to q(w) zeroed; the z posteriors and the decoders still
+    # hear it), so that q(w) must read from the face alone what the decoders need of w: the
+    # face's network for q(w) can no longer leave the emotion to the voice. The bound is one
+    # for any q(w), so the objective is unchanged; evaluation reads both streams. Drawn
+    # apart from `w_face_dropout` (no sequence loses both; the two shares sum to at most 1).
+    # 0 is the seed's model
+    w_voice_dropout: float = 0.0
     # a departure (issue 13): dropout on the summary vector q(w)'s head reads (the pooled
     # summaries and mean features of both streams; the authors' layout: the BiGRU's final
     # states), in training only, so that q(w) cannot lean on a few directions that name the
@@ -277,9 +285,14 @@ class MDVAEConfig(ConfigBase):
         for name in ("aux_clip_means", "swap_cycle"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key '{name}' must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.w_face_dropout <= 1.0:
-            raise ConfigError(f"config key 'w_face_dropout' is a share of the training "
-                              f"sequences, in [0, 1]; got {self.w_face_dropout}")
+        for name in ("w_face_dropout", "w_voice_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"config key '{name}' is a share of the training "
+                                  f"sequences, in [0, 1]; got {getattr(self, name)}")
+        if self.w_face_dropout + self.w_voice_dropout > 1.0:
+            raise ConfigError(f"config keys 'w_face_dropout' ({self.w_face_dropout}) and "
+                              f"'w_voice_dropout' ({self.w_voice_dropout}) hide one stream "
+                              f"each from disjoint sequences: they sum to at most 1")
         if self.swap_cycle_judge not in SWAP_CYCLE_JUDGES:
             raise ConfigError(f"config key 'swap_cycle_judge': {self.swap_cycle_judge!r} is not "
                               f"one of {SWAP_CYCLE_JUDGES}")
@@ -539,12 +552,12 @@ class MDVAE(nn.Module):
         ]
 
     @staticmethod
-    def _hide_face(faceless: Tensor | None, *visual: Tensor) -> list[Tensor]:
-        """The visual inputs of q(w), zeroed in the sequences marked `faceless` (B,) bool."""
-        if faceless is None:
-            return list(visual)
-        keep = (~faceless).to(visual[0].dtype)[:, None, None]
-        return [v * keep for v in visual]
+    def _hide(hidden: Tensor | None, *inputs: Tensor) -> list[Tensor]:
+        """One stream's inputs to q(w), zeroed in the sequences marked `hidden` (B,) bool."""
+        if hidden is None:
+            return list(inputs)
+        keep = (~hidden).to(inputs[0].dtype)[:, None, None]
+        return [v * keep for v in inputs]
 
     def _infer(
         self,
@@ -558,20 +571,24 @@ class MDVAE(nn.Module):
         z_a: Tensor | None,
         z_v: Tensor | None,
         faceless: Tensor | None = None,
+        voiceless: Tensor | None = None,
     ) -> tuple[Latents, LatentDistributions, tuple[Tensor, Tensor, Tensor] | None]:
         """`infer`, plus (authors' layout) the GRU states s_t of z_av, z_a, z_v over the
         returned latents, from which the priors follow without running the GRUs again.
-        `faceless` (B,) bool: sequences whose q(w) does not see the face (`w_face_dropout`)."""
+        `faceless`, `voiceless` (B,) bool: sequences whose q(w) does not see the face
+        (`w_face_dropout`), does not hear the voice (`w_voice_dropout`)."""
         self._check_inputs(x_a, x_v)
         if self.config.authors_layout is not None:
-            return self._infer_authors(x_a, x_v, sample, noise, w, z_av, z_a, z_v, faceless)
+            return self._infer_authors(x_a, x_v, sample, noise, w, z_av, z_a, z_v, faceless,
+                                       voiceless)
         n_frames = x_a.shape[1]
         f_a = self.features_x_a(x_a)  # (B, T, F)
         f_v = self.features_x_v(x_v)  # (B, T, F)
         g_a = self.summary_x_a(f_a)  # (B, T, H)
         g_v = self.summary_x_v(f_v)  # (B, T, H)
-        f_v_w, g_v_w = self._hide_face(faceless, *self._face_for_w(x_v, shared=(f_v, g_v)))
-        q_w = self.posterior_w([g_a, g_v_w], [f_a, f_v_w])  # (B, Lw)
+        f_v_w, g_v_w = self._hide(faceless, *self._face_for_w(x_v, shared=(f_v, g_v)))
+        f_a_w, g_a_w = self._hide(voiceless, f_a, g_a)
+        q_w = self.posterior_w([g_a_w, g_v_w], [f_a_w, f_v_w])  # (B, Lw)
         if w is None:
             w = q_w.rsample(noise.w if noise is not None else None) if sample else q_w.mean
         w_t = frames_of_w(w, n_frames)  # (B, T, Lw)
@@ -605,10 +622,11 @@ class MDVAE(nn.Module):
         f = run(features, x_v)
         return f, run(summary, f)
 
-    def _infer_authors(self, x_a, x_v, sample, noise, w, z_av, z_a, z_v, faceless=None):
+    def _infer_authors(self, x_a, x_v, sample, noise, w, z_av, z_a, z_v, faceless=None,
+                       voiceless=None):
         f_a = self.features_x_a(x_a)  # (B, T, Fa)
         f_v = self.features_x_v(x_v)  # (B, T, Fv)
-        q_w = self.posterior_w([*self._hide_face(faceless, f_v), f_a])  # (B, Lw)
+        q_w = self.posterior_w([*self._hide(faceless, f_v), *self._hide(voiceless, f_a)])
         if w is None:
             w = q_w.rsample(noise.w if noise is not None else None) if sample else q_w.mean
         if self.config.posterior == "smoothing":
@@ -765,12 +783,17 @@ class MDVAE(nn.Module):
         `kl_weight` scales the KL terms of the loss's `total` (a number: all of them, a KL
         warm-up; `KLWeights`: w and the z's apart, or w alone decoding)."""
         weights = KLWeights.of(kl_weight)
-        faceless = None
-        if self.training and self.config.w_face_dropout > 0:
-            faceless = torch.rand(x_a.shape[0], device=x_a.device) < self.config.w_face_dropout
+        faceless = voiceless = None
+        p_face, p_voice = self.config.w_face_dropout, self.config.w_voice_dropout
+        if self.training and (p_face > 0 or p_voice > 0):
+            # one draw per sequence: the face hidden below p_face, the voice at 1 - p_voice
+            # and above, so no sequence loses both
+            u = torch.rand(x_a.shape[0], device=x_a.device)
+            faceless = u < p_face if p_face > 0 else None
+            voiceless = u >= 1.0 - p_voice if p_voice > 0 else None
         latents, posterior, states = self._infer(
             x_a, x_v, sample=True, noise=None, w=None, z_av=None, z_a=None, z_v=None,
-            faceless=faceless,
+            faceless=faceless, voiceless=voiceless,
         )
         prior = self.priors(latents, states)
         decoded = latents
