@@ -18,7 +18,7 @@ import torch
 
 from mdvae.bundle import load_bundle
 from mdvae.errors import ConfigError
-from train import common, emotion, export, stage1, stage2, unpack
+from train import common, emotion, export, probe, stage1, stage2, unpack
 from train.runs import load_stage1, load_stage2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +160,37 @@ def test_emotion_heads_and_export_give_a_loadable_bundle(runs, tiny_store, tmp_p
     trained = load_stage2(str(runs / "mdvae"))
     for (name, p), q in zip(trained.state_dict().items(), bundle.mdvae.state_dict().values()):
         torch.testing.assert_close(p, q, msg=name)
+
+
+@pytest.mark.slow
+def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs, tiny_store,
+                                                                         tmp_path):
+    """train.probe: each run's accuracy is the emotion head's of train.emotion on the same
+    clips (batched encoding changes nothing), and each pair's difference is theirs."""
+    vq = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio")]
+    heads = emotion.main(["--store", str(tiny_store), *vq, "--mdvae", str(runs / "mdvae"),
+                          "--dsae-audio", str(runs / "dsae_audio"), "--dsae-visual",
+                          str(runs / "dsae_visual"), "--out", str(tmp_path / "heads")])
+    out = tmp_path / "probe.json"
+    report = probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), "--split",
+                         "test", *vq, "--run", f"m={runs / 'mdvae'}", "--run",
+                         f"a={runs / 'dsae_audio'}", "--run", f"v={runs / 'dsae_visual'}",
+                         "--face", "--out", str(out)])
+    for name, head in (("m", "emotion"), ("a", "emotion_dsae_audio"),
+                       ("v", "emotion_dsae_visual")):
+        assert report["runs"][name]["w"]["accuracy"] == pytest.approx(
+            heads[head]["accuracy"]["test"], abs=1e-12)
+    assert set(report["runs"]["m"]) >= {"w", "face"} and "face" not in report["runs"]["a"]
+    saved = json.loads(out.read_text())
+    hits = {n: np.array(saved["hits"][n]["w"]) for n in ("m", "a", "v")}
+    assert len(hits["m"]) == len(saved["clips"]) == report["runs"]["m"]["w"]["clips"]
+    for a, b in (("m", "a"), ("m", "v"), ("a", "v")):
+        pair = report["pairs"][f"{a} - {b}"]["w"]
+        assert pair["difference"] == pytest.approx(hits[a].mean() - hits[b].mean(), abs=1e-12)
+    assert "face" in report["pairs"]["m - v"] and "face" not in report["pairs"]["m - a"]
+    with pytest.raises(SystemExit):
+        probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), *vq,
+                    "--run", str(runs / "mdvae")])  # no NAME=
 
 
 @pytest.mark.slow

@@ -201,6 +201,26 @@ def clip_means(model: MDVAE | DSAE, audio: np.ndarray, visual: np.ndarray,
     return encode_clips(model, audio, visual, clips, show=show)[0]
 
 
+@torch.no_grad()
+def face_read_by_q_w(model: MDVAE | DSAE, x_v: Tensor) -> Tensor:
+    """The face's part of the vector q(w)'s head reads, for clips x_v (B, T, 2048): the
+    backward summary of the face features at the first frame beside the features' time mean
+    (B, H + F), through q(w)'s own face network where the MDVAE has one (`w_face_network`)
+    and through the shared one otherwise; a V-DSAE's is its whole input to q(w). How much
+    of a clip's emotion q(w) can find in the face, whatever it then takes from it."""
+    if isinstance(model, DSAE):
+        if model.config.modality != "visual" or model.config.authors_layout is not None:
+            raise ValueError("face_read_by_q_w: a DSAE of the face, this project's layout")
+        f = model.features_x(x_v)
+        g = model.summary_x(f)
+    else:
+        if model.config.authors_layout is not None:
+            raise ValueError("face_read_by_q_w: the authors' layout reads both streams in one "
+                             "BiGRU; there is no face summary of its own to read")
+        f, g = model._face_for_w(x_v)
+    return torch.cat([g[:, 0], f.mean(1)], dim=-1)
+
+
 def feature_means(audio: np.ndarray, visual: np.ndarray, clips: list) -> dict[str, np.ndarray]:
     """Per clip, the time average of the stage-1 features stage 2 is given:
     {"audio": (N, 512), "visual": (N, 2048)} float32."""

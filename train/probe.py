@@ -1,0 +1,191 @@
+"""Emotion from w, run by run, on the clips of speakers the runs never saw.
+
+For each stage-2 run (MDVAE, A-DSAE or V-DSAE, mixed freely), fits the bundle's emotion
+head (multinomial logistic regression on the posterior mean of w, `fit_emotion_head`) on
+every training clip of --store, and scores it on the --split clips of --pool (the 64 new
+speakers of data/synth_new64, where models are chosen). Prints each run's accuracy with
+its standard errors over clips and over speakers, then, for every pair of runs, the
+paired difference on the same clips (the margin over a baseline is one of the pairs).
+With --face, also what q(w) can find of the emotion in the face: the same probe on the
+face's part of the vector q(w)'s head reads (`face_read_by_q_w`; MDVAE and V-DSAE runs).
+
+    python -m train.probe --store data/synth200 --pool data/synth_new64 --split val \\
+        --vq-visual runs/vq_visual --vq-audio runs/vq_audio \\
+        --run mdvae=runs/mdvae --run v-dsae=runs/dsae_visual --face --out runs/probe.json
+
+Nothing is trained but the probes. The runs must have been trained inside these VQ-VAEs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mdvae.data.store import Store
+from mdvae.errors import MDVAEError
+from mdvae.eval.diagnostics import face_read_by_q_w, labelled
+from mdvae.eval.experiments import encode_either
+from mdvae.eval.stats import binomial_se, paired_difference, ratio_se
+from mdvae.model.dsae import DSAE
+from mdvae.model.emotion import fit_emotion_head
+from train.runs import cached_features, load_stage1, load_stage2
+
+
+def reads_face(model) -> bool:
+    """Whether `face_read_by_q_w` applies: this project's layout, a model that sees faces."""
+    if model.config.authors_layout is not None:
+        return False
+    return not isinstance(model, DSAE) or model.config.modality == "visual"
+
+
+@torch.no_grad()
+def encode(model, audio: np.ndarray, visual: np.ndarray, clips: list, *, face: bool,
+           batch: int = 64, desc: str = "encoding") -> dict[str, np.ndarray]:
+    """Per clip (store rows, whole clips, batched among clips of one length): w's posterior
+    mean {"w": (N, Lw)} and, with `face`, what q(w) reads of the face {"face": (N, H + F)}."""
+    order = sorted(range(len(clips)), key=lambda i: clips[i].length)
+    out: dict[str, list] = {"w": [None] * len(clips)}
+    if face:
+        out["face"] = [None] * len(clips)
+    with tqdm(total=len(clips), desc=desc, leave=False) as bar:
+        for _, group in itertools.groupby(order, key=lambda i: clips[i].length):
+            group = list(group)
+            for lo in range(0, len(group), batch):
+                ids = group[lo:lo + batch]
+
+                def stack(stream, ids=ids):
+                    return torch.from_numpy(np.stack([
+                        np.asarray(stream[clips[i].start:clips[i].start + clips[i].length],
+                                   np.float32) for i in ids]))
+
+                x_a, x_v = stack(audio), stack(visual)
+                w = encode_either(model, x_a, x_v).w.numpy()
+                f = face_read_by_q_w(model, x_v).numpy() if face else None
+                for k, i in enumerate(ids):
+                    out["w"][i] = w[k]
+                    if face:
+                        out["face"][i] = f[k]
+                bar.update(len(ids))
+    return {name: np.stack(rows) for name, rows in out.items()}
+
+
+def scored(correct: np.ndarray, speakers: list[str]) -> dict:
+    """Accuracy of per-clip hits `correct` (N,) bool with its SE over clips (binomial) and
+    over speakers (clustered: one speaker's clips are not independent)."""
+    names, index = np.unique(np.asarray(speakers), return_inverse=True)
+    hits = np.bincount(index, weights=correct.astype(np.float64), minlength=len(names))
+    p = float(correct.mean())
+    return {"accuracy": p, "se": binomial_se(p, len(correct)),
+            "se_speakers": ratio_se(hits, np.bincount(index, minlength=len(names))),
+            "clips": int(len(correct)), "speakers": int(len(names))}
+
+
+def probe_run(model, train: dict[str, np.ndarray], train_labels: list[str],
+              held: dict[str, np.ndarray], held_labels: list[str], *, c: float
+              ) -> dict[str, np.ndarray]:
+    """Per clip of the held-out pool, whether the head fitted on each reading reads its
+    emotion right: {reading: (N,) bool}."""
+    out = {}
+    for name in train:
+        head = fit_emotion_head(train[name], train_labels, c=c)
+        pred = head(torch.from_numpy(held[name])).argmax(-1).numpy()
+        out[name] = pred == np.array([head.config.labels.index(y) for y in held_labels])
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m train.probe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", required=True, help="store whose training clips fit the heads")
+    parser.add_argument("--pool", required=True, help="store of the clips scored")
+    parser.add_argument("--split", default="val", help="the pool's split scored (default val)")
+    parser.add_argument("--vq-visual", required=True)
+    parser.add_argument("--vq-audio", required=True)
+    parser.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER",
+                        help="a stage-2 run folder under a short name (repeat; the first is "
+                             "listed first in every pair)")
+    parser.add_argument("--face", action="store_true",
+                        help="also probe what q(w) reads of the face (MDVAE, V-DSAE)")
+    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength")
+    parser.add_argument("--out", help="write the figures and per-clip hits here (JSON)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (give 1 when other jobs share the machine)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = {}
+    for spec in args.run:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            parser.error(f"--run takes NAME=FOLDER, got {spec!r}")
+        if name in runs:
+            parser.error(f"--run: the name {name!r} is given twice")
+        runs[name] = folder
+
+    vq_audio, vq_visual = load_stage1(args.vq_audio), load_stage1(args.vq_visual)
+    store, pool = Store(args.store), Store(args.pool)
+    train_clips = labelled(store.split_clips("train"))
+    held_clips = labelled(pool.split_clips(args.split))
+    if not train_clips:
+        raise MDVAEError(f"{args.store} has no labelled training clips to fit the heads on")
+    if not held_clips:
+        raise MDVAEError(f"{args.pool} has no labelled clips in its {args.split!r} split")
+    if {c.speaker for c in held_clips} & {c.speaker for c in train_clips}:
+        print(f"note: {args.pool} {args.split} shares speakers with {args.store}'s training "
+              "split: these are not new speakers")
+    train_a, train_v, _ = cached_features(store, vq_audio, vq_visual)
+    held_a, held_v, _ = cached_features(pool, vq_audio, vq_visual)
+    train_labels = [c.emotion for c in train_clips]
+    held_labels = [c.emotion for c in held_clips]
+    speakers = [c.speaker for c in held_clips]
+
+    hits: dict[str, dict[str, np.ndarray]] = {}
+    report: dict = {"store": args.store, "pool": args.pool, "split": args.split,
+                    "c": args.c, "runs": {}, "pairs": {}}
+    for name, folder in runs.items():
+        model = load_stage2(folder).eval()
+        face = args.face and reads_face(model)
+        train = encode(model, train_a, train_v, train_clips, face=face,
+                       desc=f"{name}: training clips")
+        held = encode(model, held_a, held_v, held_clips, face=face, desc=f"{name}: pool")
+        hits[name] = probe_run(model, train, train_labels, held, held_labels, c=args.c)
+        report["runs"][name] = {"folder": folder, "model": type(model).__name__,
+                                **{k: scored(v, speakers) for k, v in hits[name].items()}}
+
+    print(f"\nemotion from w's posterior mean, {args.pool} {args.split} "
+          f"({len(held_clips)} clips, {len(set(speakers))} speakers; heads fitted on "
+          f"{len(train_clips)} training clips of {args.store})")
+    print(f"{'run':<16} {'model':<6} {'w':>6} {'± clips':>8} {'± spk':>6}   face q(w) reads")
+    for name, r in report["runs"].items():
+        face = f"{r['face']['accuracy']:.3f}" if "face" in r else "-"
+        print(f"{name:<16} {r['model']:<6} {r['w']['accuracy']:6.3f} {r['w']['se']:8.3f} "
+              f"{r['w']['se_speakers']:6.3f}   {face}")
+    if len(runs) > 1:
+        print("\npaired differences (first minus second; ± over clips, ± over speakers)")
+    for a, b in itertools.combinations(runs, 2):
+        pair = {}
+        for reading in ("w", "face"):
+            if reading in hits[a] and reading in hits[b]:
+                d = hits[a][reading].astype(float) - hits[b][reading].astype(float)
+                pair[reading] = paired_difference(d, speakers)
+        report["pairs"][f"{a} - {b}"] = pair
+        print(f"{a + ' - ' + b:<34} " + "   ".join(
+            f"{reading} {p['difference']:+.3f} ± {p['se']:.3f} ± {p['se_speakers']:.3f}"
+            for reading, p in pair.items()))
+    if args.out:
+        report["clips"] = [{"speaker": c.speaker, "emotion": c.emotion} for c in held_clips]
+        report["hits"] = {n: {k: v.astype(int).tolist() for k, v in h.items()}
+                          for n, h in hits.items()}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
