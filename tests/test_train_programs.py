@@ -587,6 +587,40 @@ def test_stage2_init_from_gives_q_w_a_copy_of_the_shared_face_network(runs, tiny
     assert set(dict(load_stage2(str(back)).named_parameters())) == set(source)
 
 
+def test_stage2_w_face_network_from_a_v_dsae_takes_its_face_network(runs, tiny_store,
+                                                                      tmp_path):
+    """--w-face-network-from: q(w)'s own face network is the V-DSAE's (per-frame network and
+    summary), every other weight the MDVAE run's; the run names where it came from; it is
+    refused without an own face network, or from a run that is not a face-only model."""
+    flags = fine_tune_flags(runs, tiny_store)
+    source = dict(load_stage2(str(runs / "mdvae")).named_parameters())
+    face = dict(load_stage2(str(runs / "dsae_visual")).named_parameters())
+    out = tmp_path / "face_from"
+    base = [*flags, "--lr", "0", "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+            "--steps", "2"]
+    stage2.main([*base, "--out", str(out), "--mdvae-w-face-network", "true",
+                 "--w-face-network-from", str(runs / "dsae_visual")])
+    config = json.loads((out / "config.json").read_text())
+    assert config["w_face_network_from"]["run"] == str(runs / "dsae_visual")
+    tuned = dict(load_stage2(str(out)).named_parameters())
+    own = {n for n in tuned if n.startswith("w_")}
+    assert own == {"w_features_x_v." + n.removeprefix("features_x.") for n in face
+                   if n.startswith("features_x.")} | {
+        "w_summary_x_v." + n.removeprefix("summary_x.") for n in face
+        if n.startswith("summary_x.")}
+    for name, value in tuned.items():
+        want = (face[name.replace("w_features_x_v.", "features_x.")
+                     .replace("w_summary_x_v.", "summary_x.")]
+                if name in own else source[name])
+        torch.testing.assert_close(value, want, rtol=0, atol=0, msg=name)
+    with pytest.raises(ConfigError, match="w-face-network-from"):
+        stage2.main([*base, "--out", str(tmp_path / "no_own"),
+                     "--w-face-network-from", str(runs / "dsae_visual")])
+    with pytest.raises(ConfigError, match="--w-face-network-from .* is a dsae-audio run"):
+        stage2.main([*base, "--out", str(tmp_path / "voice"), "--mdvae-w-face-network", "true",
+                     "--w-face-network-from", str(runs / "dsae_audio")])
+
+
 def test_stage2_train_only_moves_the_named_parts_alone(runs, tiny_store, tmp_path):
     flags = fine_tune_flags(runs, tiny_store)
     source = dict(load_stage2(str(runs / "mdvae")).named_parameters())

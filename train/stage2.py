@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "schedule; the model config is that run's, and --mdvae-*/--dsae-* "
                              "flags may change what does not change the weights' shapes (the "
                              "decoder floor, the betas)")
+    parser.add_argument("--w-face-network-from", default=None, metavar="RUN",
+                        help="MDVAE, with --init-from and --mdvae-w-face-network true: start "
+                             "q(w)'s own face network (per-frame network and summary) from "
+                             "this V-DSAE run's (same widths, same VQ-VAE features) instead of "
+                             "the run's: a face network pretrained as a face-only model's "
+                             "(a departure)")
     parser.add_argument("--freeze-w-encoder", action="store_true",
                         help="with --init-from: keep q(w) as the source run learnt it (every "
                              "weight the posterior of w depends on is frozen) and train the "
@@ -137,14 +143,14 @@ def build_model(kind: str, args: argparse.Namespace, saved: dict | None,
     return DSAE(cfg), cfg
 
 
-def read_init_run(path: str, kind: str) -> dict:
-    """A finished stage-2 run to fine-tune from: its config, weights and a summary for the
-    new run's config (where it came from, at which step)."""
+def read_init_run(path: str, kind: str, flag: str = "--init-from") -> dict:
+    """A finished stage-2 run to fine-tune from (given as `flag`): its config, weights and a
+    summary for the new run's config (where it came from, at which step)."""
     source = common.RunFolder(path, writer=False)
     config = source.read_config()
     if config.get("program") != "stage2" or config.get("model_kind") != kind:
         what = config.get("model_kind") or config.get("program")
-        raise ConfigError(f"--init-from {path} is a {what} run, not a stage-2 {kind} one")
+        raise ConfigError(f"{flag} {path} is a {what} run, not a stage-2 {kind} one")
     checkpoint = source.load_checkpoint(required=True, weights_only=True)
     summary = {"run": str(path), "step": int(checkpoint["step"])}
     if "unpacked_from" in config:  # train.unpack: the bundle and the run it was trained as
@@ -369,6 +375,16 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
             "inside the VQ-VAEs it was trained in")
     model, model_cfg = build_model(args.model, args, saved_model,
                                    init["config"]["model"] if init is not None else None)
+    if args.w_face_network_from and not (init is not None and args.model == "mdvae"
+                                         and model_cfg.w_face_network):
+        raise ConfigError("--w-face-network-from starts q(w)'s own face network of an MDVAE "
+                          "fine-tune: give --model mdvae, --init-from and "
+                          "--mdvae-w-face-network true")
+    face_from = (read_init_run(args.w_face_network_from, "dsae-visual", "--w-face-network-from")
+                 if args.w_face_network_from else None)
+    if face_from is not None and not trained_inside(face_from["config"], keys):
+        raise ConfigError(f"--w-face-network-from {args.w_face_network_from} was trained on "
+                          f"other features than these VQ-VAEs' ({key})")
     if args.freeze_w_encoder and model_cfg.w_input_dropout > 0:
         prefix = "mdvae" if args.model == "mdvae" else "dsae"
         raise ConfigError(f"--freeze-w-encoder keeps q(w) as it was learnt, but its inputs "
@@ -396,11 +412,17 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
                                                 if model_cfg.w_face_network else
                                                 "is dropped: q(w) reads the shared one"),
                       file=sys.stderr)
+        if face_from is not None:
+            weights = MDVAE.with_w_face_network_from(weights, face_from["weights"])
+            if d.is_main:
+                print(f"q(w)'s face network starts from {args.w_face_network_from}'s",
+                      file=sys.stderr)
         try:
             model.load_state_dict(weights)
         except RuntimeError as error:
-            raise ConfigError(f"--init-from {args.init_from}: its weights do not fit this "
-                              f"config (a size flag changed?): {error}") from None
+            what = "or --w-face-network-from " if face_from is not None else ""
+            raise ConfigError(f"--init-from {args.init_from} {what}: its weights do not fit "
+                              f"this config (a size flag changed?): {error}") from None
     frozen, what = [], ""  # --freeze-w-encoder and --train-only exclude each other
     if args.freeze_w_encoder:
         frozen, what = w_encoder_parameters(model), "q(w)"
@@ -442,6 +464,9 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         **({"init_from": init["summary"]} if init is not None
            else {"init_from": saved["init_from"]} if args.resume and "init_from" in saved
            else {}),
+        **({"w_face_network_from": face_from["summary"]} if face_from is not None
+           else {"w_face_network_from": saved["w_face_network_from"]}
+           if args.resume and "w_face_network_from" in saved else {}),
         "run": cfg.to_dict(),
         "model": model_cfg.to_dict(),
     })

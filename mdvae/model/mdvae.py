@@ -696,6 +696,22 @@ class MDVAE(nn.Module):
         return {**weights, **{"w_" + k: v.clone() for k, v in weights.items()
                               if k.startswith(shared)}}
 
+    @staticmethod
+    def with_w_face_network_from(weights: dict[str, Tensor],
+                                 face_model: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A state dict of a model with `w_face_network` whose own face network (per-frame
+        network and summary) is taken from a face-only DSAE's state dict `face_model` (its
+        `features_x`, `summary_x`; the same widths), everything else kept."""
+        taken = {"w_features_x_v." + k[len("features_x."):]: v.clone()
+                 for k, v in face_model.items() if k.startswith("features_x.")}
+        taken.update({"w_summary_x_v." + k[len("summary_x."):]: v.clone()
+                      for k, v in face_model.items() if k.startswith("summary_x.")})
+        own = {k for k in weights if k.startswith(("w_features_x_v.", "w_summary_x_v."))}
+        if set(taken) != own:
+            raise ConfigError("the face-only model's face network does not fit q(w)'s own: "
+                              f"it gives {sorted(set(taken) ^ own)[:4]} where they differ")
+        return {**weights, **taken}
+
     @property
     def w_audio_entries(self) -> int:
         """With `w_per_stream`: how many of w's first entries are read from the voice."""
