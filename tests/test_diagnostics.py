@@ -116,9 +116,9 @@ def test_probes_read_a_separable_label_and_not_noise():
 
 
 @pytest.mark.parametrize("own", [False, True])
-def test_face_read_by_q_w_is_the_faces_part_of_what_the_q_w_head_reads(own):
-    """The face's part of the vector q(w)'s head reads (its face summary at the first frame
-    and its face features' mean), through q(w)'s own face network when it has one."""
+def test_read_by_q_w_is_what_the_q_w_head_reads_and_each_streams_part(own):
+    """The summary vector q(w)'s head reads, and each stream's part of it (its summary at the
+    first frame and its features' mean), through q(w)'s own face network when it has one."""
     model = MDVAE(MDVAEConfig(**TINY, w_face_network=own)).double().eval()
     if own:  # a network of its own, not a copy of the shared one, so the two differ
         for p in model.w_features_x_v.parameters():
@@ -132,22 +132,29 @@ def test_face_read_by_q_w_is_the_faces_part_of_what_the_q_w_head_reads(own):
     hook.remove()
     h, f = TINY["rnn_dim"], TINY["feature_dim"]  # pooled: g_a, g_v at t = 1, then f_a, f_v
     pooled = seen[0]
-    want = torch.cat([pooled[:, h:2 * h], pooled[:, 2 * h + f:]], dim=-1)
-    torch.testing.assert_close(diag.face_read_by_q_w(model, x_v), want)
+    read = diag.read_by_q_w(model, x_a, x_v)
+    torch.testing.assert_close(read["input"], pooled)
+    torch.testing.assert_close(read["voice"],
+                               torch.cat([pooled[:, :h], pooled[:, 2 * h:2 * h + f]], -1))
+    torch.testing.assert_close(read["face"],
+                               torch.cat([pooled[:, h:2 * h], pooled[:, 2 * h + f:]], -1))
 
 
-def test_face_read_by_q_w_of_a_dsae_is_its_whole_input_to_q_w_and_needs_a_face():
-    config = dict(w_dim=4, z_dim=3, feature_dim=8, hidden_dim=8, rnn_dim=6, z_rnn_dim=6)
-    model = DSAE(DSAEConfig(modality="visual", input_dim=20, **config)).double().eval()
+@pytest.mark.parametrize("modality", ["audio", "visual"])
+def test_read_by_q_w_of_a_dsae_is_its_whole_input_to_q_w(modality):
+    dim = 12 if modality == "audio" else 20
+    model = DSAE(DSAEConfig(modality=modality, input_dim=dim, w_dim=4, z_dim=3, feature_dim=8,
+                            hidden_dim=8, rnn_dim=6, z_rnn_dim=6)).double().eval()
+    x_a = torch.randn(2, 5, 12, dtype=torch.float64)
     x_v = torch.randn(2, 5, 20, dtype=torch.float64)
     seen = []
     hook = model.posterior_w.head.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
-    model.encode(x_v)
+    model.encode(x_a if modality == "audio" else x_v)
     hook.remove()
-    torch.testing.assert_close(diag.face_read_by_q_w(model, x_v), seen[0])
-    voice = DSAE(DSAEConfig(modality="audio", input_dim=12, **config)).double()
-    with pytest.raises(ValueError, match="face"):
-        diag.face_read_by_q_w(voice, torch.randn(2, 5, 12, dtype=torch.float64))
+    read = diag.read_by_q_w(model, x_a, x_v)
+    assert set(read) == {"input", "voice" if modality == "audio" else "face"}
+    for value in read.values():
+        torch.testing.assert_close(value, seen[0])
 
 
 def test_feature_means_average_each_clip_over_its_own_frames():

@@ -175,22 +175,29 @@ def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs,
     report = probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), "--split",
                          "test", *vq, "--run", f"m={runs / 'mdvae'}", "--run",
                          f"a={runs / 'dsae_audio'}", "--run", f"v={runs / 'dsae_visual'}",
-                         "--face", "--out", str(out)])
+                         "--inputs", "--together", "a+v", "--out", str(out)])
     for name, head in (("m", "emotion"), ("a", "emotion_dsae_audio"),
                        ("v", "emotion_dsae_visual")):
         assert report["runs"][name]["w"]["accuracy"] == pytest.approx(
             heads[head]["accuracy"]["test"], abs=1e-12)
-    assert set(report["runs"]["m"]) >= {"w", "face"} and "face" not in report["runs"]["a"]
+    readings = {n: set(r) - {"folder", "model"} for n, r in report["runs"].items()}
+    assert readings == {"m": {"w", "input", "voice", "face"}, "a": {"w", "input", "voice"},
+                        "v": {"w", "input", "face"}}
+    assert 0.0 <= report["together"]["a+v"]["accuracy"] <= 1.0
     saved = json.loads(out.read_text())
     hits = {n: np.array(saved["hits"][n]["w"]) for n in ("m", "a", "v")}
     assert len(hits["m"]) == len(saved["clips"]) == report["runs"]["m"]["w"]["clips"]
     for a, b in (("m", "a"), ("m", "v"), ("a", "v")):
         pair = report["pairs"][f"{a} - {b}"]["w"]
         assert pair["difference"] == pytest.approx(hits[a].mean() - hits[b].mean(), abs=1e-12)
-    assert "face" in report["pairs"]["m - v"] and "face" not in report["pairs"]["m - a"]
+    assert set(report["pairs"]["m - v"]) == {"w", "input", "face"}
+    assert set(report["pairs"]["m - a"]) == {"w", "input", "voice"}
     with pytest.raises(SystemExit):
         probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), *vq,
                     "--run", str(runs / "mdvae")])  # no NAME=
+    with pytest.raises(SystemExit):
+        probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), *vq,
+                    "--run", f"m={runs / 'mdvae'}", "--together", "m+x"])  # x not a run
 
 
 @pytest.mark.slow

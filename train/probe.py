@@ -6,12 +6,15 @@ every training clip of --store, and scores it on the --split clips of --pool (th
 speakers of data/synth_new64, where models are chosen). Prints each run's accuracy with
 its standard errors over clips and over speakers, then, for every pair of runs, the
 paired difference on the same clips (the margin over a baseline is one of the pairs).
-With --face, also what q(w) can find of the emotion in the face: the same probe on the
-face's part of the vector q(w)'s head reads (`face_read_by_q_w`; MDVAE and V-DSAE runs).
+With --inputs, also what q(w) can find of the emotion in what it reads: the same probe on
+the whole summary vector its head reads ("input") and on each stream's part of it ("voice",
+"face"; `read_by_q_w`). --together A+B probes the runs' w side by side (a late fusion: what
+the two models' w hold together, e.g. an A-DSAE's and a V-DSAE's).
 
     python -m train.probe --store data/synth200 --pool data/synth_new64 --split val \\
         --vq-visual runs/vq_visual --vq-audio runs/vq_audio \\
-        --run mdvae=runs/mdvae --run v-dsae=runs/dsae_visual --face --out runs/probe.json
+        --run mdvae=runs/mdvae --run v-dsae=runs/dsae_visual --run a-dsae=runs/dsae_audio \\
+        --inputs --together a-dsae+v-dsae --out runs/probe.json
 
 Nothing is trained but the probes. The runs must have been trained inside these VQ-VAEs.
 """
@@ -29,30 +32,22 @@ from tqdm import tqdm
 
 from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
-from mdvae.eval.diagnostics import face_read_by_q_w, labelled
+from mdvae.eval.diagnostics import labelled, read_by_q_w
 from mdvae.eval.experiments import encode_either
 from mdvae.eval.stats import binomial_se, paired_difference, ratio_se
-from mdvae.model.dsae import DSAE
 from mdvae.model.emotion import fit_emotion_head
 from train.runs import cached_features, load_stage1, load_stage2
 
 
-def reads_face(model) -> bool:
-    """Whether `face_read_by_q_w` applies: this project's layout, a model that sees faces."""
-    if model.config.authors_layout is not None:
-        return False
-    return not isinstance(model, DSAE) or model.config.modality == "visual"
-
-
 @torch.no_grad()
-def encode(model, audio: np.ndarray, visual: np.ndarray, clips: list, *, face: bool,
+def encode(model, audio: np.ndarray, visual: np.ndarray, clips: list, *, inputs: bool,
            batch: int = 64, desc: str = "encoding") -> dict[str, np.ndarray]:
     """Per clip (store rows, whole clips, batched among clips of one length): w's posterior
-    mean {"w": (N, Lw)} and, with `face`, what q(w) reads of the face {"face": (N, H + F)}."""
+    mean {"w": (N, Lw)} and, with `inputs` (this project's layout), what q(w)'s head reads
+    (`read_by_q_w`: "input", and "voice" and/or "face")."""
+    inputs = inputs and model.config.authors_layout is None
     order = sorted(range(len(clips)), key=lambda i: clips[i].length)
-    out: dict[str, list] = {"w": [None] * len(clips)}
-    if face:
-        out["face"] = [None] * len(clips)
+    out: dict[str, list] = {}
     with tqdm(total=len(clips), desc=desc, leave=False) as bar:
         for _, group in itertools.groupby(order, key=lambda i: clips[i].length):
             group = list(group)
@@ -65,12 +60,13 @@ def encode(model, audio: np.ndarray, visual: np.ndarray, clips: list, *, face: b
                                    np.float32) for i in ids]))
 
                 x_a, x_v = stack(audio), stack(visual)
-                w = encode_either(model, x_a, x_v).w.numpy()
-                f = face_read_by_q_w(model, x_v).numpy() if face else None
-                for k, i in enumerate(ids):
-                    out["w"][i] = w[k]
-                    if face:
-                        out["face"][i] = f[k]
+                read = {"w": encode_either(model, x_a, x_v).w}
+                if inputs:
+                    read.update(read_by_q_w(model, x_a, x_v))
+                for name, value in read.items():
+                    rows = out.setdefault(name, [None] * len(clips))
+                    for k, i in enumerate(ids):
+                        rows[i] = value[k].numpy()
                 bar.update(len(ids))
     return {name: np.stack(rows) for name, rows in out.items()}
 
@@ -86,7 +82,7 @@ def scored(correct: np.ndarray, speakers: list[str]) -> dict:
             "clips": int(len(correct)), "speakers": int(len(names))}
 
 
-def probe_run(model, train: dict[str, np.ndarray], train_labels: list[str],
+def probe_run(train: dict[str, np.ndarray], train_labels: list[str],
               held: dict[str, np.ndarray], held_labels: list[str], *, c: float
               ) -> dict[str, np.ndarray]:
     """Per clip of the held-out pool, whether the head fitted on each reading reads its
@@ -110,8 +106,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER",
                         help="a stage-2 run folder under a short name (repeat; the first is "
                              "listed first in every pair)")
-    parser.add_argument("--face", action="store_true",
-                        help="also probe what q(w) reads of the face (MDVAE, V-DSAE)")
+    parser.add_argument("--inputs", action="store_true",
+                        help="also probe what q(w)'s head reads: the whole vector and each "
+                             "stream's part (this project's layout)")
+    parser.add_argument("--together", action="append", default=[], metavar="A+B",
+                        help="also probe these runs' w side by side (repeat)")
     parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength")
     parser.add_argument("--out", help="write the figures and per-clip hits here (JSON)")
     parser.add_argument("--threads", type=int, default=None,
@@ -127,6 +126,12 @@ def main(argv: list[str] | None = None) -> dict:
         if name in runs:
             parser.error(f"--run: the name {name!r} is given twice")
         runs[name] = folder
+    together = []
+    for spec in args.together:
+        names = spec.split("+")
+        if len(names) < 2 or any(n not in runs for n in names):
+            parser.error(f"--together takes two or more --run names joined by +, got {spec!r}")
+        together.append(names)
 
     vq_audio, vq_visual = load_stage1(args.vq_audio), load_stage1(args.vq_visual)
     store, pool = Store(args.store), Store(args.pool)
@@ -147,30 +152,42 @@ def main(argv: list[str] | None = None) -> dict:
 
     hits: dict[str, dict[str, np.ndarray]] = {}
     report: dict = {"store": args.store, "pool": args.pool, "split": args.split,
-                    "c": args.c, "runs": {}, "pairs": {}}
+                    "c": args.c, "runs": {}, "pairs": {}, "together": {}}
+    w_of: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, folder in runs.items():
         model = load_stage2(folder).eval()
-        face = args.face and reads_face(model)
-        train = encode(model, train_a, train_v, train_clips, face=face,
+        train = encode(model, train_a, train_v, train_clips, inputs=args.inputs,
                        desc=f"{name}: training clips")
-        held = encode(model, held_a, held_v, held_clips, face=face, desc=f"{name}: pool")
-        hits[name] = probe_run(model, train, train_labels, held, held_labels, c=args.c)
+        held = encode(model, held_a, held_v, held_clips, inputs=args.inputs,
+                      desc=f"{name}: pool")
+        w_of[name] = (train["w"], held["w"])
+        hits[name] = probe_run(train, train_labels, held, held_labels, c=args.c)
         report["runs"][name] = {"folder": folder, "model": type(model).__name__,
                                 **{k: scored(v, speakers) for k, v in hits[name].items()}}
+    for names in together:
+        joined = [np.concatenate([w_of[n][k] for n in names], axis=1) for k in (0, 1)]
+        hit = probe_run({"w": joined[0]}, train_labels, {"w": joined[1]}, held_labels,
+                        c=args.c)["w"]
+        report["together"]["+".join(names)] = scored(hit, speakers)
 
     print(f"\nemotion from w's posterior mean, {args.pool} {args.split} "
           f"({len(held_clips)} clips, {len(set(speakers))} speakers; heads fitted on "
           f"{len(train_clips)} training clips of {args.store})")
-    print(f"{'run':<16} {'model':<6} {'w':>6} {'± clips':>8} {'± spk':>6}   face q(w) reads")
+    print(f"{'run':<16} {'model':<6} {'w':>6} {'± clips':>8} {'± spk':>6}"
+          + ("   what q(w) reads: input  voice   face" if args.inputs else ""))
     for name, r in report["runs"].items():
-        face = f"{r['face']['accuracy']:.3f}" if "face" in r else "-"
+        parts = "".join(f"{r[k]['accuracy']:7.3f}" if k in r else f"{'-':>7}"
+                        for k in ("input", "voice", "face")) if args.inputs else ""
         print(f"{name:<16} {r['model']:<6} {r['w']['accuracy']:6.3f} {r['w']['se']:8.3f} "
-              f"{r['w']['se_speakers']:6.3f}   {face}")
+              f"{r['w']['se_speakers']:6.3f}" + (f"{'':>17}{parts}" if parts else ""))
+    for names, r in report["together"].items():
+        print(f"{names:<23} {r['accuracy']:6.3f} {r['se']:8.3f} {r['se_speakers']:6.3f}"
+              "   (w side by side)")
     if len(runs) > 1:
         print("\npaired differences (first minus second; ± over clips, ± over speakers)")
     for a, b in itertools.combinations(runs, 2):
         pair = {}
-        for reading in ("w", "face"):
+        for reading in ("w", "input", "voice", "face"):
             if reading in hits[a] and reading in hits[b]:
                 d = hits[a][reading].astype(float) - hits[b][reading].astype(float)
                 pair[reading] = paired_difference(d, speakers)

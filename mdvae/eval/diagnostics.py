@@ -202,23 +202,29 @@ def clip_means(model: MDVAE | DSAE, audio: np.ndarray, visual: np.ndarray,
 
 
 @torch.no_grad()
-def face_read_by_q_w(model: MDVAE | DSAE, x_v: Tensor) -> Tensor:
-    """The face's part of the vector q(w)'s head reads, for clips x_v (B, T, 2048): the
-    backward summary of the face features at the first frame beside the features' time mean
-    (B, H + F), through q(w)'s own face network where the MDVAE has one (`w_face_network`)
-    and through the shared one otherwise; a V-DSAE's is its whole input to q(w). How much
-    of a clip's emotion q(w) can find in the face, whatever it then takes from it."""
+def read_by_q_w(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor) -> dict[str, Tensor]:
+    """What the head of q(w) reads, for clips x_a (B, T, 512), x_v (B, T, 2048): the whole
+    summary vector {"input": (B, D)} (each stream's backward summary at the first frame, then
+    each stream's features' time mean, as `posteriors.StaticPosterior` pools them) and each
+    stream's part of it, {"voice", "face": (B, H + F)}: the summary beside the features' mean,
+    through q(w)'s own face network where the MDVAE has one (`w_face_network`). A DSAE reads
+    one stream, so its part is its whole input. How much of a clip's emotion q(w) can find
+    in each stream, whatever it then takes from it. This project's layout only (the authors'
+    reads both streams in one BiGRU)."""
+    if model.config.authors_layout is not None:
+        raise ValueError("read_by_q_w: the authors' layout reads both streams in one BiGRU; "
+                         "there is no summary vector of each stream to read")
     if isinstance(model, DSAE):
-        if model.config.modality != "visual" or model.config.authors_layout is not None:
-            raise ValueError("face_read_by_q_w: a DSAE of the face, this project's layout")
-        f = model.features_x(x_v)
+        f = model.features_x(x_a if model.config.modality == "audio" else x_v)
         g = model.summary_x(f)
-    else:
-        if model.config.authors_layout is not None:
-            raise ValueError("face_read_by_q_w: the authors' layout reads both streams in one "
-                             "BiGRU; there is no face summary of its own to read")
-        f, g = model._face_for_w(x_v)
-    return torch.cat([g[:, 0], f.mean(1)], dim=-1)
+        part = torch.cat([g[:, 0], f.mean(1)], dim=-1)
+        return {"input": part, "voice" if model.config.modality == "audio" else "face": part}
+    f_a = model.features_x_a(x_a)
+    g_a = model.summary_x_a(f_a)
+    f_v, g_v = model._face_for_w(x_v)
+    return {"input": torch.cat([g_a[:, 0], g_v[:, 0], f_a.mean(1), f_v.mean(1)], dim=-1),
+            "voice": torch.cat([g_a[:, 0], f_a.mean(1)], dim=-1),
+            "face": torch.cat([g_v[:, 0], f_v.mean(1)], dim=-1)}
 
 
 def feature_means(audio: np.ndarray, visual: np.ndarray, clips: list) -> dict[str, np.ndarray]:
