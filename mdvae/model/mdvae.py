@@ -239,7 +239,9 @@ class MDVAEConfig(ConfigBase):
     # face's network for q(w) can no longer leave the emotion to the voice. The bound is one
     # for any q(w), so the objective is unchanged; evaluation reads both streams. Drawn
     # apart from `w_face_dropout` (no sequence loses both; the two shares sum to at most 1).
-    # 0 is the seed's model
+    # 0 is the seed's model. Tried at 0.25 in a floor -3 phase from the shipped bundle on two
+    # seeds (README, session 33): the face's part of q(w)'s input read the emotion better,
+    # w did not
     w_voice_dropout: float = 0.0
     # a departure (issue 13): dropout on the summary vector q(w)'s head reads (the pooled
     # summaries and mean features of both streams; the authors' layout: the BiGRU's final
