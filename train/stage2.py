@@ -420,8 +420,9 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
         try:
             model.load_state_dict(weights)
         except RuntimeError as error:
-            what = "or --w-face-network-from " if face_from is not None else ""
-            raise ConfigError(f"--init-from {args.init_from} {what}: its weights do not fit "
+            what = (f" or --w-face-network-from {args.w_face_network_from}"
+                    if face_from is not None else "")
+            raise ConfigError(f"--init-from {args.init_from}{what}: its weights do not fit "
                               f"this config (a size flag changed?): {error}") from None
     frozen, what = [], ""  # --freeze-w-encoder and --train-only exclude each other
     if args.freeze_w_encoder:
