@@ -982,63 +982,49 @@ def test_authors_layout_round_trips_through_a_bundle(tmp_path):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_w_face_dropout_hides_the_face_from_q_w_in_training_only(layout):
-    """w_face_dropout: in training, the chosen sequences' q(w) reads the voice alone (the
-    face's inputs to q(w) zeroed) while their z posteriors still read the face; in
-    evaluation q(w) reads both streams, as the seed's model does."""
-    model = tiny_model(layout=layout, w_face_dropout=1.0)  # every sequence, to see it
+@pytest.mark.parametrize("stream", ["face", "voice"])
+def test_stream_dropout_hides_one_stream_from_q_w_in_training_only(layout, stream):
+    """w_face_dropout / w_voice_dropout: in training, the chosen sequences' q(w) reads the
+    other stream alone (this one's inputs to q(w) zeroed) while their z posteriors still read
+    it; in evaluation q(w) reads both streams, as the seed's model does."""
+    share = f"w_{stream}_dropout"
+    model = tiny_model(layout=layout, **{share: 1.0})  # every sequence, to see it
     x_a, x_v = inputs()
-    other_face = inputs(seed=1)[1]
+    o_a, o_v = inputs(seed=1)
+    other = (x_a, o_v) if stream == "face" else (o_a, x_v)  # this stream from another clip
+    reader = "z_v" if stream == "face" else "z_a"  # a z posterior that reads this stream
     model.train()
     torch.manual_seed(3)
     out = model(x_a, x_v)
     torch.manual_seed(3)
-    moved = model(x_a, other_face)
+    moved = model(*other)
     torch.testing.assert_close(out.posterior.w.mean, moved.posterior.w.mean)
     torch.testing.assert_close(out.posterior.w.logvar, moved.posterior.w.logvar)
-    assert not torch.allclose(out.posterior.z_v.mean, moved.posterior.z_v.mean)
-    # it is the face's absence, not another posterior: q(w) as with the face's inputs zeroed
-    _, q_faceless, _ = model._infer(x_a, x_v, sample=False, noise=None, w=None, z_av=None,
-                                    z_a=None, z_v=None, faceless=torch.ones(B, dtype=bool))
-    torch.testing.assert_close(out.posterior.w.mean, q_faceless.w.mean)
+    assert not torch.allclose(getattr(out.posterior, reader).mean,
+                              getattr(moved.posterior, reader).mean)
+    # it is the stream's absence, not another posterior: q(w) as with its inputs zeroed
+    hidden = {"faceless" if stream == "face" else "voiceless": torch.ones(B, dtype=bool)}
+    _, q_hidden, _ = model._infer(x_a, x_v, sample=False, noise=None, w=None, z_av=None,
+                                  z_a=None, z_v=None, **hidden)
+    torch.testing.assert_close(out.posterior.w.mean, q_hidden.w.mean)
     model.eval()
     q_eval = model.infer(x_a, x_v, sample=False)[1].w.mean
-    assert not torch.allclose(q_eval, model.infer(x_a, other_face, sample=False)[1].w.mean)
+    assert not torch.allclose(q_eval, model.infer(*other, sample=False)[1].w.mean)
     torch.manual_seed(3)
     torch.testing.assert_close(model(x_a, x_v).posterior.w.mean, q_eval)
-    # a share: some sequences of a large batch hide the face, some do not
-    half = tiny_model(layout=layout, w_face_dropout=0.5).train()
+    # a share: some sequences of a large batch lose the stream, some do not
+    half = tiny_model(layout=layout, **{share: 0.5}).train()
     x_a, x_v = inputs(batch=64)
     seen = half.infer(x_a, x_v, sample=False)[1].w.mean
     torch.manual_seed(0)
-    hidden = (half(x_a, x_v).posterior.w.mean - seen).abs().amax(-1) > 1e-9
-    assert 10 < int(hidden.sum()) < 54
+    lost = (half(x_a, x_v).posterior.w.mean - seen).abs().amax(-1) > 1e-9
+    assert 10 < int(lost.sum()) < 54
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_w_voice_dropout_hides_the_voice_from_q_w_in_training_only(layout):
-    """w_voice_dropout: in training, the chosen sequences' q(w) reads the face alone (the
-    voice's inputs to q(w) zeroed) while their z posteriors still hear the voice; in
-    evaluation q(w) reads both streams; with w_face_dropout too, no sequence loses both."""
-    model = tiny_model(layout=layout, w_voice_dropout=1.0)  # every sequence, to see it
-    x_a, x_v = inputs()
-    other_voice = inputs(seed=1)[0]
-    model.train()
-    torch.manual_seed(3)
-    out = model(x_a, x_v)
-    torch.manual_seed(3)
-    moved = model(other_voice, x_v)
-    torch.testing.assert_close(out.posterior.w.mean, moved.posterior.w.mean)
-    torch.testing.assert_close(out.posterior.w.logvar, moved.posterior.w.logvar)
-    assert not torch.allclose(out.posterior.z_a.mean, moved.posterior.z_a.mean)
-    _, q_voiceless, _ = model._infer(x_a, x_v, sample=False, noise=None, w=None, z_av=None,
-                                     z_a=None, z_v=None, voiceless=torch.ones(B, dtype=bool))
-    torch.testing.assert_close(out.posterior.w.mean, q_voiceless.w.mean)
-    model.eval()
-    q_eval = model.infer(x_a, x_v, sample=False)[1].w.mean
-    assert not torch.allclose(q_eval, model.infer(other_voice, x_v, sample=False)[1].w.mean)
-    # both shares at once: every sequence of a large batch loses one stream (0.5 + 0.5), and
-    # which one it lost shows in what moves its q(w)
+def test_face_and_voice_dropout_never_hide_both_streams(layout):
+    """Both shares at once (0.5 + 0.5): every sequence of a large batch loses exactly one
+    stream, and which one shows in what moves its q(w)."""
     both = tiny_model(layout=layout, w_face_dropout=0.5, w_voice_dropout=0.5).train()
     x_a, x_v = inputs(batch=64)
     o_a, o_v = inputs(batch=64, seed=1)
