@@ -34,7 +34,7 @@ from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
 from mdvae.eval.diagnostics import labelled, read_by_q_w
 from mdvae.eval.experiments import encode_either
-from mdvae.eval.stats import binomial_se, paired_difference, ratio_se
+from mdvae.eval.stats import binomial_se, paired_difference, se_over_speakers
 from mdvae.model.emotion import fit_emotion_head
 from train.runs import cached_features, load_stage1, load_stage2
 
@@ -74,12 +74,10 @@ def encode(model, audio: np.ndarray, visual: np.ndarray, clips: list, *, inputs:
 def scored(correct: np.ndarray, speakers: list[str]) -> dict:
     """Accuracy of per-clip hits `correct` (N,) bool with its SE over clips (binomial) and
     over speakers (clustered: one speaker's clips are not independent)."""
-    names, index = np.unique(np.asarray(speakers), return_inverse=True)
-    hits = np.bincount(index, weights=correct.astype(np.float64), minlength=len(names))
     p = float(correct.mean())
-    return {"accuracy": p, "se": binomial_se(p, len(correct)),
-            "se_speakers": ratio_se(hits, np.bincount(index, minlength=len(names))),
-            "clips": int(len(correct)), "speakers": int(len(names))}
+    se_speakers, n_speakers = se_over_speakers(correct.astype(np.float64), speakers)
+    return {"accuracy": p, "se": binomial_se(p, len(correct)), "se_speakers": se_speakers,
+            "clips": int(len(correct)), "speakers": n_speakers}
 
 
 def probe_run(train: dict[str, np.ndarray], train_labels: list[str],

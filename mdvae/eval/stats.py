@@ -35,20 +35,27 @@ def ratio_se(hits: Sequence[float], totals: Sequence[float]) -> float:
     return float(np.sqrt(c / (c - 1) * ((hits - p * totals) ** 2).sum()) / totals.sum())
 
 
+def se_over_speakers(values: Sequence[float], speakers: Sequence[str]) -> tuple[float, int]:
+    """SE of the mean of per-item `values` with the speakers as the unit (`ratio_se` over
+    each speaker's sum and count: items of one speaker are not independent), and how many
+    speakers there are."""
+    names, index = np.unique(np.asarray(speakers), return_inverse=True)
+    sums = np.bincount(index, weights=np.asarray(values, np.float64), minlength=len(names))
+    return ratio_se(sums, np.bincount(index, minlength=len(names))), len(names)
+
+
 def paired_difference(d: Sequence[float], speakers: Sequence[str] | None = None) -> dict:
     """Mean of per-item differences `d` between two readings of the same items, with its SE
     over items ("se") and, given each item's speaker, with the speakers as the unit
-    ("se_speakers", `ratio_se` over speakers: items of one speaker are not independent)."""
+    ("se_speakers", `se_over_speakers`)."""
     d = np.asarray(d, np.float64)
     out: dict = {
         "difference": float(d.mean()),
         "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
     }
     if speakers is not None:
-        names, index = np.unique(np.asarray(speakers), return_inverse=True)
-        sums = np.bincount(index, weights=d, minlength=len(names))
-        counts = np.bincount(index, minlength=len(names))
-        out.update(se_speakers=ratio_se(sums, counts), speakers=len(names))
+        se, n = se_over_speakers(d, speakers)
+        out.update(se_speakers=se, speakers=n)
     return out
 
 
