@@ -704,11 +704,10 @@ class MDVAE(nn.Module):
         """A state dict of a model with `w_face_network` whose own face network (per-frame
         network and summary) is taken from a face-only DSAE's state dict `face_model` (its
         `features_x`, `summary_x`; the same widths), everything else kept."""
-        taken = {"w_features_x_v." + k[len("features_x."):]: v.clone()
-                 for k, v in face_model.items() if k.startswith("features_x.")}
-        taken.update({"w_summary_x_v." + k[len("summary_x."):]: v.clone()
-                      for k, v in face_model.items() if k.startswith("summary_x.")})
-        own = {k for k in weights if k.startswith(("w_features_x_v.", "w_summary_x_v."))}
+        renames = {"features_x.": "w_features_x_v.", "summary_x.": "w_summary_x_v."}
+        taken = {new + k.removeprefix(old): v.clone() for k, v in face_model.items()
+                 for old, new in renames.items() if k.startswith(old)}
+        own = {k for k in weights if k.startswith(tuple(renames.values()))}
         if set(taken) != own:
             raise ConfigError("the face-only model's face network does not fit q(w)'s own: "
                               f"it gives {sorted(set(taken) ^ own)[:4]} where they differ")
