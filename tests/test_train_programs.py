@@ -18,7 +18,7 @@ import torch
 
 from mdvae.bundle import load_bundle
 from mdvae.errors import ConfigError
-from train import common, emotion, export, probe, stage1, stage2, unpack
+from train import common, emotion, export, probe, recipe, stage1, stage2, unpack
 from train.runs import load_stage1, load_stage2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -691,3 +691,57 @@ def test_a_dsae_stays_valid_beside_a_new_vq_vae_of_the_other_modality(runs, tiny
     with pytest.raises(ConfigError, match="other VQ-VAEs"):
         export.main(["--bundle", str(out), "--dsae-visual", str(runs / "dsae_visual"),
                      "--emotion", str(tmp_path / "heads"), "--out", str(tmp_path / "third")])
+
+
+def test_the_recipe_chains_each_fine_tune_from_the_phase_before():
+    chain = {kind: recipe.phases(kind) for kind in recipe.MODELS}
+    assert [p.folder for p in chain["mdvae"]] == [
+        "mdvae", "mdvae", "mdvae_frozen", "mdvae2", "mdvae3", "mdvae4", "mdvae4_frozen"]
+    assert [p.folder for p in chain["dsae-audio"]][-1] == "dsae_audio2_frozen"
+    assert [p.folder for p in chain["dsae-visual"]][-1] == "dsae_visual4_frozen"
+    for phases in chain.values():
+        assert [p.steps for p in phases[:2]] == [12000, 24000] and phases[1].resume
+        for before, phase in zip(phases[1:], phases[2:]):
+            assert phase.source == before.folder and not phase.resume
+        frozen = [p.folder for p in phases if "--freeze-w-encoder" in p.flags]
+        assert frozen == [phases[2].folder, phases[-1].folder]
+    # q(w)'s own face network from the MDVAE's third phase on (the later ones inherit it)
+    assert [p.folder for p in chain["mdvae"] if "--mdvae-w-face-network" in p.flags] == ["mdvae3"]
+    assert [p.steps for p in recipe.phases("dsae-audio", scale=0.001)] == [12, 24, 8, 12, 8]
+
+
+@pytest.mark.slow
+def test_the_recipe_runs_the_whole_chain_and_goes_on_where_it_stopped(runs, tiny_store,
+                                                                      tmp_path, capsys):
+    out = tmp_path / "seed2"
+    base = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
+            "--vq-audio", str(runs / "vq_audio"), "--seed", "2", "--out", str(out),
+            "--scale", "0.0005"]
+    tiny = ["--", "--seq-len", "12", "--batch-size", "8", *FAST, *TINY_MDVAE_FLAGS]
+    with pytest.raises(ConfigError, match="MDVAE's recipe first"):
+        recipe.main([*base, "--models", "dsae-audio", *tiny])
+    # the first phase stopped part way (3 of its 6 steps), as a kill would leave it
+    first = recipe.command(recipe.phases("mdvae", 0.0005)[0], recipe.build_parser().parse_args(
+        base), tiny[1:])
+    stage2.main([*first, "--steps", "3"])
+    done = recipe.main([*base, "--models", "mdvae", "dsae-audio", *tiny])
+    assert [(r["folder"], r["steps"], r["trained"]) for r in done] == [
+        ("mdvae", 6, True), ("mdvae", 12, True), ("mdvae_frozen", 4, True), ("mdvae2", 6, True),
+        ("mdvae3", 6, True), ("mdvae4", 6, True), ("mdvae4_frozen", 4, True),
+        ("dsae_audio", 6, True), ("dsae_audio", 12, True), ("dsae_audio_frozen", 4, True),
+        ("dsae_audio2", 6, True), ("dsae_audio2_frozen", 4, True)]
+    assert "resumes from step 3" in capsys.readouterr().out
+    steps = [r["step"] for r in common.RunFolder(out / "mdvae").read_log() if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
+    config = json.loads((out / "mdvae4_frozen" / "config.json").read_text())
+    assert config["init_from"]["run"] == str(out / "mdvae4")
+    assert config["model"]["w_face_network"] and config["freeze_w_encoder"]
+    assert config["model"]["obs_logvar_min"] == -6 and config["run"]["seed"] == 2
+    dsae = json.loads((out / "dsae_audio" / "config.json").read_text())["model"]
+    assert dsae["w_dim"] == 8  # the tiny MDVAE's, by --like-mdvae
+    # run again: every phase is done, nothing trains
+    again = recipe.main([*base, "--models", "mdvae", "dsae-audio", *tiny])
+    assert not any(r["trained"] for r in again)
+    # another seed's recipe into the same folders is refused
+    with pytest.raises(ConfigError, match="training seed 2"):
+        recipe.main([*base, "--models", "mdvae", "--seed", "3", *tiny])
