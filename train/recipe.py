@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdvae.errors import ConfigError
-from train import common, stage2
+from train import common, export, stage2
 
 MODELS = ("mdvae", "dsae-visual", "dsae-audio")
 
@@ -131,13 +131,6 @@ def state(phase: Phase, out: Path, seed: int) -> int | None:
     return int(folder.load_checkpoint(required=True, weights_only=True)["step"])
 
 
-def last_validation(folder: Path) -> float | None:
-    """The run's last validation -ELBO per frame (None: no validation logged)."""
-    rows = [r for r in common.RunFolder(folder, writer=False).read_log()
-            if r.get("split") == "val" and "negative_elbo" in r]
-    return rows[-1]["negative_elbo"] if rows else None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.recipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,7 +180,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.dry_run or status.startswith("done"):
             done.append({"folder": phase.folder, "steps": reached, "trained": False})
             continue
-        if phase.kind != "mdvae" and not (out / "mdvae" / "config.json").exists():
+        if "--like-mdvae" in phase.flags and not (out / "mdvae" / "config.json").exists():
             raise ConfigError(f"the {phase.kind} copies the MDVAE's sizes from {out / 'mdvae'}, "
                               "which has no run yet: start the MDVAE's recipe first")
         result = stage2.main(cmd)
@@ -195,7 +188,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not args.dry_run:
         print(f"\n{'run folder':<22}{'steps':>8}  validation -ELBO/frame")
         for row in done:
-            value = last_validation(out / row["folder"])
+            value = export.run_summary(out / row["folder"])["last_val"].get("negative_elbo")
             shown = "" if value is None else f"{value:.1f}"
             print(f"{row['folder']:<22}{row['steps']:>8}  {shown}")
     return done
