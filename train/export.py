@@ -20,10 +20,10 @@ training and validation speakers' clips (`train/reference.py`); both go into the
 info, so the app computes neither. `--familiarity-store` takes the familiarity table from
 another store's test clips instead: a pool of new speakers, whose variety a benchmark's few
 test speakers do not span (with 8 of them, one clip of a new synthetic speaker in eight was
-called unfamiliar; README, "Session 29"). `--calibration-store` fits the emotion heads'
+called unfamiliar; research log, "Session 29"). `--calibration-store` fits the emotion heads'
 temperatures on the clips of new speakers (its `--calibration-split`) instead of out of
 fold: the out-of-fold speakers trained the encoder that gives w, and a temperature fitted
-on them made two heads over-confident on new people (README, "Session 31").
+on them made two heads over-confident on new people (research log, "Session 31").
 
 Training checkpoints (optimiser state, RNG, pickled) never leave the run folders: the
 bundle holds only config.json, model.safetensors and the card.

@@ -11,7 +11,7 @@
   `mdvae.calibration.SURE_FROM` gives. The out-of-fold copies never saw their speakers, but
   the encoder that gives w was trained on them, so their w is easier to read than a new
   speaker's and a temperature fitted there can make a head over-confident on new people
-  (README, "Session 31"); a pool's speakers are new to the encoder and the head alike.
+  (research log, "Session 31"); a pool's speakers are new to the encoder and the head alike.
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ class MDVAEConfig(ConfigBase):
     # it), so that q(w) must learn to read from the voice what the decoders need of w, the
     # face's identity and emotion included (modality dropout). The ELBO of each sequence is
     # a bound for any q(w), so the objective is unchanged; evaluation always reads both
-    # streams. 0 is the seed's model. Tried at 0.25 (README, session 26): the z's became
+    # streams. 0 is the seed's model. Tried at 0.25 (research log, session 26): the z's became
     # speaker codes and the voice's emotion did not come into w
     w_face_dropout: float = 0.0
     # a departure (issue 13): the share of training sequences whose q(w) is computed without
@@ -240,7 +240,7 @@ class MDVAEConfig(ConfigBase):
     # for any q(w), so the objective is unchanged; evaluation reads both streams. Drawn
     # apart from `w_face_dropout` (no sequence loses both; the two shares sum to at most 1).
     # 0 is the seed's model. Tried at 0.25 in a floor -3 phase from the shipped bundle on two
-    # seeds (README, session 33): the face's part of q(w)'s input read the emotion better,
+    # seeds (research log, session 33): the face's part of q(w)'s input read the emotion better,
     # w did not
     w_voice_dropout: float = 0.0
     # a departure (issue 13): dropout on the summary vector q(w)'s head reads (the pooled
@@ -248,7 +248,7 @@ class MDVAEConfig(ConfigBase):
     # states), in training only, so that q(w) cannot lean on a few directions that name the
     # training speakers and must read the emotion more broadly. The decoders and the z
     # posteriors are untouched; 0 is the seed's model. Tried at 0.25 in a continued floor -3
-    # phase (README, session 30): emotion from w fell on new and seen speakers alike
+    # phase (research log, session 30): emotion from w fell on new and seen speakers alike
     w_input_dropout: float = 0.0
     # a departure (issue 13): w = [w_a; w_v], the first w_audio_dim entries inferred from
     # the voice alone and the rest from the face alone (`StreamwiseStaticPosterior`), each
@@ -256,7 +256,7 @@ class MDVAEConfig(ConfigBase):
     # factors is crowded out of w by the other's in one joint head (the late fusion of the
     # two DSAEs' w reads the emotion better than the MDVAE's). p(w) is unchanged; False is
     # the seed's joint q(w | x_a, x_v). This project's layout only. Tried in a continued
-    # floor -3 phase on three seeds (README, session 31): a tie on new speakers' emotion,
+    # floor -3 phase on three seeds (research log, session 31): a tie on new speakers' emotion,
     # a better bound; w_a reads like an A-DSAE's w, w_v far below a V-DSAE's
     w_per_stream: bool = False
     # with w_per_stream: how many of w's entries the voice's part has (None: w_dim // 2); the
@@ -265,7 +265,7 @@ class MDVAEConfig(ConfigBase):
     # with w_per_stream, a departure (issue 13): the voice's decoder reads the face's part of
     # w detached, so that no gradient from the voice's reconstruction shapes q(w_v) (the z
     # posteriors still read it whole); forward passes are unchanged. False: both decoders
-    # train both parts. Tried on two seeds (README, session 31): the face's part read no
+    # train both parts. Tried on two seeds (research log, session 31): the face's part read no
     # better, the whole w the same or worse
     voice_decoder_detaches_w_v: bool = False
     # a departure (issue 13): q(w) reads the face through a per-frame network and a summary
@@ -275,7 +275,7 @@ class MDVAEConfig(ConfigBase):
     # still shared. The generative model and the z posteriors are the seed's; False is the
     # seed's q(w) on the shared features. This project's layout only. `--init-from` a run
     # without it copies the shared face network into the new one, so training starts from
-    # the same function. Tried in a continued floor -3 phase on three seeds (README, session
+    # the same function. Tried in a continued floor -3 phase on three seeds (research log, session
     # 32): emotion from w on new speakers +0.016/+0.019/+0.029 over the shared network
     w_face_network: bool = False
     # None: this project's compact layout (the widths above); an AuthorsLayout: the authors'
