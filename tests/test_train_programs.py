@@ -180,9 +180,14 @@ def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs,
                        ("v", "emotion_dsae_visual")):
         assert report["runs"][name]["w"]["accuracy"] == pytest.approx(
             heads[head]["accuracy"]["test"], abs=1e-12)
+    for r in report["runs"].values():  # w against the input's PCs, on the same clips
+        hit = {k: r[k]["accuracy"] for k in ("w", "input_pcs")}
+        assert r.pop("w_minus_input_pcs")["difference"] == pytest.approx(
+            hit["w"] - hit["input_pcs"], abs=1e-12)
     readings = {n: set(r) - {"folder", "model"} for n, r in report["runs"].items()}
-    assert readings == {"m": {"w", "input", "voice", "face"}, "a": {"w", "input", "voice"},
-                        "v": {"w", "input", "face"}}
+    assert readings == {"m": {"w", "input", "input_pcs", "voice", "face"},
+                        "a": {"w", "input", "input_pcs", "voice"},
+                        "v": {"w", "input", "input_pcs", "face"}}
     assert 0.0 <= report["together"]["a+v"]["accuracy"] <= 1.0
     saved = json.loads(out.read_text())
     hits = {n: np.array(saved["hits"][n]["w"]) for n in ("m", "a", "v")}
@@ -190,14 +195,35 @@ def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs,
     for a, b in (("m", "a"), ("m", "v"), ("a", "v")):
         pair = report["pairs"][f"{a} - {b}"]["w"]
         assert pair["difference"] == pytest.approx(hits[a].mean() - hits[b].mean(), abs=1e-12)
-    assert set(report["pairs"]["m - v"]) == {"w", "input", "face"}
-    assert set(report["pairs"]["m - a"]) == {"w", "input", "voice"}
+    assert set(report["pairs"]["m - v"]) == {"w", "input", "input_pcs", "face"}
+    assert set(report["pairs"]["m - a"]) == {"w", "input", "input_pcs", "voice"}
     with pytest.raises(SystemExit):
         probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), *vq,
                     "--run", str(runs / "mdvae")])  # no NAME=
     with pytest.raises(SystemExit):
         probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), *vq,
                     "--run", f"m={runs / 'mdvae'}", "--together", "m+x"])  # x not a run
+
+
+def test_probe_principal_components_keep_the_largest_directions_of_the_training_rows():
+    """train.probe's equal-size reading of q(w)'s input: the first k principal components
+    of the standardised training rows, the held rows projected on the same basis."""
+    rng = np.random.default_rng(0)
+    scales = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    latent = rng.standard_normal((400, 2)) * [3.0, 1.0]  # two directions, 3:1 in spread
+    mixing = np.linalg.qr(rng.standard_normal((5, 5)))[0][:2]  # orthonormal rows
+    train = (latent @ mixing + 0.01 * rng.standard_normal((400, 5))) * scales + 7.0
+    held = train[:50] + 0.0
+    a, b = probe.principal_components(train, held, 2)
+    assert a.shape == (400, 2) and b.shape == (50, 2)
+    np.testing.assert_allclose(b, a[:50], atol=1e-9)  # the same basis for both sets
+    cov = np.cov(a, rowvar=False)
+    assert abs(cov[0, 1]) < 1e-8 * cov[0, 0]  # uncorrelated components
+    assert cov[0, 0] > cov[1, 1]  # largest first
+    z = (train - train.mean(0)) / (train.std(0) + 1e-6)
+    # two components hold the standardised rows but for the small noise
+    assert (a.var(0, ddof=1).sum()) == pytest.approx(z.var(0, ddof=1).sum(), rel=1e-3)
+    assert probe.principal_components(train, held, 9)[0].shape == (400, 5)  # at most D
 
 
 @pytest.mark.slow

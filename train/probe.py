@@ -7,9 +7,12 @@ speakers of data/synth_new64, where models are chosen). Prints each run's accura
 its standard errors over clips and over speakers, then, for every pair of runs, the
 paired difference on the same clips (the margin over a baseline is one of the pairs).
 With --inputs, also what q(w) can find of the emotion in what it reads: the same probe on
-the whole summary vector its head reads ("input") and on each stream's part of it ("voice",
-"face"; `read_by_q_w`). --together A+B probes the runs' w side by side (a late fusion: what
-the two models' w hold together, e.g. an A-DSAE's and a V-DSAE's).
+the whole summary vector its head reads ("input"), on that vector's first principal
+components, as many as w has entries ("input_pcs": a reading as small as w, so that a gap
+between it and w is q(w)'s head leaving emotion out, not the probe reading fewer numbers),
+and on each stream's part of it ("voice", "face"; `read_by_q_w`). --together A+B probes
+the runs' w side by side (a late fusion: what the two models' w hold together, e.g. an
+A-DSAE's and a V-DSAE's).
 
     python -m train.probe --store data/synth200 --pool data/synth_new64 --split val \\
         --vq-visual runs/vq_visual --vq-audio runs/vq_audio \\
@@ -69,6 +72,20 @@ def encode(model, audio: np.ndarray, visual: np.ndarray, clips: list, *, inputs:
                         rows[i] = value[k].numpy()
                 bar.update(len(ids))
     return {name: np.stack(rows) for name, rows in out.items()}
+
+
+def principal_components(train: np.ndarray, held: np.ndarray, k: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets of rows (N, D) on the first k principal components of the training rows,
+    each column standardised on the training rows first (the probe standardises too, so
+    the columns' scales do not choose the components): ((N_train, k'), (N_held, k')),
+    k' = min(k, D, N_train)."""
+    train, held = np.asarray(train, np.float64), np.asarray(held, np.float64)
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    z = (train - mean) / std
+    _, _, vt = np.linalg.svd(z, full_matrices=False)
+    basis = vt[:k].T
+    return z @ basis, ((held - mean) / std) @ basis
 
 
 def scored(correct: np.ndarray, speakers: list[str]) -> dict:
@@ -158,10 +175,16 @@ def main(argv: list[str] | None = None) -> dict:
                        desc=f"{name}: training clips")
         held = encode(model, held_a, held_v, held_clips, inputs=args.inputs,
                       desc=f"{name}: pool")
+        if "input" in train:
+            train["input_pcs"], held["input_pcs"] = principal_components(
+                train["input"], held["input"], train["w"].shape[1])
         w_of[name] = (train["w"], held["w"])
         hits[name] = probe_run(train, train_labels, held, held_labels, c=args.c)
         report["runs"][name] = {"folder": folder, "model": type(model).__name__,
                                 **{k: scored(v, speakers) for k, v in hits[name].items()}}
+        if "input_pcs" in hits[name]:  # what q(w)'s head leaves out, on the same clips
+            d = hits[name]["w"].astype(float) - hits[name]["input_pcs"].astype(float)
+            report["runs"][name]["w_minus_input_pcs"] = paired_difference(d, speakers)
     for names in together:
         joined = [np.concatenate([w_of[n][k] for n in names], axis=1) for k in (0, 1)]
         hit = probe_run({"w": joined[0]}, train_labels, {"w": joined[1]}, held_labels,
@@ -172,20 +195,28 @@ def main(argv: list[str] | None = None) -> dict:
           f"({len(held_clips)} clips, {len(set(speakers))} speakers; heads fitted on "
           f"{len(train_clips)} training clips of {args.store})")
     print(f"{'run':<16} {'model':<6} {'w':>6} {'± clips':>8} {'± spk':>6}"
-          + ("   what q(w) reads: input  voice   face" if args.inputs else ""))
+          + ("   what q(w) reads: input    PCs  voice   face" if args.inputs else ""))
     for name, r in report["runs"].items():
         parts = "".join(f"{r[k]['accuracy']:7.3f}" if k in r else f"{'-':>7}"
-                        for k in ("input", "voice", "face")) if args.inputs else ""
+                        for k in ("input", "input_pcs", "voice", "face")) if args.inputs else ""
         print(f"{name:<16} {r['model']:<6} {r['w']['accuracy']:6.3f} {r['w']['se']:8.3f} "
               f"{r['w']['se_speakers']:6.3f}" + (f"{'':>17}{parts}" if parts else ""))
     for names, r in report["together"].items():
         print(f"{names:<23} {r['accuracy']:6.3f} {r['se']:8.3f} {r['se_speakers']:6.3f}"
               "   (w side by side)")
+    if args.inputs:
+        print("PCs: the input's first principal components, as many as w has entries; "
+              "w minus PCs (what q(w)'s head leaves out; ± over clips, ± over speakers):")
+        for name, r in report["runs"].items():
+            if "w_minus_input_pcs" in r:
+                p = r["w_minus_input_pcs"]
+                print(f"  {name:<14} {p['difference']:+.3f} ± {p['se']:.3f} ± "
+                      f"{p['se_speakers']:.3f}")
     if len(runs) > 1:
         print("\npaired differences (first minus second; ± over clips, ± over speakers)")
     for a, b in itertools.combinations(runs, 2):
         pair = {}
-        for reading in ("w", "input", "voice", "face"):
+        for reading in ("w", "input", "input_pcs", "voice", "face"):
             if reading in hits[a] and reading in hits[b]:
                 d = hits[a][reading].astype(float) - hits[b][reading].astype(float)
                 pair[reading] = paired_difference(d, speakers)
