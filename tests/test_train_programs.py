@@ -175,7 +175,7 @@ def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs,
     report = probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), "--split",
                          "test", *vq, "--run", f"m={runs / 'mdvae'}", "--run",
                          f"a={runs / 'dsae_audio'}", "--run", f"v={runs / 'dsae_visual'}",
-                         "--inputs", "--together", "a+v", "--out", str(out)])
+                         "--inputs", "--relative", "--together", "a+v", "--out", str(out)])
     for name, head in (("m", "emotion"), ("a", "emotion_dsae_audio"),
                        ("v", "emotion_dsae_visual")):
         assert report["runs"][name]["w"]["accuracy"] == pytest.approx(
@@ -185,9 +185,11 @@ def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs,
         assert r.pop("w_minus_input_pcs")["difference"] == pytest.approx(
             hit["w"] - hit["input_pcs"], abs=1e-12)
     readings = {n: set(r) - {"folder", "model"} for n, r in report["runs"].items()}
-    assert readings == {"m": {"w", "input", "input_pcs", "voice", "face"},
-                        "a": {"w", "input", "input_pcs", "voice"},
-                        "v": {"w", "input", "input_pcs", "face"}}
+    # --relative: the test speaker has no neutral clip to refer to, so w_centred alone
+    assert readings == {"m": {"w", "input", "input_pcs", "voice", "face", "w_centred"},
+                        "a": {"w", "input", "input_pcs", "voice", "w_centred"},
+                        "v": {"w", "input", "input_pcs", "face", "w_centred"}}
+    assert all(r["w_centred"]["clips"] == r["w"]["clips"] for r in report["runs"].values())
     assert 0.0 <= report["together"]["a+v"]["accuracy"] <= 1.0
     saved = json.loads(out.read_text())
     hits = {n: np.array(saved["hits"][n]["w"]) for n in ("m", "a", "v")}
@@ -195,14 +197,42 @@ def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs,
     for a, b in (("m", "a"), ("m", "v"), ("a", "v")):
         pair = report["pairs"][f"{a} - {b}"]["w"]
         assert pair["difference"] == pytest.approx(hits[a].mean() - hits[b].mean(), abs=1e-12)
-    assert set(report["pairs"]["m - v"]) == {"w", "input", "input_pcs", "face"}
-    assert set(report["pairs"]["m - a"]) == {"w", "input", "input_pcs", "voice"}
+    assert set(report["pairs"]["m - v"]) == {"w", "input", "input_pcs", "face", "w_centred"}
+    assert set(report["pairs"]["m - a"]) == {"w", "input", "input_pcs", "voice", "w_centred"}
+    centred = {n: np.array(saved["hits"][n]["w_centred"]) for n in ("m", "v")}
+    assert report["pairs"]["m - v"]["w_centred"]["difference"] == pytest.approx(
+        centred["m"].mean() - centred["v"].mean(), abs=1e-12)
     with pytest.raises(SystemExit):
         probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), *vq,
                     "--run", str(runs / "mdvae")])  # no NAME=
     with pytest.raises(SystemExit):
         probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), *vq,
                     "--run", f"m={runs / 'mdvae'}", "--together", "m+x"])  # x not a run
+
+
+def test_probe_relative_to_speaker_takes_away_each_speakers_own_reference_row():
+    """train.probe --relative: w minus the speaker's mean (every row kept), or minus the
+    speaker's neutral row (that row, and speakers without one, left out), rows in order."""
+    rng = np.random.default_rng(1)
+    emotions = ["happy", "neutral", "sad", "sad", "happy", "angry", "neutral", "happy"]
+    speakers = ["a", "a", "b", "a", "b", "c", "b", "c"]  # c has no neutral clip
+    x = rng.standard_normal((8, 3))
+    centred, rows = probe.relative_to_speaker(x, speakers, emotions)
+    assert rows.tolist() == list(range(8))
+    a = [0, 1, 3]
+    np.testing.assert_allclose(centred[a], x[a] - x[a].mean(0), atol=1e-12)
+    np.testing.assert_allclose(centred.sum(0), 0.0, atol=1e-12)  # every speaker's rows sum to 0
+    ref, rows = probe.relative_to_speaker(x, speakers, emotions, "neutral")
+    assert rows.tolist() == [0, 2, 3, 4]  # neutral rows and speaker c gone, order kept
+    np.testing.assert_allclose(ref, x[[0, 2, 3, 4]] - x[[1, 6, 1, 6]], atol=1e-12)
+    # a speaker-specific offset on top of an emotion code: the reference takes it away
+    code = {"happy": 2.0, "sad": -2.0, "neutral": 0.0, "angry": 5.0}
+    offset = {"a": 100.0, "b": -50.0, "c": 7.0}
+    y = np.array([[code[e] + offset[s]] for e, s in zip(emotions, speakers)])
+    ref, rows = probe.relative_to_speaker(y, speakers, emotions, "neutral")
+    np.testing.assert_allclose(ref[:, 0], [code[emotions[i]] for i in rows], atol=1e-9)
+    empty, none = probe.relative_to_speaker(x, speakers, emotions, "calm")
+    assert empty.shape == (0, 3) and none.size == 0
 
 
 def test_probe_principal_components_keep_the_largest_directions_of_the_training_rows():

@@ -13,11 +13,17 @@ between it and w is q(w)'s head leaving emotion out, not the probe reading fewer
 and on each stream's part of it ("voice", "face"; `read_by_q_w`). --together A+B probes
 the runs' w side by side (a late fusion: what the two models' w hold together, e.g. an
 A-DSAE's and a V-DSAE's).
+With --relative, also w read relative to its speaker: "w_centred", each speaker's mean w
+over all their clips taken away (training and pool alike; a transductive reading that needs
+many clips per speaker, an upper bound on the emotion w holds apart from who is speaking);
+"w_vs_neutral", w minus the same speaker's neutral clip (a reference a user could give),
+scored on the other emotions' clips against "w_non_neutral", the plain head on the same clips and
+emotions (neutral left out of both).
 
     python -m train.probe --store data/synth200 --pool data/synth_new64 --split val \\
         --vq-visual runs/vq_visual --vq-audio runs/vq_audio \\
         --run mdvae=runs/mdvae --run v-dsae=runs/dsae_visual --run a-dsae=runs/dsae_audio \\
-        --inputs --together a-dsae+v-dsae --out runs/probe.json
+        --inputs --relative --together a-dsae+v-dsae --out runs/probe.json
 
 Nothing is trained but the probes. The runs must have been trained inside these VQ-VAEs.
 """
@@ -88,6 +94,32 @@ def principal_components(train: np.ndarray, held: np.ndarray, k: int
     return z @ basis, ((held - mean) / std) @ basis
 
 
+def relative_to_speaker(x: np.ndarray, speakers: list[str], emotions: list[str],
+                        reference: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows x (N, D) minus a row per speaker: the speaker's mean over all their rows
+    (`reference` None), or the mean of their rows whose emotion is `reference` (e.g.
+    "neutral"; those rows, and the rows of speakers without one, are left out). Returns
+    (x_kept - reference row, kept row indices)."""
+    x = np.asarray(x, np.float64)
+    spk, emo = np.asarray(speakers), np.asarray(emotions)
+    out, rows = [], []
+    for s in dict.fromkeys(speakers):  # speakers in order of first appearance
+        mine = np.flatnonzero(spk == s)
+        if reference is None:
+            ref, keep = x[mine].mean(0), mine
+        else:
+            refs = mine[emo[mine] == reference]
+            if not len(refs):
+                continue
+            ref, keep = x[refs].mean(0), mine[emo[mine] != reference]
+        out.append(x[keep] - ref)
+        rows.append(keep)
+    if not rows:
+        return np.empty((0, x.shape[1])), np.empty(0, dtype=int)
+    order = np.argsort(np.concatenate(rows), kind="stable")  # back to the rows' own order
+    return np.concatenate(out)[order], np.concatenate(rows)[order]
+
+
 def scored(correct: np.ndarray, speakers: list[str]) -> dict:
     """Accuracy of per-clip hits `correct` (N,) bool with its SE over clips (binomial) and
     over speakers (clustered: one speaker's clips are not independent)."""
@@ -110,6 +142,29 @@ def probe_run(train: dict[str, np.ndarray], train_labels: list[str],
     return out
 
 
+def probe_relative(train_w: np.ndarray, train_labels: list[str], train_speakers: list[str],
+                   held_w: np.ndarray, held_labels: list[str], held_speakers: list[str],
+                   rows_of: dict[str, np.ndarray], *, c: float) -> dict[str, np.ndarray]:
+    """--relative's readings {reading: (n,) bool}: "w_centred" on every pool clip, and, where
+    both sets hold neutral clips, "w_vs_neutral" and its baseline "w_non_neutral" on the
+    pool's other clips (their pool rows go into `rows_of`)."""
+    out = {}
+    for reading, reference in (("w_centred", None), ("w_vs_neutral", "neutral")):
+        tr, tr_rows = relative_to_speaker(train_w, train_speakers, train_labels, reference)
+        he, he_rows = relative_to_speaker(held_w, held_speakers, held_labels, reference)
+        tr_y = [train_labels[i] for i in tr_rows]
+        he_y = [held_labels[i] for i in he_rows]
+        if not len(he_rows) or len(set(tr_y)) < 2 or not set(he_y) <= set(tr_y):
+            continue
+        out[reading] = probe_run({"x": tr}, tr_y, {"x": he}, he_y, c=c)["x"]
+        rows_of[reading] = he_rows
+        if reference is not None:  # the plain head on the same clips and emotions
+            out["w_non_neutral"] = probe_run({"x": train_w[tr_rows]}, tr_y,
+                                             {"x": held_w[he_rows]}, he_y, c=c)["x"]
+            rows_of["w_non_neutral"] = he_rows
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m train.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,6 +179,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--inputs", action="store_true",
                         help="also probe what q(w)'s head reads: the whole vector and each "
                              "stream's part (this project's layout)")
+    parser.add_argument("--relative", action="store_true",
+                        help="also read w relative to its speaker: minus the speaker's mean w "
+                             "(transductive), and minus the speaker's neutral clip")
     parser.add_argument("--together", action="append", default=[], metavar="A+B",
                         help="also probe these runs' w side by side (repeat)")
     parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength")
@@ -164,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_labels = [c.emotion for c in train_clips]
     held_labels = [c.emotion for c in held_clips]
     speakers = [c.speaker for c in held_clips]
+    train_speakers = [c.speaker for c in train_clips]
+    rows_of: dict[str, np.ndarray] = {}  # reading -> the pool rows it scores (default: all)
 
     hits: dict[str, dict[str, np.ndarray]] = {}
     report: dict = {"store": args.store, "pool": args.pool, "split": args.split,
@@ -180,8 +240,17 @@ def main(argv: list[str] | None = None) -> dict:
                 train["input"], held["input"], train["w"].shape[1])
         w_of[name] = (train["w"], held["w"])
         hits[name] = probe_run(train, train_labels, held, held_labels, c=args.c)
-        report["runs"][name] = {"folder": folder, "model": type(model).__name__,
-                                **{k: scored(v, speakers) for k, v in hits[name].items()}}
+        if args.relative:
+            hits[name] |= probe_relative(train["w"], train_labels, train_speakers, held["w"],
+                                         held_labels, speakers, rows_of, c=args.c)
+        report["runs"][name] = {
+            "folder": folder, "model": type(model).__name__,
+            **{k: scored(v, [speakers[i] for i in rows_of[k]] if k in rows_of else speakers)
+               for k, v in hits[name].items()}}
+        if "w_vs_neutral" in hits[name]:  # the reference's gain, on the same clips
+            d = hits[name]["w_vs_neutral"].astype(float) - hits[name]["w_non_neutral"].astype(float)
+            report["runs"][name]["w_vs_neutral_minus_w_non_neutral"] = paired_difference(
+                d, [speakers[i] for i in rows_of["w_non_neutral"]])
         if "input_pcs" in hits[name]:  # what q(w)'s head leaves out, on the same clips
             d = hits[name]["w"].astype(float) - hits[name]["input_pcs"].astype(float)
             report["runs"][name]["w_minus_input_pcs"] = paired_difference(d, speakers)
@@ -212,20 +281,38 @@ def main(argv: list[str] | None = None) -> dict:
                 p = r["w_minus_input_pcs"]
                 print(f"  {name:<14} {p['difference']:+.3f} ± {p['se']:.3f} ± "
                       f"{p['se_speakers']:.3f}")
+    if args.relative:
+        print("w relative to its speaker: centred = minus the speaker's mean w over all their "
+              "clips (transductive); without the neutral clips and label: w, and w minus the "
+              "speaker's neutral clip (gain ± over clips ± over speakers)")
+        for name, r in report["runs"].items():
+            line = f"  {name:<14} centred {r['w_centred']['accuracy']:.3f}"
+            if "w_vs_neutral" in r:
+                g = r["w_vs_neutral_minus_w_non_neutral"]
+                line += (f"   non-neutral: w {r['w_non_neutral']['accuracy']:.3f}, w - neutral "
+                         f"{r['w_vs_neutral']['accuracy']:.3f} ({g['difference']:+.3f} ± "
+                         f"{g['se']:.3f} ± {g['se_speakers']:.3f})")
+            else:
+                line += "   (no neutral clips to refer to)"
+            print(line)
     if len(runs) > 1:
         print("\npaired differences (first minus second; ± over clips, ± over speakers)")
     for a, b in itertools.combinations(runs, 2):
         pair = {}
-        for reading in ("w", "input", "input_pcs", "voice", "face"):
+        for reading in ("w", "input", "input_pcs", "voice", "face", "w_centred", "w_non_neutral",
+                        "w_vs_neutral"):
             if reading in hits[a] and reading in hits[b]:
                 d = hits[a][reading].astype(float) - hits[b][reading].astype(float)
-                pair[reading] = paired_difference(d, speakers)
+                pair[reading] = paired_difference(
+                    d, [speakers[i] for i in rows_of[reading]] if reading in rows_of
+                    else speakers)
         report["pairs"][f"{a} - {b}"] = pair
         print(f"{a + ' - ' + b:<34} " + "   ".join(
             f"{reading} {p['difference']:+.3f} ± {p['se']:.3f} ± {p['se_speakers']:.3f}"
             for reading, p in pair.items()))
     if args.out:
         report["clips"] = [{"speaker": c.speaker, "emotion": c.emotion} for c in held_clips]
+        report["rows"] = {k: v.tolist() for k, v in rows_of.items()}  # clips of those hits
         report["hits"] = {n: {k: v.astype(int).tolist() for k, v in h.items()}
                           for n, h in hits.items()}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
