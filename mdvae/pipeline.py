@@ -631,7 +631,8 @@ class Pipeline:
         """Markdown: how often, in the bundle's own evaluation on held-out speakers, each
         model's w was read as the clip's emotion (all labels), and the A-DSAE's and V-DSAE's
         w read together where it was measured; where the MDVAE is not `EMOTION_MARGIN`
-        above the face-only model, it says so: the voice then adds little to its reading.
+        above the face-only model, it says so: the voice then adds little to its reading;
+        and, where measured, the MDVAE's accuracy on the faintest expressions.
         None when the bundle carries no such evaluation."""
         summary = self.evaluation_summary() or {}
         read = {r.name: summary.get(f"emotion_accuracy_{r.model}_1")
@@ -653,6 +654,13 @@ class Pipeline:
         if face is not None and read["mdvae"] < face + EMOTION_MARGIN:
             text += (" The MDVAE does not read it clearly better than the face alone: it "
                      "takes little from the voice.")
+        faint = summary.get("emotion_accuracy_mdvae_level_1")
+        if isinstance(faint, (int, float)):
+            # research log, session 36: w holds the emotion, but from one clip of a new
+            # person a faint expression and that person's resting face look alike
+            text += (f" Faint expressions are the weak spot: at the lowest intensity (neutral "
+                     f"included) it was right for {100 * faint:.0f}%: in one clip of a new face, "
+                     f"a mild expression is hard to tell from that person's resting look.")
         return text
 
     def swap_record(self, groups: Iterable[str]) -> str | None:
