@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mdvae.bundle import load_bundle
-from mdvae.errors import ConfigError
+from mdvae.errors import ConfigError, MDVAEError
 from train import common, emotion, export, probe, recipe, stage1, stage2, unpack
 from train.runs import load_stage1, load_stage2
 
@@ -175,7 +175,8 @@ def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs,
     report = probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), "--split",
                          "test", *vq, "--run", f"m={runs / 'mdvae'}", "--run",
                          f"a={runs / 'dsae_audio'}", "--run", f"v={runs / 'dsae_visual'}",
-                         "--inputs", "--relative", "--together", "a+v", "--out", str(out)])
+                         "--inputs", "--relative", "--together", "a+v", "--head-speakers", "1",
+                         "3", "--draws", "2", "--out", str(out)])
     for name, head in (("m", "emotion"), ("a", "emotion_dsae_audio"),
                        ("v", "emotion_dsae_visual")):
         assert report["runs"][name]["w"]["accuracy"] == pytest.approx(
@@ -184,6 +185,11 @@ def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs,
         hit = {k: r[k]["accuracy"] for k in ("w", "input_pcs")}
         assert r.pop("w_minus_input_pcs")["difference"] == pytest.approx(
             hit["w"] - hit["input_pcs"], abs=1e-12)
+    for r in report["runs"].values():  # heads on 1 speaker (two draws), on all 3 (once)
+        one, every = r.pop("head_speakers")
+        assert one["speakers"] == 1 and len(one["w"]) == 2 and all(0 <= a <= 1 for a in one["w"])
+        assert one["w_mean"] == pytest.approx(np.mean(one["w"]), abs=1e-12)
+        assert every["speakers"] == 3 and every["w"] == [r["w"]["accuracy"]]  # the plain head
     readings = {n: set(r) - {"folder", "model"} for n, r in report["runs"].items()}
     # --relative: the test speaker has no neutral clip to refer to, so w_centred alone
     assert readings == {"m": {"w", "input", "input_pcs", "voice", "face", "w_centred"},
@@ -233,6 +239,17 @@ def test_probe_relative_to_speaker_takes_away_each_speakers_own_reference_row():
     np.testing.assert_allclose(ref[:, 0], [code[emotions[i]] for i in rows], atol=1e-9)
     empty, none = probe.relative_to_speaker(x, speakers, emotions, "calm")
     assert empty.shape == (0, 3) and none.size == 0
+
+
+def test_probe_speaker_draws_are_distinct_speakers_and_the_same_for_every_run():
+    speakers = [f"s{i % 7}" for i in range(40)]
+    draws = probe.speaker_draws(speakers, [2, 5, 7], 3)
+    assert [len(draws[n]) for n in (2, 5, 7)] == [3, 3, 1]  # all 7: one set
+    assert all(len(d) == n and d <= set(speakers) for n in (2, 5) for d in draws[n])
+    assert draws[7] == [set(speakers)]
+    assert probe.speaker_draws(speakers, [2, 5, 7], 3) == draws  # seeded: runs pair
+    with pytest.raises(MDVAEError, match="7 labelled speakers"):
+        probe.speaker_draws(speakers, [8], 3)
 
 
 def test_probe_principal_components_keep_the_largest_directions_of_the_training_rows():

@@ -17,8 +17,12 @@ With --relative, also w read relative to its speaker: "w_centred", each speaker'
 over all their clips taken away (training and pool alike; a transductive reading that needs
 many clips per speaker, an upper bound on the emotion w holds apart from who is speaking);
 "w_vs_neutral", w minus the same speaker's neutral clip (a reference a user could give),
-scored on the other emotions' clips against "w_non_neutral", the plain head on the same clips and
-emotions (neutral left out of both).
+scored on the other emotions' clips against "w_non_neutral", the plain head on the same
+clips and emotions (neutral left out of both).
+--head-speakers N ... fits the heads again on the clips of N training speakers only (the
+same random speakers for every run, --draws times): how the reading of new speakers grows
+with the labelled speakers' variety, the encoders unchanged (with --relative, "w - neutral"
+too).
 
     python -m train.probe --store data/synth200 --pool data/synth_new64 --split val \\
         --vq-visual runs/vq_visual --vq-audio runs/vq_audio \\
@@ -129,6 +133,56 @@ def scored(correct: np.ndarray, speakers: list[str]) -> dict:
             "clips": int(len(correct)), "speakers": n_speakers}
 
 
+def speaker_draws(speakers: list[str], sizes: list[int], draws: int, seed: int = 0
+                  ) -> dict[int, list[set[str]]]:
+    """For each size N, `draws` random sets of N distinct speakers (one set when N is all of
+    them): the same sets for every run probed, so their readings pair."""
+    pool = sorted(set(speakers))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n in sizes:
+        if not 1 <= n <= len(pool):
+            raise MDVAEError(f"--head-speakers {n}: the training split has {len(pool)} "
+                             "labelled speakers")
+        out[n] = [set(pool)] if n == len(pool) else [
+            set(rng.choice(pool, n, replace=False).tolist()) for _ in range(draws)]
+    return out
+
+
+def probe_speakers(train_w: np.ndarray, train_labels: list[str], train_speakers: list[str],
+                   held_w: np.ndarray, held_labels: list[str], held_speakers: list[str],
+                   draws: dict[int, list[set[str]]], *, relative: bool, c: float
+                   ) -> list[dict]:
+    """Per size N of `speaker_draws`, the pool accuracy of the head fitted on those speakers'
+    clips alone, per draw and on average: [{"speakers", "w": [...], "w_mean"}] (and
+    "w_vs_neutral", "w_vs_neutral_mean" with `relative`, where both sets have neutral
+    clips)."""
+    spk, labels = np.asarray(train_speakers), np.asarray(train_labels)
+    if relative:
+        held_ref, held_rows = relative_to_speaker(held_w, held_speakers, held_labels, "neutral")
+        held_ref_y = [held_labels[i] for i in held_rows]
+    out = []
+    for n, sets in draws.items():
+        entry: dict = {"speakers": n, "w": []}
+        for chosen in sets:
+            rows = np.flatnonzero(np.isin(spk, sorted(chosen)))
+            hit = probe_run({"w": train_w[rows]}, labels[rows].tolist(), {"w": held_w},
+                            held_labels, c=c)["w"]
+            entry["w"].append(float(hit.mean()))
+            if relative and len(held_rows):
+                tr, tr_rows = relative_to_speaker(train_w[rows], spk[rows].tolist(),
+                                                  labels[rows].tolist(), "neutral")
+                tr_y = labels[rows][tr_rows].tolist()
+                if len(tr_rows) and set(held_ref_y) <= set(tr_y):
+                    hit = probe_run({"x": tr}, tr_y, {"x": held_ref}, held_ref_y, c=c)["x"]
+                    entry.setdefault("w_vs_neutral", []).append(float(hit.mean()))
+        entry["w_mean"] = float(np.mean(entry["w"]))
+        if entry.get("w_vs_neutral"):
+            entry["w_vs_neutral_mean"] = float(np.mean(entry["w_vs_neutral"]))
+        out.append(entry)
+    return out
+
+
 def probe_run(train: dict[str, np.ndarray], train_labels: list[str],
               held: dict[str, np.ndarray], held_labels: list[str], *, c: float
               ) -> dict[str, np.ndarray]:
@@ -182,6 +236,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--relative", action="store_true",
                         help="also read w relative to its speaker: minus the speaker's mean w "
                              "(transductive), and minus the speaker's neutral clip")
+    parser.add_argument("--head-speakers", type=int, nargs="+", default=[], metavar="N",
+                        help="also fit the heads on N training speakers' clips alone (random, "
+                             "the same for every run)")
+    parser.add_argument("--draws", type=int, default=3,
+                        help="random speaker sets per --head-speakers size (default 3)")
     parser.add_argument("--together", action="append", default=[], metavar="A+B",
                         help="also probe these runs' w side by side (repeat)")
     parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength")
@@ -224,6 +283,9 @@ def main(argv: list[str] | None = None) -> dict:
     speakers = [c.speaker for c in held_clips]
     train_speakers = [c.speaker for c in train_clips]
     rows_of: dict[str, np.ndarray] = {}  # reading -> the pool rows it scores (default: all)
+    if args.draws < 1:
+        parser.error("--draws must be at least 1")
+    draws = speaker_draws(train_speakers, args.head_speakers, args.draws)
 
     hits: dict[str, dict[str, np.ndarray]] = {}
     report: dict = {"store": args.store, "pool": args.pool, "split": args.split,
@@ -247,6 +309,10 @@ def main(argv: list[str] | None = None) -> dict:
             "folder": folder, "model": type(model).__name__,
             **{k: scored(v, [speakers[i] for i in rows_of[k]] if k in rows_of else speakers)
                for k, v in hits[name].items()}}
+        if draws:
+            report["runs"][name]["head_speakers"] = probe_speakers(
+                train["w"], train_labels, train_speakers, held["w"], held_labels, speakers,
+                draws, relative=args.relative, c=args.c)
         if "w_vs_neutral" in hits[name]:  # the reference's gain, on the same clips
             d = hits[name]["w_vs_neutral"].astype(float) - hits[name]["w_non_neutral"].astype(float)
             report["runs"][name]["w_vs_neutral_minus_w_non_neutral"] = paired_difference(
@@ -295,6 +361,18 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 line += "   (no neutral clips to refer to)"
             print(line)
+    if draws:
+        print(f"heads fitted on N training speakers' clips alone (mean of {args.draws} random "
+              "speaker sets, the same for every run)" + ("; w - neutral: seven emotions, "
+                                                        "relative to the neutral clip"
+                                                        if args.relative else ""))
+        print(f"{'run':<16}" + "".join(f"{n:>8}" for n in draws))
+        for name, r in report["runs"].items():
+            print(f"{name:<16}" + "".join(f"{e['w_mean']:8.3f}" for e in r["head_speakers"]))
+            if any("w_vs_neutral_mean" in e for e in r["head_speakers"]):
+                print(f"{'  w - neutral':<16}" + "".join(
+                    f"{e['w_vs_neutral_mean']:8.3f}" if "w_vs_neutral_mean" in e else f"{'-':>8}"
+                    for e in r["head_speakers"]))
     if len(runs) > 1:
         print("\npaired differences (first minus second; ± over clips, ± over speakers)")
     for a, b in itertools.combinations(runs, 2):
