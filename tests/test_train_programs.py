@@ -176,7 +176,8 @@ def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs,
                          "test", *vq, "--run", f"m={runs / 'mdvae'}", "--run",
                          f"a={runs / 'dsae_audio'}", "--run", f"v={runs / 'dsae_visual'}",
                          "--inputs", "--relative", "--together", "a+v", "--head-speakers", "1",
-                         "3", "--draws", "2", "--out", str(out)])
+                         "3", "--draws", "2", "--plot", str(tmp_path / "speakers.png"), "--out",
+                         str(out)])
     for name, head in (("m", "emotion"), ("a", "emotion_dsae_audio"),
                        ("v", "emotion_dsae_visual")):
         assert report["runs"][name]["w"]["accuracy"] == pytest.approx(
@@ -190,6 +191,10 @@ def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs,
         assert one["speakers"] == 1 and len(one["w"]) == 2 and all(0 <= a <= 1 for a in one["w"])
         assert one["w_mean"] == pytest.approx(np.mean(one["w"]), abs=1e-12)
         assert every["speakers"] == 3 and every["w"] == [r["w"]["accuracy"]]  # the plain head
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(tmp_path / "speakers.png").convert("L"), dtype=np.float32)
+    assert pixels.shape[1] > 600 and pixels.std() > 10  # drawn, not blank
     readings = {n: set(r) - {"folder", "model"} for n, r in report["runs"].items()}
     # --relative: the test speaker has no neutral clip to refer to, so w_centred alone
     assert readings == {"m": {"w", "input", "input_pcs", "voice", "face", "w_centred"},
@@ -214,6 +219,9 @@ def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs,
     with pytest.raises(SystemExit):
         probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), *vq,
                     "--run", f"m={runs / 'mdvae'}", "--together", "m+x"])  # x not a run
+    with pytest.raises(SystemExit):
+        probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), *vq,
+                    "--run", f"m={runs / 'mdvae'}", "--plot", str(tmp_path / "p.png")])
 
 
 def test_probe_relative_to_speaker_takes_away_each_speakers_own_reference_row():

@@ -22,7 +22,7 @@ clips and emotions (neutral left out of both).
 --head-speakers N ... fits the heads again on the clips of N training speakers only (the
 same random speakers for every run, --draws times): how the reading of new speakers grows
 with the labelled speakers' variety, the encoders unchanged (with --relative, "w - neutral"
-too).
+too); --plot PNG draws it.
 
     python -m train.probe --store data/synth200 --pool data/synth_new64 --split val \\
         --vq-visual runs/vq_visual --vq-audio runs/vq_audio \\
@@ -183,6 +183,44 @@ def probe_speakers(train_w: np.ndarray, train_labels: list[str], train_speakers:
     return out
 
 
+def plot_head_speakers(runs: dict[str, dict], out: Path) -> Path:
+    """Accuracy on the pool against the number of training speakers the heads saw, one line
+    per run (solid: w; dashed: w minus the neutral clip), each point the mean of its draws
+    with their range as a bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, (name, r) in enumerate(runs.items()):
+        color = f"C{i % 10}"
+        for key, style, label in (("w", "-o", name),
+                                  ("w_vs_neutral", "--s", f"{name}, w - neutral")):
+            entries = [e for e in r["head_speakers"] if e.get(key)]
+            if not entries:
+                continue
+            n = [e["speakers"] for e in entries]
+            mean = np.array([np.mean(e[key]) for e in entries])
+            low = mean - [min(e[key]) for e in entries]
+            high = [max(e[key]) for e in entries] - mean
+            ax.errorbar(n, mean, yerr=[low, high], fmt=style, color=color, capsize=3,
+                        label=label, alpha=1.0 if key == "w" else 0.6)
+    ax.set_xscale("log")
+    sizes = sorted({e["speakers"] for r in runs.values() for e in r["head_speakers"]})
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("training speakers whose clips fit the emotion head")
+    ax.set_ylabel("emotion accuracy on the pool")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def probe_run(train: dict[str, np.ndarray], train_labels: list[str],
               held: dict[str, np.ndarray], held_labels: list[str], *, c: float
               ) -> dict[str, np.ndarray]:
@@ -239,6 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--head-speakers", type=int, nargs="+", default=[], metavar="N",
                         help="also fit the heads on N training speakers' clips alone (random, "
                              "the same for every run)")
+    parser.add_argument("--plot", help="with --head-speakers: draw accuracy against speakers "
+                        "here (PNG)")
     parser.add_argument("--draws", type=int, default=3,
                         help="random speaker sets per --head-speakers size (default 3)")
     parser.add_argument("--together", action="append", default=[], metavar="A+B",
@@ -285,6 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows_of: dict[str, np.ndarray] = {}  # reading -> the pool rows it scores (default: all)
     if args.draws < 1:
         parser.error("--draws must be at least 1")
+    if args.plot and not args.head_speakers:
+        parser.error("--plot draws the --head-speakers readings: give --head-speakers too")
     draws = speaker_draws(train_speakers, args.head_speakers, args.draws)
 
     hits: dict[str, dict[str, np.ndarray]] = {}
@@ -373,6 +415,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{'  w - neutral':<16}" + "".join(
                     f"{e['w_vs_neutral_mean']:8.3f}" if "w_vs_neutral_mean" in e else f"{'-':>8}"
                     for e in r["head_speakers"]))
+    if draws and args.plot:
+        print(f"wrote {plot_head_speakers(report['runs'], Path(args.plot))}")
     if len(runs) > 1:
         print("\npaired differences (first minus second; ± over clips, ± over speakers)")
     for a, b in itertools.combinations(runs, 2):
