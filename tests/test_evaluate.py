@@ -111,6 +111,25 @@ def test_subsets_have_two_classes_and_the_full_set_is_drawn_once():
     assert len(ev.draw_subsets(labels, 1.0, 5, rng)) == 1
 
 
+def test_group_subsets_take_whole_speakers_with_two_classes():
+    labels = ["a", "b"] * 20  # 40 clips of 10 speakers, 4 each
+    groups = [f"s{i // 4}" for i in range(40)]
+    groups_a = np.asarray(groups)
+    rng = np.random.default_rng(0)
+    subsets = ev.draw_group_subsets(labels, groups, 0.3, 4, rng)
+    assert len(subsets) == 4
+    for idx in subsets:
+        chosen = set(groups_a[idx].tolist())
+        assert len(chosen) == 3  # round(0.3 * 10) speakers, every clip of each
+        assert sorted(idx.tolist()) == np.flatnonzero(np.isin(groups_a, list(chosen))).tolist()
+    assert [len(s) for s in ev.draw_group_subsets(labels, groups, 0.01, 2, rng)] == [4, 4]
+    assert len(ev.draw_group_subsets(labels, groups, 1.0, 5, rng)) == 1
+    one_class = ["a"] * 4 + ["a", "b"] * 18  # speaker s0 holds only "a": s0 alone is redrawn
+    drawn = ev.draw_group_subsets(one_class, groups, 0.1, 20, rng)
+    assert len(drawn) == 20 and all(len({one_class[i] for i in idx}) == 2 for idx in drawn)
+    assert all(groups[idx[0]] != "s0" for idx in drawn)
+
+
 def test_emotion_curve_with_separable_features():
     rng = np.random.default_rng(0)
     names = ["happy", "sad"]
@@ -121,6 +140,10 @@ def test_emotion_curve_with_separable_features():
     out = ev.emotion_curve(w, y, w, y, [0.1, 1.0], draws=3, seed=0)
     assert [p["n_clips"] for p in out["curve"]] == [4, 40]
     assert out["curve"][-1]["mean"] == 1.0 and out["curve"][-1]["draws"] == 1
+    speakers = [f"s{i // 8}" for i in range(40)]  # by speakers: 5 of 8 clips each
+    by = ev.emotion_curve(w, y, w, y, [0.4, 1.0], draws=3, seed=0, groups=speakers)["curve"]
+    assert [p["n_groups"] for p in by] == [2, 5] and [p["n_clips"] for p in by] == [16, 40]
+    assert by[-1]["correct"] == out["curve"][-1]["correct"]  # all speakers: all clips
 
 
 @pytest.mark.slow
@@ -209,6 +232,10 @@ def test_end_to_end_quick_run_on_the_tiny_store(tiny_bundle, tiny_store, tmp_pat
     assert set(saved["disentanglement"]["rendered"]) == {f.name for f in D.FACTORS}
     for p in saved["emotion"]["models"]["mdvae"]["curve"]:
         assert p["se"] is not None
+    by = saved["emotion"]["models"]["mdvae"]["curve_by_speakers"]  # shares of the speakers
+    assert [p["fraction"] for p in by] == saved["emotion"]["fractions"]
+    assert by[-1]["mean"] == saved["emotion"]["models"]["mdvae"]["curve"][-1]["mean"]
+    assert "By labelled speakers" in results["markdown"]
     # the two DSAEs' w read together, and every model per intensity level (the tiny store's
     # test clips hold every level), the MDVAE paired with each other reading
     emo = saved["emotion"]

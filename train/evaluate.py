@@ -352,6 +352,10 @@ def run_emotion(store, models, reader, s, rng, training: TrainingSide | None = N
         w_test = static_latents(model, reader, test, desc=f"w ({name}, {s.split})")
         encoded[name] = w_train, w_test
         row = ev.emotion_curve(w_train, y_train, w_test, y_test, s.fractions, s.draws, seed=s.seed)
+        # the same fractions of the training speakers, all their clips labelled
+        row["curve_by_speakers"] = ev.emotion_curve(
+            w_train, y_train, w_test, y_test, s.fractions, s.draws, seed=s.seed,
+            groups=[c.speaker for c in train])["curve"]
         head = models.heads.get(emotion_reader.head)
         if head is not None and head.config.in_dim == w_test.shape[1]:
             with torch.no_grad():

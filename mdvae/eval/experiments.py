@@ -358,6 +358,33 @@ def draw_subsets(
     return subsets
 
 
+def draw_group_subsets(
+    labels: Sequence[str],
+    groups: Sequence[str],
+    fraction: float,
+    draws: int,
+    rng: np.random.Generator,
+    *,
+    max_tries: int = 100,
+) -> list[np.ndarray]:
+    """`draws` random subsets of the items of round(fraction * G) of the G groups (at least
+    one group; whole groups, e.g. all the clips of some speakers); a draw holding fewer than
+    two classes is redrawn. All the groups are returned once."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    names = np.unique(groups)
+    size = max(1, int(round(fraction * len(names))))
+    if size >= len(names):
+        return [np.arange(len(labels))] if len(set(labels.tolist())) >= 2 else []
+    subsets = []
+    for _ in range(draws):
+        for _ in range(max_tries):
+            idx = np.flatnonzero(np.isin(groups, rng.choice(names, size=size, replace=False)))
+            if len(set(labels[idx].tolist())) >= 2:
+                subsets.append(idx)
+                break
+    return subsets
+
+
 def emotion_curve(
     w_train: np.ndarray,
     y_train: Sequence[str],
@@ -368,12 +395,16 @@ def emotion_curve(
     *,
     seed: int = 0,
     fit: Callable | None = None,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Test accuracy of logistic regression on w against the share of labelled training
     clips: per fraction the mean and std over draws, the SE over test clips (binomial, of
     the mean accuracy: the draws share the test clips), the clips used and each draw's
     accuracy; with the full set, "correct" (0/1 per test clip, for paired comparisons).
-    `fit(features, labels)` returns a head (default `fit_emotion_head`)."""
+    `fit(features, labels)` returns a head (default `fit_emotion_head`). With `groups` (the
+    speaker of each training clip), the fractions are shares of the speakers instead, every
+    clip of the drawn speakers labelled (`draw_group_subsets`; "n_groups" per fraction): how
+    far a head fitted on few people carries to new ones."""
     from mdvae.model.emotion import fit_emotion_head
 
     fit = fit or fit_emotion_head
@@ -383,7 +414,8 @@ def emotion_curve(
     rows = []
     for fraction in fractions:
         accs = []
-        subsets = draw_subsets(y_train, fraction, draws, rng)
+        subsets = (draw_subsets(y_train, fraction, draws, rng) if groups is None
+                   else draw_group_subsets(y_train, groups, fraction, draws, rng))
         correct = None
         for idx in subsets:
             head = fit(w_train[idx], list(y_train[idx]))
@@ -402,6 +434,8 @@ def emotion_curve(
             "se": binomial_se(mean, len(truth)),
             "accuracies": accs,
         }
+        if groups is not None:
+            row["n_groups"] = len(set(np.asarray(groups)[subsets[0]].tolist())) if subsets else 0
         if correct is not None:
             row["correct"] = correct
         rows.append(row)

@@ -217,6 +217,10 @@ def summary(results: dict) -> dict:
             if point["fraction"] in (0.1, 1.0):
                 out[f"emotion_accuracy_{m}_{point['fraction']:g}"] = point["mean"]
                 out[f"emotion_accuracy_{m}_{point['fraction']:g}_se"] = point.get("se")
+        for point in r.get("curve_by_speakers", []):
+            if point["fraction"] in (0.1, 0.25):
+                out[f"emotion_accuracy_{m}_speakers_{point['fraction']:g}"] = point["mean"]
+                out[f"emotion_accuracy_{m}_speakers_{point['fraction']:g}_se"] = point.get("se")
     fused = results.get("emotion", {}).get(ev.LATE_FUSION)
     if fused:
         out[f"emotion_accuracy_{ev.LATE_FUSION}_1"] = fused["mean"]
@@ -341,6 +345,7 @@ def markdown(results: dict) -> str:
                 cells.append(f"{_pm(p['mean'], p.get('se'))}{spread}")
             n_clips = emo["models"][names[0]]["curve"][i]["n_clips"]
             lines.append(f"| {frac:g} | {n_clips} | " + " | ".join(cells) + " |")
+        lines += _emotion_speaker_table(emo, names)
         shipped = {
             m: r["bundle_head_accuracy"]
             for m, r in emo["models"].items()
@@ -400,6 +405,27 @@ def markdown(results: dict) -> str:
             f"| {r['name']} | {r['target']} | {r['measured']} | {r['status']} |" for r in rows
         ]
     return "\n".join(lines) + "\n"
+
+
+def _emotion_speaker_table(emo: dict, names: list[str]) -> list[str]:
+    """The emotion curve by labelled speakers (all their clips), where the evaluation has it."""
+    if not all("curve_by_speakers" in emo["models"][m] for m in names):
+        return []  # an evaluation from before session 36
+    lines = [
+        "",
+        "By labelled speakers (the same shares of the training speakers, all their clips "
+        "labelled; mean over the draws ± its SE over the test clips): how far a head fitted "
+        "on few people carries to new ones",
+        "",
+        "| labelled share | speakers | " + " | ".join(ev.MODEL_TITLES[m] for m in names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for i, frac in enumerate(emo["fractions"]):
+        points = [emo["models"][m]["curve_by_speakers"][i] for m in names]
+        cells = [_pm(p["mean"], p.get("se")) for p in points]
+        lines.append(f"| {frac:g} | {points[0].get('n_groups', '-')} | " + " | ".join(cells)
+                     + " |")
+    return lines
 
 
 def _emotion_level_table(emo: dict) -> list[str]:
@@ -643,8 +669,13 @@ def figures(
             mean = np.array([p["mean"] for p in r["curve"]])
             # the band: SE over the test clips (the draws' spread is smaller than it)
             se = np.array([p.get("se", p["std"]) for p in r["curve"]], dtype=float)
-            ax.plot(x, mean, marker="o", label=ev.MODEL_TITLES[m])
+            line = ax.plot(x, mean, marker="o", label=ev.MODEL_TITLES[m])[0]
             ax.fill_between(x, mean - se, mean + se, alpha=0.2)
+            by = r.get("curve_by_speakers")
+            if by:  # the same shares of the speakers: dashed, in the model's colour
+                ax.plot([p["fraction"] * 100 for p in by], [p["mean"] for p in by], ls="--",
+                        marker=".", color=line.get_color(),
+                        label=f"{ev.MODEL_TITLES[m]}, by speakers")
         ax.axhline(emo["chance"], color="grey", ls=":", label="majority class")
         fused = emo.get(ev.LATE_FUSION)
         if fused:  # all labels only: a mark at 100%, the voice's and face's w read together
@@ -654,7 +685,7 @@ def figures(
             )  # fmt: skip
         ax.set(
             xscale="log",
-            xlabel="labelled training clips (%)",
+            xlabel="labelled training clips (%); dashed: labelled speakers (%)",
             ylabel="test accuracy",
             title="Emotion recognition from w",
             ylim=(0, 1.02),
