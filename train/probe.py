@@ -394,7 +394,8 @@ def main(argv: list[str] | None = None) -> dict:
               "clips (transductive); without the neutral clips and label: w, and w minus the "
               "speaker's neutral clip (gain ± over clips ± over speakers)")
         for name, r in report["runs"].items():
-            line = f"  {name:<14} centred {r['w_centred']['accuracy']:.3f}"
+            line = f"  {name:<14} centred " + (f"{r['w_centred']['accuracy']:.3f}"
+                                                 if "w_centred" in r else "-")
             if "w_vs_neutral" in r:
                 g = r["w_vs_neutral_minus_w_non_neutral"]
                 line += (f"   non-neutral: w {r['w_non_neutral']['accuracy']:.3f}, w - neutral "
