@@ -663,7 +663,7 @@ def figures(
     written = []
     emo = results.get("emotion", {})
     if emo.get("models"):
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        fig, ax = plt.subplots(figsize=(8, 4))
         for m, r in emo["models"].items():
             x = [p["fraction"] * 100 for p in r["curve"]]
             mean = np.array([p["mean"] for p in r["curve"]])
@@ -690,7 +690,7 @@ def figures(
             title="Emotion recognition from w",
             ylim=(0, 1.02),
         )
-        ax.legend()
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the lines
         written.append(save_figure(fig, out_dir / "emotion_accuracy.png"))
     den = results.get("denoising", {})
     if den.get("metric"):
