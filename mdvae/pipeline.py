@@ -632,7 +632,8 @@ class Pipeline:
         model's w was read as the clip's emotion (all labels), and the A-DSAE's and V-DSAE's
         w read together where it was measured; where the MDVAE is not `EMOTION_MARGIN`
         above the face-only model, it says so: the voice then adds little to its reading;
-        and, where measured, the MDVAE's accuracy on the faintest expressions.
+        and, where measured, the MDVAE's and V-DSAE's accuracy with the labels of a tenth of
+        the training speakers, and the MDVAE's on the faintest expressions.
         None when the bundle carries no such evaluation."""
         summary = self.evaluation_summary() or {}
         read = {r.name: summary.get(f"emotion_accuracy_{r.model}_1")
@@ -654,6 +655,14 @@ class Pipeline:
         if face is not None and read["mdvae"] < face + EMOTION_MARGIN:
             text += (" The MDVAE does not read it clearly better than the face alone: it "
                      "takes little from the voice.")
+        few = {name: summary.get(f"emotion_accuracy_{r.model}_speakers_0.1")
+               for name, r in EMOTION_READERS.items() if name in ("mdvae", "visual")}
+        if all(isinstance(v, (int, float)) for v in few.values()) and len(few) == 2:
+            # the seed's label-efficiency claim, by people (research log, session 36)
+            text += (f" With heads fitted on the labels of a tenth of the training speakers, "
+                     f"the MDVAE reads {100 * few['mdvae']:.0f}% and the face alone "
+                     f"{100 * few['visual']:.0f}%: the voice helps most when few people are "
+                     f"labelled.")
         faint = summary.get("emotion_accuracy_mdvae_level_1")
         if isinstance(faint, (int, float)):
             # research log, session 36: w holds the emotion, but from one clip of a new

@@ -196,8 +196,9 @@ def test_emotion_probabilities(pipe, encoded):
 def test_emotion_record_quotes_the_bundles_evaluation(pipe, monkeypatch):
     """The Emotion tab's record: each model's accuracy from w on held-out speakers, the two
     one-stream models' w read together where measured, a warning where the MDVAE is not
-    EMOTION_MARGIN above the face alone, and its accuracy on the faintest expressions where
-    measured; nothing without an evaluation."""
+    EMOTION_MARGIN above the face alone, its and the face's with the labels of a tenth of the
+    people and its accuracy on the faintest expressions where measured; nothing without an
+    evaluation."""
     summary = {"emotion_accuracy_mdvae_1": 0.858, "emotion_accuracy_dsae_audio_1": 0.659,
                "emotion_accuracy_dsae_visual_1": 0.847, "emotion_accuracy_late_fusion_1": 0.949}
     monkeypatch.setitem(pipe.bundle.info, "evaluation", {"summary": summary})
@@ -207,6 +208,12 @@ def test_emotion_record_quotes_the_bundles_evaluation(pipe, monkeypatch):
             "A-DSAE's and V-DSAE's w (each from its own stream) reach 95%.") in record
     assert "takes little from the voice" in record
     assert "Faint expressions" not in record  # not measured by this evaluation
+    assert "a tenth of the training speakers" not in record
+    summary["emotion_accuracy_mdvae_speakers_0.1"] = 0.792
+    assert "a tenth of the training speakers" not in pipe.emotion_record()  # V-DSAE's missing
+    summary["emotion_accuracy_dsae_visual_speakers_0.1"] = 0.623
+    assert ("the MDVAE reads 79% and the face alone 62%: the voice helps most when few people "
+            "are labelled") in pipe.emotion_record()
     summary["emotion_accuracy_mdvae_level_1"] = 0.71875
     assert "at the lowest intensity (neutral included) it was right for 72%" in (
         pipe.emotion_record())
