@@ -116,16 +116,16 @@ def test_group_subsets_take_whole_speakers_with_two_classes():
     groups = [f"s{i // 4}" for i in range(40)]
     groups_a = np.asarray(groups)
     rng = np.random.default_rng(0)
-    subsets = ev.draw_group_subsets(labels, groups, 0.3, 4, rng)
+    subsets = ev.draw_subsets(labels, 0.3, 4, rng, groups=groups)
     assert len(subsets) == 4
     for idx in subsets:
         chosen = set(groups_a[idx].tolist())
         assert len(chosen) == 3  # round(0.3 * 10) speakers, every clip of each
         assert sorted(idx.tolist()) == np.flatnonzero(np.isin(groups_a, list(chosen))).tolist()
-    assert [len(s) for s in ev.draw_group_subsets(labels, groups, 0.01, 2, rng)] == [4, 4]
-    assert len(ev.draw_group_subsets(labels, groups, 1.0, 5, rng)) == 1
+    assert [len(s) for s in ev.draw_subsets(labels, 0.01, 2, rng, groups=groups)] == [4, 4]
+    assert len(ev.draw_subsets(labels, 1.0, 5, rng, groups=groups)) == 1
     one_class = ["a"] * 4 + ["a", "b"] * 18  # speaker s0 holds only "a": s0 alone is redrawn
-    drawn = ev.draw_group_subsets(one_class, groups, 0.1, 20, rng)
+    drawn = ev.draw_subsets(one_class, 0.1, 20, rng, groups=groups)
     assert len(drawn) == 20 and all(len({one_class[i] for i in idx}) == 2 for idx in drawn)
     assert all(groups[idx[0]] != "s0" for idx in drawn)
 

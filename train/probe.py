@@ -323,6 +323,11 @@ def main(argv: list[str] | None = None) -> dict:
     speakers = [c.speaker for c in held_clips]
     train_speakers = [c.speaker for c in train_clips]
     rows_of: dict[str, np.ndarray] = {}  # reading -> the pool rows it scores (default: all)
+
+    def speakers_of(reading: str) -> list[str]:
+        """The speaker of each pool clip the reading scores."""
+        return [speakers[i] for i in rows_of[reading]] if reading in rows_of else speakers
+
     if args.draws < 1:
         parser.error("--draws must be at least 1")
     if args.plot and not args.head_speakers:
@@ -349,8 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
                                          held_labels, speakers, rows_of, c=args.c)
         report["runs"][name] = {
             "folder": folder, "model": type(model).__name__,
-            **{k: scored(v, [speakers[i] for i in rows_of[k]] if k in rows_of else speakers)
-               for k, v in hits[name].items()}}
+            **{k: scored(v, speakers_of(k)) for k, v in hits[name].items()}}
         if draws:
             report["runs"][name]["head_speakers"] = probe_speakers(
                 train["w"], train_labels, train_speakers, held["w"], held_labels, speakers,
@@ -358,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "w_vs_neutral" in hits[name]:  # the reference's gain, on the same clips
             d = hits[name]["w_vs_neutral"].astype(float) - hits[name]["w_non_neutral"].astype(float)
             report["runs"][name]["w_vs_neutral_minus_w_non_neutral"] = paired_difference(
-                d, [speakers[i] for i in rows_of["w_non_neutral"]])
+                d, speakers_of("w_non_neutral"))
         if "input_pcs" in hits[name]:  # what q(w)'s head leaves out, on the same clips
             d = hits[name]["w"].astype(float) - hits[name]["input_pcs"].astype(float)
             report["runs"][name]["w_minus_input_pcs"] = paired_difference(d, speakers)
@@ -426,9 +430,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "w_vs_neutral"):
             if reading in hits[a] and reading in hits[b]:
                 d = hits[a][reading].astype(float) - hits[b][reading].astype(float)
-                pair[reading] = paired_difference(
-                    d, [speakers[i] for i in rows_of[reading]] if reading in rows_of
-                    else speakers)
+                pair[reading] = paired_difference(d, speakers_of(reading))
         report["pairs"][f"{a} - {b}"] = pair
         print(f"{a + ' - ' + b:<34} " + "   ".join(
             f"{reading} {p['difference']:+.3f} ± {p['se']:.3f} ± {p['se_speakers']:.3f}"

@@ -338,41 +338,18 @@ def draw_subsets(
     draws: int,
     rng: np.random.Generator,
     *,
+    groups: Sequence[str] | None = None,
     max_tries: int = 100,
 ) -> list[np.ndarray]:
-    """`draws` random subsets of round(fraction * N) items (at least 2); a draw holding
-    fewer than two classes is redrawn. The full set is returned once, as every draw of it
-    would be the same."""
+    """`draws` random subsets of round(fraction * N) items (at least 2), or, with `groups`
+    (one per item, e.g. the clips' speakers), of all the items of round(fraction * G) of the
+    G groups (at least one); a draw holding fewer than two classes is redrawn. The full set
+    is returned once, as every draw of it would be the same."""
     labels = np.asarray(labels)
-    n = len(labels)
-    size = max(2, int(round(fraction * n)))
-    if size >= n:
-        return [np.arange(n)] if len(set(labels.tolist())) >= 2 else []
-    subsets = []
-    for _ in range(draws):
-        for _ in range(max_tries):
-            idx = np.sort(rng.choice(n, size=size, replace=False))
-            if len(set(labels[idx].tolist())) >= 2:
-                subsets.append(idx)
-                break
-    return subsets
-
-
-def draw_group_subsets(
-    labels: Sequence[str],
-    groups: Sequence[str],
-    fraction: float,
-    draws: int,
-    rng: np.random.Generator,
-    *,
-    max_tries: int = 100,
-) -> list[np.ndarray]:
-    """`draws` random subsets of the items of round(fraction * G) of the G groups (at least
-    one group; whole groups, e.g. all the clips of some speakers); a draw holding fewer than
-    two classes is redrawn. All the groups are returned once."""
-    labels, groups = np.asarray(labels), np.asarray(groups)
+    least = 2 if groups is None else 1  # items, or groups (each holds items)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
     names = np.unique(groups)
-    size = max(1, int(round(fraction * len(names))))
+    size = max(least, int(round(fraction * len(names))))
     if size >= len(names):
         return [np.arange(len(labels))] if len(set(labels.tolist())) >= 2 else []
     subsets = []
@@ -403,7 +380,7 @@ def emotion_curve(
     accuracy; with the full set, "correct" (0/1 per test clip, for paired comparisons).
     `fit(features, labels)` returns a head (default `fit_emotion_head`). With `groups` (the
     speaker of each training clip), the fractions are shares of the speakers instead, every
-    clip of the drawn speakers labelled (`draw_group_subsets`; "n_groups" per fraction): how
+    clip of the drawn speakers labelled (`draw_subsets`; "n_groups" per fraction): how
     far a head fitted on few people carries to new ones."""
     from mdvae.model.emotion import fit_emotion_head
 
@@ -414,8 +391,7 @@ def emotion_curve(
     rows = []
     for fraction in fractions:
         accs = []
-        subsets = (draw_subsets(y_train, fraction, draws, rng) if groups is None
-                   else draw_group_subsets(y_train, groups, fraction, draws, rng))
+        subsets = draw_subsets(y_train, fraction, draws, rng, groups=groups)
         correct = None
         for idx in subsets:
             head = fit(w_train[idx], list(y_train[idx]))
