@@ -323,6 +323,31 @@ def test_synthetic_speakers_are_their_indices_whatever_the_seed():
         prepare.synthetic_jobs(1, 1, 12, seed=0, first_speaker=-1)
 
 
+def test_synthetic_emotions_draw_only_those_and_resume_with_the_same(tmp_path, capsys):
+    jobs = prepare.synthetic_jobs(3, 2, 12, seed=4, emotions=("neutral",))
+    assert {(j.emotion, j.level) for j in jobs} == {("neutral", 1)}
+    assert len({j.payload.seed for j in jobs}) == 6  # two different resting faces each
+    both = prepare.synthetic_jobs(2, 4, 12, seed=4, emotions=("happy", "sad"))
+    assert {j.emotion for j in both} == {"happy", "sad"}
+    assert {j.level for j in both if j.emotion == "happy"} <= {1, 2, 3}
+    with pytest.raises(prepare.PrepareError, match="unknown \\['calm'\\]"):
+        prepare.synthetic_jobs(1, 1, 12, seed=0, emotions=("calm",))
+
+    def args(emotions):
+        return ["synthetic", "--out", str(tmp_path / "neutral"), "--speakers", "2",
+                "--clips-per-speaker", "2", "--frames", "8", "--workers", "0",
+                "--val-speakers", "0", "--test-speakers", "0", "--emotions", emotions]
+
+    assert prepare.main(args("neutral")) == 0
+    assert {c.emotion for c in Store(tmp_path / "neutral").clips} == {"neutral"}
+    capsys.readouterr()
+    assert prepare.main(args("neutral")) == 0  # resumed: nothing to add
+    assert "4 already there" in capsys.readouterr().out
+    assert len(Store(tmp_path / "neutral").clips) == 4
+    assert prepare.main(args("happy")) == 1  # other clips: refused
+    assert "--emotions ['neutral']" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_prepare_killed_then_resumed(tmp_path):
     """SIGTERM (what `kill` sends) stops a run cleanly; the rerun finishes the store."""

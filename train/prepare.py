@@ -43,7 +43,7 @@ from mdvae.labels import EMOTIONS, LEVELS
 
 # Flags that change what a clip contains: a resumed run must use the same values.
 IDENTITY_FLAGS = {
-    "synthetic": ("frames", "seed", "first_speaker"),
+    "synthetic": ("frames", "seed", "first_speaker", "emotions"),
     "real": ("max_seconds", "min_seconds", "face_backend"),
 }
 # Synthetic clips cycle through these (emotion, level) pairs, level by level, so even a
@@ -181,18 +181,31 @@ def _load_item(spec: LoadSpec) -> tuple[np.ndarray, np.ndarray, dict, dict]:
 
 
 def synthetic_jobs(
-    n_speakers: int, clips_per_speaker: int, n_frames: int, seed: int, first_speaker: int = 0
+    n_speakers: int,
+    clips_per_speaker: int,
+    n_frames: int,
+    seed: int,
+    first_speaker: int = 0,
+    emotions: tuple[str, ...] | None = None,
 ) -> list[Job]:
     """K clips per speaker cycling through SYNTHETIC_COMBOS, each with its own seed, for
     speakers first_speaker .. first_speaker + n_speakers - 1. A synthetic speaker is its
     index (`speaker_params`): `seed` draws new clips of the same people, and only new
-    indices draw new people."""
+    indices draw new people. `emotions` keeps the combos of those emotions only (e.g.
+    ("neutral",): more resting faces of the same people, the references of a relative
+    emotion head)."""
     if first_speaker < 0:
         raise PrepareError(f"--first-speaker must be 0 or more, got {first_speaker}")
+    combos = SYNTHETIC_COMBOS
+    if emotions is not None:
+        unknown = sorted(set(emotions) - set(EMOTIONS))
+        if unknown:
+            raise PrepareError(f"--emotions: unknown {unknown}; choose among {list(EMOTIONS)}")
+        combos = tuple(c for c in SYNTHETIC_COMBOS if c[0] in emotions)
     jobs = []
     for s in range(first_speaker, first_speaker + n_speakers):
         for k in range(clips_per_speaker):
-            emotion, level = SYNTHETIC_COMBOS[(s * clips_per_speaker + k) % len(SYNTHETIC_COMBOS)]
+            emotion, level = combos[(s * clips_per_speaker + k) % len(combos)]
             clip_seed = int(np.random.SeedSequence([seed, s, k]).generate_state(1)[0])
             spec = SyntheticSpec(s, emotion, level, clip_seed, n_frames)
             jobs.append(
@@ -246,6 +259,11 @@ def _speaker_spec(text: str) -> int | list[str]:
     if text.isdigit():
         return int(text)
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """Comma-separated names, in order, without blanks."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _check_resume(writer: StoreWriter, args_info: dict, kind: str, splits: dict[str, str]) -> None:
@@ -432,6 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synthetic.add_argument("--frames", type=int, default=90, help="frames per clip (30 fps)")
     synthetic.add_argument(
+        "--emotions",
+        type=_names,
+        default=None,
+        help="comma-separated emotions to draw (default all), e.g. neutral: more resting "
+        "faces of the same speakers (with --first-speaker and another --seed), the references "
+        "`train.emotion --references` pairs clips with",
+    )
+    synthetic.add_argument(
         "--first-speaker",
         type=int,
         default=0,
@@ -462,14 +488,22 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     report = Report(source=args.kind, out=str(out))
     identity = {k: v for k, v in vars(args).items() if k not in ("out", "workers", "kind")}
-    identity = {k: (str(v) if isinstance(v, Path) else v) for k, v in identity.items()}
+    identity = {
+        k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        for k, v in identity.items()
+    }
     info = {"prepare": identity}
     try:
         if args.kind == "synthetic":
             if args.speakers < 1 or args.clips_per_speaker < 1 or args.frames < 1:
                 raise PrepareError("--speakers, --clips-per-speaker and --frames must be >= 1")
             jobs = synthetic_jobs(
-                args.speakers, args.clips_per_speaker, args.frames, args.seed, args.first_speaker
+                args.speakers,
+                args.clips_per_speaker,
+                args.frames,
+                args.seed,
+                args.first_speaker,
+                args.emotions,
             )
             factor_spec = synthetic_factor_spec()
             initializer, initargs = _init_worker, (None,)
