@@ -18,11 +18,11 @@ from torch import Tensor, nn
 
 from mdvae.bundle import register_component
 from mdvae.model.dsae import DSAE
-from mdvae.model.emotion import EmotionHead
+from mdvae.model.emotion import EmotionHead, ReferenceEmotionHead
 from mdvae.model.mdvae import MDVAE
 from mdvae.stage1.vqvae import VQVAE
 
-for _cls in (VQVAE, MDVAE, DSAE, EmotionHead):
+for _cls in (VQVAE, MDVAE, DSAE, EmotionHead, ReferenceEmotionHead):
     register_component(_cls)
 
 # Component names in a bundle
@@ -34,6 +34,8 @@ DSAE_VISUAL = "dsae_visual"
 EMOTION_HEAD = "emotion"  # reads the MDVAE's w
 EMOTION_DSAE_AUDIO = "emotion_dsae_audio"
 EMOTION_DSAE_VISUAL = "emotion_dsae_visual"
+# reads the MDVAE's w against the same person's neutral clip (`ReferenceEmotionHead`)
+EMOTION_REFERENCE = "emotion_reference"
 
 
 @dataclass(frozen=True)

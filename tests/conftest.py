@@ -13,7 +13,12 @@ import torch
 
 from mdvae.bundle import save_bundle
 from mdvae.model.dsae import DSAE, DSAEConfig
-from mdvae.model.emotion import EmotionHead, EmotionHeadConfig
+from mdvae.model.emotion import (
+    EmotionHead,
+    EmotionHeadConfig,
+    ReferenceEmotionHead,
+    ReferenceEmotionHeadConfig,
+)
 from mdvae.model.mdvae import MDVAE, MDVAEConfig
 from mdvae.stage1.vqvae import VQVAE, VQVAEConfig
 from tests.helpers import make_bad_inputs
@@ -35,6 +40,8 @@ def tiny_components(seed: int = 0) -> dict[str, torch.nn.Module]:
         "emotion": EmotionHead(EmotionHeadConfig(in_dim=mdvae_cfg.w_dim)),
         "emotion_dsae_audio": EmotionHead(EmotionHeadConfig(in_dim=mdvae_cfg.w_dim)),
         "emotion_dsae_visual": EmotionHead(EmotionHeadConfig(in_dim=mdvae_cfg.w_dim)),
+        "emotion_reference": ReferenceEmotionHead(
+            ReferenceEmotionHeadConfig(in_dim=mdvae_cfg.w_dim)),
     }
     for module in components.values():
         module.eval()

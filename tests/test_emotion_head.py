@@ -5,7 +5,12 @@ import torch
 from mdvae.calibration import fit_temperature
 from mdvae.errors import MDVAEError
 from mdvae.labels import EMOTIONS
-from mdvae.model.emotion import fit_emotion_head, out_of_fold_logits
+from mdvae.model.emotion import (
+    fit_emotion_head,
+    fit_reference_head,
+    out_of_fold_logits,
+    reference_pairs,
+)
 
 
 def clustered(n_per, classes, dim=6, seed=0):
@@ -86,3 +91,84 @@ def test_out_of_fold_logits_come_from_heads_that_never_saw_the_speaker():
     assert fit_temperature(in_sample, truth) < 0.6 * best
     with pytest.raises(MDVAEError, match="two speakers"):
         out_of_fold_logits(x[:8], y[:8], g[:8])
+
+
+def people(n_speakers, *, neutral_clips=2, per_emotion=2, identity=6.0, dim=10, seed=0):
+    """w = a speaker's identity (spread `identity`, far more than the emotions') + an emotion
+    offset + noise: a plain head mixes the two, the difference of one person's clips does
+    not. `seed` draws the people. Returns w (N, dim), labels, speakers."""
+    emotions = np.random.default_rng(100)  # the same emotions for every draw of people
+    offsets = {e: emotions.normal(0, 1.0, dim) for e in EMOTIONS}
+    rng = np.random.default_rng(seed)
+    offsets["neutral"] = np.zeros(dim)
+    w, labels, speakers = [], [], []
+    for s in range(n_speakers):
+        who = rng.normal(0, identity, dim)
+        for e in EMOTIONS:
+            for _ in range(neutral_clips if e == "neutral" else per_emotion):
+                w.append(who + offsets[e] + rng.normal(0, 0.15, dim))
+                labels.append(e)
+                speakers.append(f"s{s}")
+    return np.array(w), np.array(labels), np.array(speakers)
+
+
+def test_reference_pairs_are_one_speakers_neutral_clip_against_each_of_their_others():
+    labels = ["neutral", "happy", "neutral", "sad", "happy", "neutral"]
+    speakers = ["a", "a", "a", "a", "b", "b"]
+    rows, refs = reference_pairs(labels, speakers)
+    pairs = set(zip(rows.tolist(), refs.tolist()))
+    # a: 2 references x its 3 other clips; b: 1 reference x 1 other clip
+    assert pairs == {(1, 0), (2, 0), (3, 0), (0, 2), (1, 2), (3, 2), (4, 5)}
+    assert len(pairs) == len(rows)
+    assert all(speakers[r] == speakers[c] for r, c in zip(rows, refs))
+    assert len(reference_pairs(["happy", "sad"], ["a", "a"])[0]) == 0
+
+
+def test_reference_head_reads_what_identity_hides_from_the_plain_head():
+    w, labels, speakers = people(40)
+    held_w, held_labels, held_speakers = people(15, seed=1)  # new people
+    head = fit_reference_head(w, labels, speakers)
+    plain = fit_emotion_head(w, labels)
+    rows, refs = reference_pairs(held_labels, held_speakers)
+    y = np.array([EMOTIONS.index(e) for e in held_labels[rows]])
+    with torch.no_grad():
+        against = head(torch.from_numpy(held_w[rows]), torch.from_numpy(held_w[refs]))
+        alone = plain(torch.from_numpy(held_w[rows]))
+    hit = (against.argmax(1).numpy() == y).mean()
+    # with identity taken away, the emotions lie many noise SDs (0.15 x sqrt 2) apart
+    assert hit > 0.95
+    assert hit > (alone.argmax(1).numpy() == y).mean() + 0.2
+    # two neutral clips of one person are the neutral class
+    neutral = held_labels[rows] == "neutral"
+    assert (against.argmax(1).numpy()[neutral] == EMOTIONS.index("neutral")).mean() > 0.95
+
+
+def test_same_person_check_passes_one_person_and_stops_two():
+    w, labels, speakers = people(40)
+    head = fit_reference_head(w, labels, speakers, within_quantile=0.99)
+    rows, refs = reference_pairs(labels, speakers)
+    w_t = torch.from_numpy(w)
+    # on the pairs it was fitted on, the bound passes the quantile asked for
+    assert head.same_person(w_t[rows], w_t[refs]).float().mean().item() == pytest.approx(
+        0.99, abs=0.01)
+    # the spread is that of the pairs' differences: their mean distance is 1 by construction
+    assert head.distance(w_t[rows], w_t[refs]).mean().item() == pytest.approx(1.0, rel=1e-3)
+    held_w, held_labels, held_speakers = people(15, seed=1)
+    first = np.flatnonzero(held_labels == "neutral")[::2]  # one neutral clip per person
+    a, b = torch.from_numpy(held_w[first[:-1]]), torch.from_numpy(held_w[first[1:]])
+    assert not head.same_person(a, b).any()  # identities 6 SDs apart, the emotions' 1
+
+
+def test_reference_head_needs_a_reference_clip_and_travels_in_a_bundle(tmp_path):
+    from mdvae.bundle import load_bundle, save_bundle
+
+    with pytest.raises(MDVAEError, match="no speaker has a 'neutral' clip"):
+        fit_reference_head(np.zeros((2, 3)), ["happy", "sad"], ["a", "a"])
+    w, labels, speakers = people(10)
+    head = fit_reference_head(w, labels, speakers)
+    save_bundle(tmp_path / "b", {"emotion_reference": head.float()}, info={}, card="")
+    loaded = load_bundle(tmp_path / "b")["emotion_reference"]
+    assert loaded.config == head.config
+    x = torch.from_numpy(w[:4]).float()
+    torch.testing.assert_close(loaded(x, x.flip(0)), head(x, x.flip(0)))
+    torch.testing.assert_close(loaded.distance(x, x.flip(0)), head.distance(x, x.flip(0)))

@@ -130,3 +130,101 @@ def out_of_fold_logits(
         with torch.no_grad():
             logits[held_out] = head(torch.from_numpy(features[held_out])).double().numpy()
     return logits
+
+
+@dataclass
+class ReferenceEmotionHeadConfig(ConfigBase):
+    in_dim: int = 84  # size of the w the head reads (the MDVAE's)
+    labels: tuple[str, ...] = EMOTIONS  # class names, in logit order
+    reference: str = "neutral"  # the emotion the reference clip shows
+    # the largest same-person distance (`ReferenceEmotionHead.distance`) of two clips that
+    # are taken for one person: a high quantile of same-person pairs' distances
+    same_person_within: float = 1.0
+
+
+class ReferenceEmotionHead(nn.Module):
+    """The emotion of a clip read against a clip of the same person showing
+    `config.reference` (a resting face): p(emotion | w, w_ref) = softmax(W ((w - w_ref) -
+    mean) / std + b).
+
+    A plain head reads emotion and identity mixed in one w, so a new person's resting face
+    can pass for a faint expression; the difference from the same person's neutral clip
+    cancels most of who they are (research log, "Session 36"). Two clips of different people
+    give a difference the head was never fitted on: `distance` (the mean squared difference,
+    each entry in units of its spread over same-person pairs) tells them apart, and
+    `same_person` compares it with `config.same_person_within`.
+    """
+
+    def __init__(self, config: ReferenceEmotionHeadConfig):
+        super().__init__()
+        self.config = config
+        self.head = EmotionHead(EmotionHeadConfig(in_dim=config.in_dim, labels=config.labels))
+        self.register_buffer("spread", torch.ones(config.in_dim))
+
+    def forward(self, w: torch.Tensor, w_ref: torch.Tensor) -> torch.Tensor:
+        """w, w_ref: (B, in_dim) -> logits (B, n_classes)."""
+        return self.head(w.to(self.spread.dtype) - w_ref.to(self.spread.dtype))
+
+    def distance(self, w: torch.Tensor, w_ref: torch.Tensor) -> torch.Tensor:
+        """(B,) mean over w's entries of ((w - w_ref) / spread)^2, `spread` the root mean square
+        of same-person differences: 1 on average over same-person pairs, more for two people."""
+        diff = (w.to(self.spread.dtype) - w_ref.to(self.spread.dtype)) / self.spread
+        return diff.pow(2).mean(-1)
+
+    def same_person(self, w: torch.Tensor, w_ref: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the two clips are close enough to be read as one person's."""
+        return self.distance(w, w_ref) <= self.config.same_person_within
+
+
+def reference_pairs(labels: list[str] | np.ndarray, speakers: list[str] | np.ndarray,
+                    reference: str = "neutral") -> tuple[np.ndarray, np.ndarray]:
+    """Every (clip, reference clip) pair of one speaker: the reference a clip whose label is
+    `reference`, the clip any other of the speaker's clips (other references included: two
+    resting faces are the `reference` class). Returns (clip rows, reference rows), (P,) each."""
+    labels, speakers = np.asarray(labels), np.asarray(speakers)
+    clips, refs = [], []
+    for speaker in dict.fromkeys(speakers.tolist()):
+        mine = np.flatnonzero(speakers == speaker)
+        for r in mine[labels[mine] == reference]:
+            others = mine[mine != r]
+            clips.append(others)
+            refs.append(np.full(len(others), r))
+    if not clips:
+        return np.empty(0, dtype=int), np.empty(0, dtype=int)
+    return np.concatenate(clips), np.concatenate(refs)
+
+
+def fit_reference_head(
+    w: np.ndarray,
+    labels: list[str] | np.ndarray,
+    speakers: list[str] | np.ndarray,
+    *,
+    reference: str = "neutral",
+    label_names: tuple[str, ...] = EMOTIONS,
+    c: float = 1.0,
+    within_quantile: float = 0.99,
+) -> ReferenceEmotionHead:
+    """A `ReferenceEmotionHead` fitted on every same-speaker pair of `reference_pairs`: the
+    logistic regression of `fit_emotion_head` on w - w_ref, the root mean square of those
+    differences per entry, and the same-person bound at their distances' `within_quantile`.
+
+    w (N, D) clip posterior means, labels and speakers N names. A class needs pairs to be
+    learnt: the `reference` class itself only where a speaker has two or more such clips.
+    """
+    w = np.asarray(w, np.float64)
+    rows, refs = reference_pairs(labels, speakers, reference)
+    if not len(rows):
+        raise MDVAEError(f"reference emotion head: no speaker has a {reference!r} clip to pair "
+                         "the others with")
+    diff = w[rows] - w[refs]
+    inner = fit_emotion_head(diff, np.asarray(labels)[rows], label_names=label_names, c=c)
+    spread = np.sqrt((diff**2).mean(0)) + 1e-6  # root mean square: pairs' mean distance is 1
+    distance = ((diff / spread) ** 2).mean(1)
+    config = ReferenceEmotionHeadConfig(
+        in_dim=w.shape[1], labels=tuple(label_names), reference=reference,
+        same_person_within=float(np.quantile(distance, within_quantile)))
+    head = ReferenceEmotionHead(config)
+    head.head.load_state_dict(inner.state_dict())
+    with torch.no_grad():
+        head.spread.copy_(torch.from_numpy(spread))
+    return head
