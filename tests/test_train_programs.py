@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from mdvae.bundle import load_bundle
+from mdvae.data.store import Store
 from mdvae.errors import ConfigError, MDVAEError
 from train import common, emotion, export, probe, recipe, stage1, stage2, unpack
 from train.runs import load_stage1, load_stage2
@@ -279,6 +280,69 @@ def test_probe_principal_components_keep_the_largest_directions_of_the_training_
     # two components hold the standardised rows but for the small noise
     assert (a.var(0, ddof=1).sum()) == pytest.approx(z.var(0, ddof=1).sum(), rel=1e-3)
     assert probe.principal_components(train, held, 9)[0].shape == (400, 5)  # at most D
+
+
+@pytest.mark.slow
+def test_reference_head_reads_pairs_of_one_speaker_and_joins_a_bundle_alone(runs, tiny_store,
+                                                                           tmp_path):
+    """train.emotion --references: the head on pairs of a neutral clip and another clip of
+    the same speaker (more neutral clips from a second store of the same people), scored on a
+    pool of new speakers; export --bundle --emotion adds it and keeps what was measured."""
+    from train import prepare
+
+    def store(name, *flags):
+        assert prepare.main(["synthetic", "--out", str(tmp_path / name), "--frames", "36",
+                             "--workers", "0", *flags]) == 0
+        return str(tmp_path / name)
+
+    refs = store("refs", "--speakers", "5", "--clips-per-speaker", "2", "--emotions", "neutral",
+                 "--seed", "3", "--val-speakers", "1", "--test-speakers", "1")
+    pool = store("pool", "--first-speaker", "5", "--speakers", "3", "--clips-per-speaker", "8",
+                 "--val-speakers", "2", "--test-speakers", "0")
+    pool_refs = store("pool_refs", "--first-speaker", "5", "--speakers", "3",
+                      "--clips-per-speaker", "2", "--emotions", "neutral", "--seed", "4",
+                      "--val-speakers", "2", "--test-speakers", "0")
+    flags = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio"),
+             "--mdvae", str(runs / "mdvae")]
+    with pytest.raises(SystemExit):  # the pool scores the reference head only
+        emotion.main(["--store", str(tiny_store), *flags, "--pool", pool, "--out",
+                      str(tmp_path / "no")])
+    report = emotion.main(["--store", str(tiny_store), *flags, "--references", refs, pool_refs,
+                           "--pool", pool, "--out", str(tmp_path / "heads")])
+    ref = report["emotion_reference"]
+    # every training speaker now has 2 or 3 neutral clips: the neutral class is learnt
+    assert "neutral" in ref["classes_fitted"]
+    train_speakers = Store(tiny_store).speakers("train")
+    # each of a speaker's n neutral clips against the 5 others of its 4 + 2 clips
+    n_neutral = [2 + sum(c.emotion == "neutral" for c in Store(tiny_store).clips
+                         if c.speaker == s) for s in train_speakers]
+    assert ref["splits"]["train"]["pairs"] == sum(5 * n for n in n_neutral)
+    assert ref["pool"]["speakers"] == 2 and ref["pool"]["pairs"] > 0
+    assert 0 <= ref["pool"]["other_person_passed"] <= 1
+    assert ref["calibration"]["temperature"] > 0 and "test" in ref["calibration"]
+    # the plain head on the same clips is the bundle's own head
+    assert report["emotion"]["accuracy"]["train"] >= 0
+
+    first = export.main([*flags, "--emotion", str(tmp_path / "heads"), "--out",
+                         str(tmp_path / "first")])
+    plain_only = tmp_path / "plain"
+    emotion.main(["--store", str(tiny_store), *flags, "--out", str(plain_only)])
+    bare = export.main([*flags, "--emotion", str(plain_only), "--out", str(tmp_path / "bare")])
+    info = json.loads((bare / "config.json").read_text())
+    info["info"]["evaluation"] = {"summary": {"old": 1}, "markdown": "old"}
+    info["info"]["emotion"]["emotion"]["calibration"] = {"temperature": 2.5}
+    (bare / "config.json").write_text(json.dumps(info))
+    added = load_bundle(export.main(["--bundle", str(bare), "--emotion", str(tmp_path / "heads"),
+                                     "--out", str(tmp_path / "added")]))
+    # the plain head came back weight for weight: it keeps its calibration, the bundle its
+    # evaluation; the reference head joins with its own record
+    assert added.info["emotion"]["emotion"]["calibration"] == {"temperature": 2.5}
+    assert added.info["evaluation"]["summary"] == {"old": 1}
+    assert added.info["emotion"]["emotion_reference"] == load_bundle(first).info["emotion"][
+        "emotion_reference"]
+    assert "same person's neutral clip" in added.card
+    torch.testing.assert_close(added["emotion_reference"].state_dict(),
+                               load_bundle(first)["emotion_reference"].state_dict())
 
 
 @pytest.mark.slow

@@ -9,6 +9,16 @@ averages of z_av, z_a, z_v, or of a DSAE's z) to show where the emotion ended up
 on the clip means of the stage-1 features themselves: how much emotion a linear read-out
 finds in what stage 2 is given.
 
+``--reference-head`` also fits a head that reads a clip's w against the same person's
+neutral clip (`mdvae.model.emotion.ReferenceEmotionHead`, component ``emotion_reference``),
+on every pair of a training speaker's neutral clip and another of their clips. A speaker
+needs two neutral clips for the neutral class itself: ``--references`` adds stores of more
+clips of the same people, matched by speaker name (the synthetic benchmark has one neutral
+clip per speaker: ``train.prepare synthetic --emotions neutral`` draws more). ``--pool``, a
+store of new speakers (its validation split, with the references' clips of them), gives the
+head's temperature and the figures the app quotes: accuracy against the plain head on the
+same clips, and how often the same-person check passes two clips of one person and of two.
+
     python -m train.emotion --store data/synthetic --vq-visual runs/vq_visual \\
         --vq-audio runs/vq_audio --mdvae runs/mdvae --dsae-audio runs/dsae_audio \\
         --dsae-visual runs/dsae_visual --out runs/emotion
@@ -22,11 +32,33 @@ import numpy as np
 import torch
 
 from mdvae.bundle import save_bundle
-from mdvae.components import DSAE_AUDIO, DSAE_VISUAL, EMOTION_READERS, MDVAE_MODEL
+from mdvae.calibration import (
+    SURE_FROM,
+    calibrated,
+    ece_noise_floor,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    selective,
+)
+from mdvae.components import (
+    DSAE_AUDIO,
+    DSAE_VISUAL,
+    EMOTION_READERS,
+    EMOTION_REFERENCE,
+    MDVAE_MODEL,
+)
 from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
 from mdvae.eval.diagnostics import clip_means, feature_means, labelled
-from mdvae.model.emotion import fit_emotion_head
+from mdvae.model.emotion import (
+    EmotionHead,
+    ReferenceEmotionHead,
+    fit_emotion_head,
+    fit_reference_head,
+    reference_pairs,
+)
+from train import common
 from train.runs import cached_features, load_stage1, load_stage2
 
 # bundle component name of each head -> the stage-2 model whose w it reads
@@ -51,6 +83,146 @@ def probe_groups(train: dict[str, np.ndarray], train_clips: list,
             for name in train}
 
 
+class Encoded:
+    """The MDVAE's clip means of w for a set of speakers' clips, from one store and the
+    reference stores' clips of the same speakers: w (N, L), labels and speakers (N,)."""
+
+    def __init__(self, model, sources: list[tuple[np.ndarray, np.ndarray, list]]):
+        parts = [clip_means(model, audio, visual, clips, show=False)["w"]
+                 for audio, visual, clips in sources if clips]
+        self.w = np.concatenate(parts) if parts else np.empty((0, model.config.w_dim))
+        chosen = [c for _, _, clips in sources for c in clips]
+        self.labels = np.array([c.emotion for c in chosen])
+        self.speakers = np.array([c.speaker for c in chosen])
+
+
+def with_references(clips: list, features: tuple[np.ndarray, np.ndarray],
+                    references: list[tuple[Store, np.ndarray, np.ndarray]]) -> list:
+    """(audio, visual, clips) sources: `clips` with their store's `features`, then each
+    reference store's labelled clips of the same speakers."""
+    speakers = {c.speaker for c in clips}
+    return [(*features, clips)] + [
+        (audio, visual, [c for c in labelled(store.clips) if c.speaker in speakers])
+        for store, audio, visual in references]
+
+
+@torch.no_grad()
+def reference_scores(head: ReferenceEmotionHead, plain: EmotionHead, data: Encoded,
+                     temperature: float = 1.0) -> dict:
+    """What the reference head reads on every same-speaker pair of `data`: its accuracy (all
+    pairs, neutral clips, the others) beside the plain head's on the same clips, and how
+    often the same-person check passes the pairs, and pairs of a reference clip with every
+    other speaker's clips; with the calibration figures at `temperature`."""
+    rows, refs = reference_pairs(data.labels, data.speakers, head.config.reference)
+    labels = list(head.config.labels)
+    y = np.array([labels.index(e) for e in data.labels[rows]])
+    w = torch.from_numpy(data.w)
+    logits = head(w[rows], w[refs]).double().numpy()
+    hit = logits.argmax(1) == y
+    plain_hit = plain(w[rows]).argmax(-1).numpy() == y
+    is_ref = data.labels[rows] == head.config.reference
+    same = head.same_person(w[rows], w[refs]).numpy()
+    other = np.concatenate([np.zeros(0, bool)] + [
+        head.same_person(w[data.speakers != data.speakers[r]],
+                         w[r].expand(int((data.speakers != data.speakers[r]).sum()), -1)).numpy()
+        for r in np.unique(refs)])  # each reference clip against every other speaker's clips
+    probs = calibrated(logits, temperature)
+    return {
+        "pairs": int(len(rows)),
+        "speakers": int(len(np.unique(data.speakers[rows]))),
+        "accuracy": float(hit.mean()),
+        "plain_accuracy": float(plain_hit.mean()),
+        f"accuracy_{head.config.reference}": float(hit[is_ref].mean()) if is_ref.any() else None,
+        f"plain_accuracy_{head.config.reference}": (float(plain_hit[is_ref].mean())
+                                                    if is_ref.any() else None),
+        "accuracy_others": float(hit[~is_ref].mean()),
+        "plain_accuracy_others": float(plain_hit[~is_ref].mean()),
+        "same_person_passed": float(same.mean()),
+        "other_person_passed": float(other.mean()) if len(other) else None,
+        "temperature": temperature,
+        "ece_before": expected_calibration_error(calibrated(logits, 1.0), y),
+        "ece_after": expected_calibration_error(probs, y),
+        "ece_floor": ece_noise_floor(probs),
+        "nll_before": negative_log_likelihood(logits, y),
+        "nll_after": negative_log_likelihood(logits, y, temperature),
+        "sure_from": SURE_FROM,
+        "before": selective(calibrated(logits, 1.0), y),
+        "after": selective(probs, y),
+    }
+
+
+def pool_temperature(head: ReferenceEmotionHead, data: Encoded) -> float:
+    """The temperature that fits the head's logits of `data`'s same-speaker pairs best."""
+    rows, refs = reference_pairs(data.labels, data.speakers, head.config.reference)
+    w = torch.from_numpy(data.w)
+    with torch.no_grad():
+        logits = head(w[rows], w[refs]).double().numpy()
+    y = np.array([list(head.config.labels).index(e) for e in data.labels[rows]])
+    return fit_temperature(logits, y)
+
+
+def fit_reference(args, model, plain: EmotionHead, store: Store,
+                  features: tuple[np.ndarray, np.ndarray], vq) -> tuple[ReferenceEmotionHead,
+                                                                      dict]:
+    """--reference-head: the head, fitted on the training speakers' pairs, and its report
+    (per split of the store, and on the pool with its temperature)."""
+    references = [(ref, *cached_features(ref, *vq)[:2]) for ref in map(Store, args.references)]
+    data = {split: Encoded(model, with_references(labelled(store.split_clips(split)), features,
+                                                  references))
+            for split in ("train", "val", "test")}
+    head = fit_reference_head(data["train"].w, data["train"].labels, data["train"].speakers,
+                              c=args.c)
+    classes = sorted(set(data["train"].labels[reference_pairs(data["train"].labels,
+                                                              data["train"].speakers)[0]]))
+    report = {"reads": MDVAE_MODEL, "reference": head.config.reference, "c": args.c,
+              "references": list(args.references), "classes_fitted": classes,
+              "same_person_within": head.config.same_person_within}
+    temperature = 1.0
+    if args.pool:
+        pool = Store(args.pool)
+        common.check_unseen(labelled(pool.split_clips("val")), store)
+        pool_data = Encoded(model, with_references(
+            labelled(pool.split_clips("val")), cached_features(pool, *vq)[:2], references))
+        temperature = pool_temperature(head, pool_data)
+        report["pool"] = {"store": args.pool, "split": "val",
+                          **reference_scores(head, plain, pool_data, temperature)}
+        report["calibration"] = {
+            "temperature": temperature,
+            "fitted_on": f"the head's logits of {report['pool']['pairs']} same-speaker pairs "
+                         f"of {report['pool']['speakers']} new speakers ({args.pool}, val)"}
+    scores = {split: reference_scores(head, plain, d, temperature)
+              for split, d in data.items() if len(reference_pairs(d.labels, d.speakers)[0])}
+    report["accuracy"] = {split: s["accuracy"] for split, s in scores.items()}
+    report["splits"] = scores
+    if "calibration" in report and "test" in scores:
+        report["calibration"]["test"] = {"clips": scores["test"]["pairs"], **{
+            k: scores["test"][k] for k in ("accuracy", "ece_before", "ece_after", "ece_floor",
+                                           "nll_before", "nll_after", "sure_from", "before",
+                                           "after")}}
+    return head, report
+
+
+def print_reference(report: dict) -> None:
+    ref = report["reference"]
+    print(f"{EMOTION_REFERENCE:>22}: against the same person's {ref} clip "
+          f"(pairs; plain head on the same clips)")
+    rows = {**report["splits"], **({"pool": report["pool"]} if "pool" in report else {})}
+    for name, s in rows.items():
+        print(f"{name:>22}  {s['pairs']} pairs of {s['speakers']} speakers: "
+              f"{s['accuracy']:.3f} (plain {s['plain_accuracy']:.3f}); {ref} "
+              f"{_fmt(s[f'accuracy_{ref}'])} (plain {_fmt(s[f'plain_accuracy_{ref}'])}), others "
+              f"{s['accuracy_others']:.3f} (plain {s['plain_accuracy_others']:.3f}); same "
+              f"person passed {s['same_person_passed']:.3f}, two people "
+              f"{_fmt(s['other_person_passed'], 4)}")
+    if "calibration" in report:
+        print(f"{'':>22}  temperature {report['calibration']['temperature']:.2f} "
+              f"({report['calibration']['fitted_on']})")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m train.emotion", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,6 +238,16 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also report emotion probes on every latent group's clip means "
                              "and on the stage-1 features' (test split): does the emotion "
                              "sit in w or in the z's, and how much of it did stage 2 keep?")
+    parser.add_argument("--reference-head", action="store_true",
+                        help="also fit the MDVAE's head that reads w against the same "
+                             "person's neutral clip (emotion_reference)")
+    parser.add_argument("--references", nargs="+", default=[], metavar="STORE",
+                        help="stores of more clips of the same speakers, matched by name "
+                             "(e.g. neutral ones: train.prepare synthetic --emotions neutral); "
+                             "implies --reference-head")
+    parser.add_argument("--pool", help="a store of new speakers whose validation clips (with "
+                        "--references' clips of them) calibrate the reference head and score "
+                        "it and its same-person check")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: all cores; give 1 when other "
                              "jobs share the machine, or they slow each other down many times)")
@@ -73,9 +255,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.pool and not (args.reference_head or args.references):
+        parser.error("--pool scores the reference head: give --reference-head or --references")
     store = Store(args.store)
-    audio, visual, _ = cached_features(store, load_stage1(args.vq_audio),
-                                       load_stage1(args.vq_visual))
+    vq = load_stage1(args.vq_audio), load_stage1(args.vq_visual)
+    audio, visual, _ = cached_features(store, *vq)
     runs = {MDVAE_MODEL: args.mdvae, DSAE_AUDIO: args.dsae_audio, DSAE_VISUAL: args.dsae_visual}
     train_clips = labelled(store.split_clips("train"))
     if not train_clips:
@@ -113,6 +297,10 @@ def main(argv: list[str] | None = None) -> dict:
             report[head_name]["test_accuracy_by_group"] = groups
             print(f"{'':>22}  test accuracy by latent group: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in groups.items()))
+        if model_name == MDVAE_MODEL and (args.reference_head or args.references):
+            heads[EMOTION_REFERENCE], report[EMOTION_REFERENCE] = fit_reference(
+                args, model, head, store, (audio, visual), vq)
+            print_reference(report[EMOTION_REFERENCE])
     save_bundle(args.out, heads, info={"emotion": report, **info},
                 card="Emotion heads (logistic regression on posterior means of w).\n")
     return report

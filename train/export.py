@@ -37,11 +37,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mdvae.bundle import load_bundle, save_bundle
 from mdvae.components import (
     DSAE_AUDIO,
     DSAE_VISUAL,
     EMOTION_READERS,
+    EMOTION_REFERENCE,
     MDVAE_MODEL,
     VQ_AUDIO,
     VQ_VISUAL,
@@ -171,7 +174,24 @@ def model_card(info: dict[str, Any]) -> str:
             lines.append(f"| {name} | {e['reads']} | "
                          + " | ".join(f"{acc.get(s, float('nan')):.3f}"
                                       for s in ("train", "val", "test")) + " |")
-    calibrated = {name: e for name, e in emotion.items() if "calibration" in e}
+    against = emotion.get(EMOTION_REFERENCE, {}).get("pool")
+    if against:
+        ref = emotion[EMOTION_REFERENCE]["reference"]
+        lines += ["", f"## Emotion against the same person's {ref} clip ({EMOTION_REFERENCE})",
+                  "", f"Every same-speaker pair of a {ref} clip and another clip of "
+                  f"{against['speakers']} new speakers (`{against['store']}`, "
+                  f"{against['split']}; {against['pairs']} pairs), against the plain head on "
+                  "the same clips:", "",
+                  f"| clips | against the {ref} clip | plain head |", "|---|---|---|",
+                  f"| all | {against['accuracy']:.3f} | {against['plain_accuracy']:.3f} |",
+                  f"| {ref} | {_number(against[f'accuracy_{ref}'])} | "
+                  f"{_number(against[f'plain_accuracy_{ref}'])} |",
+                  f"| the others | {against['accuracy_others']:.3f} | "
+                  f"{against['plain_accuracy_others']:.3f} |", "",
+                  f"The same-person check passed {against['same_person_passed']:.1%} of one "
+                  f"person's pairs and {_number(against['other_person_passed'], 2, '%')} of "
+                  "two people's."]
+    calibrated = {name: e for name, e in emotion.items() if "test" in e.get("calibration", {})}
     if calibrated:
         lines += ["", "## Emotion calibration (test clips)", "",
                   "| head | temperature | ECE before | ECE after | ECE of a calibrated head | "
@@ -257,13 +277,16 @@ def from_runs(args) -> tuple[dict, dict[str, Any]]:
 
 
 def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
-    """--bundle with --mdvae / --dsae-*: new stage-2 models inside the bundle's own VQ-VAEs.
+    """--bundle with --mdvae / --dsae-* / --emotion: new stage-2 models inside the bundle's
+    own VQ-VAEs, or new emotion heads for its models.
 
     The VQ-VAEs keep their weights and their training record; each new model must have
     been trained on those VQ-VAEs' features (the run's feature key), and new emotion heads
     must come with it, since the old ones read another model's w (the heads of the models
     kept stay as they were). What was measured on the old models (evaluation, familiarity
-    table) no longer applies and is dropped.
+    table) no longer applies and is dropped. --emotion alone adds its heads to the bundle's
+    models: a head equal to the bundle's, weight for weight, keeps what was measured of it
+    (its calibration), and the evaluation stays unless a head it read has changed.
     """
     keys = stage1_keys(components[VQ_AUDIO], components[VQ_VISUAL])
     runs = {MDVAE_MODEL: args.mdvae, DSAE_AUDIO: args.dsae_audio, DSAE_VISUAL: args.dsae_visual}
@@ -282,20 +305,35 @@ def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
     if missing:
         raise ConfigError(f"{args.emotion} has no emotion head for the new {', '.join(missing)} "
                           "(python -m train.emotion with that run gives one)")
+    new_models = any(runs.values())
+    changed = {name for name, head in heads.components.items()
+               if new_models or not same_weights(head, components.get(name))}
     components.update(heads.components)
     # the heads of the models kept stay, with what was measured of them
-    new = heads.info.get("emotion", {})
-    kept = {k: v for k, v in info.get("emotion", {}).items() if k in components and k not in new}
-    info["emotion"] = {**kept, **new}
-    for stale in ("evaluation", "familiarity", "reference_added"):
-        info.pop(stale, None)
+    new, old = heads.info.get("emotion", {}), info.get("emotion", {})
+    info["emotion"] = {name: new[name] if name in changed else old[name]
+                       for name in dict.fromkeys([*old, *new])
+                       if name in components and (name in changed or name in old)}
+    stale = (("evaluation", "familiarity", "reference_added") if new_models else
+             ("evaluation",) if changed & {r.head for r in EMOTION_READERS.values()} else ())
+    for key in stale:
+        info.pop(key, None)
     if args.mdvae:
         info["data"] = training_data(args.mdvae)
     info["exported"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def same_weights(a, b) -> bool:
+    """Whether two modules (b may be None) are of one class and config, tensor for tensor."""
+    if b is None or type(a) is not type(b) or a.config != b.config:
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k].to(sa[k].dtype))
+                                          for k in sa)
+
+
+def _number(value: float | None, digits: int = 3, kind: str = "f") -> str:
+    return "-" if value is None else f"{value:.{digits}{kind}}"
 
 
 def check_calibration_pool(pool: Store, split: str, reference: Store, info: dict) -> None:
