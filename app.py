@@ -38,6 +38,7 @@ from mdvae.pipeline import (
     GROUP_MEANING,
     GROUPS,
     PREVIEW_SCALE,
+    REFERENCE_TITLE,
     REGIONS,
     Pipeline,
     as_number,
@@ -85,7 +86,8 @@ baseline: **A-DSAE** hears only the voice, **V-DSAE** sees only the face.
 frame). **Familiarity**: how well the model explains a clip, against clips of speakers it
 never saw (its reference clips)."""
 
-MODEL_COLOURS = {"MDVAE": "#4f46e5", "A-DSAE (voice)": "#d97706", "V-DSAE (face)": "#059669"}
+MODEL_COLOURS = {"MDVAE": "#4f46e5", "A-DSAE (voice)": "#d97706", "V-DSAE (face)": "#059669",
+                 REFERENCE_TITLE: "#db2777"}
 IMAGE_TOP_PAD = 36  # blank pixels above result images: Gradio's buttons sit over the top
 
 _pipeline: Pipeline | None = None  # set by build_demo; the thin functions below use it
@@ -204,7 +206,8 @@ def _familiarity_html(items) -> str:
             f"<div style='width:{share:.1f}%;height:100%;border-radius:5px;"
             f"background:{colour}'></div><div style='position:absolute;top:-3px;"
             f"right:0;width:2px;height:16px;background:#111'></div></div>")
-        what = {"Clip": "this clip", "Clean clip": "the clean clip"}.get(name, name)
+        what = {"Clip": "this clip", "Clean clip": "the clean clip",
+                "Neutral clip": "the neutral clip"}.get(name, name)
         rows.append(
             f"<div style='margin:4px 0'><b>{html.escape(name)}</b>{gauge}"
             f"<b style='color:{colour}'>{fam.level}</b> · {html.escape(fam.sentence(what))}"
@@ -321,6 +324,11 @@ def denoise(video, region, sigma, percent, aligned, progress=PROGRESS, enc=None,
             _padded(strip), _notes(enc, result), enc)
 
 
+def _emotion_example(video, aligned, reference, progress=PROGRESS, request: gr.Request = None):
+    """An example row (clip, aligned, neutral clip or none): `emotion` without session state."""
+    return emotion(video, aligned, progress, None, reference, None, request=request)
+
+
 def _emotion_chart(readings) -> str:
     """The models' calibrated probabilities side by side, one row per emotion."""
     if not readings:
@@ -354,30 +362,48 @@ def _emotion_verdict(readings) -> str:
             lines.append(f"**{r.title}: {r.answer}** ({p:.0%})")
         else:
             lines.append(f"**{r.title}: not sure**: {r.reason}")
+        if r.note:
+            lines.append(r.note)
     return "  \n".join(lines) or "This bundle has no emotion head."
 
 
 @gpu
 @_keeps_reason("emotion")
-def emotion(video, aligned, progress=PROGRESS, enc=None, request: gr.Request = None):
+def emotion(video, aligned, progress=PROGRESS, enc=None, reference=None, enc_ref=None,
+            request: gr.Request = None):
     """The 8 emotions' calibrated probabilities from w (the MDVAE's and the unimodal models'),
-    each model's answer or "not sure", and the clip's familiarity."""
+    each model's answer or "not sure", and the clip's familiarity; given a `reference`, a
+    clip of the same person with a neutral face, also the MDVAE's reading against it."""
     pipe = _pipe()
     if not pipe.reusable(video, enc, aligned=aligned):
         progress(0.05, desc="Reading and encoding the clip")
     with _user_errors("Clip"):
         enc = pipe.encode_file(video, aligned=aligned, reuse=enc)
-    readings = pipe.emotion_readings(enc)
-    items = [("Clip", enc.familiarity)]
+    if reference is None:
+        enc_ref = None
+    else:
+        if not pipe.has_reference_head:
+            raise gr.Error(f"This bundle ({pipe.bundle_name}) cannot read an emotion against a "
+                           "neutral clip: leave that box empty.")
+        if not pipe.reusable(reference, enc_ref, aligned=aligned):
+            progress(0.4, desc="Reading and encoding the neutral clip")
+        with _user_errors("Neutral clip"):
+            enc_ref = pipe.encode_file(reference, aligned=aligned, reuse=enc_ref)
+    readings = pipe.emotion_readings(enc, enc_ref)
+    items = [("Clip", enc.familiarity)] + ([("Neutral clip", enc_ref.familiarity)]
+                                           if enc_ref is not None else [])
     verdict = _emotion_verdict(readings)
     notes = _notes(enc)
-    record = pipe.emotion_record()  # how well each model read held-out speakers' emotion
+    record = pipe.emotion_record(reference=enc_ref is not None)
     result = {"readings": [r.as_dict() for r in readings], **_familiarity_json(items),
               "evaluation": record}
-    strip = pipe.strip([("what the model sees", enc.clip.frames)])
+    rows = [("what the model sees", enc.clip.frames)]
+    if enc_ref is not None:
+        rows = [("the clip", enc.clip.frames), ("the neutral clip", enc_ref.clip.frames)]
+    strip = pipe.strip(rows)
     text = verdict + (f"\n\n{notes}" if notes else "") + (f"\n\n{record}" if record else "")
     return (text, _emotion_chart(readings),
-            _familiarity_html(items), result, _padded(strip), enc)
+            _familiarity_html(items), result, _padded(strip), enc, enc_ref)
 
 
 def playable(video):
@@ -610,26 +636,34 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
             emo_chart = gr.HTML(elem_id="emo-chart", render=False)
             emo_fam, emo_json = _familiarity_box("emo-familiarity")
             emo_strip = _image("Face crops read by the model")
-            emo_state = _state()
-            emo_outputs = [emo_verdict, emo_chart, emo_fam, emo_json, emo_strip, emo_state]
+            emo_state, emo_ref_state = _state(), _state()
+            emo_outputs = [emo_verdict, emo_chart, emo_fam, emo_json, emo_strip, emo_state,
+                           emo_ref_state]
             emo_video_in = _video("Clip")
             emo_video_in.elem_id = "emo-input"
-            emo_inputs = [emo_video_in, aligned]
+            emo_ref_in = _video("Neutral clip (optional)")
+            emo_ref_in.elem_id = "emo-reference"
+            emo_inputs = [emo_video_in, aligned, emo_ref_in]
             # The button's event first, so the API names go to it, not to the examples.
             emo_button = gr.Button("Predict the emotion", variant="primary", render=False)
             emo_status = _status("emo-status")
-            _status_line(emo_button.click(emotion, [*emo_inputs, emo_state], emo_outputs,
+            _status_line(emo_button.click(emotion, [emo_video_in, aligned, emo_state, emo_ref_in,
+                                                    emo_ref_state], emo_outputs,
                                           api_name="emotion"), "emotion", emo_status)
             with gr.Row():
                 emo_video_in.render()
+                emo_ref_in.render()
                 with gr.Column():
+                    rows = [[_example(name), True, None]
+                            for name in ("spk02_happy.mp4", "spk05_sad.mp4", "spk07_angry.mp4",
+                                         "spk49_disgusted.mp4")]
+                    rows.append([_example("spk02_sad_faint.mp4"), True,
+                                 _example("spk02_neutral.mp4")])
                     examples = gr.Examples(
-                        [[_example(name), True]
-                         for name in ("spk02_happy.mp4", "spk05_sad.mp4", "spk07_angry.mp4",
-                                      "spk49_disgusted.mp4")],
-                        emo_inputs, emo_outputs, fn=emotion, run_on_click=True,
+                        rows, emo_inputs, emo_outputs, fn=_emotion_example, run_on_click=True,
                         cache_examples=False,
-                        example_labels=["happy", "sad", "angry", "disgusted"])
+                        example_labels=["happy", "sad", "angry", "disgusted",
+                                        "faint sadness, with the same person's neutral clip"])
                     _cleared_by(examples, emo_status)
                     emo_button.render()
                     emo_status.render()
@@ -639,7 +673,9 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
                 f"Each model reads the emotion from its w, with probabilities calibrated on "
                 f"held-out speakers: the MDVAE from face and voice, the A-DSAE from the voice "
                 f"alone, the V-DSAE from the face alone. A model says **not sure** when the "
-                f"clip is unfamiliar or no emotion reaches {SURE_FROM:.0%}.")
+                f"clip is unfamiliar or no emotion reaches {SURE_FROM:.0%}. One clip of a new "
+                f"face mixes who they are with how they feel: give a **neutral clip** of the same "
+                f"person with a neutral face, and the MDVAE also reads the first against it.")
             emo_chart.render()
             emo_strip.render()
             emo_json.render()

@@ -44,6 +44,7 @@ from mdvae.components import (
     DENOISERS,
     DSAE_VISUAL,
     EMOTION_READERS,
+    EMOTION_REFERENCE,
     LATE_FUSION,
     MDVAE_MODEL,
     VQ_AUDIO,
@@ -129,6 +130,9 @@ EMOTION_MARGIN = 0.05
 # Emotion readers: name -> (model giving w, head reading it)
 EMOTION_MODELS = {r.name: (r.model, r.head) for r in EMOTION_READERS.values()}
 EMOTION_TITLES = {r.name: r.title for r in EMOTION_READERS.values()}
+# The MDVAE's w read against the same person's neutral clip (`reference_reading`)
+REFERENCE_MODEL = "reference"
+REFERENCE_TITLE = "MDVAE, against the neutral clip"
 REQUIRED = (VQ_VISUAL, VQ_AUDIO, MDVAE_MODEL)
 
 # torchaudio's GriffinLim draws its initial phase from torch's global generator, which
@@ -206,7 +210,9 @@ class EmotionReading:
     bundle (fitted out of fold on its training and validation speakers; 1 when the bundle
     has none); answer: the top label, or None
     ("not sure") when the clip is unfamiliar or the top probability is below `sure_from`;
-    reason: why there is no answer ("" when there is one).
+    reason: why there is no answer ("" when there is one); note: what else the user should
+    know of this reading ("" when nothing); same_person: for a reading against a reference
+    clip, the two clips' same-person distance and the bound it is held to.
     """
 
     model: str
@@ -216,6 +222,8 @@ class EmotionReading:
     answer: str | None
     reason: str
     sure_from: float = SURE_FROM
+    note: str = ""
+    same_person: dict[str, float] | None = None
 
     @property
     def top(self) -> tuple[str, float]:
@@ -225,7 +233,8 @@ class EmotionReading:
     def as_dict(self) -> dict:
         return {"model": self.model, "title": self.title, "answer": self.answer,
                 "reason": self.reason, "probabilities": self.probabilities,
-                "temperature": self.temperature, "sure_from": self.sure_from}
+                "temperature": self.temperature, "sure_from": self.sure_from,
+                "note": self.note, "same_person": self.same_person}
 
 
 class _WholeFrame:
@@ -627,13 +636,14 @@ class Pipeline:
         summary = evaluation.get("summary") if isinstance(evaluation, dict) else None
         return summary if isinstance(summary, dict) else None
 
-    def emotion_record(self) -> str | None:
+    def emotion_record(self, *, reference: bool = False) -> str | None:
         """Markdown: how often, in the bundle's own evaluation on held-out speakers, each
         model's w was read as the clip's emotion (all labels), and the A-DSAE's and V-DSAE's
         w read together where it was measured; where the MDVAE is not `EMOTION_MARGIN`
         above the face-only model, it says so: the voice then adds little to its reading;
         and, where measured, the MDVAE's and V-DSAE's accuracy with the labels of a tenth of
-        the training speakers, and the MDVAE's on the faintest expressions.
+        the training speakers, and the MDVAE's on the faintest expressions; with `reference`
+        (a neutral clip was given), how the reading against it did on new speakers.
         None when the bundle carries no such evaluation."""
         summary = self.evaluation_summary() or {}
         read = {r.name: summary.get(f"emotion_accuracy_{r.model}_1")
@@ -670,6 +680,28 @@ class Pipeline:
             text += (f" Faint expressions are the weak spot: at the lowest intensity (neutral "
                      f"included) it was right for {100 * faint:.0f}%: in one clip of a new face, "
                      f"a mild expression is hard to tell from that person's resting look.")
+        if reference:
+            text += self.reference_record()
+        return text
+
+    def reference_record(self) -> str:
+        """Markdown: how the reading against a neutral clip did on the bundle's pool of new
+        speakers (`train.emotion --pool`), or "" when it was not measured."""
+        pool = self.bundle.info.get("emotion", {}).get(EMOTION_REFERENCE, {}).get("pool")
+        if not isinstance(pool, dict):
+            return ""
+        ref = self.bundle[EMOTION_REFERENCE].config.reference
+        text = (f" Read against the same person's {ref} clip, the MDVAE was right for "
+                f"{pool['accuracy']:.0%} of {pool['speakers']} new speakers' clips, where it "
+                f"reads {pool['plain_accuracy']:.0%} of the same clips alone")
+        if pool.get(f"accuracy_{ref}") is not None:
+            text += (f" ({ref} ones {pool[f'accuracy_{ref}']:.0%} against "
+                     f"{pool[f'plain_accuracy_{ref}']:.0%})")
+        text += "."
+        if pool.get("other_person_passed") is not None:
+            text += (f" Its same-person check let through {pool['same_person_passed']:.0%} of "
+                     f"one person's pairs of clips and {pool['other_person_passed']:.1%} of "
+                     f"two people's.")
         return text
 
     def swap_record(self, groups: Iterable[str]) -> str | None:
@@ -854,9 +886,69 @@ class Pipeline:
         return EmotionReading(model, EMOTION_TITLES[model], probabilities, temperature,
                               None if reason else label, reason, sure_from)
 
-    def emotion_readings(self, enc: Encoded) -> list[EmotionReading]:
-        """`emotion_reading` of every model the bundle has (MDVAE, A-DSAE, V-DSAE)."""
-        return [self.emotion_reading(enc, m) for m in self.emotion_models]
+    def emotion_readings(self, enc: Encoded, reference: Encoded | None = None
+                         ) -> list[EmotionReading]:
+        """`emotion_reading` of every model the bundle has (MDVAE, A-DSAE, V-DSAE), then,
+        given a `reference` clip of the same person with a neutral face, `reference_reading`
+        (when the bundle has its head)."""
+        readings = [self.emotion_reading(enc, m) for m in self.emotion_models]
+        if reference is not None:
+            readings.append(self.reference_reading(enc, reference))
+        return readings
+
+    @property
+    def has_reference_head(self) -> bool:
+        """Whether the bundle can read an emotion against a neutral clip of the same person."""
+        return EMOTION_REFERENCE in self.bundle and MDVAE_MODEL in self.bundle
+
+    @torch.no_grad()
+    def reference_reading(self, enc: Encoded, reference: Encoded, *,
+                          sure_from: float = SURE_FROM) -> EmotionReading:
+        """The clip's emotion read against `reference`, a clip of the same person with a
+        neutral face (`ReferenceEmotionHead`: the MDVAE's w minus the reference's), with the
+        head's temperature from the bundle. No answer when either clip is unfamiliar, when
+        the two do not look like one person (the head's same-person check), or below
+        sure_from; a note when the MDVAE alone reads the reference as an expression."""
+        if not self.has_reference_head:
+            raise ConfigError(
+                f"bundle {self.bundle_name} has no head that reads an emotion against a "
+                f"neutral clip ({EMOTION_REFERENCE}); it holds {sorted(self.bundle.components)}"
+            )
+        head = self.bundle[EMOTION_REFERENCE]
+        w, w_ref = enc.latents.w.to(self.device), reference.latents.w.to(self.device)
+        entry = self.bundle.info.get("emotion", {}).get(EMOTION_REFERENCE, {})
+        temperature = float(entry.get("calibration", {}).get("temperature", 1.0))
+        logits = head(w, w_ref) / temperature  # (1, 8)
+        probs = torch.softmax(logits.double(), dim=-1)[0].tolist()
+        probabilities = dict(zip(head.config.labels, probs))
+        label = max(probabilities, key=probabilities.get)
+        distance = float(head.distance(w, w_ref)[0])
+        within = head.config.same_person_within
+        unfamiliar = [name for name, e in (("the clip", enc), ("the neutral clip", reference))
+                      if e.familiarity.familiar is False]
+        if unfamiliar:
+            reason = (f"{' and '.join(unfamiliar)} {'are' if len(unfamiliar) == 2 else 'is'} "
+                      f"unfamiliar to the model, so the comparison cannot be trusted")
+        elif distance > within:
+            reason = (f"the two clips do not look like one person to the model (their w "
+                      f"differ by {distance:.1f}; one person's clips stay within {within:.1f}): "
+                      f"the neutral clip must show the same person")
+        elif probabilities[label] < sure_from:
+            reason = (f"no emotion reaches {sure_from:.0%} (the most likely, {label}, has "
+                      f"{probabilities[label]:.0%})")
+        else:
+            reason = ""
+        note = ""
+        if MDVAE_MODEL in self.emotion_models:
+            alone = self.emotion_reading(reference, "mdvae", sure_from=sure_from)
+            if alone.answer not in (None, head.config.reference):
+                note = (f"The MDVAE reads the neutral clip on its own as {alone.answer} "
+                        f"({alone.top[1]:.0%}). One clip of a new face is often misread, but "
+                        f"if it is not a resting face, this reads the change from that "
+                        f"expression.")
+        return EmotionReading(REFERENCE_MODEL, REFERENCE_TITLE, probabilities, temperature,
+                              None if reason else label, reason, sure_from, note,
+                              {"distance": distance, "within": within})
 
     # -- media out ------------------------------------------------------------------------
 

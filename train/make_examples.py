@@ -41,7 +41,10 @@ class ExampleSpec:
     n_frames: int  # at 30 fps
 
 
-# Six test speakers, six emotions; one clip is shorter, to show cropping in a swap.
+# Six test speakers, six emotions; one clip is shorter, to show cropping in a swap. The last
+# two are one of them again, a faint expression and a resting face: the Emotion tab's
+# reading against a neutral clip (alone, the MDVAE is not sure of the faint sadness and reads
+# the resting face as contempt).
 EXAMPLES: tuple[ExampleSpec, ...] = (
     ExampleSpec("spk02_happy.mp4", 2, "happy", 3, 101, 90),
     ExampleSpec("spk05_sad.mp4", 5, "sad", 3, 102, 90),
@@ -49,6 +52,8 @@ EXAMPLES: tuple[ExampleSpec, ...] = (
     ExampleSpec("spk21_surprised.mp4", 21, "surprised", 3, 104, 90),
     ExampleSpec("spk37_neutral.mp4", 37, "neutral", 1, 105, 75),
     ExampleSpec("spk49_disgusted.mp4", 49, "disgusted", 2, 106, 90),
+    ExampleSpec("spk02_sad_faint.mp4", 2, "sad", 1, 301, 90),
+    ExampleSpec("spk02_neutral.mp4", 2, "neutral", 1, 201, 90),
 )
 
 
