@@ -682,7 +682,8 @@ def build_demo(pipeline: Pipeline | None = None) -> gr.Blocks:
 
         # Uploads and recordings default to face detection; examples (which also set the
         # box) fire neither event. An upload browsers cannot play is shown as an mp4 copy.
-        videos = [swap_a, swap_b, interp_a, interp_b, den_video_in, emo_video_in]
+        videos = [swap_a, swap_b, interp_a, interp_b, den_video_in, emo_video_in,
+                  emo_ref_in]
         gr.on([e for v in videos for e in (v.upload, v.stop_recording)], lambda: False,
               None, aligned, api_visibility="private", queue=False)
         for v in videos:

@@ -107,17 +107,26 @@ def with_references(clips: list, features: tuple[np.ndarray, np.ndarray],
 
 
 @torch.no_grad()
+def pair_logits(head: ReferenceEmotionHead, data: Encoded
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every same-speaker pair of `data` (`reference_pairs`): (clip rows, reference rows, the
+    head's logits (P, n_classes), the clips' label indices (P,))."""
+    rows, refs = reference_pairs(data.labels, data.speakers, head.config.reference)
+    w = torch.from_numpy(data.w)
+    logits = head(w[rows], w[refs]).double().numpy()
+    labels = list(head.config.labels)
+    return rows, refs, logits, np.array([labels.index(e) for e in data.labels[rows]])
+
+
+@torch.no_grad()
 def reference_scores(head: ReferenceEmotionHead, plain: EmotionHead, data: Encoded,
                      temperature: float = 1.0) -> dict:
     """What the reference head reads on every same-speaker pair of `data`: its accuracy (all
     pairs, neutral clips, the others) beside the plain head's on the same clips, and how
     often the same-person check passes the pairs, and pairs of a reference clip with every
     other speaker's clips; with the calibration figures at `temperature`."""
-    rows, refs = reference_pairs(data.labels, data.speakers, head.config.reference)
-    labels = list(head.config.labels)
-    y = np.array([labels.index(e) for e in data.labels[rows]])
+    rows, refs, logits, y = pair_logits(head, data)
     w = torch.from_numpy(data.w)
-    logits = head(w[rows], w[refs]).double().numpy()
     hit = logits.argmax(1) == y
     plain_hit = plain(w[rows]).argmax(-1).numpy() == y
     is_ref = data.labels[rows] == head.config.reference
@@ -151,14 +160,6 @@ def reference_scores(head: ReferenceEmotionHead, plain: EmotionHead, data: Encod
     }
 
 
-def pool_temperature(head: ReferenceEmotionHead, data: Encoded) -> float:
-    """The temperature that fits the head's logits of `data`'s same-speaker pairs best."""
-    rows, refs = reference_pairs(data.labels, data.speakers, head.config.reference)
-    w = torch.from_numpy(data.w)
-    with torch.no_grad():
-        logits = head(w[rows], w[refs]).double().numpy()
-    y = np.array([list(head.config.labels).index(e) for e in data.labels[rows]])
-    return fit_temperature(logits, y)
 
 
 def fit_reference(args, model, plain: EmotionHead, store: Store,
@@ -183,7 +184,7 @@ def fit_reference(args, model, plain: EmotionHead, store: Store,
         common.check_unseen(labelled(pool.split_clips("val")), store)
         pool_data = Encoded(model, with_references(
             labelled(pool.split_clips("val")), cached_features(pool, *vq)[:2], references))
-        temperature = pool_temperature(head, pool_data)
+        temperature = fit_temperature(*pair_logits(head, pool_data)[2:])
         report["pool"] = {"store": args.pool, "split": "val",
                           **reference_scores(head, plain, pool_data, temperature)}
         report["calibration"] = {

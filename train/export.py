@@ -313,7 +313,8 @@ def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
     new, old = heads.info.get("emotion", {}), info.get("emotion", {})
     info["emotion"] = {name: new[name] if name in changed else old[name]
                        for name in dict.fromkeys([*old, *new])
-                       if name in components and (name in changed or name in old)}
+                       if name in components and (name in new if name in changed
+                                                  else name in old)}
     stale = (("evaluation", "familiarity", "reference_added") if new_models else
              ("evaluation",) if changed & {r.head for r in EMOTION_READERS.values()} else ())
     for key in stale:
