@@ -320,6 +320,16 @@ def test_reference_head_reads_pairs_of_one_speaker_and_joins_a_bundle_alone(runs
     assert ref["pool"]["speakers"] == 2 and ref["pool"]["pairs"] > 0
     assert 0 <= ref["pool"]["other_person_passed"] <= 1
     assert ref["calibration"]["temperature"] > 0 and "test" in ref["calibration"]
+    # the gain over the plain head on the same clips, with the speakers as the unit, and the
+    # other emotions' pairs by intensity (the synthetic clips' levels 1 to 3)
+    pool_scores = ref["pool"]
+    assert pool_scores["gain_over_plain"]["difference"] == pytest.approx(
+        pool_scores["accuracy"] - pool_scores["plain_accuracy"])
+    assert pool_scores["gain_over_plain"]["speakers"] == 2
+    assert set(pool_scores["by_level"]) <= {"1", "2", "3"}
+    levels = pool_scores["by_level"].values()
+    assert sum(e["accuracy"] * e["pairs"] for e in levels) / sum(e["pairs"] for e in levels) == (
+        pytest.approx(pool_scores["accuracy_others"]))
     # the plain head on the same clips is the bundle's own head
     assert report["emotion"]["accuracy"]["train"] >= 0
 
@@ -340,6 +350,15 @@ def test_reference_head_reads_pairs_of_one_speaker_and_joins_a_bundle_alone(runs
     assert added.info["evaluation"]["summary"] == {"old": 1}
     assert added.info["emotion"]["emotion_reference"] == load_bundle(first).info["emotion"][
         "emotion_reference"]
+    # the same head again, measured anew: its record is updated, what export added stays
+    info = json.loads((added.path / "config.json").read_text())
+    info["info"]["emotion"]["emotion_reference"]["by_export"] = True
+    info["info"]["emotion"]["emotion_reference"]["accuracy"] = {"stale": 0.0}
+    (added.path / "config.json").write_text(json.dumps(info))
+    again = load_bundle(export.main(["--bundle", str(added.path), "--emotion",
+                                     str(tmp_path / "heads"), "--out", str(tmp_path / "again")]))
+    record = again.info["emotion"]["emotion_reference"]
+    assert record["accuracy"] == ref["accuracy"] and record["by_export"] is True
     assert "same person's neutral clip" in added.card
     torch.testing.assert_close(added["emotion_reference"].state_dict(),
                                load_bundle(first)["emotion_reference"].state_dict())

@@ -51,6 +51,7 @@ from mdvae.components import (
 from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
 from mdvae.eval.diagnostics import clip_means, feature_means, labelled
+from mdvae.eval.stats import paired_difference, se_over_speakers
 from mdvae.model.emotion import (
     EmotionHead,
     ReferenceEmotionHead,
@@ -94,6 +95,7 @@ class Encoded:
         chosen = [c for _, _, clips in sources for c in clips]
         self.labels = np.array([c.emotion for c in chosen])
         self.speakers = np.array([c.speaker for c in chosen])
+        self.levels = np.array([c.level or 0 for c in chosen])  # 0: not given
 
 
 def with_references(clips: list, features: tuple[np.ndarray, np.ndarray],
@@ -136,11 +138,23 @@ def reference_scores(head: ReferenceEmotionHead, plain: EmotionHead, data: Encod
                          w[r].expand(int((data.speakers != data.speakers[r]).sum()), -1)).numpy()
         for r in np.unique(refs)])  # each reference clip against every other speaker's clips
     probs = calibrated(logits, temperature)
+    speakers = data.speakers[rows]
+    gain = paired_difference(hit.astype(float) - plain_hit.astype(float), speakers)
+    levels, by_level = data.levels[rows], {}
+    for level in sorted(set(levels[~is_ref].tolist()) - {0}):
+        chosen = (levels == level) & ~is_ref
+        by_level[str(level)] = {"pairs": int(chosen.sum()), "accuracy": float(hit[chosen].mean()),
+                                "plain_accuracy": float(plain_hit[chosen].mean())}
     return {
         "pairs": int(len(rows)),
-        "speakers": int(len(np.unique(data.speakers[rows]))),
+        "speakers": int(len(np.unique(speakers))),
         "accuracy": float(hit.mean()),
+        # one speaker's pairs are not independent: the speakers are the unit
+        "accuracy_se_speakers": _finite(se_over_speakers(hit, speakers)[0]),
         "plain_accuracy": float(plain_hit.mean()),
+        "gain_over_plain": {k: _finite(v) if isinstance(v, float) else v
+                            for k, v in gain.items()},
+        "by_level": by_level,  # the other emotions' clips, by intensity
         f"accuracy_{head.config.reference}": float(hit[is_ref].mean()) if is_ref.any() else None,
         f"plain_accuracy_{head.config.reference}": (float(plain_hit[is_ref].mean())
                                                     if is_ref.any() else None),
@@ -215,9 +229,19 @@ def print_reference(report: dict) -> None:
               f"{s['accuracy_others']:.3f} (plain {s['plain_accuracy_others']:.3f}); same "
               f"person passed {s['same_person_passed']:.3f}, two people "
               f"{_fmt(s['other_person_passed'], 4)}")
+        g = s["gain_over_plain"]
+        print(f"{'':>22}  gain over the plain head {g['difference']:+.3f} ± "
+              f"{_fmt(g.get('se_speakers'))} (SE over speakers); by level: " + ", ".join(
+                  f"{lv} {e['accuracy']:.3f} (plain {e['plain_accuracy']:.3f})"
+                  for lv, e in s["by_level"].items()))
     if "calibration" in report:
         print(f"{'':>22}  temperature {report['calibration']['temperature']:.2f} "
               f"({report['calibration']['fitted_on']})")
+
+
+def _finite(value: float) -> float | None:
+    """`value`, or None where it is not finite (bundle info is strict JSON)."""
+    return float(value) if np.isfinite(value) else None
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

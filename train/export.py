@@ -187,10 +187,17 @@ def model_card(info: dict[str, Any]) -> str:
                   f"| {ref} | {_number(against[f'accuracy_{ref}'])} | "
                   f"{_number(against[f'plain_accuracy_{ref}'])} |",
                   f"| the others | {against['accuracy_others']:.3f} | "
-                  f"{against['plain_accuracy_others']:.3f} |", "",
-                  f"The same-person check passed {against['same_person_passed']:.1%} of one "
-                  f"person's pairs and {_number(against['other_person_passed'], 2, '%')} of "
-                  "two people's."]
+                  f"{against['plain_accuracy_others']:.3f} |"]
+        lines += [f"| the others, level {level} | {e['accuracy']:.3f} | "
+                  f"{e['plain_accuracy']:.3f} |"
+                  for level, e in against.get("by_level", {}).items()]
+        gain = against.get("gain_over_plain")
+        if gain:
+            lines += ["", f"Gain over the plain head {gain['difference']:+.3f} ± "
+                      f"{_number(gain.get('se_speakers'))} (SE with the speakers as the unit)."]
+        lines += ["", f"The same-person check passed {against['same_person_passed']:.1%} of "
+                  f"one person's pairs and {_number(against['other_person_passed'], 2, '%')} "
+                  "of two people's."]
     calibrated = {name: e for name, e in emotion.items() if "test" in e.get("calibration", {})}
     if calibrated:
         lines += ["", "## Emotion calibration (test clips)", "",
@@ -286,7 +293,8 @@ def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
     kept stay as they were). What was measured on the old models (evaluation, familiarity
     table) no longer applies and is dropped. --emotion alone adds its heads to the bundle's
     models: a head equal to the bundle's, weight for weight, keeps what was measured of it
-    (its calibration), and the evaluation stays unless a head it read has changed.
+    (its calibration) beside its new record, and the evaluation stays unless a head it read
+    has changed.
     """
     keys = stage1_keys(components[VQ_AUDIO], components[VQ_VISUAL])
     runs = {MDVAE_MODEL: args.mdvae, DSAE_AUDIO: args.dsae_audio, DSAE_VISUAL: args.dsae_visual}
@@ -311,10 +319,13 @@ def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
     components.update(heads.components)
     # the heads of the models kept stay, with what was measured of them
     new, old = heads.info.get("emotion", {}), info.get("emotion", {})
-    info["emotion"] = {name: new[name] if name in changed else old[name]
+    # a head that came back weight for weight: what was measured of it stays (its
+    # calibration, fitted by export), updated by what the new record measures again
+    info["emotion"] = {name: new[name] if name in changed else {**old.get(name, {}),
+                                                                **new.get(name, {})}
                        for name in dict.fromkeys([*old, *new])
                        if name in components and (name in new if name in changed
-                                                  else name in old)}
+                                                  else name in old or name in new)}
     stale = (("evaluation", "familiarity", "reference_added") if new_models else
              ("evaluation",) if changed & {r.head for r in EMOTION_READERS.values()} else ())
     for key in stale:
