@@ -907,8 +907,9 @@ class Pipeline:
         """The clip's emotion read against `reference`, a clip of the same person with a
         neutral face (`ReferenceEmotionHead`: the MDVAE's w minus the reference's), with the
         head's temperature from the bundle. No answer when either clip is unfamiliar, when
-        the two do not look like one person (the head's same-person check), or below
-        sure_from; a note when the MDVAE alone reads the reference as an expression."""
+        the two are one clip, when they do not look like one person (the head's same-person
+        check), or below sure_from; a note when the MDVAE alone reads the reference as an
+        expression."""
         if not self.has_reference_head:
             raise ConfigError(
                 f"bundle {self.bundle_name} has no head that reads an emotion against a "
@@ -929,6 +930,10 @@ class Pipeline:
         if unfamiliar:
             reason = (f"{' and '.join(unfamiliar)} {'are' if len(unfamiliar) == 2 else 'is'} "
                       f"unfamiliar to the model, so the comparison cannot be trusted")
+        elif (enc.clip.frames.shape == reference.clip.frames.shape
+              and np.array_equal(enc.clip.frames, reference.clip.frames)):
+            reason = ("the neutral clip is the clip itself, so there is nothing to compare: "
+                      "give another clip of the same person with a resting face")
         elif distance > within:
             reason = (f"the two clips do not look like one person to the model (their w "
                       f"differ by {distance:.1f}; one person's clips stay within {within:.1f}): "

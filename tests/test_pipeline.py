@@ -247,8 +247,10 @@ def test_emotion_against_a_neutral_clip_checks_it_is_the_same_person(pipe, encod
     distance = float(((w_a - w_b) ** 2).mean())  # the tiny head's spread is 1
     assert reading.same_person == {"distance": pytest.approx(distance, rel=1e-5),
                                    "within": head.config.same_person_within}
-    # the same clip against itself: no change at all, one person
-    assert pipe.reference_reading(enc_a, enc_a).same_person["distance"] == 0.0
+    # the same clip against itself: no change at all, and no answer
+    itself = pipe.reference_reading(enc_a, enc_a, sure_from=0.0)
+    assert itself.same_person["distance"] == 0.0
+    assert itself.answer is None and "the clip itself" in itself.reason
     monkeypatch.setattr(head.config, "same_person_within", distance / 2)
     refused = pipe.reference_reading(enc_a, enc_b)
     assert refused.answer is None and "do not look like one person" in refused.reason
