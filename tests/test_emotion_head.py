@@ -122,6 +122,8 @@ def test_reference_pairs_are_one_speakers_neutral_clip_against_each_of_their_oth
     assert len(pairs) == len(rows)
     assert all(speakers[r] == speakers[c] for r, c in zip(rows, refs))
     assert len(reference_pairs(["happy", "sad"], ["a", "a"])[0]) == 0
+    rows, refs = reference_pairs(labels, speakers, max_references=1)  # a's first neutral only
+    assert set(zip(rows.tolist(), refs.tolist())) == {(1, 0), (2, 0), (3, 0), (4, 5)}
 
 
 def test_reference_head_reads_what_identity_hides_from_the_plain_head():

@@ -186,11 +186,12 @@ def fit_reference(args, model, plain: EmotionHead, store: Store,
                                                   references))
             for split in ("train", "val", "test")}
     head = fit_reference_head(data["train"].w, data["train"].labels, data["train"].speakers,
-                              c=args.c)
-    classes = sorted(set(data["train"].labels[reference_pairs(data["train"].labels,
-                                                              data["train"].speakers)[0]]))
+                              c=args.c, max_references=args.max_references)
+    classes = sorted(set(data["train"].labels[reference_pairs(
+        data["train"].labels, data["train"].speakers, max_references=args.max_references)[0]]))
     report = {"reads": MDVAE_MODEL, "reference": head.config.reference, "c": args.c,
               "references": list(args.references), "classes_fitted": classes,
+              "max_references": args.max_references,
               "same_person_within": head.config.same_person_within}
     temperature = 1.0
     if args.pool:
@@ -270,6 +271,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="stores of more clips of the same speakers, matched by name "
                              "(e.g. neutral ones: train.prepare synthetic --emotions neutral); "
                              "implies --reference-head")
+    parser.add_argument("--max-references", type=int, default=8,
+                        help="fit on each training speaker's first N neutral clips as references "
+                             "(default 8: a MEAD speaker has about 40, each paired with every "
+                             "other clip of theirs)")
     parser.add_argument("--pool", help="a store of new speakers whose validation clips (with "
                         "--references' clips of them) calibrate the reference head and score "
                         "it and its same-person check")

@@ -177,15 +177,18 @@ class ReferenceEmotionHead(nn.Module):
 
 
 def reference_pairs(labels: list[str] | np.ndarray, speakers: list[str] | np.ndarray,
-                    reference: str = "neutral") -> tuple[np.ndarray, np.ndarray]:
+                    reference: str = "neutral", max_references: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Every (clip, reference clip) pair of one speaker: the reference a clip whose label is
     `reference`, the clip any other of the speaker's clips (other references included: two
-    resting faces are the `reference` class). Returns (clip rows, reference rows), (P,) each."""
+    resting faces are the `reference` class). `max_references`: each speaker's first that
+    many reference clips only (a MEAD speaker has about 40 neutral clips and 700 in all: every
+    pair would be 28,000 per speaker). Returns (clip rows, reference rows), (P,) each."""
     labels, speakers = np.asarray(labels), np.asarray(speakers)
     clips, refs = [], []
     for speaker in dict.fromkeys(speakers.tolist()):
         mine = np.flatnonzero(speakers == speaker)
-        for r in mine[labels[mine] == reference]:
+        for r in mine[labels[mine] == reference][:max_references]:
             others = mine[mine != r]
             clips.append(others)
             refs.append(np.full(len(others), r))
@@ -203,6 +206,7 @@ def fit_reference_head(
     label_names: tuple[str, ...] = EMOTIONS,
     c: float = 1.0,
     within_quantile: float = 0.99,
+    max_references: int | None = None,
 ) -> ReferenceEmotionHead:
     """A `ReferenceEmotionHead` fitted on every same-speaker pair of `reference_pairs`: the
     logistic regression of `fit_emotion_head` on w - w_ref, the root mean square of those
@@ -210,9 +214,10 @@ def fit_reference_head(
 
     w (N, D) clip posterior means, labels and speakers N names. A class needs pairs to be
     learnt: the `reference` class itself only where a speaker has two or more such clips.
+    `max_references` bounds the reference clips per speaker (`reference_pairs`).
     """
     w = np.asarray(w, np.float64)
-    rows, refs = reference_pairs(labels, speakers, reference)
+    rows, refs = reference_pairs(labels, speakers, reference, max_references)
     if not len(rows):
         raise MDVAEError(f"reference emotion head: no speaker has a {reference!r} clip to pair "
                          "the others with")
