@@ -59,7 +59,7 @@ except ImportError:
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 CONCURRENCY = int(os.environ.get("MDVAE_CONCURRENCY", "2"))
 QUEUE_SIZE = 32  # waiting requests beyond this are turned away with "queue full"
-# A session's encoded clips (~9 MB each, up to 6 per session) are dropped this long after
+# A session's encoded clips (~9 MB each, up to 7 per session) are dropped this long after
 # their last use, and only the newest MAX_SESSIONS sessions keep any: an API caller's state
 # (every gradio_client is a session) is freed like a browser tab's.
 SESSION_TTL_S = float(os.environ.get("MDVAE_SESSION_TTL", "900"))

@@ -944,7 +944,7 @@ class Pipeline:
         else:
             reason = ""
         note = ""
-        if MDVAE_MODEL in self.emotion_models:
+        if "mdvae" in self.emotion_models:
             alone = self.emotion_reading(reference, "mdvae", sure_from=sure_from)
             if alone.answer not in (None, head.config.reference):
                 note = (f"The MDVAE reads the neutral clip on its own as {alone.answer} "
