@@ -284,7 +284,7 @@ def test_probe_principal_components_keep_the_largest_directions_of_the_training_
 
 @pytest.mark.slow
 def test_reference_head_reads_pairs_of_one_speaker_and_joins_a_bundle_alone(runs, tiny_store,
-                                                                           tmp_path):
+                                                                           tmp_path, capsys):
     """train.emotion --references: the head on pairs of a neutral clip and another clip of
     the same speaker (more neutral clips from a second store of the same people), scored on a
     pool of new speakers; export --bundle --emotion adds it and keeps what was measured."""
@@ -307,6 +307,11 @@ def test_reference_head_reads_pairs_of_one_speaker_and_joins_a_bundle_alone(runs
     with pytest.raises(SystemExit):  # the pool scores the reference head only
         emotion.main(["--store", str(tiny_store), *flags, "--pool", pool, "--out",
                       str(tmp_path / "no")])
+    # without more resting faces the neutral class cannot be learnt, and the user is told
+    alone = emotion.main(["--store", str(tiny_store), *flags, "--reference-head", "--out",
+                          str(tmp_path / "alone")])
+    assert "neutral" not in alone["emotion_reference"]["classes_fitted"]
+    assert "never answers neutral" in capsys.readouterr().err
     report = emotion.main(["--store", str(tiny_store), *flags, "--references", refs, pool_refs,
                            "--pool", pool, "--out", str(tmp_path / "heads")])
     ref = report["emotion_reference"]

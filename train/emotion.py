@@ -27,6 +27,7 @@ same clips, and how often the same-person check passes two clips of one person a
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 import torch
@@ -189,6 +190,10 @@ def fit_reference(args, model, plain: EmotionHead, store: Store,
                               c=args.c, max_references=args.max_references)
     classes = sorted(set(data["train"].labels[reference_pairs(
         data["train"].labels, data["train"].speakers, max_references=args.max_references)[0]]))
+    if head.config.reference not in classes:
+        print(f"warning: no training speaker has two {head.config.reference} clips, so the "
+              f"reference head never answers {head.config.reference}; give --references "
+              f"(train.prepare synthetic --emotions {head.config.reference})", file=sys.stderr)
     report = {"reads": MDVAE_MODEL, "reference": head.config.reference, "c": args.c,
               "references": list(args.references), "classes_fitted": classes,
               "max_references": args.max_references,
