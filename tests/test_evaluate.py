@@ -499,6 +499,48 @@ def test_a_pool_of_new_speakers_is_evaluated_with_another_stores_training_split(
     assert capsys.readouterr().err.count("loaded from") == 2
 
 
+def test_the_reference_head_is_scored_on_the_evaluated_speakers_pairs(tiny_bundle, tiny_store,
+                                                                      tmp_path):
+    """--references: more clips of the evaluated speakers (two resting faces each), so that
+    the bundle's reference head is read on every pair of one speaker's neutral clip and
+    another of their clips, beside its plain head; a bundle without that head is refused."""
+    from mdvae.bundle import save_bundle
+    from mdvae.data.store import Store
+    from mdvae.errors import MDVAEError
+    from tests.conftest import tiny_components
+    from train import prepare
+
+    refs = tmp_path / "neutral"
+    assert prepare.main(["synthetic", "--out", str(refs), "--speakers", "5",
+                         "--clips-per-speaker", "2", "--emotions", "neutral", "--frames", "36",
+                         "--seed", "3", "--workers", "0", "--val-speakers", "1",
+                         "--test-speakers", "1"]) == 0
+    argv = [
+        "--bundle", str(tiny_bundle), "--data", str(tiny_store), "--quick", "--judge-steps", "3",
+        "--denoise-sequences", "4", "--swap-pairs", "3", "--generation-clips", "2", "--sigmas",
+        "0", "0.2", "--threads", "1", "--no-figures", "--references", str(refs),
+    ]  # fmt: skip
+    results = evaluate.main(argv + ["--out", str(tmp_path / "eval")])
+    against = results["emotion"]["reference"]
+    (speaker,) = {c.speaker for c in Store(tiny_store).split_clips("test")}
+    own = [c for c in Store(tiny_store).clips if c.speaker == speaker]
+    n = 2 + sum(c.emotion == "neutral" for c in own)  # its resting faces, both stores
+    assert against["pairs"] == n * (len(own) + 2 - 1) and against["speakers"] == 1
+    assert against["other_person_passed"] is None  # one evaluated speaker: no pair of two
+    assert results["config"]["references"] == [str(refs)]
+    summary = results["summary"]
+    assert summary["emotion_reference_accuracy"] == against["accuracy"]
+    assert summary["emotion_reference_gain"] == pytest.approx(
+        against["accuracy"] - against["plain_accuracy"])
+    assert "**Emotion against the same person's neutral clip**" in results["markdown"]
+    components = tiny_components()
+    del components["emotion_reference"]
+    save_bundle(tmp_path / "plain", components, info={}, card="")
+    with pytest.raises(MDVAEError, match="emotion_reference"):
+        evaluate.main([*argv[:1], str(tmp_path / "plain"), *argv[2:], "--out",
+                       str(tmp_path / "refused")])
+
+
 def test_speaker_swaps_are_scored_by_nearness_to_a_or_b():
     speaker = next(f for f in D.FACTORS if f.name == "speaker_video")
     assert speaker.kind == "identity" and speaker.score == "speaker_verification"

@@ -34,13 +34,7 @@ import torch
 
 from mdvae.bundle import save_bundle
 from mdvae.calibration import (
-    SURE_FROM,
-    calibrated,
-    ece_noise_floor,
-    expected_calibration_error,
     fit_temperature,
-    negative_log_likelihood,
-    selective,
 )
 from mdvae.components import (
     DSAE_AUDIO,
@@ -51,8 +45,8 @@ from mdvae.components import (
 )
 from mdvae.data.store import Store
 from mdvae.errors import MDVAEError
+from mdvae.eval import experiments as ev
 from mdvae.eval.diagnostics import clip_means, feature_means, labelled
-from mdvae.eval.stats import paired_difference, se_over_speakers
 from mdvae.model.emotion import (
     EmotionHead,
     ReferenceEmotionHead,
@@ -109,72 +103,11 @@ def with_references(clips: list, features: tuple[np.ndarray, np.ndarray],
         for store, audio, visual in references]
 
 
-@torch.no_grad()
-def pair_logits(head: ReferenceEmotionHead, data: Encoded
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every same-speaker pair of `data` (`reference_pairs`): (clip rows, reference rows, the
-    head's logits (P, n_classes), the clips' label indices (P,))."""
-    rows, refs = reference_pairs(data.labels, data.speakers, head.config.reference)
-    w = torch.from_numpy(data.w)
-    logits = head(w[rows], w[refs]).double().numpy()
-    labels = list(head.config.labels)
-    return rows, refs, logits, np.array([labels.index(e) for e in data.labels[rows]])
-
-
-@torch.no_grad()
-def reference_scores(head: ReferenceEmotionHead, plain: EmotionHead, data: Encoded,
-                     temperature: float = 1.0) -> dict:
-    """What the reference head reads on every same-speaker pair of `data`: its accuracy (all
-    pairs, neutral clips, the others) beside the plain head's on the same clips, and how
-    often the same-person check passes the pairs, and pairs of a reference clip with every
-    other speaker's clips; with the calibration figures at `temperature`."""
-    rows, refs, logits, y = pair_logits(head, data)
-    w = torch.from_numpy(data.w)
-    hit = logits.argmax(1) == y
-    plain_hit = plain(w[rows]).argmax(-1).numpy() == y
-    is_ref = data.labels[rows] == head.config.reference
-    same = head.same_person(w[rows], w[refs]).numpy()
-    other = np.concatenate([np.zeros(0, bool)] + [
-        head.same_person(w[data.speakers != data.speakers[r]],
-                         w[r].expand(int((data.speakers != data.speakers[r]).sum()), -1)).numpy()
-        for r in np.unique(refs)])  # each reference clip against every other speaker's clips
-    probs = calibrated(logits, temperature)
-    speakers = data.speakers[rows]
-    gain = paired_difference(hit.astype(float) - plain_hit.astype(float), speakers)
-    levels, by_level = data.levels[rows], {}
-    for level in sorted(set(levels[~is_ref].tolist()) - {0}):
-        chosen = (levels == level) & ~is_ref
-        by_level[str(level)] = {"pairs": int(chosen.sum()), "accuracy": float(hit[chosen].mean()),
-                                "plain_accuracy": float(plain_hit[chosen].mean())}
-    return {
-        "pairs": int(len(rows)),
-        "speakers": int(len(np.unique(speakers))),
-        "accuracy": float(hit.mean()),
-        # one speaker's pairs are not independent: the speakers are the unit
-        "accuracy_se_speakers": _finite(se_over_speakers(hit, speakers)[0]),
-        "plain_accuracy": float(plain_hit.mean()),
-        "gain_over_plain": {k: _finite(v) if isinstance(v, float) else v
-                            for k, v in gain.items()},
-        "by_level": by_level,  # the other emotions' clips, by intensity
-        f"accuracy_{head.config.reference}": float(hit[is_ref].mean()) if is_ref.any() else None,
-        f"plain_accuracy_{head.config.reference}": (float(plain_hit[is_ref].mean())
-                                                    if is_ref.any() else None),
-        "accuracy_others": float(hit[~is_ref].mean()),
-        "plain_accuracy_others": float(plain_hit[~is_ref].mean()),
-        "same_person_passed": float(same.mean()),
-        "other_person_passed": float(other.mean()) if len(other) else None,
-        "temperature": temperature,
-        "ece_before": expected_calibration_error(calibrated(logits, 1.0), y),
-        "ece_after": expected_calibration_error(probs, y),
-        "ece_floor": ece_noise_floor(probs),
-        "nll_before": negative_log_likelihood(logits, y),
-        "nll_after": negative_log_likelihood(logits, y, temperature),
-        "sure_from": SURE_FROM,
-        "before": selective(calibrated(logits, 1.0), y),
-        "after": selective(probs, y),
-    }
-
-
+def scores_of(head: ReferenceEmotionHead, plain: EmotionHead, data: Encoded,
+              temperature: float) -> dict:
+    """`mdvae.eval.experiments.reference_study` of `data`'s clips."""
+    return ev.reference_study(head, plain, data.w, data.labels, data.speakers, data.levels,
+                              temperature)
 
 
 def fit_reference(args, model, plain: EmotionHead, store: Store,
@@ -204,14 +137,15 @@ def fit_reference(args, model, plain: EmotionHead, store: Store,
         common.check_unseen(labelled(pool.split_clips("val")), store)
         pool_data = Encoded(model, with_references(
             labelled(pool.split_clips("val")), cached_features(pool, *vq)[:2], references))
-        temperature = fit_temperature(*pair_logits(head, pool_data)[2:])
+        temperature = fit_temperature(*ev.reference_pair_logits(
+            head, pool_data.w, pool_data.labels, pool_data.speakers)[2:])
         report["pool"] = {"store": args.pool, "split": "val",
-                          **reference_scores(head, plain, pool_data, temperature)}
+                          **scores_of(head, plain, pool_data, temperature)}
         report["calibration"] = {
             "temperature": temperature,
             "fitted_on": f"the head's logits of {report['pool']['pairs']} same-speaker pairs "
                          f"of {report['pool']['speakers']} new speakers ({args.pool}, val)"}
-    scores = {split: reference_scores(head, plain, d, temperature)
+    scores = {split: scores_of(head, plain, d, temperature)
               for split, d in data.items() if len(reference_pairs(d.labels, d.speakers)[0])}
     report["accuracy"] = {split: s["accuracy"] for split, s in scores.items()}
     report["splits"] = scores
@@ -243,11 +177,6 @@ def print_reference(report: dict) -> None:
     if "calibration" in report:
         print(f"{'':>22}  temperature {report['calibration']['temperature']:.2f} "
               f"({report['calibration']['fitted_on']})")
-
-
-def _finite(value: float) -> float | None:
-    """`value`, or None where it is not finite (bundle info is strict JSON)."""
-    return float(value) if np.isfinite(value) else None
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

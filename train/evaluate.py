@@ -16,7 +16,11 @@ disentanglement scores.
    denoised mouths, each model's output at every sigma, the noisy input and the clean
    frames, against the truth ("mouth_read"; trusted only where its mouth head is).
 3. Emotion recognition: logistic regression on the posterior mean of w against the share
-   of labelled training clips, tested on the evaluated split's unseen speakers.
+   of labelled training clips, tested on the evaluated split's unseen speakers. With
+   --references (stores of more clips of the evaluated speakers, e.g. neutral ones) and a
+   bundle with the head that reads w against the same person's neutral clip, that head too,
+   on every pair of an evaluated speaker's neutral clip and another of their clips, beside
+   the bundle's plain head on the same clips ("emotion" -> "reference").
 4. On stores with ground-truth factors: judges trained on training speakers (never the
    evaluated ones) read the factors of decoded clips after latent swaps and generation
    from the priors; a judge is trusted when it reads the evaluated speakers' clean clips
@@ -52,7 +56,9 @@ from mdvae.bundle import load_bundle
 from mdvae.components import (
     DSAE_AUDIO,
     DSAE_VISUAL,
+    EMOTION_HEAD,
     EMOTION_READERS,
+    EMOTION_REFERENCE,
     MDVAE_MODEL,
     VQVAE_ALONE,
 )
@@ -126,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         "clips (default: --data). With it, a store whose speakers are all held out (a pool "
         "of new speakers: train.prepare synthetic --first-speaker 200 ... --val-speakers N) "
         "can be evaluated; its speakers must not be the training store's (refused)",
+    )
+    parser.add_argument(
+        "--references",
+        nargs="+",
+        default=[],
+        metavar="STORE",
+        help="stores of more clips of the evaluated speakers, matched by name (e.g. neutral "
+        "ones: train.prepare synthetic --emotions neutral): the bundle's reference head is "
+        "scored on every pair of a speaker's neutral clip and another of their clips",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if any)")
@@ -381,6 +396,31 @@ def run_emotion(store, models, reader, s, rng, training: TrainingSide | None = N
     if full and all(c.level for c in test):
         out["by_level"] = ev.accuracy_by_level(full, [c.level for c in test], MDVAE_MODEL)
     return out
+
+
+def run_reference_emotion(store: Store, bundle, models: ev.Models, reader: FeatureReader,
+                          references: list[str], s: EvalSettings, *, fill_cache: bool) -> dict:
+    """The bundle's reference head (`ReferenceEmotionHead`) on every same-speaker pair of the
+    evaluated split's clips and the `references` stores' clips of the same speakers, beside
+    the bundle's plain head on the same clips (`ev.reference_study`), at the head's
+    calibrated temperature."""
+    head, plain = bundle[EMOTION_REFERENCE].eval(), bundle[EMOTION_HEAD].eval()
+    clips = [c for c in store.split_clips(s.split) if c.emotion]
+    speakers = {c.speaker for c in clips}
+    parts = [(reader, clips)]
+    for path in references:
+        other = Store(path)
+        parts.append((FeatureReader(other, models, fill_cache=fill_cache),
+                      [c for c in other.clips if c.emotion and c.speaker in speakers]))
+    w = np.concatenate([static_latents(models.mdvae, r, chosen, desc=f"w ({EMOTION_REFERENCE})")
+                        for r, chosen in parts if chosen])
+    chosen = [c for _, part in parts for c in part]
+    temperature = float(bundle.info.get("emotion", {}).get(EMOTION_REFERENCE, {})
+                        .get("calibration", {}).get("temperature", 1.0))
+    study = ev.reference_study(head, plain, w, np.array([c.emotion for c in chosen]),
+                               np.array([c.speaker for c in chosen]),
+                               np.array([c.level or 0 for c in chosen]), temperature)
+    return {"references": list(references), "reference": head.config.reference, **study}
 
 
 def late_fusion(
@@ -787,6 +827,7 @@ def evaluate(args: argparse.Namespace, s: EvalSettings, out_dir: Path) -> dict:
             "bundle": str(args.bundle),
             "data": str(args.data),
             "train_data": str(args.train_data or args.data),
+            "references": list(args.references),
             "split": s.split,
             "seed": s.seed,
             "quick": bool(args.quick),
@@ -826,6 +867,15 @@ def evaluate(args: argparse.Namespace, s: EvalSettings, out_dir: Path) -> dict:
     results["emotion"] = timed(
         "emotion", lambda: run_emotion(store, models, reader, s, rng(30), training)
     )
+    if args.references:
+        if EMOTION_REFERENCE not in bundle or EMOTION_HEAD not in bundle:
+            raise MDVAEError(f"--references scores the bundle's {EMOTION_REFERENCE} head, which "
+                             f"{args.bundle} does not hold (train.emotion --references ...)")
+        results["emotion"]["reference"] = timed(
+            "emotion against a neutral clip",
+            lambda: run_reference_emotion(store, bundle, models, reader, args.references, s,
+                                          fill_cache=not args.quick),
+        )
     swap_example = None
     if J.has_ground_truth(store.factors):
         results["disentanglement"], swap_example, judges = timed(

@@ -24,6 +24,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from mdvae.calibration import (
+    SURE_FROM,
+    calibrated,
+    ece_noise_floor,
+    expected_calibration_error,
+    negative_log_likelihood,
+    selective,
+)
 from mdvae.components import (
     COMPARED,
     DENOISERS,
@@ -40,10 +48,11 @@ from mdvae.components import (
 from mdvae.errors import MDVAEError
 from mdvae.eval import judges as J
 from mdvae.eval import metrics
-from mdvae.eval.stats import binomial_se
+from mdvae.eval.stats import binomial_se, paired_difference, se_over_speakers
 from mdvae.labels import EMOTIONS
 from mdvae.media.audio import log_spectral_distance
 from mdvae.model.dsae import DSAE
+from mdvae.model.emotion import reference_pairs
 from mdvae.model.mdvae import MDVAE
 from mdvae.stage1.codec import AVCodec
 
@@ -458,3 +467,83 @@ def encode_either(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor):
 def static_means(model: MDVAE | DSAE, x_a: Tensor, x_v: Tensor) -> np.ndarray:
     """Posterior means of w for clips x_a (B, T, 512), x_v (B, T, 2048): (B, Lw)."""
     return encode_either(model, x_a, x_v).w.cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------
+# Emotion read against the same person's neutral clip
+
+
+@torch.no_grad()
+def reference_pair_logits(head, w: np.ndarray, labels: np.ndarray, speakers: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every same-speaker pair of clips w (N, Lw) with labels and speakers (N,)
+    (`reference_pairs`, `head` a `ReferenceEmotionHead`): (clip rows, reference rows, the
+    head's logits (P, n_classes), the clips' label indices (P,))."""
+    rows, refs = reference_pairs(labels, speakers, head.config.reference)
+    x = torch.as_tensor(w, device=head.spread.device)
+    logits = head(x[rows], x[refs]).double().cpu().numpy()
+    names = list(head.config.labels)
+    return rows, refs, logits, np.array([names.index(e) for e in np.asarray(labels)[rows]])
+
+
+@torch.no_grad()
+def reference_study(head, plain, w: np.ndarray, labels: np.ndarray, speakers: np.ndarray,
+                    levels: np.ndarray, temperature: float = 1.0) -> dict[str, Any]:
+    """What a `ReferenceEmotionHead` reads on every same-speaker pair of clips w (N, Lw) with
+    labels, speakers and intensity levels (N,; 0 where none): its accuracy (all pairs, the
+    reference emotion's clips, the others, the others by level) beside the plain head's
+    (`plain`, on w alone) on the same clips, the gain with the speakers as the unit, how
+    often the same-person check passes the pairs and each reference clip against every other
+    speaker's clips; and the calibration figures at `temperature`."""
+    labels, speakers, levels = map(np.asarray, (labels, speakers, levels))
+    rows, refs, logits, y = reference_pair_logits(head, w, labels, speakers)
+    x = torch.as_tensor(w, device=head.spread.device)
+    hit = logits.argmax(1) == y
+    plain_hit = plain(x[rows]).argmax(-1).cpu().numpy() == y
+    reference = head.config.reference
+    is_ref = labels[rows] == reference
+    same = head.same_person(x[rows], x[refs]).cpu().numpy()
+    other = np.concatenate([np.zeros(0, bool)] + [  # each reference clip against the others'
+        head.same_person(x[speakers != speakers[r]],
+                         x[r].expand(int((speakers != speakers[r]).sum()), -1)).cpu().numpy()
+        for r in np.unique(refs)])
+    probs = calibrated(logits, temperature)
+    who = speakers[rows]
+    gain = paired_difference(hit.astype(float) - plain_hit.astype(float), who)
+    by_level = {}
+    for level in sorted(set(levels[rows][~is_ref].tolist()) - {0}):
+        chosen = (levels[rows] == level) & ~is_ref
+        by_level[str(level)] = {"pairs": int(chosen.sum()), "accuracy": float(hit[chosen].mean()),
+                                "plain_accuracy": float(plain_hit[chosen].mean())}
+    return {
+        "pairs": int(len(rows)),
+        "speakers": int(len(np.unique(who))),
+        "accuracy": float(hit.mean()),
+        # one speaker's pairs are not independent: the speakers are the unit
+        "accuracy_se_speakers": _finite(se_over_speakers(hit, who)[0]),
+        "plain_accuracy": float(plain_hit.mean()),
+        "gain_over_plain": {k: _finite(v) if isinstance(v, float) else v
+                            for k, v in gain.items()},
+        "by_level": by_level,  # the other emotions' clips, by intensity
+        f"accuracy_{reference}": float(hit[is_ref].mean()) if is_ref.any() else None,
+        f"plain_accuracy_{reference}": (float(plain_hit[is_ref].mean())
+                                        if is_ref.any() else None),
+        "accuracy_others": float(hit[~is_ref].mean()),
+        "plain_accuracy_others": float(plain_hit[~is_ref].mean()),
+        "same_person_passed": float(same.mean()),
+        "other_person_passed": float(other.mean()) if len(other) else None,
+        "temperature": temperature,
+        "ece_before": expected_calibration_error(calibrated(logits, 1.0), y),
+        "ece_after": expected_calibration_error(probs, y),
+        "ece_floor": ece_noise_floor(probs),
+        "nll_before": negative_log_likelihood(logits, y),
+        "nll_after": negative_log_likelihood(logits, y, temperature),
+        "sure_from": SURE_FROM,
+        "before": selective(calibrated(logits, 1.0), y),
+        "after": selective(probs, y),
+    }
+
+
+def _finite(value: float) -> float | None:
+    """`value`, or None where it is not finite (results and bundle info are strict JSON)."""
+    return float(value) if np.isfinite(value) else None

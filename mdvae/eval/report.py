@@ -229,6 +229,19 @@ def summary(results: dict) -> dict:
     if level_1:
         for m, r in level_1["models"].items():
             out[f"emotion_accuracy_{m}_level_1"] = r["accuracy"]
+    against = results.get("emotion", {}).get("reference")
+    if against:
+        gain = against["gain_over_plain"]
+        out["emotion_reference_accuracy"] = against["accuracy"]
+        out["emotion_reference_accuracy_se"] = against["accuracy_se_speakers"]
+        out["emotion_reference_plain_accuracy"] = against["plain_accuracy"]
+        out["emotion_reference_gain"] = gain["difference"]
+        out["emotion_reference_gain_se"] = gain.get("se_speakers")
+        if "1" in against["by_level"]:
+            out["emotion_reference_level_1"] = against["by_level"]["1"]["accuracy"]
+            out["emotion_reference_plain_level_1"] = against["by_level"]["1"]["plain_accuracy"]
+        out["emotion_reference_same_person_passed"] = against["same_person_passed"]
+        out["emotion_reference_other_person_passed"] = against["other_person_passed"]
     dis = results.get("disentanglement")
     if dis:
         shares = dis["swaps"]["shares"]
@@ -389,6 +402,7 @@ def markdown(results: dict) -> str:
                 + ". Above the V-DSAE, it is what the voice can add to the face.",
             ]
         lines += _emotion_level_table(emo)
+        lines += _emotion_reference_table(emo.get("reference"))
     dis = results.get("disentanglement")
     if dis:
         lines += _judge_table(dis) + _swap_table(dis) + _generation_table(dis)
@@ -405,6 +419,40 @@ def markdown(results: dict) -> str:
             f"| {r['name']} | {r['target']} | {r['measured']} | {r['status']} |" for r in rows
         ]
     return "\n".join(lines) + "\n"
+
+
+def _emotion_reference_table(against: dict | None) -> list[str]:
+    """The reading against the same person's neutral clip beside the plain head's."""
+    if not against:
+        return []
+    ref, gain = against["reference"], against["gain_over_plain"]
+    lines = [
+        "",
+        f"**Emotion against the same person's {ref} clip** (the bundle's reference head on "
+        f"every pair of a speaker's {ref} clip and another of their clips, {against['pairs']} "
+        f"pairs of {against['speakers']} speakers, {ref} clips from "
+        f"{', '.join(f'`{r}`' for r in against['references'])} too; beside it the bundle's "
+        "plain head on the same clips)",
+        "",
+        f"| clips | against the {ref} clip | plain head |",
+        "|---|---|---|",
+        f"| all | {_pm(against['accuracy'], against['accuracy_se_speakers'])} | "
+        f"{_f(against['plain_accuracy'])} |",
+        f"| {ref} | {_f(against[f'accuracy_{ref}'])} | {_f(against[f'plain_accuracy_{ref}'])} |",
+        f"| the others | {_f(against['accuracy_others'])} | "
+        f"{_f(against['plain_accuracy_others'])} |",
+    ]
+    lines += [f"| the others, level {level} | {_f(e['accuracy'])} | {_f(e['plain_accuracy'])} |"
+              for level, e in against["by_level"].items()]
+    other = against["other_person_passed"]
+    lines += [
+        "",
+        f"Gain over the plain head {_pm(gain['difference'], gain.get('se_speakers'))} (SE with "
+        f"the speakers as the unit). The same-person check passed "
+        f"{against['same_person_passed']:.1%} of one person's pairs"
+        + (f" and {other:.2%} of two people's." if other is not None else "."),
+    ]
+    return lines
 
 
 def _emotion_speaker_table(emo: dict, names: list[str]) -> list[str]:
