@@ -447,7 +447,8 @@ def _emotion_reference_table(against: dict | None) -> list[str]:
     other = against["other_person_passed"]
     lines += [
         "",
-        f"Gain over the plain head {_pm(gain['difference'], gain.get('se_speakers'))} (SE with "
+        f"Gain over the plain head {'+' if gain['difference'] >= 0 else ''}"
+        f"{_pm(gain['difference'], gain.get('se_speakers'))} (SE with "
         f"the speakers as the unit). The same-person check passed "
         f"{against['same_person_passed']:.1%} of one person's pairs"
         + (f" and {other:.2%} of two people's." if other is not None else "."),
