@@ -533,7 +533,21 @@ def test_the_reference_head_is_scored_on_the_evaluated_speakers_pairs(tiny_bundl
     assert summary["emotion_reference_gain"] == pytest.approx(
         against["accuracy"] - against["plain_accuracy"])
     assert "**Emotion against the same person's neutral clip**" in results["markdown"]
-    components = tiny_components()
+    # references of other people only: nothing to pair, said rather than scored
+    strangers = tmp_path / "strangers"
+    assert prepare.main(["synthetic", "--out", str(strangers), "--first-speaker", "40",
+                         "--speakers", "2", "--clips-per-speaker", "2", "--emotions", "neutral",
+                         "--frames", "36", "--workers", "0", "--val-speakers", "0",
+                         "--test-speakers", "0"]) == 0
+    alone = evaluate.main(argv[:-1] + [str(strangers), "--out", str(tmp_path / "strangers_eval")])
+    own_neutral = n - 2
+    if own_neutral:  # its own neutral clip against its other clips
+        assert alone["emotion"]["reference"]["pairs"] == own_neutral * (len(own) - 1)
+    else:
+        assert "skipped" in alone["emotion"]["reference"]
+        assert "**Emotion against the same person's neutral clip**: no evaluated" in (
+            alone["markdown"])
+        components = tiny_components()
     del components["emotion_reference"]
     save_bundle(tmp_path / "plain", components, info={}, card="")
     with pytest.raises(MDVAEError, match="emotion_reference"):

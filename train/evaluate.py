@@ -70,6 +70,7 @@ from mdvae.eval import judges as J
 from mdvae.eval import metrics
 from mdvae.eval.report import figures, markdown, protocol, summary, targets
 from mdvae.eval.stats import mean_spread, paired_difference
+from mdvae.model.emotion import reference_pairs
 from train import common
 from train.runs import cached_features, feature_key
 
@@ -415,10 +416,13 @@ def run_reference_emotion(store: Store, bundle, models: ev.Models, reader: Featu
     w = np.concatenate([static_latents(models.mdvae, r, chosen, desc=f"w ({EMOTION_REFERENCE})")
                         for r, chosen in parts if chosen])
     chosen = [c for _, part in parts for c in part]
+    labels, who = [c.emotion for c in chosen], [c.speaker for c in chosen]
+    if not len(reference_pairs(labels, who, head.config.reference)[0]):
+        return {"skipped": f"no evaluated speaker has a {head.config.reference} clip and "
+                           "another clip to pair it with"}
     temperature = float(bundle.info.get("emotion", {}).get(EMOTION_REFERENCE, {})
                         .get("calibration", {}).get("temperature", 1.0))
-    study = ev.reference_study(head, plain, w, np.array([c.emotion for c in chosen]),
-                               np.array([c.speaker for c in chosen]),
+    study = ev.reference_study(head, plain, w, np.array(labels), np.array(who),
                                np.array([c.level or 0 for c in chosen]), temperature)
     return {"references": list(references), "reference": head.config.reference, **study}
 

@@ -230,7 +230,7 @@ def summary(results: dict) -> dict:
         for m, r in level_1["models"].items():
             out[f"emotion_accuracy_{m}_level_1"] = r["accuracy"]
     against = results.get("emotion", {}).get("reference")
-    if against:
+    if against and "skipped" not in against:
         gain = against["gain_over_plain"]
         out["emotion_reference_accuracy"] = against["accuracy"]
         out["emotion_reference_accuracy_se"] = against["accuracy_se_speakers"]
@@ -425,6 +425,8 @@ def _emotion_reference_table(against: dict | None) -> list[str]:
     """The reading against the same person's neutral clip beside the plain head's."""
     if not against:
         return []
+    if "skipped" in against:
+        return ["", f"**Emotion against the same person's neutral clip**: {against['skipped']}."]
     ref, gain = against["reference"], against["gain_over_plain"]
     lines = [
         "",
