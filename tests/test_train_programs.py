@@ -335,8 +335,6 @@ def test_reference_head_reads_pairs_of_one_speaker_and_joins_a_bundle_alone(runs
     levels = pool_scores["by_level"].values()
     assert sum(e["accuracy"] * e["pairs"] for e in levels) / sum(e["pairs"] for e in levels) == (
         pytest.approx(pool_scores["accuracy_others"]))
-    # the plain head on the same clips is the bundle's own head
-    assert report["emotion"]["accuracy"]["train"] >= 0
 
     first = export.main([*flags, "--emotion", str(tmp_path / "heads"), "--out",
                          str(tmp_path / "first")])
