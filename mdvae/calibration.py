@@ -90,3 +90,21 @@ def selective(probs: np.ndarray, labels: np.ndarray, sure_from: float = SURE_FRO
     right = probs.argmax(axis=1) == np.asarray(labels)
     return {"answered": float(sure.mean()),
             "accuracy_answered": float(right[sure].mean()) if sure.any() else None}
+
+
+def fit_record(logits: np.ndarray, labels: np.ndarray, t: float) -> dict[str, float]:
+    """Accuracy, ECE and NLL of `logits` (N, K) against `labels` (N,), before and at `t`."""
+    return {
+        "accuracy": float((np.asarray(logits).argmax(1) == labels).mean()),
+        "ece_before": expected_calibration_error(calibrated(logits, 1.0), labels),
+        "ece_after": expected_calibration_error(calibrated(logits, t), labels),
+        "nll_before": negative_log_likelihood(logits, labels),
+        "nll_after": negative_log_likelihood(logits, labels, t),
+    }
+
+
+def head_temperature(info: dict, head: str) -> float:
+    """The temperature a bundle's info records for emotion head `head` (its component name;
+    1.0 when the head was not calibrated)."""
+    entry = info.get("emotion", {}).get(head, {})
+    return float(entry.get("calibration", {}).get("temperature", 1.0))

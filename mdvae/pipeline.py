@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from mdvae.bundle import Bundle, load_bundle
-from mdvae.calibration import SURE_FROM
+from mdvae.calibration import SURE_FROM, head_temperature
 from mdvae.components import (
     COMPARED,
     DENOISERS,
@@ -235,6 +235,11 @@ class EmotionReading:
                 "reason": self.reason, "probabilities": self.probabilities,
                 "temperature": self.temperature, "sure_from": self.sure_from,
                 "note": self.note, "same_person": self.same_person}
+
+
+def _not_sure(label: str, p: float, sure_from: float) -> str:
+    """Why a reading whose most likely emotion has only `p` gives no answer."""
+    return f"no emotion reaches {sure_from:.0%} (the most likely, {label}, has {p:.0%})"
 
 
 class _WholeFrame:
@@ -846,9 +851,7 @@ class Pipeline:
 
     def temperature(self, model: str) -> float:
         """The emotion head's temperature from the bundle (1.0 when not calibrated)."""
-        head = EMOTION_MODELS[model][1]
-        entry = self.bundle.info.get("emotion", {}).get(head, {})
-        return float(entry.get("calibration", {}).get("temperature", 1.0))
+        return head_temperature(self.bundle.info, EMOTION_MODELS[model][1])
 
     @torch.no_grad()
     def emotion_reading(self, enc: Encoded, model: str = "mdvae", *,
@@ -879,8 +882,7 @@ class Pipeline:
         if enc.familiarity.familiar is False:
             reason = "the clip is unfamiliar to the model, so its emotion cannot be trusted"
         elif probabilities[label] < sure_from:
-            reason = (f"no emotion reaches {sure_from:.0%} (the most likely, {label}, has "
-                      f"{probabilities[label]:.0%})")
+            reason = _not_sure(label, probabilities[label], sure_from)
         else:
             reason = ""
         return EmotionReading(model, EMOTION_TITLES[model], probabilities, temperature,
@@ -917,8 +919,7 @@ class Pipeline:
             )
         head = self.bundle[EMOTION_REFERENCE]
         w, w_ref = enc.latents.w.to(self.device), reference.latents.w.to(self.device)
-        entry = self.bundle.info.get("emotion", {}).get(EMOTION_REFERENCE, {})
-        temperature = float(entry.get("calibration", {}).get("temperature", 1.0))
+        temperature = head_temperature(self.bundle.info, EMOTION_REFERENCE)
         logits = head(w, w_ref) / temperature  # (1, 8)
         probs = torch.softmax(logits.double(), dim=-1)[0].tolist()
         probabilities = dict(zip(head.config.labels, probs))
@@ -939,8 +940,7 @@ class Pipeline:
                       f"differ by {distance:.1f}; one person's clips stay within {within:.1f}): "
                       f"the neutral clip must show the same person")
         elif probabilities[label] < sure_from:
-            reason = (f"no emotion reaches {sure_from:.0%} (the most likely, {label}, has "
-                      f"{probabilities[label]:.0%})")
+            reason = _not_sure(label, probabilities[label], sure_from)
         else:
             reason = ""
         note = ""

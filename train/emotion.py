@@ -81,11 +81,14 @@ def probe_groups(train: dict[str, np.ndarray], train_clips: list,
 
 class Encoded:
     """The MDVAE's clip means of w for a set of speakers' clips, from one store and the
-    reference stores' clips of the same speakers: w (N, L), labels and speakers (N,)."""
+    reference stores' clips of the same speakers: w (N, L), labels and speakers (N,).
+    `known`: the first source's w when it was encoded already."""
 
-    def __init__(self, model, sources: list[tuple[np.ndarray, np.ndarray, list]]):
-        parts = [clip_means(model, audio, visual, clips, show=False)["w"]
-                 for audio, visual, clips in sources if clips]
+    def __init__(self, model, sources: list[tuple[np.ndarray, np.ndarray, list]],
+                 known: np.ndarray | None = None):
+        parts = [known if i == 0 and known is not None else
+                 clip_means(model, audio, visual, clips, show=False)["w"]
+                 for i, (audio, visual, clips) in enumerate(sources) if clips]
         self.w = np.concatenate(parts) if parts else np.empty((0, model.config.w_dim))
         chosen = [c for _, _, clips in sources for c in clips]
         self.labels = np.array([c.emotion for c in chosen])
@@ -111,13 +114,14 @@ def scores_of(head: ReferenceEmotionHead, plain: EmotionHead, data: Encoded,
 
 
 def fit_reference(args, model, plain: EmotionHead, store: Store,
-                  features: tuple[np.ndarray, np.ndarray], vq) -> tuple[ReferenceEmotionHead,
-                                                                      dict]:
+                  features: tuple[np.ndarray, np.ndarray], vq, known: dict[str, np.ndarray]
+                  ) -> tuple[ReferenceEmotionHead, dict]:
     """--reference-head: the head, fitted on the training speakers' pairs, and its report
-    (per split of the store, and on the pool with its temperature)."""
+    (per split of the store, and on the pool with its temperature). `known`: split -> the
+    w of its labelled clips, already encoded for the plain head."""
     references = [(ref, *cached_features(ref, *vq)[:2]) for ref in map(Store, args.references)]
     data = {split: Encoded(model, with_references(labelled(store.split_clips(split)), features,
-                                                  references))
+                                                  references), known.get(split))
             for split in ("train", "val", "test")}
     head = fit_reference_head(data["train"].w, data["train"].labels, data["train"].speakers,
                               c=args.c, max_references=args.max_references)
@@ -263,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
                   + ", ".join(f"{k} {v:.3f}" for k, v in groups.items()))
         if model_name == MDVAE_MODEL and (args.reference_head or args.references):
             heads[EMOTION_REFERENCE], report[EMOTION_REFERENCE] = fit_reference(
-                args, model, head, store, (audio, visual), vq)
+                args, model, head, store, (audio, visual), vq,
+                {split: m["w"] for split, m in means.items()})
             print_reference(report[EMOTION_REFERENCE])
     save_bundle(args.out, heads, info={"emotion": report, **info},
                 card="Emotion heads (logistic regression on posterior means of w).\n")

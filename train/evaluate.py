@@ -53,6 +53,7 @@ import torch
 from tqdm import tqdm
 
 from mdvae.bundle import load_bundle
+from mdvae.calibration import head_temperature
 from mdvae.components import (
     DSAE_AUDIO,
     DSAE_VISUAL,
@@ -420,8 +421,7 @@ def run_reference_emotion(store: Store, bundle, models: ev.Models, reader: Featu
     if not len(reference_pairs(labels, who, head.config.reference)[0]):
         return {"skipped": f"no evaluated speaker has a {head.config.reference} clip and "
                            "another clip to pair it with"}
-    temperature = float(bundle.info.get("emotion", {}).get(EMOTION_REFERENCE, {})
-                        .get("calibration", {}).get("temperature", 1.0))
+    temperature = head_temperature(bundle.info, EMOTION_REFERENCE)
     study = ev.reference_study(head, plain, w, np.array(labels), np.array(who),
                                np.array([c.level or 0 for c in chosen]), temperature)
     return {"references": list(references), "reference": head.config.reference, **study}

@@ -258,7 +258,7 @@ def _speaker_spec(text: str) -> int | list[str]:
     text = text.strip()
     if text.isdigit():
         return int(text)
-    return [name.strip() for name in text.split(",") if name.strip()]
+    return list(_names(text))
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from mdvae.calibration import (
     calibrated,
     ece_noise_floor,
     expected_calibration_error,
+    fit_record,
     fit_temperature,
     negative_log_likelihood,
     selective,
@@ -115,7 +116,7 @@ def emotion_calibration(components: dict, store: Store, *, c: Mapping[str, float
                 "clips": int(len(fit_labels)),
                 "folds": n_folds,
                 "temperature": t_oof,
-                **_fit_record(oof, fit_labels, t_oof),
+                **fit_record(oof, fit_labels, t_oof),
             },
         }
         if pool is not None:
@@ -133,7 +134,7 @@ def emotion_calibration(components: dict, store: Store, *, c: Mapping[str, float
                 f"{negative_log_likelihood(pool_logits, pool_y, t_pool):.3f})")
             entry["pool"] = {"store": str(pool.path), "split": pool_split,
                              "clips": int(len(pool_y)), "speakers": n_speakers,
-                             "temperature": t_pool, **_fit_record(pool_logits, pool_y, t_pool)}
+                             "temperature": t_pool, **fit_record(pool_logits, pool_y, t_pool)}
         t = entry["temperature"]
         logits = head(torch.from_numpy(w["test"])).double().numpy()  # (N_test, 8)
         y = labels["test"]
@@ -155,17 +156,6 @@ def emotion_calibration(components: dict, store: Store, *, c: Mapping[str, float
             },
         }
     return out
-
-
-def _fit_record(logits: np.ndarray, labels: np.ndarray, t: float) -> dict[str, float]:
-    """Accuracy, ECE and NLL of `logits` (N, K) against `labels` (N,), before and at `t`."""
-    return {
-        "accuracy": float((logits.argmax(1) == labels).mean()),
-        "ece_before": expected_calibration_error(calibrated(logits, 1.0), labels),
-        "ece_after": expected_calibration_error(calibrated(logits, t), labels),
-        "nll_before": negative_log_likelihood(logits, labels),
-        "nll_after": negative_log_likelihood(logits, labels, t),
-    }
 
 
 def reference_info(components: dict, store_path: str, *, emotion: Mapping | None = None,

@@ -24,14 +24,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from mdvae.calibration import (
-    SURE_FROM,
-    calibrated,
-    ece_noise_floor,
-    expected_calibration_error,
-    negative_log_likelihood,
-    selective,
-)
+from mdvae.calibration import SURE_FROM, calibrated, ece_noise_floor, fit_record, selective
 from mdvae.components import (
     COMPARED,
     DENOISERS,
@@ -533,11 +526,8 @@ def reference_study(head, plain, w: np.ndarray, labels: np.ndarray, speakers: np
         "same_person_passed": float(same.mean()),
         "other_person_passed": float(other.mean()) if len(other) else None,
         "temperature": temperature,
-        "ece_before": expected_calibration_error(calibrated(logits, 1.0), y),
-        "ece_after": expected_calibration_error(probs, y),
+        **fit_record(logits, y, temperature),  # its accuracy is hit.mean(), as above
         "ece_floor": ece_noise_floor(probs),
-        "nll_before": negative_log_likelihood(logits, y),
-        "nll_after": negative_log_likelihood(logits, y, temperature),
         "sure_from": SURE_FROM,
         "before": selective(calibrated(logits, 1.0), y),
         "after": selective(probs, y),
