@@ -34,8 +34,11 @@ DSAE_VISUAL = "dsae_visual"
 EMOTION_HEAD = "emotion"  # reads the MDVAE's w
 EMOTION_DSAE_AUDIO = "emotion_dsae_audio"
 EMOTION_DSAE_VISUAL = "emotion_dsae_visual"
-# reads the MDVAE's w against the same person's neutral clip (`ReferenceEmotionHead`)
+# read each model's w against the same person's neutral clip (`ReferenceEmotionHead`); the
+# app uses the MDVAE's, the evaluation compares it with the one-stream models'
 EMOTION_REFERENCE = "emotion_reference"
+EMOTION_REFERENCE_DSAE_AUDIO = "emotion_reference_dsae_audio"
+EMOTION_REFERENCE_DSAE_VISUAL = "emotion_reference_dsae_visual"
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,13 @@ def reconstruct(
 
 @dataclass(frozen=True)
 class EmotionReader:
-    """A static latent and the emotion head that reads it."""
+    """A static latent and the emotion heads that read it."""
 
     name: str  # the pipeline's name for it
     model: str  # the component whose posterior mean of w is read
     head: str  # the emotion head component
     title: str  # in the app
+    reference_head: str  # the head that reads w against the same person's neutral clip
 
 
 # Not a model: the emotion study's reference, the A-DSAE's and V-DSAE's w read together by one
@@ -104,8 +108,10 @@ LATE_FUSION = "late_fusion"
 EMOTION_READERS: dict[str, EmotionReader] = {
     r.name: r
     for r in (
-        EmotionReader("mdvae", MDVAE_MODEL, EMOTION_HEAD, "MDVAE"),
-        EmotionReader("audio", DSAE_AUDIO, EMOTION_DSAE_AUDIO, "A-DSAE (voice)"),
-        EmotionReader("visual", DSAE_VISUAL, EMOTION_DSAE_VISUAL, "V-DSAE (face)"),
+        EmotionReader("mdvae", MDVAE_MODEL, EMOTION_HEAD, "MDVAE", EMOTION_REFERENCE),
+        EmotionReader("audio", DSAE_AUDIO, EMOTION_DSAE_AUDIO, "A-DSAE (voice)",
+                      EMOTION_REFERENCE_DSAE_AUDIO),
+        EmotionReader("visual", DSAE_VISUAL, EMOTION_DSAE_VISUAL, "V-DSAE (face)",
+                      EMOTION_REFERENCE_DSAE_VISUAL),
     )
 }

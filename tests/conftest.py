@@ -42,6 +42,8 @@ def tiny_components(seed: int = 0) -> dict[str, torch.nn.Module]:
         "emotion_dsae_visual": EmotionHead(EmotionHeadConfig(in_dim=mdvae_cfg.w_dim)),
         "emotion_reference": ReferenceEmotionHead(
             ReferenceEmotionHeadConfig(in_dim=mdvae_cfg.w_dim)),
+        "emotion_reference_dsae_visual": ReferenceEmotionHead(
+            ReferenceEmotionHeadConfig(in_dim=mdvae_cfg.w_dim)),
     }
     for module in components.values():
         module.eval()

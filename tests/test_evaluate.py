@@ -533,6 +533,16 @@ def test_the_reference_head_is_scored_on_the_evaluated_speakers_pairs(tiny_bundl
     assert summary["emotion_reference_gain"] == pytest.approx(
         against["accuracy"] - against["plain_accuracy"])
     assert "**Emotion against the same person's neutral clip**" in results["markdown"]
+    # the V-DSAE's own reference head on the same pairs, and the MDVAE's margin over it
+    (theirs,) = against["others"].values()
+    assert set(against["others"]) == {"dsae_visual"} and theirs["pairs"] == against["pairs"]
+    assert theirs["mdvae_minus"]["difference"] == pytest.approx(
+        against["accuracy"] - theirs["accuracy"])
+    assert summary["emotion_reference_accuracy_dsae_visual"] == theirs["accuracy"]
+    assert summary["emotion_reference_margin_dsae_visual"] == pytest.approx(
+        theirs["mdvae_minus"]["difference"])
+    assert "V-DSAE, against the neutral clip" in results["markdown"]
+    assert "The MDVAE against the same clip minus the V-DSAE" in results["markdown"]
     # references of other people only: nothing to pair, said rather than scored
     strangers = tmp_path / "strangers"
     assert prepare.main(["synthetic", "--out", str(strangers), "--first-speaker", "40",
@@ -547,7 +557,7 @@ def test_the_reference_head_is_scored_on_the_evaluated_speakers_pairs(tiny_bundl
         assert "skipped" in alone["emotion"]["reference"]
         assert "**Emotion against the same person's neutral clip**: no evaluated" in (
             alone["markdown"])
-        components = tiny_components()
+    components = tiny_components()
     del components["emotion_reference"]
     save_bundle(tmp_path / "plain", components, info={}, card="")
     with pytest.raises(MDVAEError, match="emotion_reference"):

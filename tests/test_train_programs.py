@@ -313,8 +313,18 @@ def test_reference_head_reads_pairs_of_one_speaker_and_joins_a_bundle_alone(runs
     assert "neutral" not in alone["emotion_reference"]["classes_fitted"]
     assert "never answers neutral" in capsys.readouterr().err
     report = emotion.main(["--store", str(tiny_store), *flags, "--references", refs, pool_refs,
-                           "--pool", pool, "--out", str(tmp_path / "heads")])
+                           "--pool", pool, "--dsae-visual", str(runs / "dsae_visual"),
+                           "--out", str(tmp_path / "heads")])
     ref = report["emotion_reference"]
+    # the V-DSAE's own reference head, on the same pairs, with the MDVAE's margin over it
+    theirs = report["emotion_reference_dsae_visual"]
+    assert theirs["reads"] == "dsae_visual" and "emotion_reference_dsae_audio" not in report
+    for where in ("pool", "train"):
+        mine = ref[where] if where == "pool" else ref["splits"][where]
+        other = theirs[where] if where == "pool" else theirs["splits"][where]
+        assert other["pairs"] == mine["pairs"]
+        assert other["mdvae_minus"]["difference"] == pytest.approx(
+            mine["accuracy"] - other["accuracy"])
     # every training speaker now has 2 or 3 neutral clips: the neutral class is learnt
     assert "neutral" in ref["classes_fitted"]
     train_speakers = Store(tiny_store).speakers("train")
@@ -336,6 +346,9 @@ def test_reference_head_reads_pairs_of_one_speaker_and_joins_a_bundle_alone(runs
     assert sum(e["accuracy"] * e["pairs"] for e in levels) / sum(e["pairs"] for e in levels) == (
         pytest.approx(pool_scores["accuracy_others"]))
 
+    with pytest.raises(ConfigError, match="emotion heads for dsae_visual.*--dsae-visual"):
+        export.main([*flags, "--emotion", str(tmp_path / "heads"), "--out", str(tmp_path / "x")])
+    flags += ["--dsae-visual", str(runs / "dsae_visual")]
     first = export.main([*flags, "--emotion", str(tmp_path / "heads"), "--out",
                          str(tmp_path / "first")])
     plain_only = tmp_path / "plain"
@@ -363,6 +376,8 @@ def test_reference_head_reads_pairs_of_one_speaker_and_joins_a_bundle_alone(runs
     record = again.info["emotion"]["emotion_reference"]
     assert record["accuracy"] == ref["accuracy"] and record["by_export"] is True
     assert "same person's neutral clip" in added.card
+    assert "V-DSAE, against the neutral clip" in added.card
+    assert "The MDVAE against the same clip minus the V-DSAE" in added.card
     torch.testing.assert_close(added["emotion_reference"].state_dict(),
                                load_bundle(first)["emotion_reference"].state_dict())
 

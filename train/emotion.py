@@ -9,9 +9,11 @@ averages of z_av, z_a, z_v, or of a DSAE's z) to show where the emotion ended up
 on the clip means of the stage-1 features themselves: how much emotion a linear read-out
 finds in what stage 2 is given.
 
-``--reference-head`` also fits a head that reads a clip's w against the same person's
-neutral clip (`mdvae.model.emotion.ReferenceEmotionHead`, component ``emotion_reference``),
-on every pair of a training speaker's neutral clip and another of their clips. A speaker
+``--reference-head`` also fits, for each model given, a head that reads a clip's w against
+the same person's neutral clip (`mdvae.model.emotion.ReferenceEmotionHead`; components
+``emotion_reference`` for the MDVAE, which the app uses, and ``emotion_reference_dsae_audio``
+/ ``emotion_reference_dsae_visual``, which ``train.evaluate`` compares it with), on every
+pair of a training speaker's neutral clip and another of their clips. A speaker
 needs two neutral clips for the neutral class itself: ``--references`` adds stores of more
 clips of the same people, matched by speaker name (the synthetic benchmark has one neutral
 clip per speaker: ``train.prepare synthetic --emotions neutral`` draws more). ``--pool``, a
@@ -56,9 +58,6 @@ from mdvae.model.emotion import (
 )
 from train import common
 from train.runs import cached_features, load_stage1, load_stage2
-
-# bundle component name of each head -> the stage-2 model whose w it reads
-HEADS = {r.head: r.model for r in EMOTION_READERS.values()}
 
 
 def accuracy(head, features: np.ndarray, clips: list) -> float:
@@ -113,12 +112,13 @@ def scores_of(head: ReferenceEmotionHead, plain: EmotionHead, data: Encoded,
                               temperature)
 
 
-def fit_reference(args, model, plain: EmotionHead, store: Store,
+def fit_reference(args, model_name: str, model, plain: EmotionHead, store: Store,
                   features: tuple[np.ndarray, np.ndarray], vq, known: dict[str, np.ndarray]
-                  ) -> tuple[ReferenceEmotionHead, dict]:
-    """--reference-head: the head, fitted on the training speakers' pairs, and its report
-    (per split of the store, and on the pool with its temperature). `known`: split -> the
-    w of its labelled clips, already encoded for the plain head."""
+                  ) -> tuple[ReferenceEmotionHead, dict, dict[str, Encoded]]:
+    """--reference-head: the head that reads `model`'s w against the same person's neutral
+    clip, fitted on the training speakers' pairs, its report (per split of the store, and on
+    the pool with its temperature), and the clips it read (split or "pool" -> `Encoded`).
+    `known`: split -> the w of its labelled clips, already encoded for the plain head."""
     references = [(ref, *cached_features(ref, *vq)[:2]) for ref in map(Store, args.references)]
     data = {split: Encoded(model, with_references(labelled(store.split_clips(split)), features,
                                                   references), known.get(split))
@@ -127,11 +127,11 @@ def fit_reference(args, model, plain: EmotionHead, store: Store,
                               c=args.c, max_references=args.max_references)
     classes = sorted(set(data["train"].labels[reference_pairs(
         data["train"].labels, data["train"].speakers, max_references=args.max_references)[0]]))
-    if head.config.reference not in classes:
+    if head.config.reference not in classes and model_name == MDVAE_MODEL:  # once
         print(f"warning: no training speaker has two {head.config.reference} clips, so the "
               f"reference head never answers {head.config.reference}; give --references "
               f"(train.prepare synthetic --emotions {head.config.reference})", file=sys.stderr)
-    report = {"reads": MDVAE_MODEL, "reference": head.config.reference, "c": args.c,
+    report = {"reads": model_name, "reference": head.config.reference, "c": args.c,
               "references": list(args.references), "classes_fitted": classes,
               "max_references": args.max_references,
               "same_person_within": head.config.same_person_within}
@@ -145,12 +145,13 @@ def fit_reference(args, model, plain: EmotionHead, store: Store,
             head, pool_data.w, pool_data.labels, pool_data.speakers)[2:])
         report["pool"] = {"store": args.pool, "split": "val",
                           **scores_of(head, plain, pool_data, temperature)}
+        data["pool"] = pool_data
         report["calibration"] = {
             "temperature": temperature,
             "fitted_on": f"the head's logits of {report['pool']['pairs']} same-speaker pairs "
                          f"of {report['pool']['speakers']} new speakers ({args.pool}, val)"}
-    scores = {split: scores_of(head, plain, d, temperature)
-              for split, d in data.items() if len(reference_pairs(d.labels, d.speakers)[0])}
+    scores = {split: scores_of(head, plain, d, temperature) for split, d in data.items()
+              if split != "pool" and len(reference_pairs(d.labels, d.speakers)[0])}
     report["accuracy"] = {split: s["accuracy"] for split, s in scores.items()}
     report["splits"] = scores
     if "calibration" in report and "test" in scores:
@@ -158,12 +159,33 @@ def fit_reference(args, model, plain: EmotionHead, store: Store,
             k: scores["test"][k] for k in ("accuracy", "ece_before", "ece_after", "ece_floor",
                                            "nll_before", "nll_after", "sure_from", "before",
                                            "after")}}
-    return head, report
+    return head, report, data
 
 
-def print_reference(report: dict) -> None:
+def reference_margins(heads: dict, report: dict, read: dict[str, dict[str, Encoded]]) -> None:
+    """The MDVAE's reference head against each one-stream model's on the same pairs, per
+    split and on the pool: the paired difference (MDVAE minus it, the speakers as the unit),
+    into that model's scores as "mdvae_minus". `read`: model -> what `fit_reference` read."""
+    mine, head = read[MDVAE_MODEL], heads[EMOTION_REFERENCE]
+    for r in EMOTION_READERS.values():
+        if r.model == MDVAE_MODEL or r.model not in read:
+            continue
+        scores = {**report[r.reference_head]["splits"],
+                  **({"pool": report[r.reference_head]["pool"]}
+                     if "pool" in report[r.reference_head] else {})}
+        for where, s in scores.items():
+            d = mine[where]
+            s["mdvae_minus"] = ev.reference_margin(
+                (head, d.w), (heads[r.reference_head], read[r.model][where].w), d.labels,
+                d.speakers)
+            m = s["mdvae_minus"]
+            print(f"{'':>22}  {where}: MDVAE minus {r.title} against the same clip "
+                  f"{m['difference']:+.3f} ± {_fmt(m.get('se_speakers'))} (SE over speakers)")
+
+
+def print_reference(name: str, report: dict) -> None:
     ref = report["reference"]
-    print(f"{EMOTION_REFERENCE:>22}: against the same person's {ref} clip "
+    print(f"{name:>22}: against the same person's {ref} clip "
           f"(pairs; plain head on the same clips)")
     rows = {**report["splits"], **({"pool": report["pool"]} if "pool" in report else {})}
     for name, s in rows.items():
@@ -203,8 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "and on the stage-1 features' (test split): does the emotion "
                              "sit in w or in the z's, and how much of it did stage 2 keep?")
     parser.add_argument("--reference-head", action="store_true",
-                        help="also fit the MDVAE's head that reads w against the same "
-                             "person's neutral clip (emotion_reference)")
+                        help="also fit, for each model given, a head that reads its w "
+                             "against the same person's neutral clip (emotion_reference, "
+                             "emotion_reference_dsae_audio, emotion_reference_dsae_visual)")
     parser.add_argument("--references", nargs="+", default=[], metavar="STORE",
                         help="stores of more clips of the same speakers, matched by name "
                              "(e.g. neutral ones: train.prepare synthetic --emotions neutral); "
@@ -233,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not train_clips:
         raise MDVAEError(f"{args.store} has no labelled training clips to fit emotions on")
     heads, report, info = {}, {}, {}
+    read: dict[str, dict[str, Encoded]] = {}  # model -> the clips its reference head read
     test_clips = labelled(store.split_clips("test"))
     if args.probe_groups and test_clips:
         groups = probe_groups(feature_means(audio, visual, train_clips), train_clips,
@@ -240,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
         info["stage1_feature_probes"] = groups
         print(f"{'stage-1 features':>22}: test accuracy "
               + ", ".join(f"{k} {v:.3f}" for k, v in groups.items()))
-    for head_name, model_name in HEADS.items():
+    for reader in EMOTION_READERS.values():
+        head_name, model_name = reader.head, reader.model
         if not runs[model_name]:
             continue
         model = load_stage2(runs[model_name])
@@ -265,11 +290,14 @@ def main(argv: list[str] | None = None) -> dict:
             report[head_name]["test_accuracy_by_group"] = groups
             print(f"{'':>22}  test accuracy by latent group: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in groups.items()))
-        if model_name == MDVAE_MODEL and (args.reference_head or args.references):
-            heads[EMOTION_REFERENCE], report[EMOTION_REFERENCE] = fit_reference(
-                args, model, head, store, (audio, visual), vq,
+        if args.reference_head or args.references:
+            name = reader.reference_head
+            heads[name], report[name], read[model_name] = fit_reference(
+                args, model_name, model, head, store, (audio, visual), vq,
                 {split: m["w"] for split, m in means.items()})
-            print_reference(report[EMOTION_REFERENCE])
+            print_reference(name, report[name])
+    if MDVAE_MODEL in read:
+        reference_margins(heads, report, read)
     save_bundle(args.out, heads, info={"emotion": report, **info},
                 card="Emotion heads (logistic regression on posterior means of w).\n")
     return report

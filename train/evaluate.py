@@ -405,7 +405,9 @@ def run_reference_emotion(store: Store, bundle, models: ev.Models, reader: Featu
     """The bundle's reference head (`ReferenceEmotionHead`) on every same-speaker pair of the
     evaluated split's clips and the `references` stores' clips of the same speakers, beside
     the bundle's plain head on the same clips (`ev.reference_study`), at the head's
-    calibrated temperature."""
+    calibrated temperature; and, under "others", each one-stream model the bundle has a
+    reference head for, on the same pairs, with the MDVAE's margin over it ("mdvae_minus",
+    paired, the speakers as the unit)."""
     head, plain = bundle[EMOTION_REFERENCE].eval(), bundle[EMOTION_HEAD].eval()
     clips = [c for c in store.split_clips(s.split) if c.emotion]
     speakers = {c.speaker for c in clips}
@@ -414,17 +416,33 @@ def run_reference_emotion(store: Store, bundle, models: ev.Models, reader: Featu
         other = Store(path)
         parts.append((FeatureReader(other, models, fill_cache=fill_cache),
                       [c for c in other.clips if c.emotion and c.speaker in speakers]))
-    w = np.concatenate([static_latents(models.mdvae, r, chosen, desc=f"w ({EMOTION_REFERENCE})")
-                        for r, chosen in parts if chosen])
     chosen = [c for _, part in parts for c in part]
-    labels, who = [c.emotion for c in chosen], [c.speaker for c in chosen]
+    labels, who = np.array([c.emotion for c in chosen]), np.array([c.speaker for c in chosen])
     if not len(reference_pairs(labels, who, head.config.reference)[0]):
         return {"skipped": f"no evaluated speaker has a {head.config.reference} clip and "
                            "another clip to pair it with"}
-    temperature = head_temperature(bundle.info, EMOTION_REFERENCE)
-    study = ev.reference_study(head, plain, w, np.array(labels), np.array(who),
-                               np.array([c.level or 0 for c in chosen]), temperature)
-    return {"references": list(references), "reference": head.config.reference, **study}
+    levels = np.array([c.level or 0 for c in chosen])
+
+    def w_of(model, name: str) -> np.ndarray:
+        return np.concatenate([static_latents(model, r, part, desc=f"w ({name})")
+                               for r, part in parts if part])
+
+    w = w_of(models.mdvae, EMOTION_REFERENCE)
+    study = ev.reference_study(head, plain, w, labels, who, levels,
+                               head_temperature(bundle.info, EMOTION_REFERENCE))
+    others = {}
+    for r in EMOTION_READERS.values():
+        model = models.components.get(r.model)
+        if r.model == MDVAE_MODEL or model is None or r.reference_head not in bundle \
+                or r.head not in bundle:
+            continue
+        theirs, w_theirs = bundle[r.reference_head].eval(), w_of(model, r.reference_head)
+        others[r.model] = {
+            **ev.reference_study(theirs, bundle[r.head].eval(), w_theirs, labels, who, levels,
+                                 head_temperature(bundle.info, r.reference_head)),
+            "mdvae_minus": ev.reference_margin((head, w), (theirs, w_theirs), labels, who)}
+    return {"references": list(references), "reference": head.config.reference, **study,
+            **({"others": others} if others else {})}
 
 
 def late_fusion(

@@ -41,6 +41,7 @@ import torch
 
 from mdvae.bundle import load_bundle, save_bundle
 from mdvae.components import (
+    COMPARED,
     DSAE_AUDIO,
     DSAE_VISUAL,
     EMOTION_READERS,
@@ -51,6 +52,7 @@ from mdvae.components import (
 )
 from mdvae.data.store import Store
 from mdvae.errors import ConfigError, MDVAEError
+from mdvae.eval.report import reference_margin_lines, reference_rows
 from mdvae.eval.report import summary as evaluation_summary
 from train import common
 from train.reference import familiarity_table, reference_info
@@ -177,20 +179,17 @@ def model_card(info: dict[str, Any]) -> str:
     against = emotion.get(EMOTION_REFERENCE, {}).get("pool")
     if against:
         ref = emotion[EMOTION_REFERENCE]["reference"]
+        # the one-stream models' reference heads on the same pairs, where the bundle has them
+        others = {COMPARED[r.model].title: emotion[r.reference_head]["pool"]
+                  for r in EMOTION_READERS.values()
+                  if r.model != MDVAE_MODEL and "pool" in emotion.get(r.reference_head, {})}
         lines += ["", f"## Emotion against the same person's {ref} clip ({EMOTION_REFERENCE})",
                   "", f"Every same-speaker pair of a {ref} clip and another clip of "
                   f"{against['speakers']} new speakers (`{against['store']}`, "
                   f"{against['split']}; {against['pairs']} pairs), against the plain head on "
-                  "the same clips:", "",
-                  f"| clips | against the {ref} clip | plain head |", "|---|---|---|",
-                  f"| all | {against['accuracy']:.3f} | {against['plain_accuracy']:.3f} |",
-                  f"| {ref} | {_number(against[f'accuracy_{ref}'])} | "
-                  f"{_number(against[f'plain_accuracy_{ref}'])} |",
-                  f"| the others | {against['accuracy_others']:.3f} | "
-                  f"{against['plain_accuracy_others']:.3f} |"]
-        lines += [f"| the others, level {level} | {e['accuracy']:.3f} | "
-                  f"{e['plain_accuracy']:.3f} |"
-                  for level, e in against.get("by_level", {}).items()]
+                  "the same clips" + (", and the one-stream models read against the same "
+                                      "clip" if others else "") + ":", "",
+                  *reference_rows(ref, against, others)]
         gain = against.get("gain_over_plain")
         if gain:
             lines += ["", f"Gain over the plain head {gain['difference']:+.3f} ± "
@@ -198,6 +197,7 @@ def model_card(info: dict[str, Any]) -> str:
         lines += ["", f"The same-person check passed {against['same_person_passed']:.1%} of "
                   f"one person's pairs and {_number(against['other_person_passed'], 2, '%')} "
                   "of two people's."]
+        lines += reference_margin_lines(others)
     calibrated = {name: e for name, e in emotion.items() if "test" in e.get("calibration", {})}
     if calibrated:
         lines += ["", "## Emotion calibration (test clips)", "",
@@ -278,9 +278,21 @@ def from_runs(args) -> tuple[dict, dict[str, Any]]:
     info["data"] = training_data(args.mdvae)
     if args.emotion:
         heads = load_bundle(args.emotion)
+        check_heads_read_models(heads.components, components, args.emotion)
         components.update(heads.components)
         info["emotion"] = heads.info.get("emotion", {})
     return components, info
+
+
+def check_heads_read_models(heads: dict, components: dict, source: str) -> None:
+    """Refuse emotion heads that read the w of a model the bundle does not hold."""
+    reads = {h: r.model for r in EMOTION_READERS.values() for h in (r.head, r.reference_head)}
+    missing = sorted({reads[h] for h in heads if h in reads and reads[h] not in components})
+    if missing:
+        raise ConfigError(
+            f"{source} holds emotion heads for {', '.join(missing)}, which the bundle does not "
+            f"hold: give {' '.join('--' + m.replace('_', '-') for m in missing)} as well, or "
+            "fit the heads without it (python -m train.emotion)")
 
 
 def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
@@ -308,6 +320,7 @@ def stage2_into_bundle(args, components: dict, info: dict[str, Any]) -> None:
         raise ConfigError("new stage-2 models need new emotion heads: --emotion (from "
                           "python -m train.emotion on these runs)")
     heads = load_bundle(args.emotion)
+    check_heads_read_models(heads.components, components, args.emotion)
     missing = [r.model for r in EMOTION_READERS.values()
                if runs[r.model] and r.head not in heads.components]
     if missing:

@@ -479,6 +479,23 @@ def reference_pair_logits(head, w: np.ndarray, labels: np.ndarray, speakers: np.
     return rows, refs, logits, np.array([names.index(e) for e in np.asarray(labels)[rows]])
 
 
+def reference_margin(a: tuple[Any, np.ndarray], b: tuple[Any, np.ndarray],
+                     labels: np.ndarray, speakers: np.ndarray) -> dict[str, Any]:
+    """Two models' reference heads on the same same-speaker pairs of the same clips, each
+    (head, w (N, Lw)) with its own model's w: the paired difference of their hits, a minus
+    b, with the speakers as the unit (`paired_difference`; None for an SE that cannot be
+    had)."""
+    if a[0].config.reference != b[0].config.reference:
+        raise ValueError("reference_margin: the heads read against different reference "
+                         f"emotions ({a[0].config.reference}, {b[0].config.reference})")
+    hits = []
+    for head, w in (a, b):
+        rows, _, logits, y = reference_pair_logits(head, w, labels, speakers)
+        hits.append((logits.argmax(1) == y).astype(float))
+    margin = paired_difference(hits[0] - hits[1], np.asarray(speakers)[rows])
+    return {k: _finite(v) if isinstance(v, float) else v for k, v in margin.items()}
+
+
 @torch.no_grad()
 def reference_study(head, plain, w: np.ndarray, labels: np.ndarray, speakers: np.ndarray,
                     levels: np.ndarray, temperature: float = 1.0) -> dict[str, Any]:

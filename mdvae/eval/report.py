@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mdvae.components import DSAE_VISUAL, MDVAE_MODEL, VQVAE_ALONE
+from mdvae.components import COMPARED, DSAE_VISUAL, MDVAE_MODEL, VQVAE_ALONE
 from mdvae.eval import disentanglement as D
 from mdvae.eval import experiments as ev
 from mdvae.eval import judges as J
@@ -242,6 +242,10 @@ def summary(results: dict) -> dict:
             out["emotion_reference_plain_level_1"] = against["by_level"]["1"]["plain_accuracy"]
         out["emotion_reference_same_person_passed"] = against["same_person_passed"]
         out["emotion_reference_other_person_passed"] = against["other_person_passed"]
+        for m, theirs in against.get("others", {}).items():  # one-stream models, same pairs
+            out[f"emotion_reference_accuracy_{m}"] = theirs["accuracy"]
+            out[f"emotion_reference_margin_{m}"] = theirs["mdvae_minus"]["difference"]
+            out[f"emotion_reference_margin_{m}_se"] = theirs["mdvae_minus"].get("se_speakers")
     dis = results.get("disentanglement")
     if dis:
         shares = dis["swaps"]["shares"]
@@ -428,24 +432,18 @@ def _emotion_reference_table(against: dict | None) -> list[str]:
     if "skipped" in against:
         return ["", f"**Emotion against the same person's neutral clip**: {against['skipped']}."]
     ref, gain = against["reference"], against["gain_over_plain"]
+    others = {COMPARED[m].title: e for m, e in against.get("others", {}).items()}
     lines = [
         "",
         f"**Emotion against the same person's {ref} clip** (the bundle's reference head on "
         f"every pair of a speaker's {ref} clip and another of their clips, {against['pairs']} "
         f"pairs of {against['speakers']} speakers, {ref} clips from "
         f"{', '.join(f'`{r}`' for r in against['references'])} too; beside it the bundle's "
-        "plain head on the same clips)",
+        "plain head on the same clips" + (", and the one-stream models' reference heads on the "
+                                          "same pairs" if others else "") + ")",
         "",
-        f"| clips | against the {ref} clip | plain head |",
-        "|---|---|---|",
-        f"| all | {_pm(against['accuracy'], against['accuracy_se_speakers'])} | "
-        f"{_f(against['plain_accuracy'])} |",
-        f"| {ref} | {_f(against[f'accuracy_{ref}'])} | {_f(against[f'plain_accuracy_{ref}'])} |",
-        f"| the others | {_f(against['accuracy_others'])} | "
-        f"{_f(against['plain_accuracy_others'])} |",
+        *reference_rows(ref, against, others),
     ]
-    lines += [f"| the others, level {level} | {_f(e['accuracy'])} | {_f(e['plain_accuracy'])} |"
-              for level, e in against["by_level"].items()]
     other = against["other_person_passed"]
     lines += [
         "",
@@ -454,8 +452,43 @@ def _emotion_reference_table(against: dict | None) -> list[str]:
         f"the speakers as the unit). The same-person check passed "
         f"{against['same_person_passed']:.1%} of one person's pairs"
         + (f" and {other:.2%} of two people's." if other is not None else "."),
+        *reference_margin_lines(others),
     ]
     return lines
+
+
+def reference_rows(ref: str, against: dict, others: dict[str, dict]) -> list[str]:
+    """The table of a reference study (`ev.reference_study`: against the `ref` clip, beside
+    the plain head on the same clips), with a column for each study of another model on the
+    same pairs (title -> study)."""
+
+    def row(name: str, key: str, source=lambda e: e) -> str:
+        return (f"| {name} | {_f(source(against)[key])} | {_f(source(against)[f'plain_{key}'])} |"
+                + "".join(f" {_f(source(e)[key])} |" for e in others.values()))
+
+    return [
+        f"| clips | against the {ref} clip | plain head |"
+        + "".join(f" {title}, against the {ref} clip |" for title in others),
+        "|---|---|---|" + "---|" * len(others),
+        f"| all | {_pm(against['accuracy'], against.get('accuracy_se_speakers'))} | "
+        f"{_f(against['plain_accuracy'])} |"
+        + "".join(f" {_pm(e['accuracy'], e.get('accuracy_se_speakers'))} |"
+                  for e in others.values()),
+        row(ref, f"accuracy_{ref}"),
+        row("the others", "accuracy_others"),
+        *[row(f"the others, level {level}", "accuracy",
+              lambda e, level=level: e["by_level"][level]) for level in against["by_level"]],
+    ]
+
+
+def reference_margin_lines(others: dict[str, dict]) -> list[str]:
+    """The MDVAE's margin over each other model's reference head on the same pairs (title ->
+    a study with its "mdvae_minus")."""
+    return [f"The MDVAE against the same clip minus the {title}: "
+            f"{'+' if e['mdvae_minus']['difference'] >= 0 else ''}"
+            f"{_pm(e['mdvae_minus']['difference'], e['mdvae_minus'].get('se_speakers'))} "
+            "(paired, SE with the speakers as the unit)."
+            for title, e in others.items() if "mdvae_minus" in e]
 
 
 def _emotion_speaker_table(emo: dict, names: list[str]) -> list[str]:
