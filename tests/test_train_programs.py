@@ -19,7 +19,7 @@ import torch
 from mdvae.bundle import load_bundle
 from mdvae.data.store import Store
 from mdvae.errors import ConfigError, MDVAEError
-from train import common, emotion, export, probe, recipe, stage1, stage2, unpack
+from train import ceiling, common, emotion, export, probe, recipe, stage1, stage2, unpack
 from train.runs import load_stage1, load_stage2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -927,3 +927,21 @@ def test_the_recipe_runs_the_whole_chain_and_goes_on_where_it_stopped(runs, tiny
     # another seed's recipe into the same folders is refused
     with pytest.raises(ConfigError, match="training seed 2"):
         recipe.main([*base, "--models", "mdvae", "--seed", "3", *tiny])
+
+
+@pytest.mark.slow
+def test_ceiling_reads_a_store_per_stream_and_refuses_seen_speakers(runs, tiny_store, tmp_path):
+    flags = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
+             "--vq-audio", str(runs / "vq_audio"), "--epochs", "2", "2", "--seeds", "0", "1",
+             "--crop", "16", "--threads", "1"]
+    results = ceiling.main([*flags, "--readers", "mlp", "seq", "--out",
+                            str(tmp_path / "room.json")])
+    assert set(results["readers"]) == {"mlp", "seq"}
+    for r in results["readers"].values():
+        assert set(r["streams"]) == {"voice", "face", "both"}
+        assert len(r["voice_adds"]["per_seed"]) == 2
+        for s in r["streams"].values():
+            assert s["accuracy"] == pytest.approx(np.mean([p["all"] for p in s["per_seed"]]))
+    assert json.loads((tmp_path / "room.json").read_text())["held_clips"] == results["held_clips"]
+    with pytest.raises(MDVAEError, match="training speakers"):
+        ceiling.main([*flags, "--split", "train"])
