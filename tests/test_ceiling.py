@@ -34,8 +34,11 @@ def test_readers_find_the_emotion_where_it_is_and_not_in_noise(kind):
                                  for a in v]) for s, v in d.items()}
         train, held = stats(train), stats(held)
     speakers = [f"s{i % 10}" for i in range(120)]
+    seen = []  # what a long run would have saved after each stream
     out = ceiling.read_room(train, train_labels, held, held_labels, speakers, [1] * 120,
-                            kind=kind, seeds=[0], epochs=30, crop=8)
+                            kind=kind, seeds=[0], epochs=30, crop=8,
+                            after_each=lambda partial: seen.append(list(partial["streams"])))
+    assert seen == [["voice"], ["voice", "face"], ["voice", "face", "both"]]
     s = out["streams"]
     # 4 classes, the face's means 3 noise SDs apart over 12 frames: read almost always; the
     # voice is noise, so at most chance plus a few SEs (SE of 120 items at 0.25: 0.04)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -70,23 +71,31 @@ def fit_and_read(kind: str, train_x: list[np.ndarray] | np.ndarray, train_y: np.
                  epochs: int, crop: int = 60, batch: int = 64, lr: float = 1e-3,
                  desc: str = "") -> np.ndarray:
     """Train a reader of `kind` ("mlp": rows of clip statistics (N, D); "seq": a list of
-    per-frame arrays (T, D)) on standardised inputs and labels `train_y` (N,), and return its
-    predicted class for each held-out item. AdamW, cosine-decayed learning rate."""
+    per-frame arrays (T, D), float16 as the store keeps them or float32) on standardised
+    inputs and labels `train_y` (N,), and return its predicted class for each held-out item.
+    AdamW, cosine-decayed learning rate. The sequences are standardised batch by batch, so
+    that no float32 copy of them all is made (the synthetic benchmark's face features are
+    3 GB in float32)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     sequences = kind == "seq"
-    rows = np.concatenate(train_x) if sequences else np.asarray(train_x)
-    mean = rows.mean(0, dtype=np.float64)
-    std = rows.std(0, dtype=np.float64) + 1e-6
+    if sequences:  # the mean and spread of every feature over all training frames
+        total = sum(len(a) for a in train_x)
+        mean = sum(a.sum(0, dtype=np.float64) for a in train_x) / total
+        square = sum(np.square(a, dtype=np.float64).sum(0) for a in train_x) / total
+        std = np.sqrt(np.maximum(square - mean**2, 0.0)) + 1e-6
+    else:
+        mean = np.asarray(train_x).mean(0, dtype=np.float64)
+        std = np.asarray(train_x).std(0, dtype=np.float64) + 1e-6
+    shift, scale = (torch.from_numpy(v.astype(np.float32)) for v in (mean, std))
 
-    def prepared(x):
-        if sequences:
-            return [torch.from_numpy(((a - mean) / std).astype(np.float32)) for a in x]
-        return torch.from_numpy(((np.asarray(x) - mean) / std).astype(np.float32))
+    def standardised(x: np.ndarray) -> torch.Tensor:
+        return (torch.from_numpy(np.asarray(x, np.float32)) - shift) / scale
 
-    xs, ys = prepared(train_x), torch.as_tensor(train_y)
-    in_dim = rows.shape[1]
+    ys = torch.as_tensor(train_y)
+    in_dim = len(mean)
     model = (SequenceReader(in_dim, n_classes) if sequences else stats_reader(in_dim, n_classes))
+    xs = None if sequences else standardised(train_x)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     for _ in tqdm(range(epochs), desc=f"{kind} {desc}".strip(), leave=False):
@@ -95,9 +104,10 @@ def fit_and_read(kind: str, train_x: list[np.ndarray] | np.ndarray, train_y: np.
         for i in range(0, len(order), batch):
             chosen = order[i:i + batch]
             if sequences:  # a random window of each clip (clips shorter than it whole)
-                length = min(crop, *(len(xs[j]) for j in chosen))
-                starts = [rng.integers(0, len(xs[j]) - length + 1) for j in chosen]
-                xb = torch.stack([xs[j][s:s + length] for j, s in zip(chosen, starts)])
+                length = min(crop, *(len(train_x[j]) for j in chosen))
+                starts = [rng.integers(0, len(train_x[j]) - length + 1) for j in chosen]
+                xb = standardised(np.stack([train_x[j][s:s + length]
+                                            for j, s in zip(chosen, starts)]))
             else:
                 xb = xs[chosen]
             loss = nn.functional.cross_entropy(model(xb), ys[chosen])
@@ -107,10 +117,9 @@ def fit_and_read(kind: str, train_x: list[np.ndarray] | np.ndarray, train_y: np.
         schedule.step()
     model.eval()
     with torch.no_grad():
-        held = prepared(held_x)
         if sequences:
-            return np.array([int(model(x[None]).argmax(1)) for x in held])
-        return model(held).argmax(1).numpy()
+            return np.array([int(model(standardised(x)[None]).argmax(1)) for x in held_x])
+        return model(standardised(held_x)).argmax(1).numpy()
 
 
 def scores(correct: np.ndarray, levels: np.ndarray) -> dict[str, float]:
@@ -124,11 +133,12 @@ def scores(correct: np.ndarray, levels: np.ndarray) -> dict[str, float]:
 def read_room(train: dict[str, list | np.ndarray], train_labels: list[str],
               held: dict[str, list | np.ndarray], held_labels: list[str], held_speakers: list[str],
               held_levels: list[int], *, kind: str, seeds: list[int], epochs: int,
-              crop: int = 60) -> dict:
+              crop: int = 60, after_each: Callable[[dict], None] | None = None) -> dict:
     """Each stream's reader ({"audio", "visual"}: inputs per clip, as `fit_and_read` takes
     them) and both streams' together, once per seed: accuracies (mean and per seed, all and
     per level) and "both" minus "face" on the same clips, per seed and pooled over the seeds
-    (paired, the speakers as the unit)."""
+    (paired, the speakers as the unit). `after_each` is given what is measured so far after
+    each stream (a long run keeps what it has if it stops)."""
     names = sorted(set(train_labels))
     y = np.array([names.index(e) for e in train_labels])
     truth = np.array([names.index(e) if e in names else -1 for e in held_labels])
@@ -153,6 +163,8 @@ def read_room(train: dict[str, list | np.ndarray], train_labels: list[str],
             "by_level": {lv: float(np.mean([s[lv] for s in per_seed]))
                          for lv in per_seed[0] if lv != "all"},
             "per_seed": per_seed}
+        if after_each:
+            after_each(out)
     differences = [b.astype(float) - f.astype(float)
                    for b, f in zip(correct["both"], correct["face"])]
     out["voice_adds"] = {
@@ -202,23 +214,29 @@ def main(argv: list[str] | None = None) -> dict:
         audio, visual = features[where]
         if kind == "mlp":
             return feature_stats(audio, visual, clips)
-        return {name: [np.asarray(stream[c.start:c.start + c.length], np.float32)
-                       for c in clips]
+        return {name: [np.asarray(stream[c.start:c.start + c.length]) for c in clips]
                 for name, stream in (("audio", audio), ("visual", visual))}
 
     results = {"store": args.store, "pool": str(pool.path), "split": args.split,
                "train_clips": len(train_clips), "held_clips": len(held_clips),
                "held_speakers": len({c.speaker for c in held_clips}), "readers": {}}
+    def save() -> None:
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(results, indent=1))
+
     for kind in args.readers:
-        results["readers"][kind] = read_room(
+        def keep(partial: dict, kind: str = kind) -> None:
+            results["readers"][kind] = partial
+            save()
+
+        keep(read_room(
             inputs(kind, "train", train_clips), [c.emotion for c in train_clips],
             inputs(kind, "held", held_clips), [c.emotion for c in held_clips],
             [c.speaker for c in held_clips], [c.level or 0 for c in held_clips], kind=kind,
-            seeds=args.seeds, epochs=args.epochs[READERS.index(kind)], crop=args.crop)
+            seeds=args.seeds, epochs=args.epochs[READERS.index(kind)], crop=args.crop,
+            after_each=keep))
     print(format_room(results))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=1))
     return results
 
 
