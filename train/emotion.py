@@ -112,40 +112,45 @@ def scores_of(head: ReferenceEmotionHead, plain: EmotionHead, data: Encoded,
                               temperature)
 
 
-def fit_reference(args, model_name: str, model, plain: EmotionHead, store: Store,
-                  features: tuple[np.ndarray, np.ndarray], vq, known: dict[str, np.ndarray]
+def reference_sources(args, store: Store, features: tuple[np.ndarray, np.ndarray], vq
+                      ) -> dict[str, list]:
+    """What every model's reference head reads, the same clips for each: split of the store
+    (and "pool", with --pool) -> its (audio, visual, clips) sources, `with_references`."""
+    references = [(ref, *cached_features(ref, *vq)[:2]) for ref in map(Store, args.references)]
+    sources = {split: with_references(labelled(store.split_clips(split)), features, references)
+               for split in ("train", "val", "test")}
+    if args.pool:
+        pool = Store(args.pool)
+        common.check_unseen(labelled(pool.split_clips("val")), store)
+        sources["pool"] = with_references(labelled(pool.split_clips("val")),
+                                          cached_features(pool, *vq)[:2], references)
+    return sources
+
+
+def fit_reference(args, model_name: str, model, plain: EmotionHead, sources: dict[str, list],
+                  known: dict[str, np.ndarray]
                   ) -> tuple[ReferenceEmotionHead, dict, dict[str, Encoded]]:
     """--reference-head: the head that reads `model`'s w against the same person's neutral
     clip, fitted on the training speakers' pairs, its report (per split of the store, and on
     the pool with its temperature), and the clips it read (split or "pool" -> `Encoded`).
-    `known`: split -> the w of its labelled clips, already encoded for the plain head."""
-    references = [(ref, *cached_features(ref, *vq)[:2]) for ref in map(Store, args.references)]
-    data = {split: Encoded(model, with_references(labelled(store.split_clips(split)), features,
-                                                  references), known.get(split))
-            for split in ("train", "val", "test")}
+    `sources`: `reference_sources`; `known`: split -> the w of its labelled clips, already
+    encoded for the plain head."""
+    data = {split: Encoded(model, parts, known.get(split)) for split, parts in sources.items()}
     head = fit_reference_head(data["train"].w, data["train"].labels, data["train"].speakers,
                               c=args.c, max_references=args.max_references)
     classes = sorted(set(data["train"].labels[reference_pairs(
         data["train"].labels, data["train"].speakers, max_references=args.max_references)[0]]))
-    if head.config.reference not in classes and model_name == MDVAE_MODEL:  # once
-        print(f"warning: no training speaker has two {head.config.reference} clips, so the "
-              f"reference head never answers {head.config.reference}; give --references "
-              f"(train.prepare synthetic --emotions {head.config.reference})", file=sys.stderr)
     report = {"reads": model_name, "reference": head.config.reference, "c": args.c,
               "references": list(args.references), "classes_fitted": classes,
               "max_references": args.max_references,
               "same_person_within": head.config.same_person_within}
     temperature = 1.0
-    if args.pool:
-        pool = Store(args.pool)
-        common.check_unseen(labelled(pool.split_clips("val")), store)
-        pool_data = Encoded(model, with_references(
-            labelled(pool.split_clips("val")), cached_features(pool, *vq)[:2], references))
+    if "pool" in data:
+        pool_data = data["pool"]
         temperature = fit_temperature(*ev.reference_pair_logits(
             head, pool_data.w, pool_data.labels, pool_data.speakers)[2:])
         report["pool"] = {"store": args.pool, "split": "val",
                           **scores_of(head, plain, pool_data, temperature)}
-        data["pool"] = pool_data
         report["calibration"] = {
             "temperature": temperature,
             "fitted_on": f"the head's logits of {report['pool']['pairs']} same-speaker pairs "
@@ -257,6 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise MDVAEError(f"{args.store} has no labelled training clips to fit emotions on")
     heads, report, info = {}, {}, {}
     read: dict[str, dict[str, Encoded]] = {}  # model -> the clips its reference head read
+    sources = (reference_sources(args, store, (audio, visual), vq)
+               if args.reference_head or args.references else {})
     test_clips = labelled(store.split_clips("test"))
     if args.probe_groups and test_clips:
         groups = probe_groups(feature_means(audio, visual, train_clips), train_clips,
@@ -290,13 +297,19 @@ def main(argv: list[str] | None = None) -> dict:
             report[head_name]["test_accuracy_by_group"] = groups
             print(f"{'':>22}  test accuracy by latent group: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in groups.items()))
-        if args.reference_head or args.references:
+        if sources:
             name = reader.reference_head
             heads[name], report[name], read[model_name] = fit_reference(
-                args, model_name, model, head, store, (audio, visual), vq,
+                args, model_name, model, head, sources,
                 {split: m["w"] for split, m in means.items()})
             print_reference(name, report[name])
     if MDVAE_MODEL in read:
+        fitted = report[EMOTION_REFERENCE]
+        if fitted["reference"] not in fitted["classes_fitted"]:
+            print(f"warning: no training speaker has two {fitted['reference']} clips, so the "
+                  f"reference head never answers {fitted['reference']}; give --references "
+                  f"(train.prepare synthetic --emotions {fitted['reference']})",
+                  file=sys.stderr)
         reference_margins(heads, report, read)
     save_bundle(args.out, heads, info={"emotion": report, **info},
                 card="Emotion heads (logistic regression on posterior means of w).\n")
