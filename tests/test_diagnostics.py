@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mdvae.eval import diagnostics as diag
+from mdvae.eval import pitch
 from mdvae.model.dsae import DSAE, DSAEConfig
 from mdvae.model.gaussian import DiagonalGaussian, kl_divergence
 from mdvae.model.mdvae import MDVAE, MDVAEConfig
@@ -617,13 +618,14 @@ def test_diagnose_program_reports_every_group_of_a_bundle(tiny_bundle, tiny_stor
     heard = result.pitch_heard
     assert list(heard) == ["B itself (codec)", "A itself (codec)", "reconstruction",
                            "w", "z_av", "z_a", "z_v"]
-    for factor in ("level", "contour"):
+    for factor in ("level", "contour", "shape", "size"):
         assert len({row[factor]["n"] for row in heard.values()}) == 1
         for row in heard.values():
             if row[factor]["n"]:
                 assert row[factor]["follow"] + row[factor]["stay"] == pytest.approx(1.0)
     assert "pitch heard in the decoded audio" in text and "swap z_av" in text
-    assert set(json.loads(out.read_text())["pitch_heard"]["w"]) == {"level", "contour"}
+    assert set(json.loads(out.read_text())["pitch_heard"]["w"]) == set(pitch.READINGS)
+    assert "size" in text.split("pitch heard in the decoded audio")[1]
     # the emotion in w per level, and with another emotion's voice: the same w probe as
     # the group table's, so the same accuracy over all clips
     sources = result.emotion_sources

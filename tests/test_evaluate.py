@@ -77,8 +77,9 @@ def test_the_pitch_heard_counts_a_pair_where_levels_or_contours_differ():
     nan = np.nan
     shape = np.array([0.0, 3.0, 0.0, -3.0, 0.0, 3.0, 1.0, nan])
     label_a = {"f0": 10.0 + shape}
-    # heard: B's level (1), A's contour (0), as `pitch.heard_tracks` decides it
-    reading = {"audio": {"heard": np.array([1.0, 0.0])}}
+    # heard: B's level (1), A's contour (0), as `pitch.heard_tracks` decides it (and A's
+    # contour shape at A's size)
+    reading = {"audio": {"heard": np.array([1.0, 0.0, 0.0, 0.0])}}
     contour = next(f for f in D.FACTORS if f.name == "f0_contour_heard")
     level = next(f for f in D.FACTORS if f.name == "f0_level_heard")
     assert (contour.latent, level.latent) == ("z_a", "w")
@@ -91,7 +92,7 @@ def test_the_pitch_heard_counts_a_pair_where_levels_or_contours_differ():
     assert D.score_factor(level, reading, label_a, label_b).n == 0
     assert D.score_factor(contour, reading, label_a, label_b).n == 0
     # no tracks read (too few frames voiced in both): nothing counts
-    unread = {"audio": {"heard": np.array([nan, nan])}}
+    unread = {"audio": {"heard": np.full(4, nan)}}
     assert D.score_factor(level, unread, label_a, {"f0": 20.0 - shape}).n == 0
 
 

@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from mdvae.eval import pitch
 from mdvae.eval.disentanglement import (
     MIN_VOICED_FRAMES,
     FollowStay,
@@ -111,8 +112,9 @@ class Diagnostics:
     # are balanced accuracies for classes, R^2 averaged over the values for values
     frame_factors: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the pitch heard in the decoded audio (`mdvae.eval.pitch`): source ("B itself (codec)",
-    # "A itself (codec)", "reconstruction" or a swapped group) -> {"level", "contour"} ->
-    # {"follow", "stay", "n"}: pairs whose decoding has B's / A's level or contour
+    # "A itself (codec)", "reconstruction" or a swapped group) -> `pitch.READINGS` ("level",
+    # "contour", "shape", "size") -> {"follow", "stay", "n"}: pairs whose decoding has B's /
+    # A's level, contour, contour shape or contour size
     pitch_heard: dict[str, dict[str, dict]] = field(default_factory=dict)
     # level ("1", "2", "3", "all") -> the emotion read from w with the clips' own streams
     # and, for an MDVAE, with another emotion's voice (`emotion_sources`)
@@ -1027,17 +1029,21 @@ def format_report(d: Diagnostics) -> str:
 
 def format_pitch_heard(heard: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
     """The pitch heard in the decoded audio as table lines."""
+    readings = [f for f in pitch.READINGS if any(f in row for row in heard.values())]
     lines = ["pitch heard in the decoded audio (harmonic comb on the audio VQ-VAE's output, "
              "mdvae.eval.pitch): shares of the pairs",
              "  whose decoding has B's / A's level (contour), among pairs whose levels differ by "
-             "1.5 st or more (contours by 1 st on average);",
+             f"{pitch.LEVEL_MARGIN:g} st or more (contours by {pitch.CONTOUR_MARGIN:g} st on "
+             "average);",
+             "  the contour read again as its shape (accent timing) and its size (a clip "
+             f"constant), sizes {pitch.SIZE_MARGIN:g}x apart;",
              "  the f0 read-out's swap shares above can read the voice's timbre as its pitch: "
              "for where the pitch goes, trust these",
-             f"{'source':>17} {'level':>17} {'contour':>17}",
-             "-" * 53]
+             f"{'source':>17}" + "".join(f" {f:>17}" for f in readings),
+             "-" * (17 + 18 * len(readings))]
     for source, row in heard.items():
         cells = [f"{row[f]['follow']:.2f}/{row[f]['stay']:.2f} ({row[f]['n']:>3})"
-                 if row[f]["n"] else "-" for f in ("level", "contour")]
+                 if f in row and row[f]["n"] else "-" for f in readings]
         name = f"swap {source}" if source in ("w", "z_av", "z_a", "z_v", "z") else source
-        lines.append(f"{name:>17} {cells[0]:>17} {cells[1]:>17}")
+        lines.append(f"{name:>17}" + "".join(f" {c:>17}" for c in cells))
     return lines

@@ -20,6 +20,15 @@ comb score over those frames is taken. Clean clips read this way give their own 
 contour in every pair tried (`tests/test_pitch.py`); the audio VQ-VAE's reconstructions of
 B are heard with B's level and contour in 0.97 and 0.98 of 440 pairs of held-out clips
 (`data/synth_s7`, new clips of mostly training speakers).
+
+A contour has a shape and a size. The synthetic voice's accents are placed by the clip
+(their timing, which a z is to carry), but their size is the speaker's range times the
+emotion's factor (`synthetic_script.intonation`): a clip constant, which belongs with w.
+So the tracks are also read a second way, with the size free: of the eight tracks A's or
+B's level, plus A's or B's contour shape (the contour over its spread) at A's or B's spread,
+the one with the highest comb score says whose shape and whose size the audio has. The
+first reading ("contour") counts a decoding that keeps B's accents at A's size as neither
+clip's; the second ("shape", "size") tells the two apart.
 """
 
 from __future__ import annotations
@@ -34,6 +43,12 @@ COMB_MAX_HZ = 3000.0  # harmonics above this are too weak and too blurred to cou
 MIN_VOICED_FRAMES = 5  # f0 contour / level need this many frames voiced in both clips
 LEVEL_MARGIN = MARGINS["f0"][0]  # semitones between A's and B's levels for a pair to count
 CONTOUR_MARGIN = 1.0  # mean |contour A - contour B|, semitones, for a pair to count
+# a contour's size: its root mean square about the clip's median over the frames voiced in
+# both clips, in semitones; sizes must differ by this factor for a pair to count for "size"
+# (the synthetic speakers' ranges span 2 to 5 semitones, the emotions scale them by 0.5 to
+# 2.5); and shapes, scaled to the smaller size, by CONTOUR_MARGIN on average for "shape"
+SIZE_MARGIN = 1.5
+READINGS = ("level", "contour", "shape", "size")  # the columns of `heard_tracks`
 
 
 def comb_matrix(n_bins: int = N_BINS, *, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT,
@@ -75,9 +90,19 @@ def _track_score(scores: np.ndarray, track: np.ndarray) -> float:
     return float(scores[np.arange(len(track)), idx].sum())
 
 
+def _views(a: np.ndarray, b: np.ndarray):
+    """A's and B's f0 over the frames voiced in both: (levels, contours, sizes)."""
+    levels = (float(np.median(a)), float(np.median(b)))
+    contours = (a - levels[0], b - levels[1])
+    sizes = tuple(max(float(np.sqrt(np.mean(c ** 2))), 1e-3) for c in contours)
+    return levels, contours, sizes
+
+
 def heard_tracks(power: np.ndarray, f0_a: np.ndarray, f0_b: np.ndarray) -> np.ndarray:
-    """Per clip (N, 2): whose level and whose contour the decoded audio has, 0 for A's and 1
-    for B's (NaN where A and B share fewer than MIN_VOICED_FRAMES voiced frames).
+    """Per clip (N, 4), the columns READINGS: whose level and whose contour the decoded
+    audio has among the four tracks of A's or B's level and contour; and whose contour shape
+    and whose contour size among the eight that free the size; 0 for A's and 1 for B's (NaN
+    where A and B share fewer than MIN_VOICED_FRAMES voiced frames).
 
     power (N, T, N_BINS): decoded power spectrograms; f0_a, f0_b (N, T): the true f0 of the
     target A and the source B, semitones, NaN on unvoiced frames."""
@@ -85,34 +110,38 @@ def heard_tracks(power: np.ndarray, f0_a: np.ndarray, f0_b: np.ndarray) -> np.nd
     f0_a, f0_b = np.asarray(f0_a, np.float64), np.asarray(f0_b, np.float64)
     if not (power.shape[:2] == f0_a.shape == f0_b.shape):
         raise ValueError(f"shapes differ: {power.shape}, {f0_a.shape}, {f0_b.shape}")
-    out = np.full((len(power), 2), np.nan)
+    out = np.full((len(power), len(READINGS)), np.nan)
     for i in range(len(power)):
         both = np.isfinite(f0_a[i]) & np.isfinite(f0_b[i])
         if both.sum() < MIN_VOICED_FRAMES:
             continue
         scores = comb_scores(power[i][both])
-        a, b = f0_a[i][both], f0_b[i][both]
-        levels = (np.median(a), np.median(b))
-        contours = (a - levels[0], b - levels[1])
-        best = max(((lv, ct) for lv in (0, 1) for ct in (0, 1)),
-                   key=lambda lc: _track_score(scores, contours[lc[1]] + levels[lc[0]]))
-        out[i] = best
+        levels, contours, sizes = _views(f0_a[i][both], f0_b[i][both])
+        # (level's, shape's, size's clip) -> comb score of that track
+        score = {(lv, sh, sz): _track_score(scores, levels[lv] + contours[sh] * sizes[sz]
+                                            / sizes[sh])
+                 for lv in (0, 1) for sh in (0, 1) for sz in (0, 1)}
+        lv, ct, _ = max((k for k in score if k[1] == k[2]), key=score.__getitem__)
+        _, sh, sz = max(score, key=score.__getitem__)
+        out[i] = lv, ct, sh, sz
     return out
 
 
 def heard_counts(tracks: np.ndarray, f0_a: np.ndarray,
                  f0_b: np.ndarray) -> dict[str, tuple[int, int, int]]:
-    """{"level", "contour"}: (follow, stay, n) of `heard_tracks` over the pairs whose
-    levels differ by LEVEL_MARGIN or more (contours by CONTOUR_MARGIN on average)."""
-    out = {"level": [0, 0, 0], "contour": [0, 0, 0]}
+    """{READINGS}: (follow, stay, n) of `heard_tracks` over the pairs whose levels differ
+    by LEVEL_MARGIN or more (contours by CONTOUR_MARGIN on average; contour sizes by a
+    factor of SIZE_MARGIN; shapes, at the smaller size, by CONTOUR_MARGIN)."""
+    out = {k: [0, 0, 0] for k in READINGS}
     for i, chosen in enumerate(np.asarray(tracks)):
         if not np.isfinite(chosen).all():
             continue
         both = np.isfinite(f0_a[i]) & np.isfinite(f0_b[i])
-        a, b = f0_a[i][both], f0_b[i][both]
-        differ = {"level": abs(np.median(a) - np.median(b)) >= LEVEL_MARGIN,
-                  "contour": np.mean(np.abs((a - np.median(a)) - (b - np.median(b))))
-                  >= CONTOUR_MARGIN}
+        levels, (ca, cb), (sa, sb) = _views(f0_a[i][both], f0_b[i][both])
+        differ = {"level": abs(levels[0] - levels[1]) >= LEVEL_MARGIN,
+                  "contour": np.mean(np.abs(ca - cb)) >= CONTOUR_MARGIN,
+                  "shape": np.mean(np.abs(ca / sa - cb / sb)) * min(sa, sb) >= CONTOUR_MARGIN,
+                  "size": max(sa, sb) / min(sa, sb) >= SIZE_MARGIN}
         for k, (name, counts) in enumerate(out.items()):
             if differ[name]:
                 counts[0] += int(chosen[k] == 1)
