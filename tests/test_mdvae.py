@@ -959,6 +959,15 @@ def test_visual_decoder_width_widens_the_decoder_alone_and_round_trips(tmp_path)
     assert load_bundle(tmp_path / "bundle").components["mdvae"].config == wide.config
     with pytest.raises(ConfigError, match="visual_decoder_hidden"):
         MDVAEConfig(**TINY, visual_decoder_hidden=0)
+    # the voice's decoder likewise, and the A-DSAE made like it
+    voice = tiny_model(dtype=torch.float32, audio_decoder_hidden=24)
+    assert voice.decoder_x_a.mean_net[0].out_features == 24
+    assert voice.features_x_a[0].out_features == TINY["audio_hidden"]
+    assert voice.decoder_x_v.mean_net[0].out_features == TINY["visual_hidden"]
+    a_dsae = DSAE(DSAEConfig.from_mdvae(voice.config, "audio"))
+    assert a_dsae.decoder_x.mean_net[0].out_features == 24
+    with pytest.raises(ConfigError, match="audio_decoder_hidden"):
+        MDVAEConfig(**TINY, audio_decoder_hidden=0)
     with pytest.raises(ConfigError, match="decoder_hidden"):
         DSAEConfig(decoder_hidden=0)
 

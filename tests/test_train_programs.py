@@ -836,6 +836,38 @@ def test_stage2_train_only_moves_the_named_parts_alone(runs, tiny_store, tmp_pat
                      "--steps", "5", "--train-only", "decoder_x_v"])
 
 
+def test_stage2_init_from_with_a_wider_voice_decoder_starts_its_mean_network_afresh(
+        runs, tiny_store, tmp_path):
+    """--mdvae-audio-decoder-hidden on a fine-tune: the voice's decoder is built at the new
+    width, its mean network fresh and its log-variances the run's; every other weight is the
+    run's, and with --train-only decoder_x_a only that decoder moves."""
+    flags = fine_tune_flags(runs, tiny_store)
+    source = load_stage2(str(runs / "mdvae"))
+    out = tmp_path / "wide_voice"
+    stage2.main([*flags, "--lr", "0", "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+                 "--out", str(out), "--steps", "3", "--mdvae-audio-decoder-hidden", "24"])
+    tuned = load_stage2(str(out))
+    assert tuned.config.audio_decoder_hidden == 24
+    assert tuned.decoder_x_a.mean_net[0].out_features == 24
+    assert source.decoder_x_a.mean_net[0].out_features != 24
+    torch.testing.assert_close(tuned.decoder_x_a.logvar, source.decoder_x_a.logvar)
+    for name, p in source.state_dict().items():
+        if not name.startswith("decoder_x_a.mean_net."):
+            torch.testing.assert_close(tuned.state_dict()[name], p, msg=name)
+    # the decoder alone trains; the posteriors, priors and the face's decoder stay the run's
+    alone = tmp_path / "wide_voice_alone"
+    stage2.main([*flags, "--lr", "1e-2", "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+                 "--out", str(alone), "--steps", "3", "--mdvae-audio-decoder-hidden", "24",
+                 "--train-only", "decoder_x_a"])
+    trained = dict(load_stage2(str(alone)).named_parameters())
+    kept = dict(source.named_parameters())
+    assert {n.split(".")[0] for n, p in trained.items()
+            if n in kept and p.shape == kept[n].shape and not torch.equal(p, kept[n])} <= {
+        "decoder_x_a"}
+    assert not torch.equal(trained["decoder_x_a.mean_net.0.weight"],
+                           tuned.decoder_x_a.mean_net[0].weight)
+
+
 @pytest.mark.slow
 def test_a_dsae_stays_valid_beside_a_new_vq_vae_of_the_other_modality(runs, tiny_store,
                                                                        tmp_path):

@@ -24,6 +24,12 @@ With --mdvae-w-face-network true on a run without it, q(w)'s new face network st
 copy of the shared one (the same function as the run's); with false on a run with it, the
 copy is dropped.
 
+A decoder width flag on a fine-tune (--mdvae-audio-decoder-hidden,
+--mdvae-visual-decoder-hidden, --dsae-decoder-hidden) builds that decoder at the new width:
+its mean network starts afresh, its log-variances and every other weight come from the run;
+with --train-only (below) it learns to render the latents the run learnt, and nothing else
+moves.
+
 --freeze-w-encoder (with --init-from) keeps q(w) exactly as the source run learnt it: every
 weight the posterior of w depends on is frozen, and the rest (the z's, the priors, the
 decoders) trains, e.g. the decoders again with the floor back at -6.
@@ -141,6 +147,30 @@ def build_model(kind: str, args: argparse.Namespace, saved: dict | None,
     else:
         cfg = common.config_from_flags(args, dsae_base(args, modality), prefix="dsae_")
     return DSAE(cfg), cfg
+
+
+DECODERS = ("decoder_x_a", "decoder_x_v", "decoder_x")  # an MDVAE's two, a DSAE's one
+
+
+def fresh_resized_decoders(model: torch.nn.Module, weights: dict,
+                           say: bool = True) -> dict:
+    """`weights` with the mean network of each decoder whose width changed (a decoder width
+    flag on a fine-tune) replaced by `model`'s own fresh one; its learnt log-variances, which
+    do not depend on the width, are kept. Every other weight is left to `load_state_dict`."""
+    fresh = model.state_dict()
+    weights = dict(weights)
+    for name in DECODERS:
+        net = f"{name}.mean_net."
+        keys = [k for k in fresh if k.startswith(net)]
+        if not keys or all(k in weights and weights[k].shape == fresh[k].shape for k in keys):
+            continue
+        weights = {k: v for k, v in weights.items() if not k.startswith(net)}
+        weights.update({k: fresh[k] for k in keys})
+        if say:
+            width = fresh[keys[0]].shape[0]
+            print(f"{name} is {width} wide: its mean network starts afresh, its "
+                  "log-variances from the run", file=sys.stderr)
+    return weights
 
 
 def read_init_run(path: str, kind: str, flag: str = "--init-from") -> dict:
@@ -412,6 +442,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
                                                 if model_cfg.w_face_network else
                                                 "is dropped: q(w) reads the shared one"),
                       file=sys.stderr)
+        weights = fresh_resized_decoders(model, weights, d.is_main)
         if face_from is not None:
             weights = MDVAE.with_w_face_network_from(weights, face_from["weights"])
             if d.is_main:

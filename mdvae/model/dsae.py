@@ -89,7 +89,7 @@ class DSAEConfig(ConfigBase):
             z_dim=config.z_av_dim + (config.z_a_dim if audio else config.z_v_dim),
             feature_dim=config.feature_dim,
             hidden_dim=config.audio_hidden if audio else config.visual_hidden,
-            decoder_hidden=None if audio else config.visual_decoder_hidden,
+            decoder_hidden=config.audio_decoder_hidden if audio else config.visual_decoder_hidden,
             rnn_dim=config.rnn_dim,
             z_rnn_dim=config.z_rnn_dim,
             posterior=config.posterior,

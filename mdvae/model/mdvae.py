@@ -175,6 +175,8 @@ class MDVAEConfig(ConfigBase):
     # hidden width of the visual decoder alone; None: visual_hidden. Widens what renders the
     # face without widening the feature MLP that reads it for every posterior
     visual_decoder_hidden: int | None = None
+    # the same for the audio decoder alone; None: audio_hidden
+    audio_decoder_hidden: int | None = None
     rnn_dim: int = 64  # backward summaries of x_t:T (LSTMs) and the q(w) hidden layer
     z_rnn_dim: int = 64  # recurrences over z: prior LSTMs, posterior tanh RNNs
     # "smoothing": q(z_t | ..., x_t:T) as in the seed; "filtering": q(z_t | ..., x_t) as in
@@ -443,7 +445,8 @@ class MDVAE(nn.Module):
             optimal_logvar=c.optimal_obs_variance,
         )
         self.decoder_x_a = GaussianDecoder(
-            c.z_av_dim + c.z_a_dim + c.w_dim, c.audio_hidden, c.audio_dim, **obs
+            c.z_av_dim + c.z_a_dim + c.w_dim, c.audio_decoder_hidden or c.audio_hidden,
+            c.audio_dim, **obs
         )
         self.decoder_x_v = GaussianDecoder(
             c.z_av_dim + c.z_v_dim + c.w_dim,
