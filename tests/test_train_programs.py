@@ -19,6 +19,7 @@ import torch
 from mdvae.bundle import load_bundle
 from mdvae.data.store import Store
 from mdvae.errors import ConfigError, MDVAEError
+from mdvae.model.mdvae import MDVAE, MDVAEConfig
 from train import ceiling, common, emotion, export, probe, recipe, stage1, stage2, unpack
 from train.runs import load_stage1, load_stage2
 
@@ -866,6 +867,13 @@ def test_stage2_init_from_with_a_wider_voice_decoder_starts_its_mean_network_afr
         "decoder_x_a"}
     assert not torch.equal(trained["decoder_x_a.mean_net.0.weight"],
                            tuned.decoder_x_a.mean_net[0].weight)
+    # a decoder whose input changed (another w size) is not started afresh: the run's
+    # weights stay as they are, for load_state_dict to refuse
+    other = MDVAE(MDVAEConfig.from_dict({**source.config.to_dict(), "w_dim": 5}))
+    weights = source.state_dict()
+    kept_weights = stage2.fresh_resized_decoders(other, weights, say=False)
+    assert kept_weights.keys() == weights.keys()
+    assert all(kept_weights[name] is p for name, p in weights.items())
 
 
 @pytest.mark.slow

@@ -156,13 +156,17 @@ def fresh_resized_decoders(model: torch.nn.Module, weights: dict,
                            say: bool = True) -> dict:
     """`weights` with the mean network of each decoder whose width changed (a decoder width
     flag on a fine-tune) replaced by `model`'s own fresh one; its learnt log-variances, which
-    do not depend on the width, are kept. Every other weight is left to `load_state_dict`."""
+    do not depend on the width, are kept. A decoder whose input changed (a latent's size) is
+    left as it is, like every other weight, for `load_state_dict` to refuse."""
     fresh = model.state_dict()
     weights = dict(weights)
     for name in DECODERS:
         net = f"{name}.mean_net."
         keys = [k for k in fresh if k.startswith(net)]
-        if not keys or all(k in weights and weights[k].shape == fresh[k].shape for k in keys):
+        first = f"{net}0.weight"  # (width, inputs)
+        if (first not in fresh or first not in weights
+                or weights[first].shape[1] != fresh[first].shape[1]
+                or all(k in weights and weights[k].shape == fresh[k].shape for k in keys)):
             continue
         weights = {k: v for k, v in weights.items() if not k.startswith(net)}
         weights.update({k: fresh[k] for k in keys})
