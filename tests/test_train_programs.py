@@ -876,6 +876,29 @@ def test_stage2_init_from_with_a_wider_voice_decoder_starts_its_mean_network_afr
     assert all(kept_weights[name] is p for name, p in weights.items())
 
 
+def test_stage2_init_from_adds_or_removes_a_training_term_outside_the_elbo(
+        runs, tiny_store, tmp_path):
+    """--mdvae-aux-clip-means on a fine-tune of a run without it: its heads start afresh and
+    every other weight is the run's; a fine-tune of that without the term drops them."""
+    flags = fine_tune_flags(runs, tiny_store)
+    source = load_stage2(str(runs / "mdvae"))
+    assert not hasattr(source, "aux_x_a")
+    out = tmp_path / "aux"
+    stage2.main([*flags, "--lr", "0", "--model", "mdvae", "--init-from", str(runs / "mdvae"),
+                 "--out", str(out), "--steps", "3", "--mdvae-aux-clip-means", "2"])
+    tuned = load_stage2(str(out))
+    assert tuned.config.aux_clip_means == 2 and hasattr(tuned, "aux_x_a")
+    state = tuned.state_dict()
+    for name, p in source.state_dict().items():
+        torch.testing.assert_close(state[name], p, msg=name)
+    assert {k.split(".")[0] for k in state.keys() - source.state_dict().keys()} == {
+        "aux_x_a", "aux_x_v"}
+    back = tmp_path / "no_aux"
+    stage2.main([*flags, "--lr", "0", "--model", "mdvae", "--init-from", str(out),
+                 "--out", str(back), "--steps", "3", "--mdvae-aux-clip-means", "0"])
+    assert load_stage2(str(back)).state_dict().keys() == source.state_dict().keys()
+
+
 @pytest.mark.slow
 def test_a_dsae_stays_valid_beside_a_new_vq_vae_of_the_other_modality(runs, tiny_store,
                                                                        tmp_path):

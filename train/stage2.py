@@ -30,6 +30,9 @@ its mean network starts afresh, its log-variances and every other weight come fr
 with --train-only (below) it learns to render the latents the run learnt, and nothing else
 moves.
 
+A fine-tune can add or remove a training term outside the ELBO (--mdvae-aux-clip-means, an
+audio --mdvae-swap-cycle-judge): the heads it needs start afresh, or are dropped.
+
 --freeze-w-encoder (with --init-from) keeps q(w) exactly as the source run learnt it: every
 weight the posterior of w depends on is frozen, and the rest (the z's, the priors, the
 decoders) trains, e.g. the decoders again with the floor back at -6.
@@ -174,6 +177,28 @@ def fresh_resized_decoders(model: torch.nn.Module, weights: dict,
             width = fresh[keys[0]].shape[0]
             print(f"{name} is {width} wide: its mean network starts afresh, its "
                   "log-variances from the run", file=sys.stderr)
+    return weights
+
+
+# parts an MDVAE has only for training terms outside the ELBO (`aux_clip_means`, an audio
+# `swap_cycle_judge`): nothing the model infers or decodes with
+TRAINING_HEADS = ("aux_x_a.", "aux_x_v.", "judge_features_x_a.", "judge_summary_x_a.",
+                  "judge_w.")
+
+
+def fresh_training_heads(model: torch.nn.Module, weights: dict, say: bool = True) -> dict:
+    """`weights` with the training-only heads (TRAINING_HEADS) that `model` has and the run
+    lacks started afresh (`model`'s own), and those the run has and `model` lacks dropped:
+    a fine-tune can add or remove such a term. Every other weight is left as it is."""
+    fresh = model.state_dict()
+    dropped = [k for k in weights if k.startswith(TRAINING_HEADS) and k not in fresh]
+    added = [k for k in fresh if k.startswith(TRAINING_HEADS) and k not in weights]
+    weights = {k: v for k, v in weights.items() if k not in dropped}
+    weights.update({k: fresh[k] for k in added})
+    for keys, what in ((added, "start afresh"), (dropped, "are dropped")):
+        names = sorted({k.split(".")[0] for k in keys})
+        if names and say:
+            print(f"training-only heads {', '.join(names)} {what}", file=sys.stderr)
     return weights
 
 
@@ -447,6 +472,7 @@ def main(argv: list[str] | None = None) -> common.TrainResult:
                                                 "is dropped: q(w) reads the shared one"),
                       file=sys.stderr)
         weights = fresh_resized_decoders(model, weights, d.is_main)
+        weights = fresh_training_heads(model, weights, d.is_main)
         if face_from is not None:
             weights = MDVAE.with_w_face_network_from(weights, face_from["weights"])
             if d.is_main:
