@@ -162,7 +162,6 @@ def fresh_resized_decoders(model: torch.nn.Module, weights: dict,
     do not depend on the width, are kept. A decoder whose input changed (a latent's size) is
     left as it is, like every other weight, for `load_state_dict` to refuse."""
     fresh = model.state_dict()
-    weights = dict(weights)
     for name in DECODERS:
         net = f"{name}.mean_net."
         keys = [k for k in fresh if k.startswith(net)]
@@ -174,8 +173,7 @@ def fresh_resized_decoders(model: torch.nn.Module, weights: dict,
         weights = {k: v for k, v in weights.items() if not k.startswith(net)}
         weights.update({k: fresh[k] for k in keys})
         if say:
-            width = fresh[keys[0]].shape[0]
-            print(f"{name} is {width} wide: its mean network starts afresh, its "
+            print(f"{name} is {fresh[first].shape[0]} wide: its mean network starts afresh, its "
                   "log-variances from the run", file=sys.stderr)
     return weights
 
