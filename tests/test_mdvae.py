@@ -319,14 +319,18 @@ def test_standardised_audio_decoder_does_not_read_the_height_of_voiced_frames():
     assert abs(reads[6.0, True] - reads[2.0, True]) < bound
 
 
-def test_aux_clip_means_adds_a_likelihood_of_the_window_means_given_w_outside_the_elbo():
+@pytest.mark.parametrize("streams", ["both", "audio", "visual"])
+def test_aux_clip_means_adds_a_likelihood_of_the_window_means_given_w_outside_the_elbo(streams):
     """aux_clip_means: the loss gains weight * (-log N(mean_t x | head(w), diag exp(logvar)))
-    per stream, per sequence / T; the ELBO terms are those of the same model without it,
-    and the term's gradient reaches q(w) but no z posterior."""
+    per stream that aux_clip_means_streams names (the other's head is not built), per
+    sequence / T; the ELBO terms are those of the same model without it, and the term's
+    gradient reaches q(w) but no z posterior."""
     weight = 2.5
-    model = tiny_model(aux_clip_means=weight)
+    model = tiny_model(aux_clip_means=weight, aux_clip_means_streams=streams)
     plain = tiny_model(aux_clip_means=0.0)
     assert not hasattr(plain, "aux_x_a") and set(plain.state_dict()) < set(model.state_dict())
+    named = {"both": ("aux_x_a", "aux_x_v"), "audio": ("aux_x_a",), "visual": ("aux_x_v",)}
+    assert {n for n in ("aux_x_a", "aux_x_v") if hasattr(model, n)} == set(named[streams])
     plain.load_state_dict(model.state_dict(), strict=False)
     x_a, x_v = inputs()
     torch.manual_seed(3)
@@ -337,7 +341,10 @@ def test_aux_clip_means_adds_a_likelihood_of_the_window_means_given_w_outside_th
         torch.testing.assert_close(getattr(out.loss, field), getattr(ref.loss, field))
     w = out.latents.w
     expected = 0.0
-    for head, x in ((model.aux_x_a, x_a), (model.aux_x_v, x_v)):
+    for name, x in (("aux_x_a", x_a), ("aux_x_v", x_v)):
+        if name not in named[streams]:
+            continue
+        head = getattr(model, name)
         mean, logvar = head.mean_net(w), head.logvar.clamp(min=head.logvar_min)
         resid = x.mean(1) - mean
         nll = 0.5 * (math.log(2 * math.pi) + logvar + resid.square() / logvar.exp()).sum(-1)
@@ -409,6 +416,8 @@ def test_swap_cycle_and_aux_weights_must_not_be_negative():
             tiny_model(**{name: -1.0})
     with pytest.raises(ConfigError, match="swap_cycle_judge"):
         tiny_model(swap_cycle=1.0, swap_cycle_judge="visual")
+    with pytest.raises(ConfigError, match="aux_clip_means_streams"):
+        tiny_model(aux_clip_means=1.0, aux_clip_means_streams="voice")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -879,7 +879,8 @@ def test_stage2_init_from_with_a_wider_voice_decoder_starts_its_mean_network_afr
 def test_stage2_init_from_adds_or_removes_a_training_term_outside_the_elbo(
         runs, tiny_store, tmp_path):
     """--mdvae-aux-clip-means on a fine-tune of a run without it: its heads start afresh and
-    every other weight is the run's; a fine-tune of that without the term drops them."""
+    every other weight is the run's; a fine-tune of that with the voice's term alone drops the
+    face's head and keeps the voice's, and one without the term drops them all."""
     flags = fine_tune_flags(runs, tiny_store)
     source = load_stage2(str(runs / "mdvae"))
     assert not hasattr(source, "aux_x_a")
@@ -893,8 +894,16 @@ def test_stage2_init_from_adds_or_removes_a_training_term_outside_the_elbo(
         torch.testing.assert_close(state[name], p, msg=name)
     assert {k.split(".")[0] for k in state.keys() - source.state_dict().keys()} == {
         "aux_x_a", "aux_x_v"}
-    back = tmp_path / "no_aux"
+    voice = tmp_path / "aux_audio"  # the voice's term alone: the face's head is dropped
     stage2.main([*flags, "--lr", "0", "--model", "mdvae", "--init-from", str(out),
+                 "--out", str(voice), "--steps", "3", "--mdvae-aux-clip-means-streams", "audio"])
+    voice_state = load_stage2(str(voice)).state_dict()
+    assert voice_state.keys() - source.state_dict().keys() == {
+        k for k in state if k.startswith("aux_x_a.")}
+    for name in voice_state.keys() - source.state_dict().keys():
+        torch.testing.assert_close(voice_state[name], state[name], msg=name)
+    back = tmp_path / "no_aux"
+    stage2.main([*flags, "--lr", "0", "--model", "mdvae", "--init-from", str(voice),
                  "--out", str(back), "--steps", "3", "--mdvae-aux-clip-means", "0"])
     assert load_stage2(str(back)).state_dict().keys() == source.state_dict().keys()
 

@@ -30,8 +30,9 @@ its mean network starts afresh, its log-variances and every other weight come fr
 with --train-only (below) it learns to render the latents the run learnt, and nothing else
 moves.
 
-A fine-tune can add or remove a training term outside the ELBO (--mdvae-aux-clip-means, an
-audio --mdvae-swap-cycle-judge): the heads it needs start afresh, or are dropped.
+A fine-tune can add or remove a training term outside the ELBO (--mdvae-aux-clip-means and
+its --mdvae-aux-clip-means-streams, an audio --mdvae-swap-cycle-judge): the heads it needs
+start afresh, or are dropped.
 
 --freeze-w-encoder (with --init-from) keeps q(w) exactly as the source run learnt it: every
 weight the posterior of w depends on is frozen, and the rest (the z's, the priors, the

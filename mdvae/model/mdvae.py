@@ -40,7 +40,8 @@ A variant (`standardise_z_audio`): the audio decoder reads z_av and z_a standard
 the window (centred, and divided by their standard deviation over time), so a z that sits
 higher on voiced frames by an amount set by the clip's pitch no longer tells it that amount.
 A second, also off by default (`aux_clip_means`): an auxiliary likelihood of each
-window's time-averaged features given w alone, added to the training loss and left out of
+window's time-averaged features (both streams', or one's: `aux_clip_means_streams`) given w
+alone, added to the training loss and left out of
 the ELBO. A third (`swap_cycle`): each sequence's z's decoded with another sequence's w
 must give features in which q(w), held fixed as a judge, finds that w; also outside the
 ELBO. Its judge can instead be one of its own that reads the audio alone
@@ -146,6 +147,7 @@ class AuthorsLayout(ConfigBase):
 
 
 SWAP_CYCLE_JUDGES = ("joint", "audio")
+AUX_CLIP_MEANS_STREAMS = ("both", "audio", "visual")
 # added to a z's variance over time before `standardise_z_audio` divides by its square
 # root: a dimension that hardly moves over the window is magnified at most 1 / 0.1 = 10x
 STANDARDISE_EPS = 0.01
@@ -212,6 +214,11 @@ class MDVAEConfig(ConfigBase):
     # taught what is constant over a window however little the frame decoders use it; it is
     # not part of the ELBO (`negative_elbo` leaves it out). 0 is the seed's model
     aux_clip_means: float = 0.0
+    # which streams' clip means `aux_clip_means` asks of w: "both", or "audio" / "visual"
+    # alone (the other stream's head is not built). Both streams' term drew the face's
+    # identity into w and crowded out its emotion (research log, session 39); "audio" asks
+    # w for the voice's clip constants only
+    aux_clip_means_streams: str = "both"
     # a departure (issue 13): > 0 adds this weight times a swap-cycle term to the training
     # loss: each sequence's z's are decoded with the next sequence's w (the batch rolled by
     # one), and the negative log-density of that w under q(w | the swapped decoding), the
@@ -297,6 +304,10 @@ class MDVAEConfig(ConfigBase):
             raise ConfigError(f"config keys 'w_face_dropout' ({self.w_face_dropout}) and "
                               f"'w_voice_dropout' ({self.w_voice_dropout}) hide one stream "
                               f"each from disjoint sequences: they sum to at most 1")
+        if self.aux_clip_means_streams not in AUX_CLIP_MEANS_STREAMS:
+            raise ConfigError(f"config key 'aux_clip_means_streams': "
+                              f"{self.aux_clip_means_streams!r} is not one of "
+                              f"{AUX_CLIP_MEANS_STREAMS}")
         if self.swap_cycle_judge not in SWAP_CYCLE_JUDGES:
             raise ConfigError(f"config key 'swap_cycle_judge': {self.swap_cycle_judge!r} is not "
                               f"one of {SWAP_CYCLE_JUDGES}")
@@ -457,11 +468,14 @@ class MDVAE(nn.Module):
         self._build_aux_heads(c, obs)
 
     def _build_aux_heads(self, c: MDVAEConfig, obs: dict) -> None:
-        """With `aux_clip_means`: p(mean_t x_a | w) and p(mean_t x_v | w); with an audio
-        `swap_cycle_judge`: r(w | x_a). The compact layout's widths in either layout."""
+        """With `aux_clip_means`: p(mean_t x_a | w) and p(mean_t x_v | w), or the one that
+        `aux_clip_means_streams` names; with an audio `swap_cycle_judge`: r(w | x_a). The
+        compact layout's widths in either layout."""
         if c.aux_clip_means > 0:
-            self.aux_x_a = GaussianDecoder(c.w_dim, c.audio_hidden, c.audio_dim, **obs)
-            self.aux_x_v = GaussianDecoder(c.w_dim, c.visual_hidden, c.visual_dim, **obs)
+            if c.aux_clip_means_streams in ("both", "audio"):
+                self.aux_x_a = GaussianDecoder(c.w_dim, c.audio_hidden, c.audio_dim, **obs)
+            if c.aux_clip_means_streams in ("both", "visual"):
+                self.aux_x_v = GaussianDecoder(c.w_dim, c.visual_hidden, c.visual_dim, **obs)
         if c.swap_cycle > 0 and c.swap_cycle_judge == "audio":
             self.judge_features_x_a = mlp(
                 [c.audio_dim, c.audio_hidden, c.feature_dim], final_activation=True
@@ -838,11 +852,15 @@ class MDVAE(nn.Module):
         return MDVAEOutput(x_a_hat, x_v_hat, latents, posterior, prior, loss, extra)
 
     def aux_clip_means_term(self, x_a: Tensor, x_v: Tensor, w: Tensor) -> Tensor:
-        """-log p(mean_t x_a | w) - log p(mean_t x_v | w) in nats per frame (per sequence,
-        averaged over the batch, divided by T): the `aux_clip_means` departure's term."""
+        """-log p(mean_t x_a | w) - log p(mean_t x_v | w) (or the one stream's that
+        `aux_clip_means_streams` names) in nats per frame (per sequence, averaged over the
+        batch, divided by T): the `aux_clip_means` departure's term."""
         n_frames = x_a.shape[1]
         total = x_a.new_zeros(())
-        for head, x in ((self.aux_x_a, x_a), (self.aux_x_v, x_v)):
+        for name, x in (("aux_x_a", x_a), ("aux_x_v", x_v)):
+            head = getattr(self, name, None)
+            if head is None:
+                continue
             mean_x = x.mean(1, keepdim=True)  # (B, 1, D)
             total = total + head.negative_log_likelihood(mean_x, head(w[:, None])).mean()
         return total / n_frames
