@@ -293,6 +293,69 @@ def test_standardised_audio_decoder_reads_z_av_and_z_a_standardised_over_time(ce
             torch.testing.assert_close(got, want[:, 2:4], rtol=0, atol=1e-12)
 
 
+def test_audio_decoder_alone_reads_centred_z_with_centre_z_audio():
+    """centre_z_audio: the audio decoder decodes as the seed's model would at z_av and z_a
+    minus their time means, the visual decoder as the seed's model at the z's as they are;
+    an offset constant over time added to z_av or z_a leaves the voice exactly as it was."""
+    model = tiny_model(centre_z_audio=True)
+    plain = tiny_model()  # same seed: the same weights
+    x_a, x_v = inputs()
+    with torch.no_grad():
+        latents = model.encode(x_a, x_v, sample=True)
+        centred = dataclasses.replace(
+            latents, **{g: getattr(latents, g) - getattr(latents, g).mean(1, keepdim=True)
+                        for g in ("z_av", "z_a", "z_v")})
+        got_a, got_v = model.decode(latents)
+        torch.testing.assert_close(got_a, plain.decode(centred)[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(got_v, plain.decode(latents)[1], rtol=0, atol=1e-12)
+        assert changed(got_a, plain.decode(latents)[0])
+        for group in ("z_av", "z_a"):
+            z = getattr(latents, group)
+            offset = 3.0 * torch.randn(B, 1, z.shape[-1], dtype=z.dtype)
+            moved_a, moved_v = model.decode(dataclasses.replace(latents, **{group: z + offset}))
+            torch.testing.assert_close(moved_a, got_a, rtol=0, atol=1e-10)
+            if group == "z_av":  # the face's decoder still reads the offset
+                assert changed(moved_v, got_v)
+
+
+def test_latent_scale_standardises_a_latent_by_one_spread_for_all_its_dimensions():
+    """standardise_z_audio_scale="latent": the audio decoder reads each z centred and divided
+    by sqrt(the mean over its dimensions of their variances over time + eps) (written out
+    here); scaling a whole latent by a factor leaves the voice as it was up to eps's share,
+    scaling one dimension alone does not (per-dimension standardising would undo both)."""
+    model = tiny_model(standardise_z_audio=True, standardise_z_audio_scale="latent")
+    plain = tiny_model()
+    x_a, x_v = inputs()
+    with torch.no_grad():
+        latents = model.encode(x_a, x_v, sample=True)
+
+        def one_spread(z):
+            d = z - z.mean(1, keepdim=True)
+            return d / torch.sqrt((d ** 2).mean((1, 2), keepdim=True) + STANDARDISE_EPS)
+
+        expected = dataclasses.replace(
+            latents, **{g: one_spread(getattr(latents, g)) for g in ("z_av", "z_a")})
+        got = model.decode_stream(latents, "audio")
+        torch.testing.assert_close(got, plain.decode_stream(expected, "audio"), rtol=0,
+                                   atol=1e-12)
+        # z -> k z reads as d / sqrt(v), d = z minus its mean, v its dimensions' mean
+        # variance (eps's share vanishes): within |d| / sqrt(v) * eps / (2 k^2 v) of it
+        k, z_a = 1e3, latents.z_a
+        d = z_a - z_a.mean(1, keepdim=True)
+        v = (d ** 2).mean((1, 2), keepdim=True)
+        read = model.decoded_z(dataclasses.replace(latents, z_a=k * z_a), "audio")[1]
+        bound = (d.abs() / v.sqrt() * STANDARDISE_EPS / (2 * k * k * v)).max().item()
+        torch.testing.assert_close(read, d / v.sqrt(), rtol=0, atol=bound + 1e-12)
+        # one dimension alone scaled by k changes what the others read: not per dimension
+        one = z_a.clone()
+        one[..., 0] *= k
+        read_one = model.decoded_z(dataclasses.replace(latents, z_a=one), "audio")[1]
+        plain_read = model.decoded_z(latents, "audio")[1]
+        assert changed(read_one[..., 1:], plain_read[..., 1:])
+    with pytest.raises(ConfigError, match="standardise_z_audio_scale"):
+        tiny_model(standardise_z_audio=True, standardise_z_audio_scale="time")
+
+
 def test_standardised_audio_decoder_does_not_read_the_height_of_voiced_frames():
     """The leak `standardise_z_audio` closes: a z_a at c on unvoiced frames and c + g on
     voiced ones (a share p of them), g set by the clip's pitch level. Centred, its voiced

@@ -38,7 +38,9 @@ through w. The posteriors, priors and KLs are the seed's; only what the decoders
 changes, and an offset added to a z sequence leaves both reconstructions as they were.
 A variant (`standardise_z_audio`): the audio decoder reads z_av and z_a standardised over
 the window (centred, and divided by their standard deviation over time), so a z that sits
-higher on voiced frames by an amount set by the clip's pitch no longer tells it that amount.
+higher on voiced frames by an amount set by the clip's pitch no longer tells it that amount
+(`standardise_z_audio_scale="latent"`: one spread for all of a latent's dimensions). Another
+(`centre_z_audio`): the audio decoder alone reads the z's centred, the face's as they are.
 A second, also off by default (`aux_clip_means`): an auxiliary likelihood of each
 window's time-averaged features (both streams', or one's: `aux_clip_means_streams`) given w
 alone, added to the training loss and left out of
@@ -147,6 +149,7 @@ class AuthorsLayout(ConfigBase):
 
 
 SWAP_CYCLE_JUDGES = ("joint", "audio")
+STANDARDISE_SCALES = ("dimension", "latent")
 AUX_CLIP_MEANS_STREAMS = ("both", "audio", "visual")
 # added to a z's variance over time before `standardise_z_audio` divides by its square
 # root: a dimension that hardly moves over the window is magnified at most 1 / 0.1 = 10x
@@ -208,6 +211,19 @@ class MDVAEConfig(ConfigBase):
     # the clip's pitch level as the height of its voiced frames. The visual decoder reads
     # them as `centre_z` says. False is the seed's model
     standardise_z_audio: bool = False
+    # with standardise_z_audio: "dimension" divides each dimension by its own spread over the
+    # window (as above); "latent" divides all of a latent's dimensions by one number, the
+    # root of their mean variance over the window + STANDARDISE_EPS, so a dimension that
+    # hardly moves stays small beside one that does, and the sizes of the dimensions' moves
+    # relative to each other reach the decoder. A departure (issue 13); "dimension" is the
+    # variant tried in sessions 19 and 34
+    standardise_z_audio_scale: str = "dimension"
+    # a departure (issue 13): True has the audio decoder alone read z_av and z_a centred over
+    # the decoded frames (minus their time mean; not divided by their spread), the visual
+    # decoder as `centre_z` says: a z's constant over the window reaches the voice only
+    # through w, and the face's mouth is left as the seed's model renders it (session 15's
+    # `centre_z` for both decoders cost the mouth). False is the seed's model
+    centre_z_audio: bool = False
     # a departure (issue 13): > 0 adds this weight times an auxiliary likelihood of each
     # sequence's time-averaged features given w alone (a Gaussian decoder per stream from w,
     # nats per sequence divided by T, as the ELBO's terms) to the training loss, so w is
@@ -304,6 +320,10 @@ class MDVAEConfig(ConfigBase):
             raise ConfigError(f"config keys 'w_face_dropout' ({self.w_face_dropout}) and "
                               f"'w_voice_dropout' ({self.w_voice_dropout}) hide one stream "
                               f"each from disjoint sequences: they sum to at most 1")
+        if self.standardise_z_audio_scale not in STANDARDISE_SCALES:
+            raise ConfigError(f"config key 'standardise_z_audio_scale': "
+                              f"{self.standardise_z_audio_scale!r} is not one of "
+                              f"{STANDARDISE_SCALES}")
         if self.aux_clip_means_streams not in AUX_CLIP_MEANS_STREAMS:
             raise ConfigError(f"config key 'aux_clip_means_streams': "
                               f"{self.aux_clip_means_streams!r} is not one of "
@@ -744,7 +764,8 @@ class MDVAE(nn.Module):
         `latents.w` may be (B, Lw) or per frame (B, T, Lw) (see `interpolate_w`).
         With `centre_z` the decoders read each z_t minus the z's mean over time, taken over
         these latents' frames or over `reference`'s (the whole clip a few frames come from);
-        with `standardise_z_audio` the audio decoder reads them standardised there.
+        with `standardise_z_audio` the audio decoder reads them standardised there, with
+        `centre_z_audio` centred there.
         Returns x_a_hat (B, T, Da), x_v_hat (B, T, Dv).
         """
         return (self.decode_stream(latents, "audio", reference),
@@ -769,11 +790,13 @@ class MDVAE(nn.Module):
         "visual": z_av, z_v; each (B, T, L)): as they are, or minus their time means over
         `reference` (default: `latents`) with `centre_z`, or for the audio decoder with
         `standardise_z_audio` also divided by sqrt(their variance over time there +
-        STANDARDISE_EPS)."""
+        STANDARDISE_EPS) (per dimension, or its mean over the latent's dimensions:
+        `standardise_z_audio_scale`); for the audio decoder with `centre_z_audio`, centred."""
+        c = self.config
         groups = ("z_av", "z_a") if stream == "audio" else ("z_av", "z_v")
         zs = tuple(getattr(latents, g) for g in groups)
-        standardise = stream == "audio" and self.config.standardise_z_audio
-        if not (self.config.centre_z or standardise):
+        standardise = stream == "audio" and c.standardise_z_audio
+        if not (c.centre_z or standardise or (stream == "audio" and c.centre_z_audio)):
             return zs
         ref = latents if reference is None else reference
         out = []
@@ -781,7 +804,10 @@ class MDVAE(nn.Module):
             r = getattr(ref, g)
             z = z - r.mean(dim=1, keepdim=True)
             if standardise:
-                z = z / (r.var(dim=1, unbiased=False, keepdim=True) + STANDARDISE_EPS).sqrt()
+                var = r.var(dim=1, unbiased=False, keepdim=True)
+                if c.standardise_z_audio_scale == "latent":
+                    var = var.mean(dim=-1, keepdim=True)
+                z = z / (var + STANDARDISE_EPS).sqrt()
             out.append(z)
         return tuple(out)
 
