@@ -321,8 +321,8 @@ def test_audio_decoder_alone_reads_centred_z_with_centre_z_audio():
 def test_latent_scale_standardises_a_latent_by_one_spread_for_all_its_dimensions():
     """standardise_z_audio_scale="latent": the audio decoder reads each z centred and divided
     by sqrt(the mean over its dimensions of their variances over time + eps) (written out
-    here); scaling a whole latent by a factor leaves the voice as it was up to eps's share,
-    scaling one dimension alone does not (per-dimension standardising would undo both)."""
+    here); a whole latent scaled by k reads as if unscaled, up to eps's share, and one
+    dimension scaled alone changes what the others read (per dimension, it would not)."""
     model = tiny_model(standardise_z_audio=True, standardise_z_audio_scale="latent")
     plain = tiny_model()
     x_a, x_v = inputs()

@@ -216,13 +216,16 @@ class MDVAEConfig(ConfigBase):
     # root of their mean variance over the window + STANDARDISE_EPS, so a dimension that
     # hardly moves stays small beside one that does, and the sizes of the dimensions' moves
     # relative to each other reach the decoder. A departure (issue 13); "dimension" is the
-    # variant tried in sessions 19 and 34
+    # variant tried in sessions 19 and 34. Tried in a floor -3 phase on two seeds (research
+    # log, session 40): as "dimension", the accents' timing left z_a with the pitch level
     standardise_z_audio_scale: str = "dimension"
     # a departure (issue 13): True has the audio decoder alone read z_av and z_a centred over
     # the decoded frames (minus their time mean; not divided by their spread), the visual
     # decoder as `centre_z` says: a z's constant over the window reaches the voice only
     # through w, and the face's mouth is left as the seed's model renders it (session 15's
-    # `centre_z` for both decoders cost the mouth). False is the seed's model
+    # `centre_z` for both decoders cost the mouth). False is the seed's model. Tried in a
+    # floor -3 phase on two seeds (research log, session 40): the pitch level went partly to
+    # w and more of the contour stayed in z_a than standardised, but w lost 0.02 of emotion
     centre_z_audio: bool = False
     # a departure (issue 13): > 0 adds this weight times an auxiliary likelihood of each
     # sequence's time-averaged features given w alone (a Gaussian decoder per stream from w,
@@ -231,9 +234,9 @@ class MDVAEConfig(ConfigBase):
     # not part of the ELBO (`negative_elbo` leaves it out). 0 is the seed's model
     aux_clip_means: float = 0.0
     # which streams' clip means `aux_clip_means` asks of w: "both", or "audio" / "visual"
-    # alone (the other stream's head is not built). Both streams' term drew the face's
-    # identity into w and crowded out its emotion (research log, session 39); "audio" asks
-    # w for the voice's clip constants only
+    # alone (the other stream's head is not built). Tried as "audio" in a floor -3 phase on
+    # two seeds (research log, session 40): w lost as much emotion as with both streams
+    # (session 39), and the voice's speaker hardly followed a swapped w more
     aux_clip_means_streams: str = "both"
     # a departure (issue 13): > 0 adds this weight times a swap-cycle term to the training
     # loss: each sequence's z's are decoded with the next sequence's w (the batch rolled by
