@@ -323,17 +323,12 @@ class MDVAEConfig(ConfigBase):
             raise ConfigError(f"config keys 'w_face_dropout' ({self.w_face_dropout}) and "
                               f"'w_voice_dropout' ({self.w_voice_dropout}) hide one stream "
                               f"each from disjoint sequences: they sum to at most 1")
-        if self.standardise_z_audio_scale not in STANDARDISE_SCALES:
-            raise ConfigError(f"config key 'standardise_z_audio_scale': "
-                              f"{self.standardise_z_audio_scale!r} is not one of "
-                              f"{STANDARDISE_SCALES}")
-        if self.aux_clip_means_streams not in AUX_CLIP_MEANS_STREAMS:
-            raise ConfigError(f"config key 'aux_clip_means_streams': "
-                              f"{self.aux_clip_means_streams!r} is not one of "
-                              f"{AUX_CLIP_MEANS_STREAMS}")
-        if self.swap_cycle_judge not in SWAP_CYCLE_JUDGES:
-            raise ConfigError(f"config key 'swap_cycle_judge': {self.swap_cycle_judge!r} is not "
-                              f"one of {SWAP_CYCLE_JUDGES}")
+        for name, allowed in (("standardise_z_audio_scale", STANDARDISE_SCALES),
+                              ("aux_clip_means_streams", AUX_CLIP_MEANS_STREAMS),
+                              ("swap_cycle_judge", SWAP_CYCLE_JUDGES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"config key '{name}': {getattr(self, name)!r} is not one "
+                                  f"of {allowed}")
         if self.w_per_stream and self.authors_layout is not None:
             raise ConfigError("config key 'w_per_stream' splits this project's q(w) head; the "
                               "authors' layout reads both streams in one BiGRU")
