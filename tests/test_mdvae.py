@@ -318,6 +318,35 @@ def test_audio_decoder_alone_reads_centred_z_with_centre_z_audio():
                 assert changed(moved_v, got_v)
 
 
+def test_voice_mean_from_w_takes_the_voices_window_mean_from_w_alone():
+    """voice_mean_from_w: the voice decodes as the decoder at zero z's plus each frame's
+    departure from the plain decoding's window mean (written out here); its mean over time
+    is a function of w alone, so the z's of another clip leave it exactly as it was while
+    still moving the frames; the face decodes as the seed's model; a few frames decoded
+    with the whole clip as reference are those frames of the whole clip's decoding."""
+    model = tiny_model(voice_mean_from_w=True)
+    plain = tiny_model()  # same seed: the same weights
+    x_a, x_v = inputs()
+    with torch.no_grad():
+        latents = model.encode(x_a, x_v, sample=True)
+        got_a, got_v = model.decode(latents)
+        plain_a, plain_v = plain.decode(latents)
+        zero = {g: torch.zeros_like(getattr(latents, g)) for g in ("z_av", "z_a", "z_v")}
+        at_zero = plain.decode(dataclasses.replace(latents, **zero))[0]
+        want = at_zero + plain_a - plain_a.mean(1, keepdim=True)
+        torch.testing.assert_close(got_a, want, rtol=0, atol=1e-12)
+        torch.testing.assert_close(got_v, plain_v, rtol=0, atol=1e-12)
+        other = model.encode(x_a.flip(0), x_v.flip(0), sample=True)
+        mixed = dataclasses.replace(other, w=latents.w)
+        moved_a = model.decode(mixed)[0]
+        torch.testing.assert_close(moved_a.mean(1), got_a.mean(1), rtol=0, atol=1e-10)
+        assert changed(moved_a, got_a)
+        frames = dataclasses.replace(
+            latents, **{g: getattr(latents, g)[:, 2:4] for g in ("z_av", "z_a", "z_v")})
+        for got, want in zip(model.decode(frames, reference=latents), (got_a, got_v)):
+            torch.testing.assert_close(got, want[:, 2:4], rtol=0, atol=1e-12)
+
+
 def test_latent_scale_standardises_a_latent_by_one_spread_for_all_its_dimensions():
     """standardise_z_audio_scale="latent": the audio decoder reads each z centred and divided
     by sqrt(the mean over its dimensions of their variances over time + eps) (written out

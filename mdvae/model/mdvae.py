@@ -41,6 +41,10 @@ the window (centred, and divided by their standard deviation over time), so a z 
 higher on voiced frames by an amount set by the clip's pitch no longer tells it that amount
 (`standardise_z_audio_scale="latent"`: one spread for all of a latent's dimensions). Another
 (`centre_z_audio`): the audio decoder alone reads the z's centred, the face's as they are.
+Another, on the voice's output rather than its input (`voice_mean_from_w`): the decoded
+voice's mean over the window is the decoder's output at zero z's, a function of w alone,
+and the z's set only each frame's departure from it; a clip's voice constants (its speaker,
+its pitch level) then reach the voice through w whatever the z's hold.
 A second, also off by default (`aux_clip_means`): an auxiliary likelihood of each
 window's time-averaged features (both streams', or one's: `aux_clip_means_streams`) given w
 alone, added to the training loss and left out of
@@ -227,6 +231,15 @@ class MDVAEConfig(ConfigBase):
     # floor -3 phase on two seeds (research log, session 40): the pitch level went partly to
     # w and more of the contour stayed in z_a than standardised, but w lost 0.02 of emotion
     centre_z_audio: bool = False
+    # a departure (issue 13): True decodes the voice as D(0, 0, w) + D(z_av_t, z_a_t, w) minus
+    # the mean of D(z_av, z_a, w) over the decoded window (D the audio decoder, at the z's it
+    # reads), so the decoded voice's mean over the window is a function of w alone and the
+    # z's set each frame's departure from it: the voice's clip constants can reach the voice
+    # only through w, however the z's encode them (the normalisations above take a z's own
+    # constants out of what the decoder reads, but the decoder could still read a clip
+    # constant from the z's shape over time, session 40). The face is decoded as before.
+    # False is the seed's model
+    voice_mean_from_w: bool = False
     # a departure (issue 13): > 0 adds this weight times an auxiliary likelihood of each
     # sequence's time-averaged features given w alone (a Gaussian decoder per stream from w,
     # nats per sequence divided by T, as the ELBO's terms) to the training loss, so w is
@@ -763,7 +776,8 @@ class MDVAE(nn.Module):
         With `centre_z` the decoders read each z_t minus the z's mean over time, taken over
         these latents' frames or over `reference`'s (the whole clip a few frames come from);
         with `standardise_z_audio` the audio decoder reads them standardised there, with
-        `centre_z_audio` centred there.
+        `centre_z_audio` centred there; with `voice_mean_from_w` the voice's mean over them
+        is the audio decoder's output at zero z's.
         Returns x_a_hat (B, T, Da), x_v_hat (B, T, Dv).
         """
         return (self.decode_stream(latents, "audio", reference),
@@ -774,12 +788,28 @@ class MDVAE(nn.Module):
     ) -> Tensor:
         """One stream's half of `decode`: the means of p(x_a_t | ...) ("audio") or of
         p(x_v_t | ...) ("visual"), every t (B, T, D)."""
-        w_t = frames_of_w(latents.w, latents.z_av.shape[1])  # (B, T, Lw)
+        decoder = self.decoder_x_a if stream == "audio" else self.decoder_x_v
+        zs, w_t = self.decoded_z(latents, stream, reference), self._decoded_w(latents, stream)
+        out = decoder(torch.cat([*zs, w_t], dim=-1))
+        if stream != "audio" or not self.config.voice_mean_from_w:
+            return out
+        # voice_mean_from_w: the mean over the window (the reference clip's, when given) is
+        # replaced by the decoder's output at zero z's
+        if reference is None:
+            window = out
+        else:
+            window = decoder(torch.cat([*self.decoded_z(reference, stream, reference),
+                                        self._decoded_w(reference, stream)], dim=-1))
+        at_zero = decoder(torch.cat([*(torch.zeros_like(z) for z in zs), w_t], dim=-1))
+        return at_zero + out - window.mean(dim=1, keepdim=True)
+
+    def _decoded_w(self, latents: Latents, stream: str) -> Tensor:
+        """w as the `stream` decoder reads it, every frame (B, T, Lw)."""
+        w_t = frames_of_w(latents.w, latents.z_av.shape[1])
         if stream == "audio" and self.config.voice_decoder_detaches_w_v:
             h = self.w_audio_entries
             w_t = torch.cat([w_t[..., :h], w_t[..., h:].detach()], dim=-1)
-        decoder = self.decoder_x_a if stream == "audio" else self.decoder_x_v
-        return decoder(torch.cat([*self.decoded_z(latents, stream, reference), w_t], dim=-1))
+        return w_t
 
     def decoded_z(
         self, latents: Latents, stream: str, reference: Latents | None = None
