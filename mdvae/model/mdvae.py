@@ -238,7 +238,10 @@ class MDVAEConfig(ConfigBase):
     # only through w, however the z's encode them (the normalisations above take a z's own
     # constants out of what the decoder reads, but the decoder could still read a clip
     # constant from the z's shape over time, session 40). The face is decoded as before.
-    # False is the seed's model
+    # False is the seed's model. Tried in a floor -3 phase on two seeds (research log,
+    # session 41): the voice's speaker moved towards w (0.65 / 0.66 against 0.54 / 0.49) with
+    # the accents' timing kept in z_a, the pitch level only to 0.14; on top of
+    # standardise_z_audio it adds nothing
     voice_mean_from_w: bool = False
     # a departure (issue 13): > 0 adds this weight times an auxiliary likelihood of each
     # sequence's time-averaged features given w alone (a Gaussian decoder per stream from w,
