@@ -43,8 +43,9 @@ higher on voiced frames by an amount set by the clip's pitch no longer tells it 
 (`centre_z_audio`): the audio decoder alone reads the z's centred, the face's as they are.
 Another, on the voice's output rather than its input (`voice_mean_from_w`): the decoded
 voice's mean over the window is the decoder's output at zero z's, a function of w alone,
-and the z's set only each frame's departure from it; a clip's voice constants (its speaker,
-its pitch level) then reach the voice through w whatever the z's hold.
+and the z's set only each frame's departure from it; the voice features' clip constants
+(their mean over the window: the speaker's timbre) then reach the voice through w whatever
+the z's hold (not the pitch level, which each voiced frame's harmonics carry: session 41).
 A second, also off by default (`aux_clip_means`): an auxiliary likelihood of each
 window's time-averaged features (both streams', or one's: `aux_clip_means_streams`) given w
 alone, added to the training loss and left out of
@@ -234,10 +235,10 @@ class MDVAEConfig(ConfigBase):
     # a departure (issue 13): True decodes the voice as D(0, 0, w) + D(z_av_t, z_a_t, w) minus
     # the mean of D(z_av, z_a, w) over the decoded window (D the audio decoder, at the z's it
     # reads), so the decoded voice's mean over the window is a function of w alone and the
-    # z's set each frame's departure from it: the voice's clip constants can reach the voice
-    # only through w, however the z's encode them (the normalisations above take a z's own
-    # constants out of what the decoder reads, but the decoder could still read a clip
-    # constant from the z's shape over time, session 40). The face is decoded as before.
+    # z's set each frame's departure from it: the voice features' clip constants can reach
+    # the voice only through w, however the z's encode them (the normalisations above take
+    # a z's own constants out of what the decoder reads, but the decoder could still read a
+    # clip constant from the z's shape over time, session 40). The face is decoded as before.
     # False is the seed's model. Tried in a floor -3 phase on two seeds (research log,
     # session 41): the voice's speaker moved towards w (0.65 / 0.66 against 0.54 / 0.49) with
     # the accents' timing kept in z_a, the pitch level only to 0.14; on top of
