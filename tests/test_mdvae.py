@@ -1267,6 +1267,32 @@ def test_w_face_network_gives_q_w_a_face_network_of_its_own():
         tiny_model(layout="authors", w_face_network=True)
 
 
+def test_voice_reads_w_a_only_hides_the_faces_part_of_w_from_the_voice():
+    """voice_reads_w_a_only: the voice is the plain per-stream model's decoded at w with its
+    face entries zeroed; another w_v leaves the voice exactly as it was and moves the face;
+    another w_a moves the voice."""
+    model = tiny_model(w_per_stream=True, voice_reads_w_a_only=True)
+    plain = tiny_model(w_per_stream=True)
+    plain.load_state_dict(model.state_dict())
+    h = model.w_audio_entries
+    assert 0 < h < model.config.w_dim
+    latents = plain.encode(*inputs())
+    x_a_hat, x_v_hat = model.decode(latents)
+    hidden = dataclasses.replace(latents, w=torch.cat(
+        [latents.w[:, :h], torch.zeros_like(latents.w[:, h:])], dim=-1))
+    torch.testing.assert_close(x_a_hat, plain.decode(hidden)[0], rtol=0, atol=0)
+    torch.testing.assert_close(x_v_hat, plain.decode(latents)[1], rtol=0, atol=0)
+    other = torch.randn_like(latents.w)
+    new_face = dataclasses.replace(latents, w=torch.cat([latents.w[:, :h], other[:, h:]], -1))
+    x_a_2, x_v_2 = model.decode(new_face)
+    torch.testing.assert_close(x_a_2, x_a_hat, rtol=0, atol=0)
+    assert (x_v_2 - x_v_hat).abs().max() > 1e-3
+    new_voice = dataclasses.replace(latents, w=torch.cat([other[:, :h], latents.w[:, h:]], -1))
+    assert (model.decode(new_voice)[0] - x_a_hat).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="w_per_stream"):
+        MDVAEConfig(voice_reads_w_a_only=True)
+
+
 def test_voice_decoder_detaches_w_v_keeps_the_face_part_from_the_voice_loss():
     """voice_decoder_detaches_w_v: with the z's held fixed (so w reaches the decoders only
     directly), the voice's reconstruction sends no gradient to the face's part of q(w) but

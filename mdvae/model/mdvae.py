@@ -313,6 +313,13 @@ class MDVAEConfig(ConfigBase):
     # train both parts. Tried on two seeds (research log, session 31): the face's part read no
     # better, the whole w the same or worse
     voice_decoder_detaches_w_v: bool = False
+    # with w_per_stream, a departure (issue 13): the voice's decoder reads the voice's part of
+    # w alone (the face's entries read as zeros), so that the voice cannot be rendered from
+    # the face's identity: the plain model, given another speaker's face, decodes a training
+    # speaker's voice as the face's speaker's more often than the audio's (research log,
+    # session 42), a pairing that says nothing of a new speaker's voice. The face's decoder
+    # and the z posteriors read the whole w. False: both decoders read both parts
+    voice_reads_w_a_only: bool = False
     # a departure (issue 13): q(w) reads the face through a per-frame network and a summary
     # of its own (`w_features_x_v`, `w_summary_x_v`, the widths of the shared ones), so the
     # z posteriors' visual features, shaped by the frame-by-frame factors (mouth, head,
@@ -355,9 +362,11 @@ class MDVAEConfig(ConfigBase):
         if self.w_face_network and self.authors_layout is not None:
             raise ConfigError("config key 'w_face_network' gives this project's q(w) a face "
                               "network of its own; the authors' layout reads its BiGRU")
-        if self.voice_decoder_detaches_w_v and not self.w_per_stream:
-            raise ConfigError("config key 'voice_decoder_detaches_w_v' detaches the face's "
-                              "part of a per-stream w: set w_per_stream too")
+        for name, does in (("voice_decoder_detaches_w_v", "detaches the face's part"),
+                           ("voice_reads_w_a_only", "hides the face's part")):
+            if getattr(self, name) and not self.w_per_stream:
+                raise ConfigError(f"config key '{name}' {does} of a per-stream w from the "
+                                  f"voice's decoder: set w_per_stream too")
         if self.w_audio_dim is not None and not (
                 self.w_per_stream and self.w_audio_dim < self.w_dim):
             raise ConfigError(f"config key 'w_audio_dim' ({self.w_audio_dim}) is the voice's "
@@ -810,7 +819,10 @@ class MDVAE(nn.Module):
     def _decoded_w(self, latents: Latents, stream: str) -> Tensor:
         """w as the `stream` decoder reads it, every frame (B, T, Lw)."""
         w_t = frames_of_w(latents.w, latents.z_av.shape[1])
-        if stream == "audio" and self.config.voice_decoder_detaches_w_v:
+        if stream == "audio" and self.config.voice_reads_w_a_only:
+            h = self.w_audio_entries
+            w_t = torch.cat([w_t[..., :h], torch.zeros_like(w_t[..., h:])], dim=-1)
+        elif stream == "audio" and self.config.voice_decoder_detaches_w_v:
             h = self.w_audio_entries
             w_t = torch.cat([w_t[..., :h], w_t[..., h:].detach()], dim=-1)
         return w_t
