@@ -701,6 +701,44 @@ def test_diagnose_skips_visual_read_outs_for_audio_models_and_stores_without_fac
     assert result.frame_factors == {}
 
 
+def test_diagnose_reads_whose_speaker_the_voice_is_with_an_audio_judge(
+        tiny_bundle, tiny_store, tmp_path, capsys):
+    """With --audio-judge, the voice decoded with its own face and another speaker's, on
+    training and held-out speakers (an untrained judge: the report's shape, not its
+    figures); a file that is not an audio judge is refused."""
+    from mdvae.data.store import Store
+    from mdvae.errors import MDVAEError
+    from mdvae.eval import judges as J
+    from train import diagnose
+
+    store = Store(tiny_store)
+    names = tuple(sorted({c.speaker for c in store.split_clips("train")}))
+    torch.manual_seed(0)
+    judge = J.Judge(J.JudgeConfig(modality="audio", speakers=names, width=4))
+    path = J.save_judge(tmp_path / "judge_audio.safetensors", judge, J.JudgeReport("audio"),
+                        key="test")
+    result = diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),
+                            "--held-split", "test", "--window", "0", "--no-frame-probes",
+                            "--audio-judge", str(path)])
+    seen, held = result.voice_sources["training speakers"], result.voice_sources[
+        "held-out speakers"]
+    assert seen["pairs"] > 0 and 0.0 <= seen["mixed"] <= 1.0 and 0.0 <= seen["own"] <= 1.0
+    assert held["pairs"] == 0  # one test speaker: no other speaker's clip to pair with
+    assert "whose speaker the decoded voice is" in capsys.readouterr().out
+    voice_only = diagnose.main(["--bundle", str(tiny_bundle), "--component", "dsae_audio",
+                                "--store", str(tiny_store), "--held-split", "test",
+                                "--window", "0", "--no-frame-probes", "--audio-judge", str(path)])
+    assert "own" in voice_only.voice_sources["training speakers"]
+    assert "mixed" not in voice_only.voice_sources["training speakers"]
+    visual = J.save_judge(tmp_path / "judge_visual.safetensors",
+                          J.Judge(J.JudgeConfig(modality="visual", speakers=names, width=4)),
+                          J.JudgeReport("visual"), key="test")
+    for wrong in (visual, tmp_path / "missing.safetensors"):
+        with pytest.raises(MDVAEError, match="not an audio judge"):
+            diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),
+                           "--held-split", "test", "--audio-judge", str(wrong)])
+
+
 def test_diagnose_refuses_an_unknown_split(tiny_bundle, tiny_store):
     from mdvae.errors import MDVAEError
     from train import diagnose
@@ -712,6 +750,59 @@ def test_diagnose_refuses_an_unknown_split(tiny_bundle, tiny_store):
     with pytest.raises(MDVAEError, match="are training speakers"):
         diagnose.main(["--bundle", str(tiny_bundle), "--store", str(tiny_store),
                        "--held-store", str(tiny_store), "--held-split", "train"])
+
+
+def _voice_world(n_speakers: int = 6, clips_each: int = 3):
+    """Clips whose audio is its speaker's one-hot voice and whose face its one-hot face
+    (the same index), over 5 frames, and a speaker head that reads the voice's one-hot."""
+    who = np.repeat(np.arange(n_speakers), clips_each)
+    eye = torch.eye(n_speakers)
+    x_a = eye[who][:, None].expand(-1, 5, -1).clone()
+    x_v = 2.0 * eye[who][:, None].expand(-1, 5, -1).clone()
+
+    def read_speaker(features: torch.Tensor) -> np.ndarray:
+        return torch.log_softmax(4.0 * features.mean(1), -1).numpy()
+
+    return x_a, x_v, [f"s{k}" for k in who], read_speaker
+
+
+@pytest.mark.parametrize("renders, mixed", [("audio", 1.0), ("face", 0.0)])
+def test_voice_sources_tell_a_voice_heard_from_one_recalled_from_the_face(renders, mixed):
+    """A model that renders the voice it hears keeps the audio's speaker with another's
+    face; one that recalls the voice that goes with the face renders the face's speaker.
+    Both render a clip's own voice from its own streams."""
+    x_a, x_v, speakers, read_speaker = _voice_world()
+
+    def decode_voice(a, v):
+        return a.clone() if renders == "audio" else v / 2.0
+
+    out = diag.voice_sources(decode_voice, read_speaker, x_a, x_v, speakers,
+                             np.random.default_rng(0))
+    assert out["pairs"] == len(speakers)  # every clip has a mate and a partner with one
+    assert out["codec"] == 1.0 and out["own"] == 1.0 and out["mixed"] == mixed
+    assert out["mixed_se"] == 0.0
+    lines = diag.format_voice_sources({"training speakers": out})
+    assert "mixed" in lines[2] and lines[-1].split()[:2] == ["training", "speakers"]
+    assert lines[-1].split()[-3:] == [f"{mixed:.3f}", "±", "0.000"]
+
+
+def test_voice_sources_follow_the_larger_part_of_a_blend_and_skip_lone_clips():
+    """A voice blended from the audio's and the face's one-hots counts as the audio's
+    speaker where the audio's part is the larger; a speaker with a single clip has no mate
+    to compare with; a one-stream model has no mixed pairing."""
+    x_a, x_v, speakers, read_speaker = _voice_world()
+    speakers[0] = "alone"  # clip 0 is now its speaker's only clip
+    for heard, mixed in ((0.6, 1.0), (0.4, 0.0)):
+        out = diag.voice_sources(lambda a, v, k=heard: k * a + (1 - k) * v / 2.0, read_speaker,
+                                 x_a, x_v, speakers, np.random.default_rng(1))
+        assert out["pairs"] == len(speakers) - 1
+        assert out["own"] == 1.0 and out["mixed"] == mixed
+    one = diag.voice_sources(lambda a, v: a, read_speaker, x_a, x_v, speakers,
+                             np.random.default_rng(1), mix=False)
+    assert "mixed" not in one and one["own"] == 1.0
+    assert "mixed" not in diag.format_voice_sources({"held-out speakers": one})[2]
+    assert diag.voice_sources(lambda a, v: a, read_speaker, x_a[:1], x_v[:1], ["x"],
+                              np.random.default_rng(0)) == {"pairs": 0}
 
 
 def test_mixed_partners_share_speaker_and_level_not_emotion():

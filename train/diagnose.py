@@ -18,8 +18,11 @@ it has. The f0 read-out's swap shares can read the voice's timbre as its pitch; 
 the harmonics. Where the held-out clips carry intensity levels, the emotion read from w
 per level, and (an MDVAE) from w encoded with another emotion's voice of the same speaker
 and level (is w's emotion the face's or the voice's?) and, as the control, with another
-speaker's voice of the same emotion and level. See `mdvae/eval/diagnostics.py` for the
-definitions.
+speaker's voice of the same emotion and level. With `--audio-judge` (the audio judge a
+`train.evaluate` run saved, `judge_audio.safetensors`), also whose speaker the decoded voice
+is, on training and held-out speakers: decoded from the clip's own streams, and from its
+audio with another speaker's face (does the model render the voice it hears, or the one it
+learnt goes with a training face?). See `mdvae/eval/diagnostics.py` for the definitions.
 
     python -m train.diagnose --bundle checkpoints --store data/synth200
     python -m train.diagnose --run runs/mdvae --vq-visual runs/vq_visual \\
@@ -49,6 +52,7 @@ from mdvae.eval import pitch
 from mdvae.eval.diagnostics import feature_means, feature_stats, labelled
 from mdvae.eval.disentanglement import FollowStay
 from mdvae.eval.experiments import static_means
+from mdvae.eval.judges import load_judge
 from train import common
 from train.runs import cached_features, load_stage1, load_stage2
 
@@ -74,14 +78,16 @@ def decode_power(vq_audio, features: torch.Tensor, chunk: int = 4096) -> np.ndar
 def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
         *, show: bool = True, window: int | None = None, train_factors=None,
         held_factors=None, frames_per_clip: int = 16, seed: int = 0,
-        vq_audio=None) -> diag.Diagnostics:
+        vq_audio=None, audio_judge=None) -> diag.Diagnostics:
     """Diagnostics of `model` on `held_clips` (cropped to the shortest; a few hundred fit in
     memory at once), with emotion probes fitted on `train_clips`. With both stores' factor
     arrays ({name: (frames, ...)}), per-frame factor probes too (`diag.frame_factors_for`
     the model's streams), their read-outs (one per observed stream) and probes fitted on
     `frames_per_clip` random frames of each training clip. With the audio VQ-VAE
     (`vq_audio`) and the f0 factor, the pitch heard in the decoded audio of each swap too
-    (`mdvae.eval.pitch`)."""
+    (`mdvae.eval.pitch`). With it and an audio judge (`audio_judge`, a speaker head), whose
+    speaker the decoded voice is (`diag.voice_sources`) for up to 512 of `train_clips` and
+    for `held_clips`."""
     n_frames = min(c.length for c in held_clips)
     speakers = [c.speaker for c in held_clips]
     partner = diag.partners(speakers)
@@ -161,10 +167,38 @@ def run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
         heard = {k: {f: FollowStay(*c).to_dict()
                      for f, c in pitch.heard_counts(t, f0_a, f0_a[partner]).items()}
                  for k, t in tracks.items()}
+    voices = {}
+    if vq_audio is not None and audio_judge is not None and "audio" in diag.streams_of(model):
+        voices = voice_sources(model, vq_audio, audio_judge, audio, visual, train_clips[:512],
+                               x_a, x_v, speakers, seed)
     return diag.Diagnostics(type(model).__name__, measured.groups, measured.streams,
                             len(held_clips), combined=probes["all"], sampled_elbo=elbo,
                             frame_factors=frame_factors, pitch_heard=heard,
-                            emotion_sources=sources)
+                            emotion_sources=sources, voice_sources=voices)
+
+
+def voice_sources(model, vq_audio, audio_judge, audio, visual, seen_clips, x_a, x_v,
+                  speakers, seed: int) -> dict[str, dict[str, float]]:
+    """`diag.voice_sources` for clips of training speakers (`seen_clips` of the training
+    store's features) and the held-out clips (x_a, x_v of `speakers`), the voices read by
+    `audio_judge`'s speaker head on the audio VQ-VAE's output."""
+
+    @torch.no_grad()
+    def decode_voice(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([diag._decode(model, diag._infer(model, a[s:s + 64], v[s:s + 64])[0])
+                          ["audio"] for s in range(0, len(a), 64)])
+
+    def read_speaker(features: torch.Tensor) -> np.ndarray:
+        return audio_judge.read(decode_power(vq_audio, features))["speaker_logp"]
+
+    mix = len(diag.streams_of(model)) == 2
+    n_seen = min(c.length for c in seen_clips)
+    seen = (_stack(audio, seen_clips, n_seen), _stack(visual, seen_clips, n_seen),
+            [c.speaker for c in seen_clips])
+    return {name: diag.voice_sources(decode_voice, read_speaker, a, v, who,
+                                     np.random.default_rng(seed), mix=mix)
+            for name, (a, v, who) in (("training speakers", seen),
+                                      ("held-out speakers", (x_a, x_v, speakers)))}
 
 
 def main(argv: list[str] | None = None) -> diag.Diagnostics:
@@ -197,6 +231,9 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
     parser.add_argument("--frames-per-clip", type=int, default=16,
                         help="random frames of each training clip that fit the per-frame "
                              "read-outs and probes")
+    parser.add_argument("--audio-judge", help="an audio judge saved by train.evaluate "
+                        "(judge_audio.safetensors): also whose speaker the decoded voice is, "
+                        "with the clip's own face and with another speaker's")
     parser.add_argument("--json", help="write the diagnostics here too")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
@@ -214,6 +251,13 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
         vq_audio, vq_visual = load_stage1(args.vq_audio), load_stage1(args.vq_visual)
         model = load_stage2(args.run)
     model.eval().requires_grad_(False)
+    audio_judge = None
+    if args.audio_judge:
+        loaded = load_judge(args.audio_judge)
+        if loaded is None or loaded[0].config.modality != "audio":
+            raise MDVAEError(f"--audio-judge {args.audio_judge}: not an audio judge saved by "
+                             "train.evaluate (judge_audio.safetensors in its --out folder)")
+        audio_judge = loaded[0].eval()
 
     store = Store(args.store)
     held_store = Store(args.held_store) if args.held_store else store
@@ -241,13 +285,15 @@ def main(argv: list[str] | None = None) -> diag.Diagnostics:
                   "(viseme), blink, head_pose or f0 factors", file=sys.stderr)
     result = run(model, audio, visual, train_clips, held_audio, held_visual, held_clips,
                  window=args.window, train_factors=train_factors, held_factors=held_factors,
-                 frames_per_clip=args.frames_per_clip, seed=args.seed, vq_audio=vq_audio)
+                 frames_per_clip=args.frames_per_clip, seed=args.seed, vq_audio=vq_audio,
+                 audio_judge=audio_judge)
     result.settings = {
         "source": str(args.bundle or args.run),
         "component": args.component if args.bundle else None,
         "store": str(args.store), "held_store": str(args.held_store or args.store),
         "held_split": args.held_split, "train_clips": args.train_clips, "seed": args.seed,
         "frame_probes": train_factors is not None, "window": args.window,
+        "audio_judge": args.audio_judge,
     }
     if args.feature_probes:
         tr = feature_means(audio, visual, train_clips)

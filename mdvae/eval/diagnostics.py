@@ -38,6 +38,14 @@ streams, w encoded from a clip's face with another emotion's voice (same speaker
 level): is it read as the face's emotion, the voice's, or neither? Its control: w with
 another speaker's voice of the same emotion and level.
 
+Whose speaker the decoded voice is (`voice_sources`, given a speaker reader such as the
+evaluation's audio judge): each clip's voice decoded from its own streams, and from its own
+audio with the face of another speaker's clip, compared with clean clips of the audio's
+speaker and of the face's. A model that renders the voice from what it hears keeps the
+audio's speaker; one that has learnt which voice goes with which training face renders the
+face's (on training speakers; on new ones it has no pairing to recall, and its voice is then
+as good as what it reads from the audio).
+
 What the stage-1 features themselves hold (`feature_stats_probes`): a linear read-out of
 emotion from each stream's clip statistics (mean, spread, change; `feature_stats`) and from
 both streams' together, per level: the reference against which w's emotion is judged, and
@@ -66,7 +74,7 @@ from mdvae.eval.disentanglement import (
     follow_stay_continuous,
 )
 from mdvae.eval.experiments import encode_either
-from mdvae.eval.judges import BLINK_CLOSED, MARGINS, MOUTH_OF_VISEME, f0_semitones
+from mdvae.eval.judges import BLINK_CLOSED, MARGINS, MOUTH_OF_VISEME, closer_to_b, f0_semitones
 from mdvae.eval.stats import paired_difference
 from mdvae.model.dsae import DSAE
 from mdvae.model.gaussian import kl_divergence
@@ -119,6 +127,8 @@ class Diagnostics:
     # level ("1", "2", "3", "all") -> the emotion read from w with the clips' own streams
     # and, for an MDVAE, with another emotion's voice (`emotion_sources`)
     emotion_sources: dict[str, dict[str, float]] = field(default_factory=dict)
+    # clips ("training speakers", "held-out speakers") -> `voice_sources`
+    voice_sources: dict[str, dict[str, float]] = field(default_factory=dict)
     # how the program measured: the model's source, the stores and split, the probes' seed
     # (`train.compare_diagnostics` flags runs measured on other clips)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -528,6 +538,76 @@ def emotion_sources(
                           "neither": float((~face & ~heard).mean())}
         out[level] = entry
     return out
+
+
+def voice_sources(
+    decode_voice: Callable[[Tensor, Tensor], Tensor],
+    read_speaker: Callable[[Tensor], np.ndarray], x_a: Tensor, x_v: Tensor,
+    speakers: list, rng: np.random.Generator, *, mix: bool = True,
+) -> dict[str, float]:
+    """Whose speaker the voice decoded from N clips of equal length x_a (N, T, Da), x_v
+    (N, T, Dv) is. `decode_voice(x_a, x_v)` gives the decoded audio features (N, T, Da),
+    `read_speaker(features)` a speaker head's mean log-probabilities (N, C) for audio
+    features (N, T, Da), e.g. the evaluation's audio judge on the audio VQ-VAE's output.
+
+    Each clip whose speaker has another clip is paired with a clip of another such speaker
+    (its face, with `mix`), a clean clip of its own speaker and a clean clip of the
+    partner's (neither the clip nor the partner itself); a decoding counts where it is
+    closer (`judges.closer_to_b`) to the clean clip of its audio's speaker than to the
+    partner speaker's. Returns `pairs`, and the shares (each with its standard error,
+    `<key>_se`) for the clean features themselves (`codec`, the judge's ceiling), the voice
+    decoded from the clip's own streams (`own`) and, with `mix`, from its audio and the
+    partner's face (`mixed`; 1 - mixed is the share that sounds like the face's speaker)."""
+    who = np.asarray([str(s) for s in speakers])
+    index = np.arange(len(who))
+    names, counts = np.unique(who, return_counts=True)
+    paired = np.isin(who, names[counts > 1])  # clips whose speaker has another clip
+    rows, partner, own_ref, partner_ref = [], [], [], []
+    for i in index[paired]:
+        others = np.flatnonzero(paired & (who != who[i]))
+        if not len(others):
+            continue
+        j = int(rng.choice(others))
+        mates = np.flatnonzero((who == who[i]) & (index != i))
+        theirs = np.flatnonzero((who == who[j]) & (index != j))
+        rows.append(i)
+        partner.append(j)
+        own_ref.append(int(rng.choice(mates)))
+        partner_ref.append(int(rng.choice(theirs)))
+    out: dict[str, float] = {"pairs": len(rows)}
+    if not rows:
+        return out
+    rows_t, partner_t = torch.as_tensor(rows), torch.as_tensor(partner)
+    clean = read_speaker(x_a)
+
+    def share(key: str, logp: np.ndarray) -> None:
+        right = (closer_to_b(logp, clean[partner_ref], clean[own_ref]) > 0).astype(float)
+        out[key] = float(right.mean())
+        out[f"{key}_se"] = float(right.std() / np.sqrt(len(right)))
+
+    share("codec", clean[rows])
+    share("own", read_speaker(decode_voice(x_a[rows_t], x_v[rows_t])))
+    if mix:
+        share("mixed", read_speaker(decode_voice(x_a[rows_t], x_v[partner_t])))
+    return out
+
+
+def format_voice_sources(sources: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """`voice_sources` per set of clips as table lines."""
+    mix = any("mixed" in row for row in sources.values())
+    lines = ["whose speaker the decoded voice is (the audio judge's speaker head; shares of "
+             "the pairs closer to a clean clip of the audio's speaker than to one of another's)",
+             "  codec: the clean features themselves; own: decoded from the clip's own streams"
+             + ("; mixed: from its audio and another speaker's face (1 - mixed sounds like "
+                "the face's speaker)" if mix else "")]
+    head = f"{'clips':>18} {'pairs':>6} {'codec':>14} {'own':>14}" + (
+        f" {'mixed':>14}" if mix else "")
+    lines += [head, "-" * len(head)]
+    for name, row in sources.items():
+        cells = [f"{row[k]:.3f} ± {row[k + '_se']:.3f}" if k in row else "-"
+                 for k in ("codec", "own", "mixed")[:3 if mix else 2]]
+        lines.append(f"{name:>18} {row['pairs']:>6}" + "".join(f" {c:>14}" for c in cells))
+    return lines
 
 
 def format_emotion_sources(sources: Mapping[str, Mapping[str, float]]) -> list[str]:
@@ -1018,6 +1098,9 @@ def format_report(d: Diagnostics) -> str:
     if d.emotion_sources:
         lines.append("")
         lines += format_emotion_sources(d.emotion_sources)
+    if d.voice_sources:
+        lines.append("")
+        lines += format_voice_sources(d.voice_sources)
     if d.frame_factors:
         lines.append("")
         lines += format_frame_factors(d.frame_factors)
