@@ -819,12 +819,12 @@ class MDVAE(nn.Module):
     def _decoded_w(self, latents: Latents, stream: str) -> Tensor:
         """w as the `stream` decoder reads it, every frame (B, T, Lw)."""
         w_t = frames_of_w(latents.w, latents.z_av.shape[1])
-        if stream == "audio" and self.config.voice_reads_w_a_only:
+        c = self.config
+        if stream == "audio" and (c.voice_reads_w_a_only or c.voice_decoder_detaches_w_v):
             h = self.w_audio_entries
-            w_t = torch.cat([w_t[..., :h], torch.zeros_like(w_t[..., h:])], dim=-1)
-        elif stream == "audio" and self.config.voice_decoder_detaches_w_v:
-            h = self.w_audio_entries
-            w_t = torch.cat([w_t[..., :h], w_t[..., h:].detach()], dim=-1)
+            face = w_t[..., h:]  # the face's part of a per-stream w: hidden, or read detached
+            face = torch.zeros_like(face) if c.voice_reads_w_a_only else face.detach()
+            w_t = torch.cat([w_t[..., :h], face], dim=-1)
         return w_t
 
     def decoded_z(
