@@ -87,7 +87,7 @@ def phases(kind: str, scale: float = 1.0) -> list[Phase]:
     if kind == "mdvae":
         # session 44: two 8,000-step floor -3 phases in which w is two parts, 16 entries read
         # from the voice and 68 from the face (q(w)'s head started anew), and the voice's
-        # decoder reads the voice's part alone (departures; README "Session 43")
+        # decoder reads the voice's part alone (departures; research log "Session 43", "44")
         split = ("--mdvae-w-per-stream", "true", "--mdvae-voice-reads-w-a-only", "true",
                  "--mdvae-w-audio-dim", "16")
         chain.append(Phase(kind, f"{base}5", scaled(8000, scale), floor + split,
