@@ -226,6 +226,41 @@ def test_probe_reads_w_as_the_bundles_emotion_head_does_and_pairs_the_runs(runs,
                     "--run", f"m={runs / 'mdvae'}", "--plot", str(tmp_path / "p.png")])
 
 
+@pytest.mark.slow
+def test_probe_reads_a_per_stream_w_part_by_part(runs, tiny_store, tmp_path):
+    """train.probe on an MDVAE whose w is two parts: "w_a" is w's first entries, which the
+    voice alone sets (the face's features changed leave them as they were), "w_v" the rest,
+    each part read by its own head and paired between runs like w."""
+    split = tmp_path / "split"
+    stage2.main([*fine_tune_flags(runs, tiny_store), "--model", "mdvae", "--init-from",
+                 str(runs / "mdvae"), "--out", str(split), "--steps", "2",
+                 "--mdvae-w-per-stream", "true", "--mdvae-w-audio-dim", "3"])
+    vq = ["--vq-visual", str(runs / "vq_visual"), "--vq-audio", str(runs / "vq_audio")]
+    report = probe.main(["--store", str(tiny_store), "--pool", str(tiny_store), "--split",
+                         "test", *vq, "--run", f"s={split}", "--run", f"m={runs / 'mdvae'}"])
+    r = report["runs"]["s"]
+    assert (r["w_a_entries"], r["w_v_entries"]) == (3, 5)  # w_dim 8 in the tiny flags
+    assert "w_a" not in report["runs"]["m"]  # a joint q(w) has no parts
+    assert set(report["pairs"]["s - m"]) == {"w"}
+    store = Store(str(tiny_store))
+    clips = probe.labelled(store.split_clips("train"))
+    audio, visual, _ = probe.cached_features(store, load_stage1(str(runs / "vq_audio")),
+                                             load_stage1(str(runs / "vq_visual")))
+    model = load_stage2(str(split)).eval()
+    read = probe.encode(model, audio, visual, clips, inputs=False)
+    np.testing.assert_array_equal(read["w_a"], read["w"][:, :3])
+    np.testing.assert_array_equal(read["w_v"], read["w"][:, 3:])
+    faceless = probe.encode(model, audio, np.zeros_like(visual), clips, inputs=False)
+    np.testing.assert_allclose(faceless["w_a"], read["w_a"], rtol=0, atol=1e-5)
+    assert np.abs(faceless["w_v"] - read["w_v"]).max() > 1e-3
+    held = probe.labelled(store.split_clips("test"))
+    hits = probe.probe_run({"w_a": read["w_a"]}, [c.emotion for c in clips],
+                           {"w_a": probe.encode(model, audio, visual, held,
+                                                inputs=False)["w_a"]},
+                           [c.emotion for c in held], c=1.0)["w_a"]
+    assert r["w_a"]["accuracy"] == pytest.approx(hits.mean(), abs=1e-12)
+
+
 def test_probe_relative_to_speaker_takes_away_each_speakers_own_reference_row():
     """train.probe --relative: w minus the speaker's mean (every row kept), or minus the
     speaker's neutral row (that row, and speakers without one, left out), rows in order."""

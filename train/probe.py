@@ -10,7 +10,9 @@ With --inputs, also what q(w) can find of the emotion in what it reads: the same
 the whole summary vector its head reads ("input"), on that vector's first principal
 components, as many as w has entries ("input_pcs": a reading as small as w, so that a gap
 between it and w is q(w)'s head leaving emotion out, not the probe reading fewer numbers),
-and on each stream's part of it ("voice", "face"; `read_by_q_w`). --together A+B probes
+and on each stream's part of it ("voice", "face"; `read_by_q_w`). An MDVAE whose w is two
+parts (`w_per_stream`) is also read part by part: "w_a" (the entries inferred from the
+voice) and "w_v" (from the face), each with its own head. --together A+B probes
 the runs' w side by side (a late fusion: what the two models' w hold together, e.g. an
 A-DSAE's and a V-DSAE's).
 With --relative, also w read relative to its speaker: "w_centred", each speaker's mean w
@@ -56,7 +58,8 @@ from train.runs import cached_features, load_stage1, load_stage2
 def encode(model, audio: np.ndarray, visual: np.ndarray, clips: list, *, inputs: bool,
            batch: int = 64, desc: str = "encoding") -> dict[str, np.ndarray]:
     """Per clip (store rows, whole clips, batched among clips of one length): w's posterior
-    mean {"w": (N, Lw)} and, with `inputs` (this project's layout), what q(w)'s head reads
+    mean {"w": (N, Lw)}; for an MDVAE with a per-stream w, its voice's and face's parts apart
+    ("w_a", "w_v"); and, with `inputs` (this project's layout), what q(w)'s head reads
     (`read_by_q_w`: "input", and "voice" and/or "face")."""
     inputs = inputs and model.config.authors_layout is None
     order = sorted(range(len(clips)), key=lambda i: clips[i].length)
@@ -74,6 +77,9 @@ def encode(model, audio: np.ndarray, visual: np.ndarray, clips: list, *, inputs:
 
                 x_a, x_v = stack(audio), stack(visual)
                 read = {"w": encode_either(model, x_a, x_v).w}
+                if getattr(model.config, "w_per_stream", False):  # each stream's part apart
+                    n = model.w_audio_entries
+                    read |= {"w_a": read["w"][:, :n], "w_v": read["w"][:, n:]}
                 if inputs:
                     read.update(read_by_q_w(model, x_a, x_v))
                 for name, value in read.items():
@@ -355,6 +361,9 @@ def main(argv: list[str] | None = None) -> dict:
         report["runs"][name] = {
             "folder": folder, "model": type(model).__name__,
             **{k: scored(v, speakers_of(k)) for k, v in hits[name].items()}}
+        if "w_a" in train:
+            report["runs"][name] |= {"w_a_entries": int(train["w_a"].shape[1]),
+                                     "w_v_entries": int(train["w_v"].shape[1])}
         if draws:
             report["runs"][name]["head_speakers"] = probe_speakers(
                 train["w"], train_labels, train_speakers, held["w"], held_labels, speakers,
@@ -366,6 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "input_pcs" in hits[name]:  # what q(w)'s head leaves out, on the same clips
             d = hits[name]["w"].astype(float) - hits[name]["input_pcs"].astype(float)
             report["runs"][name]["w_minus_input_pcs"] = paired_difference(d, speakers)
+    two_part = [n for n, r in report["runs"].items() if "w_a" in r]
     for names in together:
         joined = [np.concatenate([w_of[n][k] for n in names], axis=1) for k in (0, 1)]
         hit = probe_run({"w": joined[0]}, train_labels, {"w": joined[1]}, held_labels,
@@ -385,6 +395,14 @@ def main(argv: list[str] | None = None) -> dict:
     for names, r in report["together"].items():
         print(f"{names:<23} {r['accuracy']:6.3f} {r['se']:8.3f} {r['se_speakers']:6.3f}"
               "   (w side by side)")
+    if two_part:
+        print("w part by part (per-stream w), each part with its own head: w_a from the "
+              "voice, w_v from the face (accuracy ± clips)")
+        for name in two_part:
+            r = report["runs"][name]
+            print(f"  {name:<14} w_a ({r['w_a_entries']} entries) {r['w_a']['accuracy']:.3f} ± "
+                  f"{r['w_a']['se']:.3f}   w_v ({r['w_v_entries']}) {r['w_v']['accuracy']:.3f} ± "
+                  f"{r['w_v']['se']:.3f}")
     if args.inputs:
         print("PCs: the input's first principal components, as many as w has entries; "
               "w minus PCs (what q(w)'s head leaves out; ± over clips, ± over speakers):")
@@ -426,8 +444,8 @@ def main(argv: list[str] | None = None) -> dict:
         print("\npaired differences (first minus second; ± over clips, ± over speakers)")
     for a, b in itertools.combinations(runs, 2):
         pair = {}
-        for reading in ("w", "input", "input_pcs", "voice", "face", "w_centred", "w_non_neutral",
-                        "w_vs_neutral"):
+        for reading in ("w", "w_a", "w_v", "input", "input_pcs", "voice", "face", "w_centred",
+                        "w_non_neutral", "w_vs_neutral"):
             if reading in hits[a] and reading in hits[b]:
                 d = hits[a][reading].astype(float) - hits[b][reading].astype(float)
                 pair[reading] = paired_difference(d, speakers_of(reading))
