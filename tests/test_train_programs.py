@@ -986,7 +986,7 @@ def test_the_recipe_chains_each_fine_tune_from_the_phase_before():
     chain = {kind: recipe.phases(kind) for kind in recipe.MODELS}
     assert [p.folder for p in chain["mdvae"]] == [
         "mdvae", "mdvae", "mdvae_frozen", "mdvae2", "mdvae3", "mdvae4", "mdvae4_frozen",
-        "mdvae5", "mdvae6"]
+        "mdvae5", "mdvae6", "mdvae7"]
     assert [p.folder for p in chain["dsae-audio"]][-1] == "dsae_audio2_frozen"
     assert [p.folder for p in chain["dsae-visual"]][-1] == "dsae_visual4_frozen"
     for phases in chain.values():
@@ -994,11 +994,11 @@ def test_the_recipe_chains_each_fine_tune_from_the_phase_before():
         for before, phase in zip(phases[1:], phases[2:]):
             assert phase.source == before.folder and not phase.resume
         frozen = [p.folder for p in phases if "--freeze-w-encoder" in p.flags]
-        last_frozen = phases[-3] if phases[0].kind == "mdvae" else phases[-1]
+        last_frozen = phases[-4] if phases[0].kind == "mdvae" else phases[-1]
         assert frozen == [phases[2].folder, last_frozen.folder]
-    # the MDVAE's w split into a voice part of 16 and a face part of 68 for its last two phases
+    # the MDVAE's w split into a voice part of 16 and a face part of 68 for its last three phases
     split = [p for p in chain["mdvae"] if "--mdvae-w-per-stream" in p.flags]
-    assert [p.folder for p in split] == ["mdvae5", "mdvae6"]
+    assert [p.folder for p in split] == ["mdvae5", "mdvae6", "mdvae7"]
     for phase in split:
         flags = dict(zip(phase.flags[::2], phase.flags[1::2]))
         assert flags["--mdvae-w-audio-dim"] == "16" and flags["--mdvae-obs-logvar-min"] == "-3"
@@ -1015,7 +1015,7 @@ def test_the_recipe_runs_the_whole_chain_and_goes_on_where_it_stopped(runs, tiny
     base = ["--store", str(tiny_store), "--vq-visual", str(runs / "vq_visual"),
             "--vq-audio", str(runs / "vq_audio"), "--seed", "2", "--out", str(out),
             "--scale", "0.0005"]
-    # a w of 20, above the voice's part of 16 that the MDVAE's last two phases ask for
+    # a w of 20, above the voice's part of 16 that the MDVAE's last three phases ask for
     tiny = ["--", "--seq-len", "12", "--batch-size", "8", *FAST, *TINY_MDVAE_FLAGS,
             "--mdvae-w-dim", "20"]
     with pytest.raises(ConfigError, match="MDVAE's recipe first"):
@@ -1028,7 +1028,7 @@ def test_the_recipe_runs_the_whole_chain_and_goes_on_where_it_stopped(runs, tiny
     assert [(r["folder"], r["steps"], r["trained"]) for r in done] == [
         ("mdvae", 6, True), ("mdvae", 12, True), ("mdvae_frozen", 4, True), ("mdvae2", 6, True),
         ("mdvae3", 6, True), ("mdvae4", 6, True), ("mdvae4_frozen", 4, True),
-        ("mdvae5", 4, True), ("mdvae6", 4, True), ("dsae_audio", 6, True),
+        ("mdvae5", 4, True), ("mdvae6", 4, True), ("mdvae7", 4, True), ("dsae_audio", 6, True),
         ("dsae_audio", 12, True), ("dsae_audio_frozen", 4, True), ("dsae_audio2", 6, True),
         ("dsae_audio2_frozen", 4, True)]
     assert "resumes from step 3" in capsys.readouterr().out
@@ -1038,8 +1038,8 @@ def test_the_recipe_runs_the_whole_chain_and_goes_on_where_it_stopped(runs, tiny
     assert config["init_from"]["run"] == str(out / "mdvae4")
     assert config["model"]["w_face_network"] and config["freeze_w_encoder"]
     assert config["model"]["obs_logvar_min"] == -6 and config["run"]["seed"] == 2
-    last = json.loads((out / "mdvae6" / "config.json").read_text())
-    assert last["init_from"]["run"] == str(out / "mdvae5") and not last.get("freeze_w_encoder")
+    last = json.loads((out / "mdvae7" / "config.json").read_text())
+    assert last["init_from"]["run"] == str(out / "mdvae6") and not last.get("freeze_w_encoder")
     assert last["model"]["w_per_stream"] and last["model"]["voice_reads_w_a_only"]
     assert last["model"]["w_audio_dim"] == 16 and last["model"]["w_dim"] == 20
     dsae = json.loads((out / "dsae_audio" / "config.json").read_text())["model"]

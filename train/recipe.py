@@ -19,8 +19,8 @@ that holds another seed's or another model's run is refused, never overwritten.
     python -m train.recipe ... --models dsae-visual dsae-audio
 
 Run folders (under --out): mdvae, mdvae_frozen, mdvae2, mdvae3, mdvae4, mdvae4_frozen,
-mdvae5, mdvae6; dsae_visual, ..., dsae_visual4_frozen; dsae_audio, dsae_audio_frozen, dsae_audio2,
-dsae_audio2_frozen. The last of each is what train.emotion and train.export take.
+mdvae5, mdvae6, mdvae7; dsae_visual, ..., dsae_visual4_frozen; dsae_audio, dsae_audio_frozen,
+dsae_audio2, dsae_audio2_frozen. The last of each is what train.emotion and train.export take.
 --scale multiplies every step count (a quick rehearsal of the chain, e.g. 0.01); flags
 after `--` go to every stage-2 command (e.g. `-- --threads 2`).
 """
@@ -85,15 +85,17 @@ def phases(kind: str, scale: float = 1.0) -> list[Phase]:
     chain.append(Phase(kind, f"{base}{last}_frozen", scaled(8000, scale), frozen,
                        source=f"{base}{last}"))
     if kind == "mdvae":
-        # session 44: two 8,000-step floor -3 phases in which w is two parts, 16 entries read
-        # from the voice and 68 from the face (q(w)'s head started anew), and the voice's
-        # decoder reads the voice's part alone (departures; research log "Session 43", "44")
+        # sessions 44 and 45: three 8,000-step floor -3 phases in which w is two parts, 16
+        # entries read from the voice and 68 from the face (q(w)'s head started anew), and the
+        # voice's decoder reads the voice's part alone (departures; research log "Session 43"
+        # to "45")
         split = ("--mdvae-w-per-stream", "true", "--mdvae-voice-reads-w-a-only", "true",
                  "--mdvae-w-audio-dim", "16")
         chain.append(Phase(kind, f"{base}5", scaled(8000, scale), floor + split,
                            source=f"{base}{last}_frozen"))
-        chain.append(Phase(kind, f"{base}6", scaled(8000, scale), floor + split,
-                           source=f"{base}5"))
+        for k in (6, 7):
+            chain.append(Phase(kind, f"{base}{k}", scaled(8000, scale), floor + split,
+                               source=f"{base}{k - 1}"))
     return chain
 
 
