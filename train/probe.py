@@ -77,9 +77,6 @@ def encode(model, audio: np.ndarray, visual: np.ndarray, clips: list, *, inputs:
 
                 x_a, x_v = stack(audio), stack(visual)
                 read = {"w": encode_either(model, x_a, x_v).w}
-                if getattr(model.config, "w_per_stream", False):  # each stream's part apart
-                    n = model.w_audio_entries
-                    read |= {"w_a": read["w"][:, :n], "w_v": read["w"][:, n:]}
                 if inputs:
                     read.update(read_by_q_w(model, x_a, x_v))
                 for name, value in read.items():
@@ -87,7 +84,11 @@ def encode(model, audio: np.ndarray, visual: np.ndarray, clips: list, *, inputs:
                     for k, i in enumerate(ids):
                         rows[i] = value[k].numpy()
                 bar.update(len(ids))
-    return {name: np.stack(rows) for name, rows in out.items()}
+    read = {name: np.stack(rows) for name, rows in out.items()}
+    if getattr(model.config, "w_per_stream", False):  # each stream's part of w apart
+        n = model.w_audio_entries
+        read |= {"w_a": read["w"][:, :n], "w_v": read["w"][:, n:]}
+    return read
 
 
 def principal_components(train: np.ndarray, held: np.ndarray, k: int

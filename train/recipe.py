@@ -91,11 +91,11 @@ def phases(kind: str, scale: float = 1.0) -> list[Phase]:
         # to "45")
         split = ("--mdvae-w-per-stream", "true", "--mdvae-voice-reads-w-a-only", "true",
                  "--mdvae-w-audio-dim", "16")
-        chain.append(Phase(kind, f"{base}5", scaled(8000, scale), floor + split,
-                           source=f"{base}{last}_frozen"))
-        for k in (6, 7):
+        source = f"{base}{last}_frozen"
+        for k in (5, 6, 7):
             chain.append(Phase(kind, f"{base}{k}", scaled(8000, scale), floor + split,
-                               source=f"{base}{k - 1}"))
+                               source=source))
+            source = f"{base}{k}"
     return chain
 
 
